@@ -1,0 +1,40 @@
+"""buildcat: a render farm in one command.
+
+>>> import buildcat
+>>> farm = buildcat.connect(host="127.0.0.1", port=8765, root="/mnt/farm")
+>>> farm.map("mymodule:square", [1, 2, 3]).results()
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from buildcat.client import Client, Job, connect
+from buildcat.errors import (
+    ConnectionFailed,
+    FarmError,
+    FrameSpecError,
+    JobFailed,
+    JobTimeout,
+    PathError,
+    RequestRejected,
+    UnknownJob,
+)
+from buildcat.jobs.context import path, progress
+
+__all__ = [
+    "Client",
+    "ConnectionFailed",
+    "FarmError",
+    "FrameSpecError",
+    "Job",
+    "JobFailed",
+    "JobTimeout",
+    "PathError",
+    "RequestRejected",
+    "UnknownJob",
+    "__version__",
+    "connect",
+    "path",
+    "progress",
+]

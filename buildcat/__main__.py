@@ -1,0 +1,5 @@
+"""``python -m buildcat`` is the ``farm`` command."""
+
+from buildcat.cli import main
+
+main()

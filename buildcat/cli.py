@@ -1,0 +1,357 @@
+"""The ``farm`` command (also ``buildcat``): parses, calls the core, prints."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+import buildcat
+from buildcat import protocol
+from buildcat.client import Client
+from buildcat.display import ProgressDisplay
+from buildcat.errors import FarmError, JobFailed
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class FarmGroup(click.Group):
+    """Turns a FarmError anywhere below into one line on stderr and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except JobFailed as exc:
+            if exc.traceback:
+                click.echo(exc.traceback.rstrip(), err=True)
+            click.echo(f"farm: {exc}", err=True)
+            ctx.exit(1)
+        except FarmError as exc:
+            click.echo(f"farm: error: {exc}", err=True)
+            ctx.exit(2 if isinstance(exc, ValueError) else 1)
+        except KeyboardInterrupt:
+            click.echo("farm: interrupted", err=True)
+            ctx.exit(130)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def root_option(function: F) -> F:
+    return click.option(
+        "--root",
+        envvar="BUILDCAT_ROOT",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=".",
+        show_default="BUILDCAT_ROOT or .",
+        help="This host's path to the shared farm root.",
+    )(function)
+
+
+def client_options(function: F) -> F:
+    """--host/--port/--root for every client command; passes a Client as ``client``."""
+
+    @click.option("--host", envvar="FARM_HOST", default="127.0.0.1", show_default=True,
+                  help="Farm server address (env FARM_HOST).")
+    @click.option("--port", envvar="FARM_PORT", type=int, default=protocol.DEFAULT_PORT,
+                  show_default=True, help="Farm server port (env FARM_PORT).")
+    @root_option
+    @click.pass_context
+    def wrapper(ctx: click.Context, host: str, port: int, root: Path, **kwargs: Any) -> Any:
+        client = Client(host=host, port=port, root=root)
+        ctx.call_on_close(client.close)
+        return ctx.invoke(function, client=client, **kwargs)
+
+    wrapper.__name__ = function.__name__
+    wrapper.__doc__ = function.__doc__
+    return wrapper  # type: ignore[return-value]
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+@click.group(cls=FarmGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(buildcat.__version__, prog_name="farm")
+def main() -> None:
+    """buildcat: a render farm in one command.
+
+    Run `farm server` on one machine, `farm worker` on every machine that renders, and
+    submit work with `farm submit`. All of them share one folder, the farm root.
+    Try `farm demo` for a farm on this machine in one command.
+    """
+
+
+# ---- server and worker ------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--bind", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0 for every interface).")
+@click.option("--port", type=int, default=protocol.DEFAULT_PORT, show_default=True,
+              help="Port to listen on (0 picks a free one).")
+@root_option
+@click.option("--name", default=None, help="Farm name (default: this host's name).")
+@click.option("--lease-timeout", type=click.FloatRange(min=0.1), default=30.0,
+              show_default=True, help="Seconds a silent worker keeps its tasks.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def server(bind: str, port: int, root: Path, name: str | None, lease_timeout: float,
+           log_level: str) -> None:
+    """Run the farm server (the task queue)."""
+    import asyncio
+
+    from buildcat.server.app import ServerConfig, serve
+
+    _setup_logging(log_level)
+    config = ServerConfig(root=root.resolve(), bind=bind, port=port, lease_timeout=lease_timeout)
+    if name:
+        config.name = name
+
+    def ready(host: str, bound_port: int) -> None:
+        click.echo(f"farm server {config.name!r} listening on http://{host}:{bound_port} "
+                   f"(root {config.root})")
+        sys.stdout.flush()
+
+    asyncio.run(serve(config, ready))
+
+
+@main.command()
+@click.option("--host", envvar="FARM_HOST", default="127.0.0.1", show_default=True,
+              help="Farm server address (env FARM_HOST).")
+@click.option("--port", envvar="FARM_PORT", type=int, default=protocol.DEFAULT_PORT,
+              show_default=True, help="Farm server port (env FARM_PORT).")
+@root_option
+@click.option("--name", default=None, help="Worker name (default: HOST-PID).")
+@click.option("--slots", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Tasks run at once (one child process each).")
+@click.option("--tags", default="", help="Comma-separated capabilities, matched by jobs' requirements.")
+@click.option("--exit-when-idle", is_flag=True, help="Leave once the queue has nothing for us.")
+@click.option("--max-tasks", type=click.IntRange(min=1), default=None,
+              help="Leave after this many tasks.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def worker(host: str, port: int, root: Path, name: str | None, slots: int, tags: str,
+           exit_when_idle: bool, max_tasks: int | None, log_level: str) -> None:
+    """Run a worker: pull tasks from the server and run them."""
+    from buildcat.worker.agent import WorkerConfig, run_worker
+
+    _setup_logging(log_level)
+    config = WorkerConfig(
+        host=host,
+        port=port,
+        root=root.resolve(),
+        slots=slots,
+        tags=[tag.strip() for tag in tags.split(",") if tag.strip()],
+        exit_when_idle=exit_when_idle,
+        max_tasks=max_tasks,
+    )
+    if name:
+        config.name = name
+    sys.exit(run_worker(config))
+
+
+# ---- submitting -------------------------------------------------------------------------------
+
+
+@main.group(cls=FarmGroup)
+def submit() -> None:
+    """Submit a job."""
+
+
+def _parse_argument(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _wait_and_exit(job: buildcat.Job, as_json: bool, timeout: float | None) -> None:
+    display = ProgressDisplay(stream=sys.stderr if as_json else sys.stdout)
+    try:
+        status = job.wait(timeout=timeout, on_update=display.update, interval=0.5)
+    finally:
+        display.close()
+    if as_json:
+        _print_json(status)
+
+
+@submit.command("python")
+@click.argument("function")
+@click.argument("args", nargs=-1)
+@click.option("--kwarg", "-k", "kwargs", multiple=True, metavar="NAME=VALUE",
+              help="A keyword argument (VALUE is JSON, or a plain string).")
+@click.option("--map", "map_items", is_flag=True,
+              help="One task per ARG: FUNCTION(ARG) for each, results in order.")
+@click.option("--priority", type=int, default=0, show_default=True)
+@click.option("--name", default="", help="A name for the job.")
+@click.option("--max-attempts", type=click.IntRange(min=1), default=None,
+              help="Tries per task before the job fails (default 3).")
+@click.option("--requires", default="", help="Comma-separated capabilities workers must have.")
+@click.option("--wait", "wait", is_flag=True, help="Wait for the job, showing progress.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@client_options
+def submit_python(client: Client, function: str, args: tuple[str, ...], kwargs: tuple[str, ...],
+                  map_items: bool, priority: int, name: str, max_attempts: int | None,
+                  requires: str, wait: bool, as_json: bool) -> None:
+    """Run FUNCTION (module:function or path/in/root.py:function) on the farm.
+
+    Each ARG is read as JSON when it parses (3, 2.5, "text", [1, 2]) and as a plain
+    string otherwise.
+    """
+    values = [_parse_argument(arg) for arg in args]
+    keywords: dict[str, Any] = {}
+    for item in kwargs:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise FarmError(f"--kwarg {item!r} must look like NAME=VALUE")
+        keywords[key] = _parse_argument(value)
+    needs = [r.strip() for r in requires.split(",") if r.strip()]
+    if map_items:
+        tasks = [{"payload": {"args": [value], "kwargs": keywords}} for value in values]
+        job = client.submit_tasks(tasks, name=name or function, priority=priority,
+                                  requires=needs, max_attempts=max_attempts,
+                                  common={"function": function})
+    else:
+        task = {"payload": {"function": function, "args": values, "kwargs": keywords}}
+        job = client.submit_tasks([task], name=name or function, priority=priority,
+                                  requires=needs, max_attempts=max_attempts)
+    if as_json and not wait:
+        _print_json({"id": job.id})
+    elif not as_json:
+        click.echo(job.id)
+    if wait:
+        _wait_and_exit(job, as_json, None)
+
+
+# ---- watching and steering ----------------------------------------------------------------------
+
+
+def _job_line(job: dict[str, Any]) -> str:
+    counts = job["tasks"]
+    return (f"{job['id']:<10} {job['state']:<10} {counts.get('done', 0):>6}/{job['total']:<6} "
+            f"{job['progress']:>5.0%}  prio {job['priority']:<4} {job['name']}")
+
+
+@main.command()
+@click.argument("job_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@client_options
+def status(client: Client, job_id: str | None, as_json: bool) -> None:
+    """Show one job, or every job."""
+    if job_id:
+        view = client.job(job_id).status()
+        if as_json:
+            _print_json(view)
+            return
+        click.echo(_job_line(view))
+        counts = ", ".join(f"{n} {state}" for state, n in view["tasks"].items() if n)
+        click.echo(f"  tasks: {counts}")
+        if view.get("error"):
+            click.echo(f"  error: {view['error']}")
+        return
+    jobs = client.jobs()
+    if as_json:
+        _print_json(jobs)
+        return
+    if not jobs:
+        click.echo("no jobs")
+    for job in jobs:
+        click.echo(_job_line(job))
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
+@client_options
+def wait(client: Client, job_id: str, timeout: float | None, as_json: bool) -> None:
+    """Wait for a job to end; exits 0 when it is done, 1 when it failed or was cancelled."""
+    _wait_and_exit(client.job(job_id), as_json, timeout)
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON list.")
+@client_options
+def results(client: Client, job_id: str, as_json: bool) -> None:
+    """Print a job's task results, in task order (waits for the job)."""
+    values = client.job(job_id).results()
+    if as_json:
+        _print_json(values)
+        return
+    for value in values:
+        click.echo(json.dumps(value, default=str))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@client_options
+def workers(client: Client, as_json: bool) -> None:
+    """List the workers the server knows."""
+    listing = client.workers()
+    if as_json:
+        _print_json(listing)
+        return
+    if not listing:
+        click.echo("no workers")
+    for item in listing:
+        tasks = ",".join(item["tasks"]) or "-"
+        click.echo(f"{item['name']:<24} {item['state']:<8} slots {item['slots']:<3} "
+                   f"done {item['tasks_done']:<6} running {tasks}")
+
+
+def _job_action(action: str) -> click.Command:
+    @click.argument("job_id")
+    @client_options
+    def command(client: Client, job_id: str) -> None:
+        view = getattr(client.job(job_id), action)()
+        click.echo(f"{view['id']} {view['state']}")
+
+    command.__doc__ = {
+        "cancel": "Cancel a job: queued tasks are dropped, running ones stopped.",
+        "pause": "Stop dispatching a job's tasks (running ones finish).",
+        "resume": "Dispatch a paused job's tasks again.",
+    }[action]
+    return main.command(action)(command)
+
+
+for _action in ("cancel", "pause", "resume"):
+    _job_action(_action)
+
+
+@main.command("worker-info")
+@click.option("--timeout", type=float, default=60.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@client_options
+def worker_info(client: Client, timeout: float, as_json: bool) -> None:
+    """Run a built-in job that reports the worker's host, platform, Python, root and slots."""
+    info = client.worker_info(timeout=timeout)
+    if as_json:
+        _print_json(info)
+        return
+    for key, value in info.items():
+        click.echo(f"{key}: {value}")
+
+
+@main.command()
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("farm-demo"), show_default=True,
+              help="Folder for the throwaway farm's root.")
+@click.option("--workers", "worker_count", type=click.IntRange(1, 16), default=2,
+              show_default=True)
+def demo(root: Path, worker_count: int) -> None:
+    """Start a local farm (server + workers), run a demo job, show the result, stop."""
+    from buildcat.demo import run_demo
+
+    sys.exit(run_demo(root, workers=worker_count, echo=click.echo))

@@ -1,0 +1,287 @@
+"""The Python API: connect to a farm, submit Python functions, wait for results.
+
+The client is synchronous (artists' scripts, the CLI) and keeps one HTTP connection
+open, so a request costs one round trip.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from buildcat import jobs, protocol
+from buildcat.errors import (
+    ConnectionFailed,
+    FarmError,
+    JobFailed,
+    JobTimeout,
+    RequestRejected,
+    UnknownJob,
+)
+
+FINAL_STATES = ("done", "failed", "cancelled")
+
+
+class Client:
+    """A connection to one farm server."""
+
+    def __init__(
+        self,
+        host: str | None = None,
+        port: int | None = None,
+        root: str | os.PathLike[str] | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.host = host or os.environ.get("FARM_HOST") or "127.0.0.1"
+        self.port = int(port or os.environ.get("FARM_PORT") or protocol.DEFAULT_PORT)
+        self.root = Path(root or os.environ.get("BUILDCAT_ROOT") or os.getcwd())
+        self.timeout = timeout
+        self._connection: http.client.HTTPConnection | None = None
+
+    def __repr__(self) -> str:
+        return f"<buildcat.Client {self.host}:{self.port} root={self.root}>"
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    # ---- transport ------------------------------------------------------------------------
+
+    def request(
+        self, method: str, path: str, body: Any = None, timeout: float | None = None
+    ) -> Any:
+        """One API call; returns the decoded reply or raises a FarmError."""
+        data = protocol.pack(body) if body is not None else None
+        headers = {"Accept": protocol.MSGPACK}
+        if data is not None:
+            headers["Content-Type"] = protocol.MSGPACK
+        url = protocol.API_PREFIX + path
+        for attempt in (1, 2):
+            connection = self._connect(timeout)
+            try:
+                connection.request(method, url, body=data, headers=headers)
+                response = connection.getresponse()
+                payload = response.read()
+                break
+            except (http.client.HTTPException, ConnectionError, socket.timeout, OSError) as exc:
+                self.close()
+                # A kept-alive connection the server closed fails once; a fresh one tells.
+                if attempt == 2 or isinstance(exc, ConnectionRefusedError | TimeoutError):
+                    raise ConnectionFailed(
+                        f"cannot reach the farm server at {self.host}:{self.port} ({exc})"
+                    ) from None
+        try:
+            reply = protocol.unpack(payload) if payload else {}
+        except FarmError:
+            raise ConnectionFailed(
+                f"{self.host}:{self.port} did not answer like a farm server"
+            ) from None
+        if response.status >= 400:
+            reason = reply.get("error") if isinstance(reply, dict) else None
+            reason = reason or f"HTTP {response.status}"
+            if response.status == 404 and "job" in reason:
+                raise UnknownJob(response.status, reason)
+            raise RequestRejected(response.status, reason)
+        return reply
+
+    def _connect(self, timeout: float | None) -> http.client.HTTPConnection:
+        if self._connection is None:
+            self._connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        self._connection.timeout = timeout or self.timeout
+        if self._connection.sock is not None:
+            self._connection.sock.settimeout(self._connection.timeout)
+        return self._connection
+
+    # ---- submitting -------------------------------------------------------------------------
+
+    def submit(self, function: str | Callable[..., Any], *args: Any, **kwargs: Any) -> Job:
+        """Run ``function(*args, **kwargs)`` once on a worker."""
+        spec = _function_spec(function)
+        return self.submit_tasks(
+            [{"payload": {"function": spec, "args": list(args), "kwargs": kwargs}}],
+            name=spec,
+        )
+
+    def map(
+        self,
+        function: str | Callable[..., Any],
+        items: Iterable[Any],
+        *,
+        priority: int = 0,
+        name: str = "",
+        **options: Any,
+    ) -> Job:
+        """Run ``function(item)`` for every item, one task each; results keep the order."""
+        spec = _function_spec(function)
+        tasks = [{"payload": {"args": [item]}} for item in items]
+        return self.submit_tasks(
+            tasks, name=name or spec, priority=priority, common={"function": spec}, **options
+        )
+
+    def submit_tasks(
+        self,
+        tasks: list[dict[str, Any]],
+        *,
+        kind: str = "python",
+        name: str = "",
+        priority: int = 0,
+        requires: Iterable[str] = (),
+        max_attempts: int | None = None,
+        common: dict[str, Any] | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> Job:
+        """Submit a job of explicit tasks (``{"payload": {...}, "depends": [i, ...]}``)."""
+        common = common or {}
+        if tasks:
+            # Check here as the server will, so a mistake is one line before any upload.
+            jobs.validate_payload(kind, {**common, **tasks[0].get("payload", {})})
+            if common.get("function") is None:
+                for task in tasks[1:]:
+                    jobs.validate_payload(kind, {**common, **task.get("payload", {})})
+        body: dict[str, Any] = {
+            "kind": kind,
+            "name": name,
+            "priority": priority,
+            "requires": list(requires),
+            "tasks": tasks,
+            "common": common,
+            "owner": _owner(),
+            "meta": meta or {},
+        }
+        if max_attempts is not None:
+            body["max_attempts"] = max_attempts
+        reply = self.request("POST", "/jobs", body)
+        return Job(self, reply["id"])
+
+    # ---- looking ----------------------------------------------------------------------------
+
+    def job(self, job_id: str) -> Job:
+        return Job(self, job_id)
+
+    def jobs(self, state: str | None = None) -> list[dict[str, Any]]:
+        path = "/jobs" + (f"?state={state}" if state else "")
+        return list(self.request("GET", path)["jobs"])
+
+    def workers(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/workers")["workers"])
+
+    def ping(self) -> dict[str, Any]:
+        return dict(self.request("GET", "/ping"))
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/tasks/{task_id}"))
+
+    def worker_info(self, timeout: float | None = 60.0) -> dict[str, Any]:
+        """What one worker reports about itself (host, platform, Python, root, slots)."""
+        job = self.submit("buildcat.jobs.builtin:worker_info")
+        job.wait(timeout=timeout)
+        return dict(job.results()[0])
+
+
+class Job:
+    """A handle on a submitted job."""
+
+    def __init__(self, client: Client, job_id: str) -> None:
+        self.client = client
+        self.id = job_id
+
+    def __repr__(self) -> str:
+        return f"<buildcat.Job {self.id}>"
+
+    def status(self) -> dict[str, Any]:
+        """The job's state, task counts by state and progress."""
+        return dict(self.client.request("GET", f"/jobs/{self.id}"))
+
+    def tasks(self) -> list[dict[str, Any]]:
+        return list(self.client.request("GET", f"/jobs/{self.id}/tasks")["tasks"])
+
+    def wait(
+        self,
+        timeout: float | None = None,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+        interval: float = 10.0,
+    ) -> dict[str, Any]:
+        """Block until the job ends; raises JobFailed unless it is done.
+
+        ``on_update`` is called with the status at least every ``interval`` seconds
+        (progress displays pass a short one).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            step = interval
+            if deadline is not None:
+                step = min(step, max(0.0, deadline - time.monotonic()))
+            status = dict(
+                self.client.request(
+                    "GET", f"/jobs/{self.id}/wait?timeout={step:.3f}", timeout=step + 30
+                )
+            )
+            if on_update is not None:
+                on_update(status)
+            if status["state"] in FINAL_STATES:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                raise JobTimeout(f"job {self.id} still {status['state']} after {timeout}s")
+        if status["state"] != "done":
+            raise JobFailed(self.id, status["state"], status.get("error", ""),
+                            status.get("traceback", ""))
+        return status
+
+    def results(self) -> list[Any]:
+        """Return values of the tasks, in task order (waits for the job first)."""
+        reply = self.client.request("GET", f"/jobs/{self.id}/results")
+        if reply["state"] != "done":
+            self.wait()
+            reply = self.client.request("GET", f"/jobs/{self.id}/results")
+        return list(reply["results"])
+
+    def cancel(self) -> dict[str, Any]:
+        return dict(self.client.request("POST", f"/jobs/{self.id}/cancel"))
+
+    def pause(self) -> dict[str, Any]:
+        return dict(self.client.request("POST", f"/jobs/{self.id}/pause"))
+
+    def resume(self) -> dict[str, Any]:
+        return dict(self.client.request("POST", f"/jobs/{self.id}/resume"))
+
+
+def connect(
+    host: str | None = None,
+    port: int | None = None,
+    root: str | os.PathLike[str] | None = None,
+    timeout: float = 30.0,
+) -> Client:
+    """Connect to a farm (``FARM_HOST``/``FARM_PORT``/``BUILDCAT_ROOT`` fill in blanks)."""
+    return Client(host=host, port=port, root=root, timeout=timeout)
+
+
+def _function_spec(function: str | Callable[..., Any]) -> str:
+    if isinstance(function, str):
+        return function
+    module = getattr(function, "__module__", None)
+    name = getattr(function, "__qualname__", None)
+    if not module or not name or "<" in name or module == "__main__":
+        raise FarmError(
+            f"{function!r} is not importable on a worker: pass 'module:function' or define "
+            "it in a module the workers can import"
+        )
+    return f"{module}:{name}"
+
+
+def _owner() -> str:
+    try:
+        return f"{os.getlogin()}@{socket.gethostname()}"
+    except OSError:
+        return f"{os.environ.get('USER', 'unknown')}@{socket.gethostname()}"

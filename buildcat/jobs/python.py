@@ -1,0 +1,65 @@
+"""Python job functions: ``module:function`` or ``path/in/root.py:function``."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from buildcat import root as farm_root
+from buildcat.errors import FarmError
+
+
+def split_spec(spec: Any) -> tuple[str, str]:
+    """Split ``module:function`` / ``file.py:function``; refuse anything else with one line."""
+    if not isinstance(spec, str) or spec.count(":") < 1:
+        raise FarmError(f"function {spec!r} must look like module:function or path/file.py:function")
+    target, _, name = spec.rpartition(":")
+    if not target or not name.isidentifier():
+        raise FarmError(f"function {spec!r} must look like module:function or path/file.py:function")
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        farm_root.check_relative(target)
+    elif not all(part.isidentifier() for part in target.split(".")):
+        raise FarmError(f"{target!r} in {spec!r} is neither a module name nor a .py path")
+    return target, name
+
+
+def validate_payload(payload: dict[str, Any]) -> None:
+    split_spec(payload.get("function"))
+    if not isinstance(payload.get("args", []), list):
+        raise FarmError("args must be a list")
+    if not isinstance(payload.get("kwargs", {}), dict):
+        raise FarmError("kwargs must be a map")
+    if not all(isinstance(key, str) for key in payload.get("kwargs", {})):
+        raise FarmError("kwargs keys must be strings")
+
+
+def load_function(spec: str, root: str | Path) -> Callable[..., Any]:
+    """Import the function a task names, on this worker, under this worker's root."""
+    target, name = split_spec(spec)
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        path = farm_root.resolve(root, target)
+        if not path.is_file():
+            raise FarmError(f"{target} does not exist under the farm root {root}")
+        module_name = f"buildcat_rootfile_{abs(hash(str(path)))}"
+        module = sys.modules.get(module_name)
+        if module is None:
+            module_spec = importlib.util.spec_from_file_location(module_name, path)
+            if module_spec is None or module_spec.loader is None:
+                raise FarmError(f"cannot import {target}")
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[module_name] = module
+            try:
+                module_spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[module_name]
+                raise
+    else:
+        module = importlib.import_module(target)
+    function = getattr(module, name, None)
+    if not callable(function):
+        raise FarmError(f"{target} has no function {name!r}")
+    return function  # type: ignore[no-any-return]

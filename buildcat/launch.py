@@ -1,0 +1,101 @@
+"""Starting ``farm server`` and ``farm worker`` as child processes (the demo, tests, benchmarks)."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+from buildcat.errors import FarmError
+
+LISTENING = re.compile(rb"listening on http://(?P<host>[^:\s]+):(?P<port>\d+)")
+
+
+def farm_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "buildcat", *args]
+
+
+def start_server(
+    root: Path,
+    *extra: str,
+    bind: str = "127.0.0.1",
+    port: int = 0,
+    log: IO[bytes] | int | None = None,
+    timeout: float = 30.0,
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start ``farm server`` and return it with the port it listens on."""
+    process = subprocess.Popen(
+        farm_command("server", "--bind", bind, "--port", str(port), "--root", str(root), *extra),
+        stdout=subprocess.PIPE,
+        stderr=log,
+    )
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    seen = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
+                continue
+            line = process.stdout.readline()
+            if not line:
+                break
+            seen += line
+            match = LISTENING.search(line)
+            if match:
+                return process, int(match["port"])
+    stop(process)
+    raise FarmError(f"farm server did not start: {seen.decode(errors='replace').strip()}")
+
+
+def start_worker(
+    port: int,
+    root: Path,
+    *extra: str,
+    host: str = "127.0.0.1",
+    log: IO[bytes] | int | None = None,
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        farm_command("worker", "--host", host, "--port", str(port), "--root", str(root), *extra),
+        stdout=log,
+        stderr=log,
+    )
+
+
+def stop(process: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
+    """SIGTERM, then SIGKILL after ``timeout``: never leaves the process behind."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
+    return process.returncode
+
+
+def stop_all(processes: Sequence[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:
+    for process in processes:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+    for process in processes:
+        stop(process, timeout)
+
+
+def free_log(path: Path) -> IO[bytes]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return open(path, "ab")  # noqa: SIM115 - the caller closes it with the process
+
+
+__all__ = ["farm_command", "free_log", "start_server", "start_worker", "stop", "stop_all"]

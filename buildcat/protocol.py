@@ -1,0 +1,81 @@
+"""What travels on the wire: the API version, the msgpack/JSON codec and size limits."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgpack
+
+from buildcat.errors import ProtocolError
+
+API_VERSION = 1
+API_PREFIX = f"/api/v{API_VERSION}"
+DEFAULT_PORT = 8765
+
+MSGPACK = "application/msgpack"
+JSON = "application/json"
+
+#: Largest request body the server reads (a map of many items fits; a flood does not).
+MAX_BODY_BYTES = 32 * 1024 * 1024
+#: Deepest nesting accepted in a decoded body; deeper is refused as malformed.
+MAX_DEPTH = 64
+
+
+def pack(value: Any) -> bytes:
+    """Encode as msgpack; raises ProtocolError for values msgpack cannot carry."""
+    try:
+        return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ProtocolError(f"cannot encode {type(value).__name__} as msgpack: {exc}") from exc
+
+
+def unpack(data: bytes) -> Any:
+    """Decode msgpack; raises ProtocolError for anything malformed."""
+    try:
+        value = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise ProtocolError(f"malformed msgpack body: {exc}") from exc
+    check_depth(value)
+    return value
+
+
+def encode(value: Any, content_type: str) -> bytes:
+    """Encode for the given content type (msgpack unless JSON was asked for)."""
+    if content_type == JSON:
+        try:
+            return json.dumps(value, default=_json_default).encode()
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"cannot encode as JSON: {exc}") from exc
+    return pack(value)
+
+
+def decode(data: bytes, content_type: str) -> Any:
+    """Decode a body sent as msgpack or JSON."""
+    if content_type == JSON:
+        try:
+            value = json.loads(data)
+        except (ValueError, RecursionError) as exc:
+            raise ProtocolError(f"malformed JSON body: {exc}") from exc
+        check_depth(value)
+        return value
+    return unpack(data)
+
+
+def check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
+    """Refuse structures nested deeper than ``limit`` (iteratively: no recursion to blow)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            raise ProtocolError(f"body nested deeper than {limit} levels")
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend((v, depth + 1) for v in item)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -1,0 +1,54 @@
+"""Farm-root paths: every path a job names is relative to the root and must stay inside it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from buildcat.errors import PathError
+
+STATE_DIR_NAME = ".buildcat"
+
+
+def check_relative(path: str) -> str:
+    """Return ``path`` normalised to forward slashes if it is relative and stays in the root.
+
+    Refuses absolute paths (POSIX or Windows style) and ``..`` escapes, so the same job
+    means the same files on every host, whatever path each host mounts the root at.
+    """
+    if not isinstance(path, str) or not path.strip():
+        raise PathError("empty path: paths are relative to the farm root")
+    if "\x00" in path:
+        raise PathError(f"path {path!r} contains a NUL byte")
+    if PurePosixPath(path).is_absolute() or PureWindowsPath(path).is_absolute() or (
+        PureWindowsPath(path).drive
+    ):
+        raise PathError(f"path {path!r} is absolute: paths are relative to the farm root")
+    parts: list[str] = []
+    for part in path.replace("\\", "/").split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                raise PathError(f"path {path!r} escapes the farm root")
+            parts.pop()
+            continue
+        parts.append(part)
+    if not parts:
+        raise PathError(f"path {path!r} names the farm root itself, not a file in it")
+    return "/".join(parts)
+
+
+def resolve(root: str | os.PathLike[str], path: str) -> Path:
+    """Resolve a root-relative ``path`` on this host, refusing escapes through symlinks too."""
+    relative = check_relative(path)
+    base = Path(root).resolve()
+    full = (base / relative).resolve()
+    if full != base and base not in full.parents:
+        raise PathError(f"path {path!r} escapes the farm root through a symlink")
+    return full
+
+
+def state_dir(root: str | os.PathLike[str]) -> Path:
+    """The folder under the root where the farm keeps its own state."""
+    return Path(root) / STATE_DIR_NAME

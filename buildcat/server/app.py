@@ -1,0 +1,552 @@
+"""The HTTP face of the queue: aiohttp routes under /api/v1/ that call the scheduler.
+
+Workers long-poll for tasks; a submit, a requeue or a finished dependency wakes them
+through :meth:`Farm.dispatch`, which leases directly into the waiting requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+import buildcat
+from buildcat import jobs, protocol
+from buildcat.errors import FarmError, ProtocolError
+from buildcat.root import state_dir
+from buildcat.server.scheduler import (
+    FINAL_JOB_STATES,
+    Scheduler,
+    SchedulerError,
+    Task,
+    TaskSpec,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_WAIT_SECONDS = 60.0
+MAX_TASKS_PER_JOB = 1_000_000
+MAX_WANT = 1024
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    root: Path
+    bind: str = "127.0.0.1"
+    port: int = protocol.DEFAULT_PORT
+    name: str = field(default_factory=socket.gethostname)
+    lease_timeout: float = 30.0
+    state_dir: Path | None = None
+
+
+@dataclass(slots=True, eq=False)
+class _Waiter:
+    worker_id: str
+    want: int
+    future: asyncio.Future[list[Task]]
+
+
+class Farm:
+    """The server's state: one scheduler plus the requests waiting on it."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.scheduler = Scheduler(lease_timeout=config.lease_timeout)
+        self.waiters: deque[_Waiter] = deque()
+        self.job_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self.started_at = time.time()
+        self._expiry_task: asyncio.Task[None] | None = None
+
+    # ---- waking ------------------------------------------------------------------------
+
+    def after_change(self) -> None:
+        """Hand ready tasks to waiting workers and wake waiters of finished jobs."""
+        if self.waiters and self.scheduler.ready_total > 0:
+            self.dispatch(time.time())
+        for job in self.scheduler.take_finished():
+            log.info("job %s %s", job.id, job.state)
+            for future in self.job_waiters.pop(job.id, []):
+                if not future.done():
+                    future.set_result(None)
+        self.scheduler.take_changed()
+
+    def dispatch(self, now: float) -> None:
+        unmatched: list[_Waiter] = []
+        while self.waiters and self.scheduler.ready_total > 0:
+            waiter = self.waiters.popleft()
+            if waiter.future.done():
+                continue
+            try:
+                tasks = self.scheduler.lease(waiter.worker_id, waiter.want, now)
+            except SchedulerError:
+                waiter.future.set_result([])
+                continue
+            if tasks:
+                waiter.future.set_result(tasks)
+            else:
+                unmatched.append(waiter)
+        self.waiters.extendleft(reversed(unmatched))
+
+    def release_waiters(self) -> None:
+        """At shutdown, answer every long-poll at once so nothing waits for a timeout."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.future.done():
+                waiter.future.set_result([])
+        for futures in self.job_waiters.values():
+            for future in futures:
+                if not future.done():
+                    future.set_result(None)
+        self.job_waiters.clear()
+
+    async def expire_leases(self) -> None:
+        interval = max(0.05, min(1.0, self.config.lease_timeout / 4))
+        while True:
+            await asyncio.sleep(interval)
+            returned = self.scheduler.expire(time.time())
+            for task in returned:
+                log.warning("lease of task %s ran out; back in the queue", task.id)
+            self.after_change()
+
+
+# ---- request and response helpers ---------------------------------------------------------
+
+FARM_KEY = web.AppKey("farm", Farm)
+
+
+def _farm(request: web.Request) -> Farm:
+    return request.app[FARM_KEY]
+
+
+def _reply(request: web.Request, value: Any, status: int = 200) -> web.Response:
+    accept = request.headers.get("Accept", "")
+    content_type = protocol.MSGPACK if protocol.MSGPACK in accept else protocol.JSON
+    try:
+        body = protocol.encode(value, content_type)
+    except ProtocolError as exc:
+        raise web.HTTPInternalServerError(reason="cannot encode reply") from exc
+    return web.Response(body=body, status=status, content_type=content_type)
+
+
+def _error(request: web.Request, status: int, message: str) -> web.Response:
+    return _reply(request, {"error": message}, status=status)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    data = await request.read()
+    if not data:
+        return {}
+    content_type = request.content_type
+    if content_type not in (protocol.MSGPACK, protocol.JSON):
+        raise ProtocolError(
+            f"unsupported content type {content_type!r}: send {protocol.MSGPACK} or {protocol.JSON}"
+        )
+    value = protocol.decode(data, content_type)
+    if not isinstance(value, dict):
+        raise ProtocolError("the body must be a map")
+    return value
+
+
+def _get(body: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+    value = body.get(key, default)
+    if kind is int or kind is float or kind == (int, float):
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise ProtocolError(f"{key!r} must be a number")
+        return value
+    if not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise ProtocolError(f"{key!r} must be a {names}")
+    return value
+
+
+def _query_float(request: web.Request, key: str, default: float) -> float:
+    text = request.query.get(key)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ProtocolError(f"{key} must be a number of seconds") from None
+    if not 0 <= value <= 24 * 3600:
+        raise ProtocolError(f"{key} must be between 0 and 86400 seconds")
+    return value
+
+
+@web.middleware
+async def errors_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except SchedulerError as exc:
+        return _error(request, exc.status, str(exc))
+    except FarmError as exc:
+        return _error(request, 400, str(exc))
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.empty_body is False and not exc.text:
+            return _error(request, exc.status, exc.reason)
+        if exc.status >= 400:
+            return _error(request, exc.status, exc.text or exc.reason)
+        raise
+
+
+# ---- routes ---------------------------------------------------------------------------------
+
+routes = web.RouteTableDef()
+API = protocol.API_PREFIX
+
+
+@routes.get(f"{API}/ping")
+async def ping(request: web.Request) -> web.Response:
+    farm = _farm(request)
+    return _reply(
+        request,
+        {
+            "name": farm.config.name,
+            "version": buildcat.__version__,
+            "api": protocol.API_VERSION,
+            "started_at": farm.started_at,
+            "lease_timeout": farm.config.lease_timeout,
+        },
+    )
+
+
+@routes.post(f"{API}/jobs")
+async def submit(request: web.Request) -> web.Response:
+    farm = _farm(request)
+    body = await _body(request)
+    kind = _get(body, "kind", str, "python")
+    raw_tasks = _get(body, "tasks", list, [])
+    common = _get(body, "common", dict, {})
+    if not raw_tasks:
+        raise ProtocolError("a job needs at least one task")
+    if len(raw_tasks) > MAX_TASKS_PER_JOB:
+        raise ProtocolError(f"a job may have at most {MAX_TASKS_PER_JOB} tasks")
+    specs = []
+    for index, raw in enumerate(raw_tasks):
+        if not isinstance(raw, dict):
+            raise ProtocolError(f"task {index} must be a map")
+        payload = _get(raw, "payload", dict, {})
+        depends = _get(raw, "depends", list, [])
+        try:
+            jobs.validate_payload(kind, {**common, **payload})
+        except FarmError as exc:
+            raise FarmError(f"task {index}: {exc}") from None
+        specs.append(TaskSpec(payload=payload, depends=depends))
+    requires = _get(body, "requires", list, [])
+    if not all(isinstance(r, str) for r in requires):
+        raise ProtocolError("'requires' must be a list of strings")
+    max_attempts = body.get("max_attempts")
+    if max_attempts is not None:
+        max_attempts = _get(body, "max_attempts", int, None)
+    meta = _get(body, "meta", dict, {})
+    job = farm.scheduler.submit(
+        specs,
+        time.time(),
+        name=_get(body, "name", str, ""),
+        kind=kind,
+        priority=_get(body, "priority", int, 0),
+        requires=requires,
+        max_attempts=max_attempts,
+        owner=_get(body, "owner", str, ""),
+        meta={**meta, "common": common},
+    )
+    log.info("job %s submitted: %s, %d task(s)", job.id, job.name or kind, len(job.tasks))
+    farm.after_change()
+    return _reply(request, {"id": job.id, "tasks": len(job.tasks)}, status=201)
+
+
+@routes.get(f"{API}/jobs")
+async def list_jobs(request: web.Request) -> web.Response:
+    scheduler = _farm(request).scheduler
+    state = request.query.get("state")
+    views = [job.to_dict() for job in scheduler.jobs.values() if state in (None, str(job.state))]
+    for view in views:
+        view["meta"] = {k: v for k, v in view["meta"].items() if k != "common"}
+    return _reply(request, {"jobs": views})
+
+
+def _job_view(farm: Farm, job_id: str) -> dict[str, Any]:
+    view = farm.scheduler.job(job_id).to_dict()
+    view["meta"] = {k: v for k, v in view["meta"].items() if k != "common"}
+    return view
+
+
+@routes.get(f"{API}/jobs/{{job}}")
+async def job_status(request: web.Request) -> web.Response:
+    return _reply(request, _job_view(_farm(request), request.match_info["job"]))
+
+
+@routes.get(f"{API}/jobs/{{job}}/wait")
+async def job_wait(request: web.Request) -> web.Response:
+    """Long-poll: answers when the job ends or after ``timeout`` seconds, with its status."""
+    farm = _farm(request)
+    job = farm.scheduler.job(request.match_info["job"])
+    timeout = min(_query_float(request, "timeout", 30.0), MAX_WAIT_SECONDS)
+    if job.state not in FINAL_JOB_STATES and timeout > 0:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        farm.job_waiters.setdefault(job.id, []).append(future)
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            waiters = farm.job_waiters.get(job.id)
+            if waiters and future in waiters:
+                waiters.remove(future)
+    return _reply(request, _job_view(farm, job.id))
+
+
+@routes.get(f"{API}/jobs/{{job}}/tasks")
+async def job_tasks(request: web.Request) -> web.Response:
+    job = _farm(request).scheduler.job(request.match_info["job"])
+    return _reply(request, {"tasks": [task.to_dict() for task in job.tasks]})
+
+
+@routes.get(f"{API}/jobs/{{job}}/results")
+async def job_results(request: web.Request) -> web.Response:
+    job = _farm(request).scheduler.job(request.match_info["job"])
+    return _reply(
+        request,
+        {"id": job.id, "state": str(job.state), "results": [t.result for t in job.tasks]},
+    )
+
+
+@routes.post(f"{API}/jobs/{{job}}/{{action:cancel|pause|resume}}")
+async def job_action(request: web.Request) -> web.Response:
+    farm = _farm(request)
+    job_id = request.match_info["job"]
+    action = request.match_info["action"]
+    if action == "cancel":
+        farm.scheduler.cancel(job_id, time.time())
+    elif action == "pause":
+        farm.scheduler.pause(job_id)
+    else:
+        farm.scheduler.resume(job_id)
+    log.info("job %s: %s", job_id, action)
+    farm.after_change()
+    return _reply(request, _job_view(farm, job_id))
+
+
+@routes.get(f"{API}/tasks/{{task}}")
+async def task_detail(request: web.Request) -> web.Response:
+    task = _farm(request).scheduler.task(request.match_info["task"])
+    return _reply(request, task.to_dict(with_result=True))
+
+
+@routes.post(f"{API}/workers")
+async def register(request: web.Request) -> web.Response:
+    farm = _farm(request)
+    body = await _body(request)
+    capabilities = _get(body, "capabilities", dict, {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in capabilities.items()):
+        raise ProtocolError("'capabilities' must map names to version strings")
+    slots = _get(body, "slots", int, 1)
+    if not 1 <= slots <= 1024:
+        raise ProtocolError("'slots' must be between 1 and 1024")
+    worker = farm.scheduler.register(
+        name=_get(body, "name", str, "worker")[:200],
+        slots=slots,
+        capabilities=capabilities,
+        now=time.time(),
+        info=_get(body, "info", dict, {}),
+    )
+    log.info("worker %s (%s) joined with %d slot(s)", worker.name, worker.id, worker.slots)
+    return _reply(
+        request,
+        {"id": worker.id, "lease_timeout": farm.config.lease_timeout, "name": farm.config.name},
+        status=201,
+    )
+
+
+@routes.get(f"{API}/workers")
+async def list_workers(request: web.Request) -> web.Response:
+    workers = _farm(request).scheduler.workers.values()
+    return _reply(request, {"workers": [worker.to_dict() for worker in workers]})
+
+
+def _task_message(farm: Farm, task: Task) -> dict[str, Any]:
+    common = task.job.meta.get("common") or {}
+    return {
+        "id": task.id,
+        "job": task.job.id,
+        "kind": task.job.kind,
+        "attempt": task.attempts,
+        "payload": {**common, **task.payload} if common else task.payload,
+    }
+
+
+@routes.post(f"{API}/workers/{{worker}}/lease")
+async def lease(request: web.Request) -> web.Response:
+    """Long-poll for up to ``want`` tasks, waiting at most ``wait`` seconds for one."""
+    farm = _farm(request)
+    worker_id = request.match_info["worker"]
+    body = await _body(request)
+    want = _get(body, "want", int, 1)
+    wait = float(_get(body, "wait", (int, float), 0))
+    if not 0 <= want <= MAX_WANT:
+        raise ProtocolError(f"'want' must be between 0 and {MAX_WANT}")
+    wait = min(max(wait, 0.0), MAX_WAIT_SECONDS)
+    tasks = farm.scheduler.lease(worker_id, want, time.time())
+    if tasks:
+        farm.after_change()
+    elif want > 0 and wait > 0:
+        future: asyncio.Future[list[Task]] = asyncio.get_running_loop().create_future()
+        farm.waiters.append(_Waiter(worker_id, want, future))
+        try:
+            tasks = await asyncio.wait_for(asyncio.shield(future), wait)
+        except TimeoutError:
+            tasks = []
+        except asyncio.CancelledError:
+            # The worker went away mid-poll: whatever was just leased to it goes back.
+            if future.done() and not future.cancelled() and future.result():
+                ids = [task.id for task in future.result()]
+                with contextlib.suppress(SchedulerError):
+                    farm.scheduler.release(worker_id, ids, time.time())
+                farm.after_change()
+            raise
+        finally:
+            if not future.done():
+                future.cancel()
+    return _reply(request, {"tasks": [_task_message(farm, task) for task in tasks]})
+
+
+@routes.post(f"{API}/workers/{{worker}}/report")
+async def report(request: web.Request) -> web.Response:
+    """Results, failures, progress and given-back tasks in one message; answers cancellations."""
+    farm = _farm(request)
+    worker_id = request.match_info["worker"]
+    body = await _body(request)
+    scheduler = farm.scheduler
+    now = time.time()
+    scheduler.touch(worker_id, now)
+    accepted = []
+    for item in _get(body, "done", list, []):
+        if not isinstance(item, dict):
+            raise ProtocolError("each 'done' entry must be a map")
+        task_id = _get(item, "id", str, "")
+        log_text = _get(item, "log", str, "")
+        if item.get("ok", False) is True:
+            if scheduler.complete(worker_id, task_id, item.get("result"), now, log_text):
+                accepted.append(task_id)
+        else:
+            error = _get(item, "error", str, "task failed")
+            traceback = _get(item, "traceback", str, "")
+            if scheduler.fail(worker_id, task_id, error, traceback, now, log_text):
+                accepted.append(task_id)
+                log.warning("task %s failed on %s: %s", task_id, worker_id, error)
+    for item in _get(body, "progress", list, []):
+        if not isinstance(item, dict):
+            raise ProtocolError("each 'progress' entry must be a map")
+        scheduler.progress(
+            worker_id,
+            _get(item, "id", str, ""),
+            float(_get(item, "fraction", (int, float), 0.0)),
+            _get(item, "message", str, ""),
+        )
+    released = _get(body, "release", list, [])
+    if not all(isinstance(task_id, str) for task_id in released):
+        raise ProtocolError("'release' must be a list of task ids")
+    if released:
+        scheduler.release(worker_id, released, now)
+    farm.after_change()
+    return _reply(
+        request, {"accepted": accepted, "cancel": scheduler.take_cancellations(worker_id)}
+    )
+
+
+@routes.delete(f"{API}/workers/{{worker}}")
+async def unregister(request: web.Request) -> web.Response:
+    farm = _farm(request)
+    returned = farm.scheduler.unregister(request.match_info["worker"], time.time())
+    log.info("worker %s left; %d task(s) back in the queue", request.match_info["worker"],
+             len(returned))
+    farm.after_change()
+    return _reply(request, {"returned": [task.id for task in returned]})
+
+
+async def not_found(request: web.Request) -> web.Response:
+    return _error(request, 404, f"no such route: {request.method} {request.path}")
+
+
+# ---- application ----------------------------------------------------------------------------
+
+
+def create_app(config: ServerConfig) -> web.Application:
+    """Build the application (tests can use it without sockets)."""
+    app = web.Application(
+        middlewares=[errors_middleware], client_max_size=protocol.MAX_BODY_BYTES
+    )
+    farm = Farm(config)
+    app[FARM_KEY] = farm
+    app.add_routes(routes)
+
+    async def start_background(app: web.Application) -> None:
+        farm._expiry_task = asyncio.create_task(farm.expire_leases())
+
+    async def stop_background(app: web.Application) -> None:
+        farm.release_waiters()
+        if farm._expiry_task is not None:
+            farm._expiry_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await farm._expiry_task
+
+    app.on_startup.append(start_background)
+    app.on_shutdown.append(stop_background)
+    return app
+
+
+def prepare_root(config: ServerConfig) -> Path:
+    """Check the root exists and is writable; create the state folder in it."""
+    if not config.root.is_dir():
+        raise FarmError(f"farm root {config.root} does not exist or is not a folder")
+    folder = config.state_dir or state_dir(config.root)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FarmError(f"cannot create the state folder {folder}: {exc.strerror}") from None
+    if not os.access(folder, os.W_OK):
+        raise FarmError(f"the state folder {folder} is not writable")
+    return folder
+
+
+async def serve(config: ServerConfig, ready: Callable[[str, int], None] | None = None) -> None:
+    """Run the server until SIGTERM or SIGINT; ``ready`` is told the bound address."""
+    prepare_root(config)
+    app = create_app(config)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5)
+    await runner.setup()
+    site = web.TCPSite(runner, config.bind, config.port, backlog=4096, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise FarmError(f"cannot listen on {config.bind}:{config.port}: {exc.strerror}") from None
+    server = site._server
+    sockets = getattr(server, "sockets", None) or []
+    port = sockets[0].getsockname()[1] if sockets else config.port
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    if ready is not None:
+        ready(config.bind, port)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        app[FARM_KEY].release_waiters()
+        await runner.cleanup()

@@ -1,0 +1,624 @@
+"""The task queue: jobs, tasks, workers and leases, as a synchronous class with no I/O.
+
+Time is always passed in (``now``), so every rule here can be tested without sockets or
+clocks. The HTTP layer (``server.app``) translates requests into these calls and wakes
+waiting workers when :attr:`Scheduler.ready_total` says there is work.
+"""
+
+from __future__ import annotations
+
+import bisect
+import secrets
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from buildcat.errors import FarmError
+
+DEFAULT_LEASE_TIMEOUT = 30.0
+DEFAULT_MAX_ATTEMPTS = 3
+LOG_TAIL_CHARS = 16_384
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    PAUSED = "paused"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class TaskState(StrEnum):
+    QUEUED = "queued"
+    LEASED = "leased"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class WorkerState(StrEnum):
+    IDLE = "idle"
+    BUSY = "busy"
+    OFFLINE = "offline"
+
+
+FINAL_JOB_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
+FINAL_TASK_STATES = frozenset({TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED})
+
+
+class SchedulerError(FarmError):
+    """A request the queue refuses (unknown id, bad task graph); the HTTP layer sends 4xx."""
+
+    status = 400
+
+
+class NotFound(SchedulerError):
+    status = 404
+
+
+@dataclass(slots=True)
+class TaskSpec:
+    """One task of a job as submitted: what to run and which earlier tasks it waits for."""
+
+    payload: dict[str, Any]
+    depends: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True, eq=False)
+class Task:
+    job: Job
+    index: int
+    payload: dict[str, Any]
+    depends: list[int]
+    dependents: list[int] = field(default_factory=list)
+    pending_deps: int = 0
+    state: TaskState = TaskState.QUEUED
+    worker: str | None = None
+    attempts: int = 0
+    failures: int = 0
+    failed_on: set[str] = field(default_factory=set)
+    lease_expires_at: float = 0.0
+    leased_at: float | None = None
+    finished_at: float | None = None
+    result: Any = None
+    error: str = ""
+    traceback: str = ""
+    log: str = ""
+    progress: float = 0.0
+    progress_message: str = ""
+
+    @property
+    def id(self) -> str:
+        return f"{self.job.id}.{self.index}"
+
+    def to_dict(self, with_result: bool = False) -> dict[str, Any]:
+        view: dict[str, Any] = {
+            "id": self.id,
+            "index": self.index,
+            "state": str(self.state),
+            "worker": self.worker,
+            "attempts": self.attempts,
+            "failures": self.failures,
+            "depends": self.depends,
+            "progress": self.progress,
+            "progress_message": self.progress_message,
+            "leased_at": self.leased_at,
+            "finished_at": self.finished_at,
+            "error": self.error,
+            "traceback": self.traceback,
+            "label": self.payload.get("label", ""),
+        }
+        if with_result:
+            view["result"] = self.result
+            view["log"] = self.log
+        return view
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    id: str
+    seq: int
+    name: str
+    kind: str
+    priority: int
+    requires: list[str]
+    max_attempts: int
+    created_at: float
+    owner: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+    tasks: list[Task] = field(default_factory=list)
+    ready: deque[int] = field(default_factory=deque)
+    state: JobState = JobState.QUEUED
+    paused: bool = False
+    counts: dict[str, int] = field(default_factory=dict)
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str = ""
+    traceback: str = ""
+
+    @property
+    def order_key(self) -> tuple[int, int]:
+        """Higher priority first, then first come first served."""
+        return (-self.priority, self.seq)
+
+    def count(self, state: TaskState, delta: int) -> None:
+        self.counts[state] = self.counts.get(state, 0) + delta
+
+    def to_dict(self) -> dict[str, Any]:
+        total = len(self.tasks)
+        done = self.counts.get(TaskState.DONE, 0)
+        running_progress = sum(t.progress for t in self.tasks if t.state is TaskState.LEASED)
+        return {
+            "id": self.id,
+            "name": self.name,
+            "kind": self.kind,
+            "state": str(self.state),
+            "priority": self.priority,
+            "requires": self.requires,
+            "owner": self.owner,
+            "max_attempts": self.max_attempts,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "total": total,
+            "tasks": {str(state): self.counts.get(state, 0) for state in TaskState},
+            "progress": (done + running_progress) / total if total else 1.0,
+            "error": self.error,
+            "traceback": self.traceback,
+            "meta": self.meta,
+        }
+
+
+@dataclass(slots=True, eq=False)
+class Worker:
+    id: str
+    name: str
+    slots: int
+    capabilities: dict[str, str]
+    info: dict[str, Any]
+    registered_at: float
+    last_seen: float
+    leased: set[Task] = field(default_factory=set)
+    to_cancel: set[str] = field(default_factory=set)
+    online: bool = True
+    tasks_done: int = 0
+    tasks_failed: int = 0
+
+    @property
+    def state(self) -> WorkerState:
+        if not self.online:
+            return WorkerState.OFFLINE
+        return WorkerState.BUSY if self.leased else WorkerState.IDLE
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "state": str(self.state),
+            "slots": self.slots,
+            "capabilities": self.capabilities,
+            "info": self.info,
+            "registered_at": self.registered_at,
+            "last_seen": self.last_seen,
+            "tasks": sorted(task.id for task in self.leased),
+            "tasks_done": self.tasks_done,
+            "tasks_failed": self.tasks_failed,
+        }
+
+
+def requirement_met(requirement: str, capabilities: dict[str, str]) -> bool:
+    """``"gpu"`` needs the capability; ``"blender>=4.5"`` also needs that version or newer."""
+    name, sep, wanted = requirement.partition(">=")
+    name = name.strip()
+    if name not in capabilities:
+        return False
+    if not sep:
+        return True
+    return _version_tuple(capabilities[name]) >= _version_tuple(wanted)
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    numbers: list[int] = []
+    for part in text.strip().split("."):
+        digits = "".join(ch for ch in part if ch.isdigit())
+        if not digits:
+            break
+        numbers.append(int(digits))
+    return tuple(numbers)
+
+
+class Scheduler:
+    """Jobs split into tasks, leased to workers that match their requirements."""
+
+    def __init__(
+        self,
+        lease_timeout: float = DEFAULT_LEASE_TIMEOUT,
+        default_max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    ) -> None:
+        self.lease_timeout = lease_timeout
+        self.default_max_attempts = default_max_attempts
+        self.jobs: dict[str, Job] = {}
+        self.workers: dict[str, Worker] = {}
+        self.ready_total = 0
+        self._active: list[Job] = []  # unfinished jobs in dispatch order
+        self._active_keys: list[tuple[int, int]] = []
+        self._leased: set[Task] = set()
+        self._seq = 0
+        self._finished: list[Job] = []
+        self._changed: set[str] = set()
+
+    # ---- jobs -------------------------------------------------------------------------
+
+    def submit(
+        self,
+        tasks: list[TaskSpec],
+        now: float,
+        *,
+        name: str = "",
+        kind: str = "python",
+        priority: int = 0,
+        requires: Iterable[str] = (),
+        max_attempts: int | None = None,
+        owner: str = "",
+        meta: dict[str, Any] | None = None,
+        job_id: str | None = None,
+    ) -> Job:
+        if not tasks:
+            raise SchedulerError("a job needs at least one task")
+        attempts = self.default_max_attempts if max_attempts is None else max_attempts
+        if attempts < 1:
+            raise SchedulerError("max_attempts must be at least 1")
+        for index, spec in enumerate(tasks):
+            for dep in spec.depends:
+                if not isinstance(dep, int) or not 0 <= dep < index:
+                    raise SchedulerError(
+                        f"task {index} depends on {dep!r}: a task may depend only on "
+                        "tasks listed before it"
+                    )
+        self._seq += 1
+        job = Job(
+            id=job_id or secrets.token_hex(4),
+            seq=self._seq,
+            name=name,
+            kind=kind,
+            priority=priority,
+            requires=sorted(set(requires)),
+            max_attempts=attempts,
+            created_at=now,
+            owner=owner,
+            meta=meta or {},
+        )
+        while job.id in self.jobs:
+            job.id = secrets.token_hex(4)
+        for index, spec in enumerate(tasks):
+            task = Task(job=job, index=index, payload=spec.payload, depends=sorted(set(spec.depends)))
+            task.pending_deps = len(task.depends)
+            for dep in task.depends:
+                job.tasks[dep].dependents.append(index)
+            job.tasks.append(task)
+            if task.pending_deps == 0:
+                job.ready.append(index)
+        job.counts[TaskState.QUEUED] = len(tasks)
+        self.jobs[job.id] = job
+        self._activate(job)
+        self.ready_total += len(job.ready)
+        self._changed.add(job.id)
+        return job
+
+    def job(self, job_id: str) -> Job:
+        try:
+            return self.jobs[job_id]
+        except KeyError:
+            raise NotFound(f"no job {job_id!r}") from None
+
+    def task(self, task_id: str) -> Task:
+        job_id, _, index = task_id.rpartition(".")
+        job = self.job(job_id) if job_id else None
+        if job is None or not index.isdigit() or int(index) >= len(job.tasks):
+            raise NotFound(f"no task {task_id!r}")
+        return job.tasks[int(index)]
+
+    def cancel(self, job_id: str, now: float) -> Job:
+        job = self.job(job_id)
+        if job.state not in FINAL_JOB_STATES:
+            self._close_tasks(job, TaskState.CANCELLED, now)
+            self._finish(job, JobState.CANCELLED, now)
+        return job
+
+    def pause(self, job_id: str) -> Job:
+        job = self.job(job_id)
+        if job.state not in FINAL_JOB_STATES and not job.paused:
+            job.paused = True
+            self.ready_total -= len(job.ready)
+            job.state = JobState.PAUSED
+            self._changed.add(job.id)
+        return job
+
+    def resume(self, job_id: str) -> Job:
+        job = self.job(job_id)
+        if job.paused:
+            job.paused = False
+            self.ready_total += len(job.ready)
+            job.state = JobState.RUNNING if job.started_at is not None else JobState.QUEUED
+            self._changed.add(job.id)
+        return job
+
+    # ---- workers ----------------------------------------------------------------------
+
+    def register(
+        self,
+        name: str,
+        slots: int,
+        capabilities: dict[str, str],
+        now: float,
+        info: dict[str, Any] | None = None,
+        worker_id: str | None = None,
+    ) -> Worker:
+        if slots < 1:
+            raise SchedulerError("a worker needs at least one slot")
+        worker = Worker(
+            id=worker_id or f"w-{secrets.token_hex(4)}",
+            name=name,
+            slots=slots,
+            capabilities=dict(capabilities),
+            info=info or {},
+            registered_at=now,
+            last_seen=now,
+        )
+        self.workers[worker.id] = worker
+        return worker
+
+    def worker(self, worker_id: str) -> Worker:
+        worker = self.workers.get(worker_id)
+        if worker is None or not worker.online:
+            raise NotFound(f"unknown worker {worker_id!r}: register again")
+        return worker
+
+    def unregister(self, worker_id: str, now: float) -> list[Task]:
+        """A worker leaves: whatever it still holds goes back to the queue."""
+        worker = self.worker(worker_id)
+        returned = [t for t in list(worker.leased) if self._requeue(t, now)]
+        worker.online = False
+        return returned
+
+    def touch(self, worker_id: str, now: float) -> Worker:
+        """Any word from a worker extends the leases of everything it holds."""
+        worker = self.worker(worker_id)
+        worker.last_seen = now
+        expires = now + self.lease_timeout
+        for task in worker.leased:
+            task.lease_expires_at = expires
+        return worker
+
+    # ---- leases -----------------------------------------------------------------------
+
+    def lease(self, worker_id: str, want: int, now: float) -> list[Task]:
+        """Hand up to ``want`` ready tasks to a worker: priority first, FIFO within it."""
+        worker = self.touch(worker_id, now)
+        granted: list[Task] = []
+        if want <= 0 or self.ready_total <= 0:
+            return granted
+        for job in self._active:
+            if job.paused or not job.ready:
+                continue
+            if not all(requirement_met(r, worker.capabilities) for r in job.requires):
+                continue
+            while job.ready and len(granted) < want:
+                task = job.tasks[job.ready.popleft()]
+                self.ready_total -= 1
+                self._set_state(task, TaskState.LEASED)
+                task.worker = worker.id
+                task.attempts += 1
+                task.leased_at = now
+                task.lease_expires_at = now + self.lease_timeout
+                task.progress = 0.0
+                task.progress_message = ""
+                worker.leased.add(task)
+                self._leased.add(task)
+                granted.append(task)
+            if job.started_at is None:
+                job.started_at = now
+                job.state = JobState.RUNNING
+            self._changed.add(job.id)
+            if len(granted) >= want:
+                break
+        return granted
+
+    def progress(self, worker_id: str, task_id: str, fraction: float, message: str) -> None:
+        task = self.task(task_id)
+        if task.state is TaskState.LEASED and task.worker == worker_id:
+            task.progress = min(max(float(fraction), 0.0), 1.0)
+            task.progress_message = message[:200]
+            self._changed.add(task.job.id)
+
+    def complete(
+        self, worker_id: str, task_id: str, result: Any, now: float, log: str = ""
+    ) -> bool:
+        """Record a task done. A late report for a task given to someone else still counts
+        once; a report for a task already finished is discarded (returns False)."""
+        task = self.task(task_id)
+        worker = self.workers.get(worker_id)
+        if task.state in FINAL_TASK_STATES:
+            return False
+        if task.state is TaskState.LEASED and task.worker != worker_id:
+            other = self.workers.get(task.worker or "")
+            if other is not None:
+                other.to_cancel.add(task.id)
+        self._unlease(task)
+        if task.state is TaskState.QUEUED:
+            self._remove_ready(task)
+        task.worker = worker_id
+        task.result = result
+        task.log = log[-LOG_TAIL_CHARS:]
+        task.progress = 1.0
+        task.finished_at = now
+        self._set_state(task, TaskState.DONE)
+        if worker is not None:
+            worker.tasks_done += 1
+        job = task.job
+        for index in task.dependents:
+            dependent = job.tasks[index]
+            dependent.pending_deps -= 1
+            if dependent.pending_deps == 0 and dependent.state is TaskState.QUEUED:
+                job.ready.append(index)
+                if not job.paused:
+                    self.ready_total += 1
+        if job.counts.get(TaskState.DONE, 0) == len(job.tasks):
+            self._finish(job, JobState.DONE, now)
+        return True
+
+    def fail(
+        self,
+        worker_id: str,
+        task_id: str,
+        error: str,
+        traceback: str,
+        now: float,
+        log: str = "",
+        retry: bool = True,
+    ) -> bool:
+        """Record a failed attempt; the task is retried until the job's max_attempts."""
+        task = self.task(task_id)
+        if task.state is not TaskState.LEASED or task.worker != worker_id:
+            return False  # the attempt no longer owns the task: nothing to record
+        worker = self.workers.get(worker_id)
+        self._unlease(task)
+        task.failures += 1
+        task.error = error
+        task.traceback = traceback
+        task.log = log[-LOG_TAIL_CHARS:]
+        job = task.job
+        if worker is not None:
+            worker.tasks_failed += 1
+            task.failed_on.add(worker.name)
+        if retry and task.failures < job.max_attempts:
+            self._set_state(task, TaskState.QUEUED)
+            task.worker = None
+            job.ready.appendleft(task.index)
+            if not job.paused:
+                self.ready_total += 1
+            self._changed.add(job.id)
+            return True
+        task.finished_at = now
+        self._set_state(task, TaskState.FAILED)
+        job.error = f"task {task.id} failed after {task.failures} attempt(s): {error}"
+        job.traceback = traceback
+        self._close_tasks(job, TaskState.CANCELLED, now)
+        self._finish(job, JobState.FAILED, now)
+        return True
+
+    def release(self, worker_id: str, task_ids: Iterable[str], now: float) -> list[Task]:
+        """A worker gives tasks back unstarted (draining, shutting down): no attempt lost."""
+        self.touch(worker_id, now)
+        returned = []
+        for task_id in task_ids:
+            task = self.task(task_id)
+            if task.state is TaskState.LEASED and task.worker == worker_id:
+                task.attempts -= 1
+                if self._requeue(task, now):
+                    returned.append(task)
+        return returned
+
+    def take_cancellations(self, worker_id: str) -> list[str]:
+        """Task ids the worker holds that it should stop (job cancelled, done elsewhere)."""
+        worker = self.worker(worker_id)
+        cancels = sorted(worker.to_cancel)
+        worker.to_cancel.clear()
+        return cancels
+
+    def expire(self, now: float) -> list[Task]:
+        """Leases past their time go back to the queue; silent workers go offline."""
+        expired = [t for t in self._leased if t.lease_expires_at <= now]
+        returned = [t for t in expired if self._requeue(t, now)]
+        for worker in self.workers.values():
+            if worker.online and now - worker.last_seen > self.lease_timeout and not worker.leased:
+                worker.online = False
+        return returned
+
+    # ---- events for the HTTP layer -------------------------------------------------------
+
+    def take_finished(self) -> list[Job]:
+        finished, self._finished = self._finished, []
+        return finished
+
+    def take_changed(self) -> set[str]:
+        changed, self._changed = self._changed, set()
+        return changed
+
+    def results(self, job_id: str) -> list[Any]:
+        return [task.result for task in self.job(job_id).tasks]
+
+    # ---- internals --------------------------------------------------------------------
+
+    def _set_state(self, task: Task, state: TaskState) -> None:
+        job = task.job
+        job.count(task.state, -1)
+        job.count(state, 1)
+        task.state = state
+        self._changed.add(job.id)
+
+    def _unlease(self, task: Task) -> None:
+        if task.state is TaskState.LEASED:
+            self._leased.discard(task)
+            worker = self.workers.get(task.worker or "")
+            if worker is not None:
+                worker.leased.discard(task)
+                worker.to_cancel.discard(task.id)
+
+    def _requeue(self, task: Task, now: float) -> bool:
+        if task.state is not TaskState.LEASED:
+            return False
+        self._unlease(task)
+        self._set_state(task, TaskState.QUEUED)
+        task.worker = None
+        task.progress = 0.0
+        job = task.job
+        job.ready.appendleft(task.index)
+        if not job.paused:
+            self.ready_total += 1
+        return True
+
+    def _remove_ready(self, task: Task) -> None:
+        job = task.job
+        try:
+            job.ready.remove(task.index)
+        except ValueError:
+            return
+        if not job.paused:
+            self.ready_total -= 1
+
+    def _close_tasks(self, job: Job, state: TaskState, now: float) -> None:
+        for task in job.tasks:
+            if task.state in FINAL_TASK_STATES:
+                continue
+            if task.state is TaskState.LEASED:
+                worker = self.workers.get(task.worker or "")
+                if worker is not None:
+                    worker.to_cancel.add(task.id)
+                    worker.leased.discard(task)
+                self._leased.discard(task)
+            task.finished_at = now
+            self._set_state(task, state)
+        if not job.paused:
+            self.ready_total -= len(job.ready)
+        job.ready.clear()
+
+    def _activate(self, job: Job) -> None:
+        position = bisect.bisect(self._active_keys, job.order_key)
+        self._active_keys.insert(position, job.order_key)
+        self._active.insert(position, job)
+
+    def _finish(self, job: Job, state: JobState, now: float) -> None:
+        position = bisect.bisect_left(self._active_keys, job.order_key)
+        if position < len(self._active) and self._active[position] is job:
+            del self._active_keys[position]
+            del self._active[position]
+        if job.paused:
+            job.paused = False
+        job.state = state
+        job.finished_at = now
+        self._finished.append(job)
+        self._changed.add(job.id)

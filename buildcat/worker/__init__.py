@@ -1,0 +1,1 @@
+"""The worker: pulls tasks from the server (agent) and runs them in child processes (execute)."""

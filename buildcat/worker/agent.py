@@ -1,0 +1,385 @@
+"""The worker's pull loop: register, lease tasks, run them in child processes, report.
+
+Three kinds of coroutine share one agent: the leaser long-polls for tasks while there is
+room, one runner per slot feeds tasks to its child process, and the reporter sends
+results, progress and heartbeats (and learns of cancellations) without waiting for the
+leaser. Results the server could not take are kept and sent again once it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import platform
+import signal
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+import buildcat
+from buildcat import jobs, protocol
+from buildcat.errors import FarmError
+from buildcat.worker.execute import Child, ChildDied
+
+log = logging.getLogger(__name__)
+
+#: Prefetch holds at most this many seconds of (estimated) work beyond the free slots.
+PREFETCH_SECONDS = 0.05
+MAX_PREFETCH = 256
+LONG_POLL_SECONDS = 20.0
+IDLE_POLL_SECONDS = 0.5
+MAX_BACKOFF_SECONDS = 5.0
+
+
+@dataclass(slots=True)
+class WorkerConfig:
+    host: str
+    port: int
+    root: Path
+    name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    slots: int = 1
+    tags: list[str] = field(default_factory=list)
+    exit_when_idle: bool = False
+    max_tasks: int | None = None
+
+
+class ServerGone(Exception):
+    """The server did not answer; the caller retries with backoff."""
+
+
+class UnknownWorker(Exception):
+    """The server no longer knows this worker (it restarted): register again."""
+
+
+@dataclass(slots=True, eq=False)
+class _Running:
+    message: dict[str, Any]
+    child: Child
+    started_at: float
+    cancelled: bool = False
+
+
+class Agent:
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.base = f"http://{config.host}:{config.port}{protocol.API_PREFIX}"
+        self.worker_id: str | None = None
+        self.heartbeat_seconds = 10.0
+        self.queue: deque[dict[str, Any]] = deque()
+        self.running: dict[str, _Running] = {}
+        self.outbox: list[dict[str, Any]] = []
+        self.to_release: list[str] = []
+        self.progress: dict[str, tuple[float, str]] = {}
+        self.started = 0
+        self.finished = 0
+        self.draining = False
+        self.stopping = False
+        self.mean_task_seconds: float | None = None
+        self.wake_runners = asyncio.Event()
+        self.wake_leaser = asyncio.Event()
+        self.wake_reporter = asyncio.Event()
+        self.children: list[Child] = []
+        self.session: aiohttp.ClientSession | None = None
+
+    # ---- HTTP ---------------------------------------------------------------------------
+
+    async def call(self, method: str, path: str, body: Any = None, timeout: float = 30) -> Any:
+        assert self.session is not None
+        data = protocol.pack(body) if body is not None else None
+        headers = {"Accept": protocol.MSGPACK, "Content-Type": protocol.MSGPACK}
+        try:
+            async with self.session.request(
+                method,
+                self.base + path,
+                data=data,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=5),
+            ) as response:
+                payload = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise ServerGone(str(exc) or type(exc).__name__) from exc
+        reply = protocol.unpack(payload) if payload else {}
+        if status == 404 and "worker" in str(reply.get("error", "")):
+            raise UnknownWorker(reply.get("error"))
+        if status >= 500:
+            raise ServerGone(f"server error {status}")
+        if status >= 400:
+            raise FarmError(f"server refused {method} {path}: {reply.get('error', status)}")
+        return reply
+
+    async def register(self) -> None:
+        capabilities = {tag: "" for tag in self.config.tags}
+        capabilities["python"] = platform.python_version()
+        reply = await self.call(
+            "POST",
+            "/workers",
+            {
+                "name": self.config.name,
+                "slots": self.config.slots,
+                "capabilities": capabilities,
+                "info": {
+                    "hostname": socket.gethostname(),
+                    "platform": platform.platform(),
+                    "python": platform.python_version(),
+                    "root": str(self.config.root),
+                    "pid": os.getpid(),
+                    "version": buildcat.__version__,
+                },
+            },
+        )
+        self.worker_id = reply["id"]
+        self.heartbeat_seconds = max(0.05, float(reply.get("lease_timeout", 30.0)) / 3)
+        log.info("registered with %s as %s (%s)", self.base, self.config.name, self.worker_id)
+
+    async def call_as_worker(self, method: str, suffix: str, body: Any, timeout: float) -> Any:
+        """A worker request that survives outages: backs off, re-registers, tries again."""
+        backoff = 0.1
+        while True:
+            try:
+                if self.worker_id is None:
+                    await self.register()
+                return await self.call(method, f"/workers/{self.worker_id}{suffix}", body, timeout)
+            except UnknownWorker:
+                log.warning("the server does not know this worker any more; registering again")
+                self.worker_id = None
+            except ServerGone as exc:
+                if self.stopping:
+                    raise
+                log.warning("server unreachable (%s); retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+
+    # ---- capacity -------------------------------------------------------------------------
+
+    def capacity(self) -> int:
+        prefetch = 0
+        if self.mean_task_seconds is not None and self.mean_task_seconds < PREFETCH_SECONDS:
+            prefetch = min(
+                MAX_PREFETCH,
+                int(PREFETCH_SECONDS / max(self.mean_task_seconds, 1e-5)) * self.config.slots,
+            )
+        room = self.config.slots + prefetch - len(self.running) - len(self.queue)
+        if self.config.max_tasks is not None:
+            room = min(room, self.config.max_tasks - self.started - len(self.queue))
+        return max(room, 0)
+
+    def idle(self) -> bool:
+        return not self.running and not self.queue
+
+    # ---- loops ----------------------------------------------------------------------------
+
+    async def leaser(self) -> None:
+        while not self.draining:
+            want = self.capacity()
+            if want <= 0:
+                if self.config.max_tasks is not None and self.started >= self.config.max_tasks:
+                    self.begin_drain("reached --max-tasks")
+                    return
+                self.wake_leaser.clear()
+                await self.wake_leaser.wait()
+                continue
+            quick = self.config.exit_when_idle and self.idle()
+            wait = IDLE_POLL_SECONDS if quick else LONG_POLL_SECONDS
+            reply = await self.call_as_worker(
+                "POST", "/lease", {"want": want, "wait": wait}, timeout=wait + 30
+            )
+            tasks = reply.get("tasks", [])
+            if self.draining:
+                self.to_release.extend(task["id"] for task in tasks)
+                self.wake_reporter.set()
+                return
+            if tasks:
+                self.queue.extend(tasks)
+                self.wake_runners.set()
+            elif quick and self.idle() and not self.outbox:
+                self.begin_drain("no work left (--exit-when-idle)")
+                return
+
+    async def runner(self, child: Child) -> None:
+        while True:
+            while not self.queue and not self.draining:
+                self.wake_runners.clear()
+                await self.wake_runners.wait()
+            if self.draining or not self.queue:
+                return
+            message = self.queue.popleft()
+            self.started += 1
+            self.wake_leaser.set()
+            await self.execute(message, child)
+
+    async def execute(self, message: dict[str, Any], child: Child) -> None:
+        task_id = message["id"]
+        entry = _Running(message, child, time.monotonic())
+        self.running[task_id] = entry
+
+        def on_progress(fraction: float, text: str) -> None:
+            self.progress[task_id] = (fraction, text)
+
+        outcome: dict[str, Any]
+        try:
+            jobs.validate_payload(message.get("kind", ""), message.get("payload"))
+            reply = await child.run(task_id, message["payload"], on_progress)
+            outcome = {
+                "id": task_id,
+                "ok": bool(reply.get("ok")),
+                "result": reply.get("result"),
+                "error": str(reply.get("error", "")),
+                "traceback": str(reply.get("traceback", "")),
+                "log": str(reply.get("log", "")),
+            }
+        except ChildDied as exc:
+            outcome = {"id": task_id, "ok": False, "error": str(exc), "traceback": ""}
+            if entry.cancelled:
+                outcome["error"] = "cancelled"
+            await child.start()  # a fresh process for the next task
+        except FarmError as exc:
+            outcome = {"id": task_id, "ok": False, "error": str(exc), "traceback": ""}
+        finally:
+            del self.running[task_id]
+            self.progress.pop(task_id, None)
+        elapsed = time.monotonic() - entry.started_at
+        self.mean_task_seconds = (
+            elapsed
+            if self.mean_task_seconds is None
+            else 0.8 * self.mean_task_seconds + 0.2 * elapsed
+        )
+        self.finished += 1
+        if entry.cancelled:
+            log.info("task %s cancelled", task_id)
+        else:
+            if outcome["ok"]:
+                log.info("task %s done in %.3fs", task_id, elapsed)
+            else:
+                log.warning("task %s failed: %s", task_id, outcome["error"])
+            self.outbox.append(outcome)
+        self.wake_reporter.set()
+        self.wake_leaser.set()
+
+    async def reporter(self) -> None:
+        last_sent = time.monotonic()
+        while True:
+            finished = self.draining and not self.running
+            if not finished and not self.outbox and not self.to_release:
+                self.wake_reporter.clear()
+                timeout = max(0.0, self.heartbeat_seconds - (time.monotonic() - last_sent))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake_reporter.wait(), timeout)
+            if self.draining and self.queue:
+                self.to_release.extend(message["id"] for message in self.queue)
+                self.queue.clear()
+            done, self.outbox = self.outbox, []
+            release, self.to_release = self.to_release, []
+            progress = [
+                {"id": task_id, "fraction": fraction, "message": text}
+                for task_id, (fraction, text) in self.progress.items()
+            ]
+            body = {"done": done, "progress": progress, "release": release}
+            try:
+                reply = await self.call_as_worker("POST", "/report", body, timeout=60)
+            except BaseException:
+                self.outbox[:0] = done
+                self.to_release[:0] = release
+                raise
+            last_sent = time.monotonic()
+            for task_id in reply.get("cancel", []):
+                self.cancel(task_id)
+            if finished and not self.outbox and not self.to_release:
+                return
+
+    def cancel(self, task_id: str) -> None:
+        entry = self.running.get(task_id)
+        if entry is not None:
+            log.info("stopping task %s: cancelled by the server", task_id)
+            entry.cancelled = True
+            entry.child.kill()
+        for message in list(self.queue):
+            if message["id"] == task_id:
+                self.queue.remove(message)
+
+    def begin_drain(self, why: str) -> None:
+        if not self.draining:
+            log.info("draining: %s; finishing %d running task(s)", why, len(self.running))
+            self.draining = True
+            self.wake_runners.set()
+            self.wake_leaser.set()
+            self.wake_reporter.set()
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        main = asyncio.current_task()
+        signals = 0
+
+        def on_signal() -> None:
+            nonlocal signals
+            signals += 1
+            if signals == 1:
+                self.begin_drain("signal received (a second one stops at once)")
+            else:
+                log.info("stopping now: running tasks go back to the queue")
+                self.stopping = True
+                if main is not None:
+                    main.cancel()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal)
+        env = {
+            "BUILDCAT_ROOT": str(self.config.root),
+            "BUILDCAT_WORKER_NAME": self.config.name,
+            "BUILDCAT_WORKER_SLOTS": str(self.config.slots),
+        }
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=8, force_close=False)
+        )
+        self.children = [Child(env) for _ in range(self.config.slots)]
+        try:
+            await asyncio.gather(*(child.start() for child in self.children))
+            await self.call_as_worker("POST", "/report", {}, timeout=30)
+            workers = [asyncio.create_task(self.runner(child)) for child in self.children]
+            leaser = asyncio.create_task(self.leaser())
+            reporter = asyncio.create_task(self.reporter())
+            try:
+                await asyncio.gather(*workers)
+                await reporter
+            finally:
+                leaser.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ServerGone, FarmError):
+                    await leaser
+            await self.leave()
+            return 0
+        except asyncio.CancelledError:
+            if not self.stopping:
+                raise
+            for child in self.children:
+                child.kill()
+            with contextlib.suppress(ServerGone, FarmError, asyncio.CancelledError):
+                await asyncio.wait_for(self.leave(), 5)
+            return 1
+        finally:
+            for child in self.children:
+                await child.close()
+            await self.session.close()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+
+    async def leave(self) -> None:
+        """Unregister: whatever the server still thinks we hold goes back to the queue."""
+        if self.worker_id is not None:
+            with contextlib.suppress(UnknownWorker):
+                await self.call("DELETE", f"/workers/{self.worker_id}", timeout=10)
+            log.info("left the farm after %d task(s)", self.finished)
+
+
+def run_worker(config: WorkerConfig) -> int:
+    if not config.root.is_dir():
+        raise FarmError(f"farm root {config.root} does not exist or is not a folder")
+    return asyncio.run(Agent(config).run())

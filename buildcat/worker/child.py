@@ -1,0 +1,130 @@
+"""The child process a worker keeps alive between tasks; runs job functions one at a time.
+
+Frames on stdin/stdout are a 4-byte big-endian length and a msgpack map. The function's
+own prints are captured and sent back with its result as the task log.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import struct
+import sys
+import threading
+import time
+import traceback
+from typing import Any, BinaryIO
+
+from buildcat import protocol
+from buildcat.jobs import context
+from buildcat.jobs.python import load_function
+
+HEADER = struct.Struct(">I")
+
+
+class _Capture(io.TextIOBase):
+    """Collects what a task prints, keeping the tail only."""
+
+    def __init__(self, limit: int = 64 * 1024) -> None:
+        self.parts: list[str] = []
+        self.size = 0
+        self.limit = limit
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        self.size += len(text)
+        if self.size > 2 * self.limit:
+            joined = "".join(self.parts)[-self.limit :]
+            self.parts, self.size = [joined], len(joined)
+        return len(text)
+
+    def take(self) -> str:
+        text = "".join(self.parts)[-self.limit :]
+        self.parts, self.size = [], 0
+        return text
+
+
+def read_frame(stream: BinaryIO) -> Any | None:
+    header = stream.read(HEADER.size)
+    if len(header) < HEADER.size:
+        return None
+    (length,) = HEADER.unpack(header)
+    data = stream.read(length)
+    if len(data) < length:
+        return None
+    return protocol.unpack(data)
+
+
+def _watch_parent(parent: int) -> None:
+    # A worker killed with SIGKILL cannot stop its children: they notice and leave.
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def main() -> None:
+    out = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)  # C-level prints must never land in the protocol stream
+    stdin = sys.stdin.buffer
+    lock = threading.Lock()
+
+    def send(message: dict[str, Any]) -> None:
+        try:
+            data = protocol.pack(message)
+        except protocol.ProtocolError as exc:
+            data = protocol.pack(
+                {"type": "result", "ok": False, "error": str(exc), "traceback": ""}
+            )
+        with lock:
+            out.write(HEADER.pack(len(data)) + data)
+
+    # Ctrl-C reaches the whole process group; the worker decides what happens to tasks.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    root = os.environ.get("BUILDCAT_ROOT", os.getcwd())
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    capture = _Capture()
+    real_stdout, real_stderr = sys.stdout, sys.stderr
+    send({"type": "ready", "pid": os.getpid()})
+    while True:
+        request = read_frame(stdin)
+        if request is None:
+            return
+        task_id = request.get("task", "")
+
+        def report(fraction: float, message: str, task_id: str = task_id) -> None:
+            send({"type": "progress", "task": task_id, "fraction": fraction, "message": message})
+
+        context.set_current(
+            context.TaskContext(
+                root=root,
+                worker_name=os.environ.get("BUILDCAT_WORKER_NAME", ""),
+                slots=int(os.environ.get("BUILDCAT_WORKER_SLOTS", "1")),
+                task_id=task_id,
+                report=report,
+            )
+        )
+        sys.stdout = sys.stderr = capture
+        try:
+            function = load_function(request["function"], root)
+            result = function(*request.get("args", []), **request.get("kwargs", {}))
+            reply: dict[str, Any] = {"type": "result", "ok": True, "result": result}
+            protocol.pack(result)  # an unencodable result fails the task, not the child
+        except BaseException as exc:  # SystemExit from a job fails the task, not the child
+            reply = {
+                "type": "result",
+                "ok": False,
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(),
+            }
+        finally:
+            sys.stdout, sys.stderr = real_stdout, real_stderr
+        reply["log"] = capture.take()
+        send(reply)
+
+
+if __name__ == "__main__":
+    main()
