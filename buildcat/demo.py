@@ -36,7 +36,7 @@ def run_demo(root: Path, workers: int = 2, echo: Callable[[str], None] = print) 
             deadline = time.monotonic() + 30
             while len(client.workers()) < workers and time.monotonic() < deadline:
                 time.sleep(0.05)
-            tasks = demo_job.tasks()
+            tasks = demo_job.tasks(width=960, height=640)
             job = client.submit_tasks(tasks, name="demo: mandelbrot in 16 tiles")
             echo(f"Submitted job {job.id}: {len(tasks) - 1} tiles and one assemble task")
             display = ProgressDisplay()
@@ -55,7 +55,8 @@ def run_demo(root: Path, workers: int = 2, echo: Callable[[str], None] = print) 
             echo(f"Tiles: {root / 'demo' / 'tiles'}")
         return 0
     finally:
-        launch.stop_all(processes)
+        launch.stop_all(processes[1:])  # workers first, so they can say goodbye
+        launch.stop_all(processes[:1])
         for handle in [server_log, *worker_logs]:
             handle.close()
         echo("Farm stopped.")

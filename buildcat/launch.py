@@ -85,6 +85,7 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
 
 
 def stop_all(processes: Sequence[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:
+    """Stop processes together: signal all, then wait for each (workers before servers)."""
     for process in processes:
         if process.poll() is None:
             with contextlib.suppress(ProcessLookupError):

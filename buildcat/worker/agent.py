@@ -36,6 +36,11 @@ MAX_PREFETCH = 256
 LONG_POLL_SECONDS = 20.0
 IDLE_POLL_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 5.0
+#: Progress goes to the server at most this often per worker.
+PROGRESS_SECONDS = 0.5
+#: A draining worker keeps trying to deliver results this long; the server re-runs the
+#: tasks of a worker that never reports back, so giving up loses time, not work.
+DRAIN_DELIVERY_SECONDS = 30.0
 
 
 @dataclass(slots=True)
@@ -77,6 +82,7 @@ class Agent:
         self.outbox: list[dict[str, Any]] = []
         self.to_release: list[str] = []
         self.progress: dict[str, tuple[float, str]] = {}
+        self.progress_dirty = False
         self.started = 0
         self.finished = 0
         self.draining = False
@@ -142,6 +148,7 @@ class Agent:
     async def call_as_worker(self, method: str, suffix: str, body: Any, timeout: float) -> Any:
         """A worker request that survives outages: backs off, re-registers, tries again."""
         backoff = 0.1
+        give_up_at: float | None = None
         while True:
             try:
                 if self.worker_id is None:
@@ -151,7 +158,9 @@ class Agent:
                 log.warning("the server does not know this worker any more; registering again")
                 self.worker_id = None
             except ServerGone as exc:
-                if self.stopping:
+                if self.draining and give_up_at is None:
+                    give_up_at = time.monotonic() + DRAIN_DELIVERY_SECONDS
+                if self.stopping or (give_up_at is not None and time.monotonic() > give_up_at):
                     raise
                 log.warning("server unreachable (%s); retrying in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)
@@ -222,6 +231,9 @@ class Agent:
 
         def on_progress(fraction: float, text: str) -> None:
             self.progress[task_id] = (fraction, text)
+            if not self.progress_dirty:
+                self.progress_dirty = True
+                self.wake_reporter.set()
 
         outcome: dict[str, Any]
         try:
@@ -266,15 +278,25 @@ class Agent:
     async def reporter(self) -> None:
         last_sent = time.monotonic()
         while True:
-            finished = self.draining and not self.running
-            if not finished and not self.outbox and not self.to_release:
+            while True:
+                finished = self.draining and not self.running
+                if finished or self.outbox or self.to_release:
+                    break
+                since = time.monotonic() - last_sent
+                due = self.heartbeat_seconds - since
+                if self.progress_dirty:
+                    due = min(due, PROGRESS_SECONDS - since)
+                if due <= 0:
+                    break
                 self.wake_reporter.clear()
-                timeout = max(0.0, self.heartbeat_seconds - (time.monotonic() - last_sent))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake_reporter.wait(), timeout)
+                    await asyncio.wait_for(self.wake_reporter.wait(), due)
+            self.progress_dirty = False
             if self.draining and self.queue:
                 self.to_release.extend(message["id"] for message in self.queue)
                 self.queue.clear()
+            if finished and not self.outbox and not self.to_release:
+                return
             done, self.outbox = self.outbox, []
             release, self.to_release = self.to_release, []
             progress = [
@@ -284,6 +306,11 @@ class Agent:
             body = {"done": done, "progress": progress, "release": release}
             try:
                 reply = await self.call_as_worker("POST", "/report", body, timeout=60)
+            except ServerGone:
+                lost = [item["id"] for item in done]
+                log.error("server gone while draining; %d result(s) not delivered (%s): "
+                          "the farm will run those tasks again", len(lost), ", ".join(lost))
+                return
             except BaseException:
                 self.outbox[:0] = done
                 self.to_release[:0] = release
@@ -374,7 +401,7 @@ class Agent:
     async def leave(self) -> None:
         """Unregister: whatever the server still thinks we hold goes back to the queue."""
         if self.worker_id is not None:
-            with contextlib.suppress(UnknownWorker):
+            with contextlib.suppress(UnknownWorker, ServerGone):
                 await self.call("DELETE", f"/workers/{self.worker_id}", timeout=10)
             log.info("left the farm after %d task(s)", self.finished)
 

@@ -1,0 +1,86 @@
+"""Dispatch benchmark: N no-op tasks through a real server and K worker processes.
+
+Prints end-to-end throughput (submit to last result) and submit->start latency on an
+idle farm (p50/p99). Run: ``python benchmarks/dispatch.py [--tasks N] [--workers K]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import buildcat
+from buildcat import launch
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--latency-samples", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="Also write the figures here.")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="buildcat-bench-") as folder:
+        root = Path(folder)
+        server, port = launch.start_server(root, "--log-level", "warning")
+        workers = [
+            launch.start_worker(port, root, "--name", f"bench-{n}", "--log-level", "warning")
+            for n in range(args.workers)
+        ]
+        try:
+            farm = buildcat.connect("127.0.0.1", port, root)
+            deadline = time.monotonic() + 30
+            while len(farm.workers()) < args.workers and time.monotonic() < deadline:
+                time.sleep(0.05)
+            farm.map("buildcat.jobs.builtin:noop", range(200)).wait(timeout=60)  # warm up
+
+            rates = []
+            for _ in range(args.rounds):
+                started = time.perf_counter()
+                job = farm.map("buildcat.jobs.builtin:noop", range(args.tasks))
+                job.wait(timeout=600)
+                rates.append(args.tasks / (time.perf_counter() - started))
+
+            latencies = []
+            for _ in range(args.latency_samples):
+                submitted = time.time()
+                job = farm.submit("buildcat.jobs.builtin:started_at")
+                job.wait(timeout=60)
+                latencies.append((job.results()[0] - submitted) * 1000)
+            farm.close()
+        finally:
+            launch.stop_all(workers)
+            launch.stop(server)
+
+    figures = {
+        "machine": f"{platform.node()} {platform.machine()}, {platform.python_version()}",
+        "tasks": args.tasks,
+        "workers": args.workers,
+        "throughput_tasks_per_s": round(statistics.median(rates)),
+        "throughput_rounds": [round(rate) for rate in rates],
+        "latency_p50_ms": round(percentile(latencies, 0.50), 2),
+        "latency_p99_ms": round(percentile(latencies, 0.99), 2),
+    }
+    print(f"no-op tasks:            {args.tasks} x {args.rounds} rounds, {args.workers} workers")
+    print(f"throughput (median):    {figures['throughput_tasks_per_s']} tasks/s "
+          f"(rounds: {figures['throughput_rounds']})")
+    print(f"submit->start latency:  p50 {figures['latency_p50_ms']} ms, "
+          f"p99 {figures['latency_p99_ms']} ms ({args.latency_samples} samples, idle farm)")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Frame specs such as ``1,7,10-25,75-100:2``: parsing, chunking and the compact inverse.
+
+Pure logic, no I/O. Frames are integers >= 0; ``-`` is the range separator.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from buildcat.errors import FrameSpecError
+
+MAX_FRAMES = 1_000_000
+"""Most frames one spec may name, counted before building any list."""
+
+_MAX_DIGITS = 18
+"""Longer numbers are refused before ``int()`` so a pasted blob cannot cost time or memory."""
+
+_PART = re.compile(
+    r"(?P<start>[0-9]+)(?:\s*-\s*(?P<end>[0-9]+)(?:\s*:\s*(?P<step>[0-9]+))?)?",
+    re.ASCII,
+)
+_EXPECTED = "expected N, A-B or A-B:STEP"
+
+
+def _bad(part: str, why: str) -> FrameSpecError:
+    return FrameSpecError(f"bad frame spec part {part!r}: {why}")
+
+
+def _parse_part(part: str) -> tuple[int, int, int]:
+    """Return ``(start, end, step)`` for one comma-separated part, already stripped."""
+    match = _PART.fullmatch(part)
+    if match is None:
+        raise _bad(part, _EXPECTED)
+    texts = [text for text in match.group("start", "end", "step") if text is not None]
+    if any(len(text) > _MAX_DIGITS for text in texts):
+        raise _bad(part, f"numbers have at most {_MAX_DIGITS} digits")
+    start = int(texts[0])
+    end = int(texts[1]) if len(texts) > 1 else start
+    step = int(texts[2]) if len(texts) > 2 else 1
+    if start > end:
+        raise _bad(part, "range start is after its end")
+    if step < 1:
+        raise _bad(part, "step must be at least 1")
+    return start, end, step
+
+
+def parse_frames(spec: str) -> list[int]:
+    """Return the sorted, de-duplicated frames named by ``spec``.
+
+    ``spec`` is comma-separated parts, each ``N``, ``A-B`` (inclusive) or ``A-B:STEP``,
+    with whitespace allowed around parts. Raises :class:`FrameSpecError` with one line
+    naming the bad part, or when the spec names more than :data:`MAX_FRAMES` frames.
+    """
+    if not spec.strip():
+        raise FrameSpecError("empty frame spec")
+    runs: list[tuple[int, int, int]] = []
+    total = 0
+    for raw_part in spec.split(","):
+        part = raw_part.strip()
+        if not part:
+            raise FrameSpecError(f"empty part in frame spec {spec.strip()!r}")
+        start, end, step = _parse_part(part)
+        # Counted arithmetically so '0-999999999' is refused before any list exists.
+        total += (end - start) // step + 1
+        if total > MAX_FRAMES:
+            raise FrameSpecError(
+                f"too many frames: part {part!r} brings the spec to {total:,} frames,"
+                f" the limit is {MAX_FRAMES:,}"
+            )
+        runs.append((start, end, step))
+    frames: set[int] = set()
+    for start, end, step in runs:
+        frames.update(range(start, end + 1, step))
+    return sorted(frames)
+
+
+def chunk_frames(frames: list[int], size: int) -> list[list[int]]:
+    """Split ``frames`` into consecutive groups of ``size`` (the last may be shorter), in order."""
+    if size < 1:
+        raise FrameSpecError(f"bad chunk size {size}: must be at least 1")
+    return [frames[index : index + size] for index in range(0, len(frames), size)]
+
+
+def frame_ranges(frames: Iterable[int]) -> list[tuple[int, int, int]]:
+    """Return ``(start, end, step)`` runs, end inclusive, covering exactly the set of ``frames``.
+
+    Runs are found greedily over the sorted frames; a run with a step above 1 needs at
+    least three frames, otherwise its first frame stands alone as ``(n, n, 1)``.
+    These are the runs Blender renders with ``-s start -e end -j step -a``.
+    """
+    ordered = sorted(set(frames))
+    if ordered and ordered[0] < 0:
+        raise FrameSpecError(f"bad frame {ordered[0]}: frames are integers >= 0")
+    runs: list[tuple[int, int, int]] = []
+    index = 0
+    count = len(ordered)
+    while index < count:
+        start = ordered[index]
+        if index + 1 == count:
+            runs.append((start, start, 1))
+            break
+        step = ordered[index + 1] - start
+        last = index + 1
+        while last + 1 < count and ordered[last + 1] - ordered[last] == step:
+            last += 1
+        if step == 1 or last - index >= 2:
+            runs.append((start, ordered[last], step))
+            index = last + 1
+        else:
+            runs.append((start, start, 1))
+            index += 1
+    return runs
+
+
+def format_frames(frames: Iterable[int]) -> str:
+    """Return a compact spec for ``frames``, such as ``1-3,5-9:2``; ``""`` for no frames.
+
+    ``parse_frames(format_frames(frames)) == sorted(set(frames))`` for any non-empty frames
+    that ``parse_frames`` can name (at most :data:`MAX_FRAMES` of them).
+    """
+    parts: list[str] = []
+    for start, end, step in frame_ranges(frames):
+        if start == end:
+            parts.append(str(start))
+        elif step == 1:
+            parts.append(f"{start}-{end}")
+        else:
+            parts.append(f"{start}-{end}:{step}")
+    return ",".join(parts)

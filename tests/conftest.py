@@ -1,0 +1,129 @@
+"""Fixtures that start real ``farm`` processes on loopback and clean up what they made."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import buildcat
+from buildcat import launch
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+        time.sleep(interval)
+
+
+@dataclass
+class Farm:
+    """A real server plus the workers a test starts; stopped at the end of the test."""
+
+    root: Path
+    logs: Path
+    port: int = 0
+    server: subprocess.Popen[bytes] | None = None
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _handles: list[Any] = field(default_factory=list)
+    _clients: list[buildcat.Client] = field(default_factory=list)
+
+    def _log(self, name: str) -> Any:
+        handle = launch.free_log(self.logs / f"{name}.log")
+        self._handles.append(handle)
+        return handle
+
+    def start_server(self, *extra: str) -> int:
+        self.server, self.port = launch.start_server(
+            self.root, "--log-level", "debug", *extra, log=self._log("server")
+        )
+        return self.port
+
+    def start_worker(self, *extra: str, name: str | None = None) -> subprocess.Popen[bytes]:
+        name = name or f"worker-{len(self.workers) + 1}"
+        process = launch.start_worker(
+            self.port, self.root, "--name", name, *extra, log=self._log(name)
+        )
+        self.workers.append(process)
+        return process
+
+    def client(self) -> buildcat.Client:
+        client = buildcat.connect("127.0.0.1", self.port, self.root)
+        self._clients.append(client)
+        return client
+
+    def wait_workers(self, count: int, timeout: float = 30.0) -> None:
+        client = self.client()
+
+        def online() -> bool:
+            return sum(w["state"] != "offline" for w in client.workers()) >= count
+
+        wait_for(online, timeout)
+
+    def cli(self, *args: str, timeout: float = 60.0, **env: str) -> subprocess.CompletedProcess[str]:
+        """Run ``farm ARGS`` as a user would, pointed at this farm by environment variables."""
+        environment = {
+            **os.environ,
+            "FARM_HOST": "127.0.0.1",
+            "FARM_PORT": str(self.port),
+            "BUILDCAT_ROOT": str(self.root),
+            **env,
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "buildcat", *args],
+            capture_output=True,
+            text=True,
+            env=environment,
+            timeout=timeout,
+        )
+
+    def log_text(self, name: str) -> str:
+        path = self.logs / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        for client in self._clients:
+            client.close()
+        launch.stop_all(self.workers)
+        if self.server is not None:
+            launch.stop(self.server)
+        for handle in self._handles:
+            handle.close()
+
+
+@pytest.fixture
+def farm(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Farm]:
+    """A farm root with a running server; tests add workers with ``farm.start_worker()``."""
+    root = tmp_path / "root"
+    root.mkdir()
+    farm = Farm(root=root, logs=tmp_path / "logs")
+    farm.start_server(*getattr(request, "param", ()))
+    try:
+        yield farm
+    finally:
+        farm.stop()
+        failed = getattr(request.node, "rep_call", None)
+        if failed is not None and failed.failed:
+            for log in sorted(farm.logs.glob("*.log")):
+                print(f"----- {log.name} -----\n{log.read_text(errors='replace')[-4000:]}")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call":
+        item.rep_call = report  # type: ignore[attr-defined]
+    return report

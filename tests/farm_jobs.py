@@ -1,0 +1,53 @@
+"""Job functions the integration tests run; copied into each test's farm root as a module."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import buildcat
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def pid(_: object = None) -> int:
+    return os.getpid()
+
+
+def boom(message: str) -> None:
+    raise RuntimeError(f"boom: {message}")
+
+
+def crash(code: int = 3) -> None:
+    os._exit(code)
+
+
+def crash_once(marker: str) -> str:
+    """Kills its own process the first time it runs, succeeds the second time."""
+    path = buildcat.path(marker)
+    if not path.exists():
+        path.write_text("crashed once")
+        os._exit(9)
+    return "second time lucky"
+
+
+def slow(seconds: float, result: object = None) -> object:
+    steps = max(1, int(seconds / 0.05))
+    for step in range(steps):
+        time.sleep(seconds / steps)
+        buildcat.progress((step + 1) / steps, f"step {step + 1} of {steps}")
+    return result
+
+
+def write_file(relative: str, text: str) -> str:
+    path = buildcat.path(relative)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return relative
+
+
+def chatty(x: int) -> int:
+    print(f"working on {x}")
+    return x + 1

@@ -1,0 +1,267 @@
+"""End to end: real `farm server` and `farm worker` processes on loopback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+import buildcat
+from tests.conftest import Farm, wait_for
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture
+def jobs_farm(farm: Farm) -> Farm:
+    """A farm whose root holds the test job module `farm_jobs`."""
+    shutil.copy(HERE / "farm_jobs.py", farm.root / "farm_jobs.py")
+    return farm
+
+
+def task_states(job: buildcat.Job) -> list[str]:
+    return [task["state"] for task in job.tasks()]
+
+
+def test_map_returns_results_in_order(jobs_farm: Farm) -> None:
+    jobs_farm.start_worker()
+    jobs_farm.start_worker("--slots", "2")
+    farm = jobs_farm.client()
+    job = farm.map("farm_jobs:square", range(100))
+    job.wait(timeout=60)
+    assert job.results() == [x * x for x in range(100)]
+    status = job.status()
+    assert status["state"] == "done"
+    assert status["tasks"]["done"] == 100
+
+
+def test_function_in_a_file_under_the_root(jobs_farm: Farm) -> None:
+    (jobs_farm.root / "shots" / "tools").mkdir(parents=True)
+    (jobs_farm.root / "shots" / "tools" / "double.py").write_text(
+        "def double(x, twice=False):\n    return x * (4 if twice else 2)\n"
+    )
+    jobs_farm.start_worker()
+    farm = jobs_farm.client()
+    assert farm.submit("shots/tools/double.py:double", 21).results() == [42]
+    assert farm.submit("shots/tools/double.py:double", 5, twice=True).results() == [20]
+
+
+def test_failing_function_raises_job_failed_with_remote_traceback(jobs_farm: Farm) -> None:
+    jobs_farm.start_worker()
+    farm = jobs_farm.client()
+    job = farm.submit("farm_jobs:boom", "the lights went out")
+    with pytest.raises(buildcat.JobFailed) as raised:
+        job.wait(timeout=60)
+    assert "RuntimeError: boom: the lights went out" in str(raised.value)
+    assert 'raise RuntimeError(f"boom: {message}")' in raised.value.traceback
+    assert "in boom" in raised.value.traceback
+    (task,) = job.tasks()
+    assert task["state"] == "failed"
+    assert task["attempts"] == 3  # the default max_attempts, then the job fails
+
+    waited = jobs_farm.cli("wait", job.id)
+    assert waited.returncode != 0
+    assert "RuntimeError: boom: the lights went out" in waited.stderr
+    assert "Traceback" in waited.stderr
+
+
+def test_farm_wait_and_results_on_the_command_line(jobs_farm: Farm) -> None:
+    jobs_farm.start_worker()
+    submitted = jobs_farm.cli("submit", "python", "--json", "--map", "farm_jobs:square", "3", "4")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)["id"]
+    waited = jobs_farm.cli("wait", job_id)
+    assert waited.returncode == 0, waited.stderr
+    assert "done" in waited.stdout
+    results = jobs_farm.cli("results", "--json", job_id)
+    assert json.loads(results.stdout) == [9, 16]
+    status = json.loads(jobs_farm.cli("status", "--json", job_id).stdout)
+    assert status["id"] == job_id
+    assert status["state"] == "done"
+    assert status["tasks"]["done"] == 2
+    listing = jobs_farm.cli("status")
+    assert job_id in listing.stdout
+    workers = json.loads(jobs_farm.cli("workers", "--json").stdout)
+    assert [w["name"] for w in workers] == ["worker-1"]
+    assert workers[0]["tasks_done"] == 2
+
+
+def test_submit_wait_with_kwargs(jobs_farm: Farm) -> None:
+    jobs_farm.start_worker()
+    done = jobs_farm.cli(
+        "submit", "python", "--wait", "--json", "farm_jobs:slow", "0.1", "-k", 'result={"a": 1}'
+    )
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    assert status["state"] == "done"
+    assert jobs_farm.client().job(status["id"]).results() == [{"a": 1}]
+
+
+def test_worker_killed_mid_task_loses_no_task(tmp_path: Path) -> None:
+    farm = Farm(root=tmp_path / "root", logs=tmp_path / "logs")
+    farm.root.mkdir()
+    shutil.copy(HERE / "farm_jobs.py", farm.root / "farm_jobs.py")
+    farm.start_server("--lease-timeout", "1")
+    try:
+        doomed = farm.start_worker(name="doomed")
+        client = farm.client()
+        job = client.map("farm_jobs:slow", [0.5] * 6)
+        wait_for(lambda: any(t["worker"] and t["state"] == "leased" for t in job.tasks()))
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait()
+        farm.start_worker(name="survivor")
+        job.wait(timeout=60)
+        assert job.results() == [None] * 6
+        tasks = job.tasks()
+        assert all(task["state"] == "done" for task in tasks)
+        assert {task["worker"] for task in tasks} == {
+            w["id"] for w in client.workers() if w["name"] == "survivor"
+        }
+    finally:
+        farm.stop()
+
+
+def test_child_crash_fails_only_its_task_and_is_replaced(jobs_farm: Farm) -> None:
+    jobs_farm.start_worker()
+    farm = jobs_farm.client()
+    crashed = farm.submit_tasks(
+        [{"payload": {"function": "farm_jobs:crash", "args": [3]}}], max_attempts=1
+    )
+    with pytest.raises(buildcat.JobFailed, match="exited with code 3"):
+        crashed.wait(timeout=60)
+    # The same worker goes on with a fresh child process.
+    assert farm.map("farm_jobs:square", [5, 6]).results() == [25, 36]
+    # A crash is an attempt like any other: the retry succeeds.
+    assert farm.submit("farm_jobs:crash_once", "marker.txt").results() == ["second time lucky"]
+
+
+def test_child_processes_stay_alive_between_tasks(jobs_farm: Farm) -> None:
+    jobs_farm.start_worker()
+    pids = jobs_farm.client().map("farm_jobs:pid", range(20)).results()
+    assert len(set(pids)) == 1
+
+
+def test_task_output_and_progress_reach_the_server(jobs_farm: Farm) -> None:
+    jobs_farm.start_server  # noqa: B018 - the fixture's server is already running
+    jobs_farm.start_worker()
+    farm = jobs_farm.client()
+    job = farm.submit("farm_jobs:slow", 3.0)
+    progress = wait_for(
+        lambda: next((t["progress"] for t in job.tasks() if 0 < t["progress"] < 1), None)
+    )
+    assert 0 < progress < 1
+    assert job.status()["state"] == "running"
+    job.wait(timeout=60)
+    chatty = farm.submit("farm_jobs:chatty", 1)
+    assert chatty.results() == [2]
+    assert "working on 1" in farm.task(f"{chatty.id}.0")["log"]
+
+
+def test_sigterm_drains_the_running_task(jobs_farm: Farm) -> None:
+    worker = jobs_farm.start_worker()
+    farm = jobs_farm.client()
+    job = farm.map("farm_jobs:slow", [1.0, 1.0], max_attempts=1)
+    wait_for(lambda: task_states(job).count("leased") == 1)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    tasks = job.tasks()
+    assert sorted(t["state"] for t in tasks) == ["done", "queued"]  # finished one, took none
+    jobs_farm.start_worker()
+    job.wait(timeout=60)
+
+
+def test_second_signal_gives_the_task_back(jobs_farm: Farm) -> None:
+    worker = jobs_farm.start_worker()
+    farm = jobs_farm.client()
+    job = farm.submit("farm_jobs:slow", 30.0, "finished")
+    wait_for(lambda: task_states(job) == ["leased"])
+    worker.send_signal(signal.SIGTERM)
+    worker.send_signal(signal.SIGINT)
+    worker.wait(timeout=30)
+    # Given back at once, not after a lease timeout.
+    wait_for(lambda: task_states(job) == ["queued"], timeout=5)
+
+
+def test_cancel_stops_a_running_task(jobs_farm: Farm) -> None:
+    jobs_farm.start_worker()
+    farm = jobs_farm.client()
+    job = farm.submit("farm_jobs:slow", 60.0)
+    wait_for(lambda: task_states(job) == ["leased"])
+    cancelled = jobs_farm.cli("cancel", job.id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert task_states(job) == ["cancelled"]
+    assert jobs_farm.cli("wait", job.id).returncode != 0
+    # The worker stopped that task and is free for the next job straight away.
+    assert farm.submit("farm_jobs:square", 9).results() == [81]
+
+
+def test_worker_info(jobs_farm: Farm) -> None:
+    jobs_farm.start_worker("--slots", "2", name="render-01")
+    answered = jobs_farm.cli("worker-info", "--json")
+    assert answered.returncode == 0, answered.stderr
+    info = json.loads(answered.stdout)
+    assert info["worker"] == "render-01"
+    assert info["slots"] == 2
+    assert Path(info["root"]) == jobs_farm.root.resolve()
+    assert info["python"].count(".") == 2
+    assert info["hostname"]
+    assert "platform" in info
+
+
+@pytest.mark.parametrize(
+    ("function", "complaint"),
+    [
+        ("/etc/passwd.py:steal", "is absolute"),
+        ("../outside.py:escape", "escapes the farm root"),
+        ("jobs/../../outside.py:escape", "escapes the farm root"),
+        ("not a function", "must look like module:function"),
+    ],
+)
+def test_paths_outside_the_root_are_refused(farm: Farm, function: str, complaint: str) -> None:
+    refused = farm.cli("submit", "python", function)
+    assert refused.returncode != 0
+    assert complaint in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in refused.stderr
+    assert farm.client().jobs() == []
+
+
+def test_server_refuses_escapes_the_client_did_not_check(farm: Farm) -> None:
+    client = farm.client()
+    with pytest.raises(buildcat.RequestRejected, match="is absolute") as raised:
+        client.request("POST", "/jobs", {"tasks": [{"payload": {"function": "/x.py:f"}}]})
+    assert raised.value.status == 400
+
+
+def test_exit_when_idle_and_max_tasks(jobs_farm: Farm) -> None:
+    farm = jobs_farm.client()
+    job = farm.map("farm_jobs:square", range(5))
+    limited = jobs_farm.start_worker("--max-tasks", "2", name="limited")
+    assert limited.wait(timeout=30) == 0
+    assert job.status()["tasks"]["done"] == 2
+    idle = jobs_farm.start_worker("--exit-when-idle", name="idle")
+    assert idle.wait(timeout=30) == 0
+    assert job.results() == [0, 1, 4, 9, 16]
+
+
+def test_unreachable_server_is_one_clear_line(tmp_path: Path) -> None:
+    farm = Farm(root=tmp_path, logs=tmp_path / "logs", port=1)
+    failed = farm.cli("status")
+    assert failed.returncode != 0
+    assert failed.stderr.strip().startswith("farm: error: cannot reach the farm server")
+    assert len(failed.stderr.strip().splitlines()) == 1
+
+
+def test_server_shutdown_releases_waiting_workers(farm: Farm) -> None:
+    for _ in range(3):
+        farm.start_worker()
+    farm.wait_workers(3)
+    assert farm.server is not None
+    started = time.monotonic()
+    farm.server.send_signal(signal.SIGTERM)
+    farm.server.wait(timeout=20)
+    assert time.monotonic() - started < 5
