@@ -55,7 +55,9 @@ def decode(data: bytes, content_type: str) -> Any:
     if content_type == JSON:
         try:
             value = json.loads(data)
-        except (ValueError, RecursionError) as exc:
+        except RecursionError:
+            raise ProtocolError(f"body nested deeper than {MAX_DEPTH} levels") from None
+        except ValueError as exc:
             raise ProtocolError(f"malformed JSON body: {exc}") from exc
         check_depth(value)
         return value

@@ -195,8 +195,8 @@ class Agent:
                 self.wake_leaser.clear()
                 await self.wake_leaser.wait()
                 continue
-            quick = self.config.exit_when_idle and self.idle()
-            wait = IDLE_POLL_SECONDS if quick else LONG_POLL_SECONDS
+            # A worker that leaves when idle must notice an empty queue quickly.
+            wait = IDLE_POLL_SECONDS if self.config.exit_when_idle else LONG_POLL_SECONDS
             reply = await self.call_as_worker(
                 "POST", "/lease", {"want": want, "wait": wait}, timeout=wait + 30
             )
@@ -208,7 +208,7 @@ class Agent:
             if tasks:
                 self.queue.extend(tasks)
                 self.wake_runners.set()
-            elif quick and self.idle() and not self.outbox:
+            elif self.config.exit_when_idle and self.idle() and not self.outbox:
                 self.begin_drain("no work left (--exit-when-idle)")
                 return
 

@@ -1,0 +1,105 @@
+"""The HTTP API refuses bad requests with a 4xx and a reason, and speaks msgpack and JSON."""
+
+from __future__ import annotations
+
+import http.client
+import json
+
+import msgpack
+import pytest
+
+from buildcat.protocol import MAX_BODY_BYTES
+from tests.conftest import Farm
+
+
+def call(
+    farm: Farm, method: str, path: str, body: bytes | None = None, content_type: str = ""
+) -> tuple[int, dict[str, object]]:
+    connection = http.client.HTTPConnection("127.0.0.1", farm.port, timeout=30)
+    headers = {"Content-Type": content_type} if content_type else {}
+    connection.request(method, path, body=body, headers=headers)
+    response = connection.getresponse()
+    payload = response.read()
+    connection.close()
+    assert response.getheader("Content-Type", "").startswith("application/json")
+    return response.status, json.loads(payload)
+
+
+def test_json_is_accepted_and_served(farm: Farm) -> None:
+    body = json.dumps({"tasks": [{"payload": {"function": "math:sqrt", "args": [4]}}]})
+    status, reply = call(farm, "POST", "/api/v1/jobs", body.encode(), "application/json")
+    assert status == 201
+    status, job = call(farm, "GET", f"/api/v1/jobs/{reply['id']}")
+    assert status == 200
+    assert job["state"] == "queued"
+    assert job["tasks"] == {"queued": 1, "leased": 0, "done": 0, "failed": 0, "cancelled": 0}
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "reason"),
+    [
+        (b"\xc1\xff", "application/msgpack", "malformed msgpack"),
+        (b"{not json", "application/json", "malformed JSON"),
+        (msgpack.packb([1, 2]), "application/msgpack", "must be a map"),
+        (msgpack.packb({"tasks": "nope"}), "application/msgpack", "'tasks' must be a list"),
+        (msgpack.packb({"tasks": []}), "application/msgpack", "at least one task"),
+        (msgpack.packb({"tasks": [{"payload": {}}]}), "application/msgpack", "function"),
+        (msgpack.packb({"tasks": [{"payload": {"function": "m:f"}}], "priority": "high"}),
+         "application/msgpack", "'priority' must be a number"),
+        (msgpack.packb({"tasks": [{"payload": {"function": "m:f"}, "depends": [3]}]}),
+         "application/msgpack", "may depend only on tasks listed before it"),
+        (msgpack.packb({"tasks": [{"payload": {"function": "m:f"}}], "kind": "teapot"}),
+         "application/msgpack", "unknown job kind"),
+        (b"x", "text/plain", "unsupported content type"),
+        pytest.param(b"[" * 5000 + b"]" * 5000, "application/json", "nested deeper", id="deep"),
+        pytest.param(b"[" * 100 + b"]" * 100, "application/json", "nested deeper", id="deep100"),
+        (msgpack.packb({"tasks": [{"payload": {"function": "../../etc/x.py:f"}}]}),
+         "application/msgpack", "escapes the farm root"),
+    ],
+)
+def test_bad_submissions_get_400_with_a_reason(
+    farm: Farm, body: bytes, content_type: str, reason: str
+) -> None:
+    status, reply = call(farm, "POST", "/api/v1/jobs", body, content_type)
+    assert status == 400
+    assert reason in str(reply["error"])
+    assert farm.client().jobs() == []
+
+
+def test_oversized_body_is_413(farm: Farm) -> None:
+    status, reply = call(farm, "POST", "/api/v1/jobs", b"\x00" * (MAX_BODY_BYTES + 1),
+                         "application/msgpack")
+    assert status == 413
+    assert reply["error"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/v1/jobs/nosuchjob"),
+        ("GET", "/api/v1/jobs/nosuchjob/results"),
+        ("POST", "/api/v1/jobs/nosuchjob/cancel"),
+        ("GET", "/api/v1/tasks/nosuchjob.0"),
+        ("POST", "/api/v1/workers/w-nobody/lease"),
+        ("GET", "/api/v2/jobs"),
+    ],
+)
+def test_unknown_ids_and_routes_are_404(farm: Farm, method: str, path: str) -> None:
+    status, reply = call(farm, method, path)
+    assert status == 404
+    assert reply["error"]
+
+
+def test_wait_timeout_must_be_a_number(farm: Farm) -> None:
+    job = farm.client().submit("math:sqrt", 4)
+    status, reply = call(farm, "GET", f"/api/v1/jobs/{job.id}/wait?timeout=soon")
+    assert status == 400
+    assert "timeout" in str(reply["error"])
+
+
+def test_server_keeps_serving_after_bad_requests(farm: Farm) -> None:
+    for body in (b"\xc1", b"\x00" * 100, msgpack.packb({"tasks": [None]})):
+        status, _ = call(farm, "POST", "/api/v1/jobs", body, "application/msgpack")
+        assert 400 <= status < 500
+    farm.start_worker()
+    assert farm.client().submit("math:sqrt", 16).results() == [4.0]
