@@ -74,10 +74,14 @@ def main() -> None:
         "latency_p99_ms": round(percentile(latencies, 0.99), 2),
     }
     print(f"no-op tasks:            {args.tasks} x {args.rounds} rounds, {args.workers} workers")
-    print(f"throughput (median):    {figures['throughput_tasks_per_s']} tasks/s "
-          f"(rounds: {figures['throughput_rounds']})")
-    print(f"submit->start latency:  p50 {figures['latency_p50_ms']} ms, "
-          f"p99 {figures['latency_p99_ms']} ms ({args.latency_samples} samples, idle farm)")
+    print(
+        f"throughput (median):    {figures['throughput_tasks_per_s']} tasks/s "
+        f"(rounds: {figures['throughput_rounds']})"
+    )
+    print(
+        f"submit->start latency:  p50 {figures['latency_p50_ms']} ms, "
+        f"p99 {figures['latency_p99_ms']} ms ({args.latency_samples} samples, idle farm)"
+    )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
 

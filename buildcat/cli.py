@@ -61,10 +61,21 @@ def root_option(function: F) -> F:
 def client_options(function: F) -> F:
     """--host/--port/--root for every client command; passes a Client as ``client``."""
 
-    @click.option("--host", envvar="FARM_HOST", default="127.0.0.1", show_default=True,
-                  help="Farm server address (env FARM_HOST).")
-    @click.option("--port", envvar="FARM_PORT", type=int, default=protocol.DEFAULT_PORT,
-                  show_default=True, help="Farm server port (env FARM_PORT).")
+    @click.option(
+        "--host",
+        envvar="FARM_HOST",
+        default="127.0.0.1",
+        show_default=True,
+        help="Farm server address (env FARM_HOST).",
+    )
+    @click.option(
+        "--port",
+        envvar="FARM_PORT",
+        type=int,
+        default=protocol.DEFAULT_PORT,
+        show_default=True,
+        help="Farm server port (env FARM_PORT).",
+    )
     @root_option
     @click.pass_context
     def wrapper(ctx: click.Context, host: str, port: int, root: Path, **kwargs: Any) -> Any:
@@ -96,18 +107,37 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--bind", default="127.0.0.1", show_default=True,
-              help="Address to listen on (0.0.0.0 for every interface).")
-@click.option("--port", type=int, default=protocol.DEFAULT_PORT, show_default=True,
-              help="Port to listen on (0 picks a free one).")
+@click.option(
+    "--bind",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (0.0.0.0 for every interface).",
+)
+@click.option(
+    "--port",
+    type=int,
+    default=protocol.DEFAULT_PORT,
+    show_default=True,
+    help="Port to listen on (0 picks a free one).",
+)
 @root_option
 @click.option("--name", default=None, help="Farm name (default: this host's name).")
-@click.option("--lease-timeout", type=click.FloatRange(min=0.1), default=30.0,
-              show_default=True, help="Seconds a silent worker keeps its tasks.")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
-def server(bind: str, port: int, root: Path, name: str | None, lease_timeout: float,
-           log_level: str) -> None:
+@click.option(
+    "--lease-timeout",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds a silent worker keeps its tasks.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def server(
+    bind: str, port: int, root: Path, name: str | None, lease_timeout: float, log_level: str
+) -> None:
     """Run the farm server (the task queue)."""
     import asyncio
 
@@ -119,30 +149,64 @@ def server(bind: str, port: int, root: Path, name: str | None, lease_timeout: fl
         config.name = name
 
     def ready(host: str, bound_port: int) -> None:
-        click.echo(f"farm server {config.name!r} listening on http://{host}:{bound_port} "
-                   f"(root {config.root})")
+        click.echo(
+            f"farm server {config.name!r} listening on http://{host}:{bound_port} "
+            f"(root {config.root})"
+        )
         sys.stdout.flush()
 
     asyncio.run(serve(config, ready))
 
 
 @main.command()
-@click.option("--host", envvar="FARM_HOST", default="127.0.0.1", show_default=True,
-              help="Farm server address (env FARM_HOST).")
-@click.option("--port", envvar="FARM_PORT", type=int, default=protocol.DEFAULT_PORT,
-              show_default=True, help="Farm server port (env FARM_PORT).")
+@click.option(
+    "--host",
+    envvar="FARM_HOST",
+    default="127.0.0.1",
+    show_default=True,
+    help="Farm server address (env FARM_HOST).",
+)
+@click.option(
+    "--port",
+    envvar="FARM_PORT",
+    type=int,
+    default=protocol.DEFAULT_PORT,
+    show_default=True,
+    help="Farm server port (env FARM_PORT).",
+)
 @root_option
 @click.option("--name", default=None, help="Worker name (default: HOST-PID).")
-@click.option("--slots", type=click.IntRange(1, 256), default=1, show_default=True,
-              help="Tasks run at once (one child process each).")
-@click.option("--tags", default="", help="Comma-separated capabilities, matched by jobs' requirements.")
+@click.option(
+    "--slots",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Tasks run at once (one child process each).",
+)
+@click.option(
+    "--tags", default="", help="Comma-separated capabilities, matched by jobs' requirements."
+)
 @click.option("--exit-when-idle", is_flag=True, help="Leave once the queue has nothing for us.")
-@click.option("--max-tasks", type=click.IntRange(min=1), default=None,
-              help="Leave after this many tasks.")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
-def worker(host: str, port: int, root: Path, name: str | None, slots: int, tags: str,
-           exit_when_idle: bool, max_tasks: int | None, log_level: str) -> None:
+@click.option(
+    "--max-tasks", type=click.IntRange(min=1), default=None, help="Leave after this many tasks."
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def worker(
+    host: str,
+    port: int,
+    root: Path,
+    name: str | None,
+    slots: int,
+    tags: str,
+    exit_when_idle: bool,
+    max_tasks: int | None,
+    log_level: str,
+) -> None:
     """Run a worker: pull tasks from the server and run them."""
     from buildcat.worker.agent import WorkerConfig, run_worker
 
@@ -189,21 +253,45 @@ def _wait_and_exit(job: buildcat.Job, as_json: bool, timeout: float | None) -> N
 @submit.command("python")
 @click.argument("function")
 @click.argument("args", nargs=-1)
-@click.option("--kwarg", "-k", "kwargs", multiple=True, metavar="NAME=VALUE",
-              help="A keyword argument (VALUE is JSON, or a plain string).")
-@click.option("--map", "map_items", is_flag=True,
-              help="One task per ARG: FUNCTION(ARG) for each, results in order.")
+@click.option(
+    "--kwarg",
+    "-k",
+    "kwargs",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A keyword argument (VALUE is JSON, or a plain string).",
+)
+@click.option(
+    "--map",
+    "map_items",
+    is_flag=True,
+    help="One task per ARG: FUNCTION(ARG) for each, results in order.",
+)
 @click.option("--priority", type=int, default=0, show_default=True)
 @click.option("--name", default="", help="A name for the job.")
-@click.option("--max-attempts", type=click.IntRange(min=1), default=None,
-              help="Tries per task before the job fails (default 3).")
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Tries per task before the job fails (default 3).",
+)
 @click.option("--requires", default="", help="Comma-separated capabilities workers must have.")
 @click.option("--wait", "wait", is_flag=True, help="Wait for the job, showing progress.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @client_options
-def submit_python(client: Client, function: str, args: tuple[str, ...], kwargs: tuple[str, ...],
-                  map_items: bool, priority: int, name: str, max_attempts: int | None,
-                  requires: str, wait: bool, as_json: bool) -> None:
+def submit_python(
+    client: Client,
+    function: str,
+    args: tuple[str, ...],
+    kwargs: tuple[str, ...],
+    map_items: bool,
+    priority: int,
+    name: str,
+    max_attempts: int | None,
+    requires: str,
+    wait: bool,
+    as_json: bool,
+) -> None:
     """Run FUNCTION (module:function or path/in/root.py:function) on the farm.
 
     Each ARG is read as JSON when it parses (3, 2.5, "text", [1, 2]) and as a plain
@@ -219,13 +307,23 @@ def submit_python(client: Client, function: str, args: tuple[str, ...], kwargs: 
     needs = [r.strip() for r in requires.split(",") if r.strip()]
     if map_items:
         tasks = [{"payload": {"args": [value], "kwargs": keywords}} for value in values]
-        job = client.submit_tasks(tasks, name=name or function, priority=priority,
-                                  requires=needs, max_attempts=max_attempts,
-                                  common={"function": function})
+        job = client.submit_tasks(
+            tasks,
+            name=name or function,
+            priority=priority,
+            requires=needs,
+            max_attempts=max_attempts,
+            common={"function": function},
+        )
     else:
         task = {"payload": {"function": function, "args": values, "kwargs": keywords}}
-        job = client.submit_tasks([task], name=name or function, priority=priority,
-                                  requires=needs, max_attempts=max_attempts)
+        job = client.submit_tasks(
+            [task],
+            name=name or function,
+            priority=priority,
+            requires=needs,
+            max_attempts=max_attempts,
+        )
     if as_json and not wait:
         _print_json({"id": job.id})
     elif not as_json:
@@ -239,8 +337,10 @@ def submit_python(client: Client, function: str, args: tuple[str, ...], kwargs: 
 
 def _job_line(job: dict[str, Any]) -> str:
     counts = job["tasks"]
-    return (f"{job['id']:<10} {job['state']:<10} {counts.get('done', 0):>6}/{job['total']:<6} "
-            f"{job['progress']:>5.0%}  prio {job['priority']:<4} {job['name']}")
+    return (
+        f"{job['id']:<10} {job['state']:<10} {counts.get('done', 0):>6}/{job['total']:<6} "
+        f"{job['progress']:>5.0%}  prio {job['priority']:<4} {job['name']}"
+    )
 
 
 @main.command()
@@ -307,8 +407,10 @@ def workers(client: Client, as_json: bool) -> None:
         click.echo("no workers")
     for item in listing:
         tasks = ",".join(item["tasks"]) or "-"
-        click.echo(f"{item['name']:<24} {item['state']:<8} slots {item['slots']:<3} "
-                   f"done {item['tasks_done']:<6} running {tasks}")
+        click.echo(
+            f"{item['name']:<24} {item['state']:<8} slots {item['slots']:<3} "
+            f"done {item['tasks_done']:<6} running {tasks}"
+        )
 
 
 def _job_action(action: str) -> click.Command:
@@ -345,11 +447,14 @@ def worker_info(client: Client, timeout: float, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--root", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("farm-demo"), show_default=True,
-              help="Folder for the throwaway farm's root.")
-@click.option("--workers", "worker_count", type=click.IntRange(1, 16), default=2,
-              show_default=True)
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("farm-demo"),
+    show_default=True,
+    help="Folder for the throwaway farm's root.",
+)
+@click.option("--workers", "worker_count", type=click.IntRange(1, 16), default=2, show_default=True)
 def demo(root: Path, worker_count: int) -> None:
     """Start a local farm (server + workers), run a demo job, show the result, stop."""
     from buildcat.demo import run_demo

@@ -75,7 +75,7 @@ class Client:
                 response = connection.getresponse()
                 payload = response.read()
                 break
-            except (http.client.HTTPException, ConnectionError, socket.timeout, OSError) as exc:
+            except (TimeoutError, http.client.HTTPException, ConnectionError, OSError) as exc:
                 self.close()
                 # A kept-alive connection the server closed fails once; a fresh one tells.
                 if attempt == 2 or isinstance(exc, ConnectionRefusedError | TimeoutError):
@@ -98,7 +98,9 @@ class Client:
 
     def _connect(self, timeout: float | None) -> http.client.HTTPConnection:
         if self._connection is None:
-            self._connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            self._connection = http.client.HTTPConnection(
+                self.host, self.port, timeout=self.timeout
+            )
         self._connection.timeout = timeout or self.timeout
         if self._connection.sock is not None:
             self._connection.sock.settimeout(self._connection.timeout)
@@ -235,8 +237,9 @@ class Job:
             if deadline is not None and time.monotonic() >= deadline:
                 raise JobTimeout(f"job {self.id} still {status['state']} after {timeout}s")
         if status["state"] != "done":
-            raise JobFailed(self.id, status["state"], status.get("error", ""),
-                            status.get("traceback", ""))
+            raise JobFailed(
+                self.id, status["state"], status.get("error", ""), status.get("traceback", "")
+            )
         return status
 
     def results(self) -> list[Any]:

@@ -28,9 +28,7 @@ def run_demo(root: Path, workers: int = 2, echo: Callable[[str], None] = print) 
         echo(f"  server    http://127.0.0.1:{port}  (log: {logs / 'server.log'})")
         for n in range(workers):
             name = f"demo-worker-{n + 1}"
-            processes.append(
-                launch.start_worker(port, root, "--name", name, log=worker_logs[n])
-            )
+            processes.append(launch.start_worker(port, root, "--name", name, log=worker_logs[n]))
             echo(f"  worker    {name}  (log: {logs / f'worker-{n + 1}.log'})")
         with Client("127.0.0.1", port, root) as client:
             deadline = time.monotonic() + 30

@@ -41,11 +41,12 @@ class ProgressDisplay:
             self.stream.write(line + " " * max(0, len(self.last_line) - len(line)))
             self.last_line = line
             self.stream.flush()
-        elif done != self.last_done or status.get("state") in ("done", "failed", "cancelled"):
-            if text != self.last_line:
-                self.stream.write(text + "\n")
-                self.stream.flush()
-                self.last_line = text
+        elif text != self.last_line and (
+            done != self.last_done or status.get("state") in ("done", "failed", "cancelled")
+        ):
+            self.stream.write(text + "\n")
+            self.stream.flush()
+            self.last_line = text
         self.last_done = done
 
     def close(self) -> None:

@@ -96,7 +96,7 @@ def stop_all(processes: Sequence[subprocess.Popen[bytes]], timeout: float = 15.0
 
 def free_log(path: Path) -> IO[bytes]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    return open(path, "ab")  # noqa: SIM115 - the caller closes it with the process
+    return open(path, "ab")
 
 
 __all__ = ["farm_command", "free_log", "start_server", "start_worker", "stop", "stop_all"]

@@ -25,7 +25,7 @@ MAX_DEPTH = 64
 def pack(value: Any) -> bytes:
     """Encode as msgpack; raises ProtocolError for values msgpack cannot carry."""
     try:
-        return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+        return msgpack.packb(value, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError(f"cannot encode {type(value).__name__} as msgpack: {exc}") from exc
 

@@ -20,8 +20,10 @@ def check_relative(path: str) -> str:
         raise PathError("empty path: paths are relative to the farm root")
     if "\x00" in path:
         raise PathError(f"path {path!r} contains a NUL byte")
-    if PurePosixPath(path).is_absolute() or PureWindowsPath(path).is_absolute() or (
-        PureWindowsPath(path).drive
+    if (
+        PurePosixPath(path).is_absolute()
+        or PureWindowsPath(path).is_absolute()
+        or (PureWindowsPath(path).drive)
     ):
         raise PathError(f"path {path!r} is absolute: paths are relative to the farm root")
     parts: list[str] = []

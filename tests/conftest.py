@@ -73,7 +73,9 @@ class Farm:
 
         wait_for(online, timeout)
 
-    def cli(self, *args: str, timeout: float = 60.0, **env: str) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, timeout: float = 60.0, **env: str
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``farm ARGS`` as a user would, pointed at this farm by environment variables."""
         environment = {
             **os.environ,

@@ -44,17 +44,29 @@ def test_json_is_accepted_and_served(farm: Farm) -> None:
         (msgpack.packb({"tasks": "nope"}), "application/msgpack", "'tasks' must be a list"),
         (msgpack.packb({"tasks": []}), "application/msgpack", "at least one task"),
         (msgpack.packb({"tasks": [{"payload": {}}]}), "application/msgpack", "function"),
-        (msgpack.packb({"tasks": [{"payload": {"function": "m:f"}}], "priority": "high"}),
-         "application/msgpack", "'priority' must be a number"),
-        (msgpack.packb({"tasks": [{"payload": {"function": "m:f"}, "depends": [3]}]}),
-         "application/msgpack", "may depend only on tasks listed before it"),
-        (msgpack.packb({"tasks": [{"payload": {"function": "m:f"}}], "kind": "teapot"}),
-         "application/msgpack", "unknown job kind"),
+        (
+            msgpack.packb({"tasks": [{"payload": {"function": "m:f"}}], "priority": "high"}),
+            "application/msgpack",
+            "'priority' must be a number",
+        ),
+        (
+            msgpack.packb({"tasks": [{"payload": {"function": "m:f"}, "depends": [3]}]}),
+            "application/msgpack",
+            "may depend only on tasks listed before it",
+        ),
+        (
+            msgpack.packb({"tasks": [{"payload": {"function": "m:f"}}], "kind": "teapot"}),
+            "application/msgpack",
+            "unknown job kind",
+        ),
         (b"x", "text/plain", "unsupported content type"),
         pytest.param(b"[" * 5000 + b"]" * 5000, "application/json", "nested deeper", id="deep"),
         pytest.param(b"[" * 100 + b"]" * 100, "application/json", "nested deeper", id="deep100"),
-        (msgpack.packb({"tasks": [{"payload": {"function": "../../etc/x.py:f"}}]}),
-         "application/msgpack", "escapes the farm root"),
+        (
+            msgpack.packb({"tasks": [{"payload": {"function": "../../etc/x.py:f"}}]}),
+            "application/msgpack",
+            "escapes the farm root",
+        ),
     ],
 )
 def test_bad_submissions_get_400_with_a_reason(
@@ -67,8 +79,9 @@ def test_bad_submissions_get_400_with_a_reason(
 
 
 def test_oversized_body_is_413(farm: Farm) -> None:
-    status, reply = call(farm, "POST", "/api/v1/jobs", b"\x00" * (MAX_BODY_BYTES + 1),
-                         "application/msgpack")
+    status, reply = call(
+        farm, "POST", "/api/v1/jobs", b"\x00" * (MAX_BODY_BYTES + 1), "application/msgpack"
+    )
     assert status == 413
     assert reply["error"]
 

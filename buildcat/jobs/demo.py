@@ -29,9 +29,7 @@ def render_tile(
     }
 
 
-def assemble(
-    output: str, tiles: list[list[Any]], width: int, height: int
-) -> dict[str, Any]:
+def assemble(output: str, tiles: list[list[Any]], width: int, height: int) -> dict[str, Any]:
     """Paste the tiles (``[path, x0, y0, w, h]`` each) into one PNG at ``output``."""
     canvas = bytearray(width * height * 3)
     for tile_path, x0, y0, tile_w, tile_h in tiles:

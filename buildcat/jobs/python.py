@@ -16,10 +16,14 @@ from buildcat.errors import FarmError
 def split_spec(spec: Any) -> tuple[str, str]:
     """Split ``module:function`` / ``file.py:function``; refuse anything else with one line."""
     if not isinstance(spec, str) or spec.count(":") < 1:
-        raise FarmError(f"function {spec!r} must look like module:function or path/file.py:function")
+        raise FarmError(
+            f"function {spec!r} must look like module:function or path/file.py:function"
+        )
     target, _, name = spec.rpartition(":")
     if not target or not name.isidentifier():
-        raise FarmError(f"function {spec!r} must look like module:function or path/file.py:function")
+        raise FarmError(
+            f"function {spec!r} must look like module:function or path/file.py:function"
+        )
     if target.endswith(".py") or "/" in target or "\\" in target:
         farm_root.check_relative(target)
     elif not all(part.isidentifier() for part in target.split(".")):
@@ -62,4 +66,4 @@ def load_function(spec: str, root: str | Path) -> Callable[..., Any]:
     function = getattr(module, name, None)
     if not callable(function):
         raise FarmError(f"{target} has no function {name!r}")
-    return function  # type: ignore[no-any-return]
+    return function

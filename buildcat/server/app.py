@@ -472,8 +472,9 @@ async def report(request: web.Request) -> web.Response:
 async def unregister(request: web.Request) -> web.Response:
     farm = _farm(request)
     returned = farm.scheduler.unregister(request.match_info["worker"], time.time())
-    log.info("worker %s left; %d task(s) back in the queue", request.match_info["worker"],
-             len(returned))
+    log.info(
+        "worker %s left; %d task(s) back in the queue", request.match_info["worker"], len(returned)
+    )
     farm.after_change()
     return _reply(request, {"returned": [task.id for task in returned]})
 
@@ -487,9 +488,7 @@ async def not_found(request: web.Request) -> web.Response:
 
 def create_app(config: ServerConfig) -> web.Application:
     """Build the application (tests can use it without sockets)."""
-    app = web.Application(
-        middlewares=[errors_middleware], client_max_size=protocol.MAX_BODY_BYTES
-    )
+    app = web.Application(middlewares=[errors_middleware], client_max_size=protocol.MAX_BODY_BYTES)
     farm = Farm(config)
     app[FARM_KEY] = farm
     app.add_routes(routes)

@@ -294,7 +294,9 @@ class Scheduler:
         while job.id in self.jobs:
             job.id = secrets.token_hex(4)
         for index, spec in enumerate(tasks):
-            task = Task(job=job, index=index, payload=spec.payload, depends=sorted(set(spec.depends)))
+            task = Task(
+                job=job, index=index, payload=spec.payload, depends=sorted(set(spec.depends))
+            )
             task.pending_deps = len(task.depends)
             for dep in task.depends:
                 job.tasks[dep].dependents.append(index)

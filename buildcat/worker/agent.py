@@ -308,8 +308,12 @@ class Agent:
                 reply = await self.call_as_worker("POST", "/report", body, timeout=60)
             except ServerGone:
                 lost = [item["id"] for item in done]
-                log.error("server gone while draining; %d result(s) not delivered (%s): "
-                          "the farm will run those tasks again", len(lost), ", ".join(lost))
+                log.error(
+                    "server gone while draining; %d result(s) not delivered (%s): "
+                    "the farm will run those tasks again",
+                    len(lost),
+                    ", ".join(lost),
+                )
                 return
             except BaseException:
                 self.outbox[:0] = done
