@@ -46,9 +46,9 @@ class Farm:
         self._handles.append(handle)
         return handle
 
-    def start_server(self, *extra: str) -> int:
+    def start_server(self, *extra: str, port: int = 0) -> int:
         self.server, self.port = launch.start_server(
-            self.root, "--log-level", "debug", *extra, log=self._log("server")
+            self.root, "--log-level", "debug", *extra, port=port, log=self._log("server")
         )
         return self.port
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import buildcat
+from buildcat import launch
 from tests.conftest import Farm, wait_for
 
 HERE = Path(__file__).parent
@@ -262,6 +263,18 @@ def test_server_shutdown_releases_waiting_workers(farm: Farm) -> None:
     farm.wait_workers(3)
     assert farm.server is not None
     started = time.monotonic()
-    farm.server.send_signal(signal.SIGTERM)
-    farm.server.wait(timeout=20)
+    assert launch.stop(farm.server) == 0
     assert time.monotonic() - started < 5
+
+
+def test_worker_rides_out_a_server_restart(jobs_farm: Farm) -> None:
+    worker = jobs_farm.start_worker()
+    farm = jobs_farm.client()
+    assert farm.submit("farm_jobs:square", 3).results() == [9]
+    assert jobs_farm.server is not None
+    launch.stop(jobs_farm.server)
+    jobs_farm.start_server(port=jobs_farm.port)
+    # The worker finds the server again by itself and registers anew.
+    assert farm.map("farm_jobs:square", [4, 5]).results() == [16, 25]
+    assert worker.poll() is None
+    assert "registering again" in jobs_farm.log_text("worker-1")

@@ -27,6 +27,7 @@ from buildcat.errors import FarmError, ProtocolError
 from buildcat.root import state_dir
 from buildcat.server.scheduler import (
     FINAL_JOB_STATES,
+    NotFound,
     Scheduler,
     SchedulerError,
     Task,
@@ -426,45 +427,73 @@ async def lease(request: web.Request) -> web.Response:
 
 @routes.post(f"{API}/workers/{{worker}}/report")
 async def report(request: web.Request) -> web.Response:
-    """Results, failures, progress and given-back tasks in one message; answers cancellations."""
+    """Results, failures, progress and given-back tasks in one message; answers cancellations.
+
+    The whole message is checked before any of it is applied. Entries for tasks the server
+    does not know (it restarted, the job is gone) are discarded and listed as such.
+    """
     farm = _farm(request)
     worker_id = request.match_info["worker"]
     body = await _body(request)
-    scheduler = farm.scheduler
-    now = time.time()
-    scheduler.touch(worker_id, now)
-    accepted = []
+    done = []
     for item in _get(body, "done", list, []):
         if not isinstance(item, dict):
             raise ProtocolError("each 'done' entry must be a map")
-        task_id = _get(item, "id", str, "")
-        log_text = _get(item, "log", str, "")
-        if item.get("ok", False) is True:
-            if scheduler.complete(worker_id, task_id, item.get("result"), now, log_text):
-                accepted.append(task_id)
-        else:
-            error = _get(item, "error", str, "task failed")
-            traceback = _get(item, "traceback", str, "")
-            if scheduler.fail(worker_id, task_id, error, traceback, now, log_text):
-                accepted.append(task_id)
-                log.warning("task %s failed on %s: %s", task_id, worker_id, error)
+        ok = item.get("ok", False) is True
+        done.append(
+            (
+                _get(item, "id", str, ""),
+                ok,
+                item.get("result"),
+                _get(item, "error", str, "" if ok else "task failed"),
+                _get(item, "traceback", str, ""),
+                _get(item, "log", str, ""),
+            )
+        )
+    progress = []
     for item in _get(body, "progress", list, []):
         if not isinstance(item, dict):
             raise ProtocolError("each 'progress' entry must be a map")
-        scheduler.progress(
-            worker_id,
-            _get(item, "id", str, ""),
-            float(_get(item, "fraction", (int, float), 0.0)),
-            _get(item, "message", str, ""),
+        progress.append(
+            (
+                _get(item, "id", str, ""),
+                float(_get(item, "fraction", (int, float), 0.0)),
+                _get(item, "message", str, ""),
+            )
         )
     released = _get(body, "release", list, [])
     if not all(isinstance(task_id, str) for task_id in released):
         raise ProtocolError("'release' must be a list of task ids")
-    if released:
-        scheduler.release(worker_id, released, now)
+
+    scheduler = farm.scheduler
+    now = time.time()
+    scheduler.touch(worker_id, now)
+    accepted, discarded = [], []
+    for task_id, ok, result, error, traceback, log_text in done:
+        try:
+            if ok:
+                recorded = scheduler.complete(worker_id, task_id, result, now, log_text)
+            else:
+                recorded = scheduler.fail(worker_id, task_id, error, traceback, now, log_text)
+                if recorded:
+                    log.warning("task %s failed on %s: %s", task_id, worker_id, error)
+        except NotFound:
+            recorded = False
+        (accepted if recorded else discarded).append(task_id)
+    for task_id, fraction, message in progress:
+        with contextlib.suppress(NotFound):
+            scheduler.progress(worker_id, task_id, fraction, message)
+    for task_id in released:
+        with contextlib.suppress(NotFound):
+            scheduler.release(worker_id, [task_id], now)
     farm.after_change()
     return _reply(
-        request, {"accepted": accepted, "cancel": scheduler.take_cancellations(worker_id)}
+        request,
+        {
+            "accepted": accepted,
+            "discarded": discarded,
+            "cancel": scheduler.take_cancellations(worker_id),
+        },
     )
 
 

@@ -197,9 +197,14 @@ class Agent:
                 continue
             # A worker that leaves when idle must notice an empty queue quickly.
             wait = IDLE_POLL_SECONDS if self.config.exit_when_idle else LONG_POLL_SECONDS
-            reply = await self.call_as_worker(
-                "POST", "/lease", {"want": want, "wait": wait}, timeout=wait + 30
-            )
+            try:
+                reply = await self.call_as_worker(
+                    "POST", "/lease", {"want": want, "wait": wait}, timeout=wait + 30
+                )
+            except FarmError as exc:  # refused (4xx): say so and try again later
+                log.error("%s", exc)
+                await asyncio.sleep(MAX_BACKOFF_SECONDS)
+                continue
             tasks = reply.get("tasks", [])
             if self.draining:
                 self.to_release.extend(task["id"] for task in tasks)
@@ -306,6 +311,10 @@ class Agent:
             body = {"done": done, "progress": progress, "release": release}
             try:
                 reply = await self.call_as_worker("POST", "/report", body, timeout=60)
+            except FarmError as exc:  # refused (4xx): resending the same would fail again
+                log.error("%s; dropped %d result(s)", exc, len(done))
+                last_sent = time.monotonic()
+                continue
             except ServerGone:
                 lost = [item["id"] for item in done]
                 log.error(
