@@ -468,7 +468,8 @@ async def report(request: web.Request) -> web.Response:
     scheduler = farm.scheduler
     now = time.time()
     scheduler.touch(worker_id, now)
-    accepted, discarded = [], []
+    accepted: list[str] = []
+    discarded: list[str] = []
     for task_id, ok, result, error, traceback, log_text in done:
         try:
             if ok:
