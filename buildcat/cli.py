@@ -267,6 +267,20 @@ def _wait_and_exit(job: buildcat.Job, as_json: bool, timeout: float | None) -> N
     is_flag=True,
     help="One task per ARG: FUNCTION(ARG) for each, results in order.",
 )
+@click.option(
+    "--frames",
+    default=None,
+    metavar="SPEC",
+    help="One task per chunk of frames (e.g. 1-240 or 1,7,10-25:2); the function "
+    "gets frames=[...] as a keyword argument.",
+)
+@click.option(
+    "--chunk",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Frames per task with --frames.",
+)
 @click.option("--priority", type=int, default=0, show_default=True)
 @click.option("--name", default="", help="A name for the job.")
 @click.option(
@@ -285,6 +299,8 @@ def submit_python(
     args: tuple[str, ...],
     kwargs: tuple[str, ...],
     map_items: bool,
+    frames: str | None,
+    chunk: int,
     priority: int,
     name: str,
     max_attempts: int | None,
@@ -305,7 +321,21 @@ def submit_python(
             raise FarmError(f"--kwarg {item!r} must look like NAME=VALUE")
         keywords[key] = _parse_argument(value)
     needs = [r.strip() for r in requires.split(",") if r.strip()]
-    if map_items:
+    if frames is not None and map_items:
+        raise FarmError("use either --map or --frames, not both")
+    if frames is not None:
+        job = client.map_frames(
+            function,
+            frames,
+            *values,
+            chunk=chunk,
+            kwargs=keywords,
+            priority=priority,
+            name=name,
+            requires=needs,
+            max_attempts=max_attempts,
+        )
+    elif map_items:
         tasks = [{"payload": {"args": [value], "kwargs": keywords}} for value in values]
         job = client.submit_tasks(
             tasks,

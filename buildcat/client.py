@@ -23,6 +23,7 @@ from buildcat.errors import (
     RequestRejected,
     UnknownJob,
 )
+from buildcat.frames import chunk_frames, format_frames, parse_frames
 
 FINAL_STATES = ("done", "failed", "cancelled")
 
@@ -130,6 +131,42 @@ class Client:
         tasks = [{"payload": {"args": [item]}} for item in items]
         return self.submit_tasks(
             tasks, name=name or spec, priority=priority, common={"function": spec}, **options
+        )
+
+    def map_frames(
+        self,
+        function: str | Callable[..., Any],
+        frames: str,
+        *args: Any,
+        chunk: int = 1,
+        kwargs: dict[str, Any] | None = None,
+        priority: int = 0,
+        name: str = "",
+        requires: Iterable[str] = (),
+        max_attempts: int | None = None,
+    ) -> Job:
+        """One task per chunk of a frame spec: ``function(*args, frames=[...], **kwargs)``.
+
+        >>> farm.map_frames("shots/bake.py:bake", "1-240", "shots/a", chunk=10)
+        """
+        spec = _function_spec(function)
+        tasks = [
+            {
+                "payload": {
+                    "kwargs": {**(kwargs or {}), "frames": group},
+                    "label": format_frames(group),
+                }
+            }
+            for group in chunk_frames(parse_frames(frames), chunk)
+        ]
+        return self.submit_tasks(
+            tasks,
+            name=name or f"{spec} frames {frames}",
+            priority=priority,
+            requires=requires,
+            max_attempts=max_attempts,
+            common={"function": spec, "args": list(args)},
+            meta={"frames": frames, "chunk": chunk},
         )
 
     def submit_tasks(

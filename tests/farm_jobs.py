@@ -51,3 +51,11 @@ def write_file(relative: str, text: str) -> str:
 def chatty(x: int) -> int:
     print(f"working on {x}")
     return x + 1
+
+
+def render_frames(shot: str, frames: list[int], size: int = 8) -> list[str]:
+    """Pretend to render: writes one small file per frame and returns their paths."""
+    written = []
+    for frame in frames:
+        written.append(write_file(f"renders/{shot}/frame_{frame:04d}.txt", f"{shot} {size}"))
+    return written

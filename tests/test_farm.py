@@ -278,3 +278,26 @@ def test_worker_rides_out_a_server_restart(jobs_farm: Farm) -> None:
     assert farm.map("farm_jobs:square", [4, 5]).results() == [16, 25]
     assert worker.poll() is None
     assert "registering again" in jobs_farm.log_text("worker-1")
+
+
+def test_frames_are_split_into_chunks(jobs_farm: Farm) -> None:
+    jobs_farm.start_worker()
+    submitted = jobs_farm.cli(
+        "submit", "python", "--json", "--wait", "farm_jobs:render_frames", "shot_a",
+        "--frames", "1-10,20-30:5", "--chunk", "4", "-k", "size=16",
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    job = jobs_farm.client().job(json.loads(submitted.stdout)["id"])
+    assert [t["label"] for t in job.tasks()] == ["1-4", "5-8", "9-10,20,25", "30"]
+    frames = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 20, 25, 30]
+    assert sum(job.results(), []) == [f"renders/shot_a/frame_{f:04d}.txt" for f in frames]
+    assert (jobs_farm.root / "renders/shot_a/frame_0025.txt").read_text() == "shot_a 16"
+
+
+def test_bad_frame_spec_is_one_clear_line(farm: Farm) -> None:
+    refused = farm.cli("submit", "python", "m:f", "--frames", "1-10,20-")
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (
+        "farm: error: bad frame spec part '20-': expected N, A-B or A-B:STEP"
+    )
+    assert farm.client().jobs() == []
