@@ -290,7 +290,9 @@ def test_frames_are_split_into_chunks(jobs_farm: Farm) -> None:
     job = jobs_farm.client().job(json.loads(submitted.stdout)["id"])
     assert [t["label"] for t in job.tasks()] == ["1-4", "5-8", "9-10,20,25", "30"]
     frames = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 20, 25, 30]
-    assert sum(job.results(), []) == [f"renders/shot_a/frame_{f:04d}.txt" for f in frames]
+    assert [path for paths in job.results() for path in paths] == [
+        f"renders/shot_a/frame_{f:04d}.txt" for f in frames
+    ]
     assert (jobs_farm.root / "renders/shot_a/frame_0025.txt").read_text() == "shot_a 16"
 
 
