@@ -15,7 +15,7 @@ import buildcat
 from buildcat import protocol
 from buildcat.client import Client
 from buildcat.display import ProgressDisplay
-from buildcat.errors import FarmError, JobFailed
+from buildcat.errors import FarmError, JobFailed, JobTimeout
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,6 +31,9 @@ class FarmGroup(click.Group):
                 click.echo(exc.traceback.rstrip(), err=True)
             click.echo(f"farm: {exc}", err=True)
             ctx.exit(1)
+        except JobTimeout as exc:
+            click.echo(f"farm: {exc}", err=True)
+            ctx.exit(3)
         except FarmError as exc:
             click.echo(f"farm: error: {exc}", err=True)
             ctx.exit(2 if isinstance(exc, ValueError) else 1)
@@ -244,6 +247,10 @@ def _wait_and_exit(job: buildcat.Job, as_json: bool, timeout: float | None) -> N
     display = ProgressDisplay(stream=sys.stderr if as_json else sys.stdout)
     try:
         status = job.wait(timeout=timeout, on_update=display.update, interval=0.5)
+    except JobFailed:
+        if as_json:
+            _print_json(job.status())
+        raise
     finally:
         display.close()
     if as_json:
@@ -406,7 +413,10 @@ def status(client: Client, job_id: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
 @client_options
 def wait(client: Client, job_id: str, timeout: float | None, as_json: bool) -> None:
-    """Wait for a job to end; exits 0 when it is done, 1 when it failed or was cancelled."""
+    """Wait for a job to end.
+
+    Exits 0 when it is done, 1 when it failed or was cancelled, 3 on --timeout.
+    """
     _wait_and_exit(client.job(job_id), as_json, timeout)
 
 

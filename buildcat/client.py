@@ -24,6 +24,8 @@ from buildcat.errors import (
     UnknownJob,
 )
 from buildcat.frames import chunk_frames, format_frames, parse_frames
+from buildcat.jobs.python import split_spec
+from buildcat.root import resolve
 
 FINAL_STATES = ("done", "failed", "cancelled")
 
@@ -183,6 +185,8 @@ class Client:
     ) -> Job:
         """Submit a job of explicit tasks (``{"payload": {...}, "depends": [i, ...]}``)."""
         common = common or {}
+        if kind == "python":
+            self._check_function_files(tasks, common)
         if tasks:
             # Check here as the server will, so a mistake is one line before any upload.
             jobs.validate_payload(kind, {**common, **tasks[0].get("payload", {})})
@@ -203,6 +207,17 @@ class Client:
             body["max_attempts"] = max_attempts
         reply = self.request("POST", "/jobs", body)
         return Job(self, reply["id"])
+
+    def _check_function_files(self, tasks: list[dict[str, Any]], common: dict[str, Any]) -> None:
+        """A ``file.py:function`` must exist under this client's root: say so before queueing."""
+        specs = {common.get("function")} | {t.get("payload", {}).get("function") for t in tasks}
+        for spec in specs - {None}:
+            target, _ = split_spec(spec)
+            if target.endswith(".py") and not resolve(self.root, target).is_file():
+                raise FarmError(
+                    f"{target} does not exist under the farm root {self.root} "
+                    "(set --root or BUILDCAT_ROOT to this machine's path to the root)"
+                )
 
     # ---- looking ----------------------------------------------------------------------------
 

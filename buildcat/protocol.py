@@ -9,6 +9,8 @@ import msgpack
 
 from buildcat.errors import ProtocolError
 
+__all__ = ["ProtocolError"]  # re-exported for modules that speak the protocol
+
 API_VERSION = 1
 API_PREFIX = f"/api/v{API_VERSION}"
 DEFAULT_PORT = 8765

@@ -59,3 +59,11 @@ def render_frames(shot: str, frames: list[int], size: int = 8) -> list[str]:
     for frame in frames:
         written.append(write_file(f"renders/{shot}/frame_{frame:04d}.txt", f"{shot} {size}"))
     return written
+
+
+def big_result(megabytes: int) -> bytes:
+    return b"x" * (megabytes * 1024 * 1024)
+
+
+def version() -> str:
+    return "v1"

@@ -116,3 +116,12 @@ def test_server_keeps_serving_after_bad_requests(farm: Farm) -> None:
         assert 400 <= status < 500
     farm.start_worker()
     assert farm.client().submit("math:sqrt", 16).results() == [4.0]
+
+
+def test_unknown_route_names_itself(farm: Farm) -> None:
+    status, reply = call(farm, "GET", "/api/v1/nothing-here")
+    assert status == 404
+    assert reply["error"] == "no such route: GET /api/v1/nothing-here"
+    status, reply = call(farm, "DELETE", "/api/v1/jobs")
+    assert status == 405
+    assert "not allowed" in str(reply["error"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import time
@@ -303,3 +304,60 @@ def test_bad_frame_spec_is_one_clear_line(farm: Farm) -> None:
         "farm: error: bad frame spec part '20-': expected N, A-B or A-B:STEP"
     )
     assert farm.client().jobs() == []
+
+
+def test_too_big_a_result_fails_the_task_with_advice(jobs_farm: Farm) -> None:
+    jobs_farm.start_worker()
+    farm = jobs_farm.client()
+    job = farm.submit_tasks(
+        [{"payload": {"function": "farm_jobs:big_result", "args": [5]}}], max_attempts=1
+    )
+    with pytest.raises(buildcat.JobFailed, match="write large outputs to files"):
+        job.wait(timeout=60)
+    assert farm.submit("farm_jobs:square", 2).results() == [4]
+
+
+def test_an_edited_job_module_is_imported_again(jobs_farm: Farm) -> None:
+    jobs_farm.start_worker()
+    farm = jobs_farm.client()
+    assert farm.submit("farm_jobs:version").results() == ["v1"]
+    module = jobs_farm.root / "farm_jobs.py"
+    module.write_text(module.read_text().replace('return "v1"', 'return "v2"'))
+    stat = module.stat()
+    os.utime(module, (stat.st_atime, stat.st_mtime + 2))  # a later edit, whatever the clock
+    assert farm.submit("farm_jobs:version").results() == ["v2"]
+
+
+def test_remote_traceback_starts_in_the_users_code(jobs_farm: Farm) -> None:
+    jobs_farm.start_worker()
+    job = jobs_farm.client().submit_tasks(
+        [{"payload": {"function": "farm_jobs:boom", "args": ["x"]}}], max_attempts=1
+    )
+    with pytest.raises(buildcat.JobFailed) as raised:
+        job.wait(timeout=60)
+    assert "buildcat/worker" not in raised.value.traceback
+    assert "farm_jobs.py" in raised.value.traceback
+
+
+def test_wait_json_prints_the_failed_status(jobs_farm: Farm) -> None:
+    jobs_farm.start_worker()
+    job = jobs_farm.client().submit_tasks(
+        [{"payload": {"function": "farm_jobs:boom", "args": ["y"]}}], max_attempts=1
+    )
+    waited = jobs_farm.cli("wait", "--json", job.id)
+    assert waited.returncode == 1
+    status = json.loads(waited.stdout)
+    assert status["state"] == "failed"
+    assert "boom: y" in status["error"]
+    slow = jobs_farm.client().submit("farm_jobs:slow", 30.0)
+    timed_out = jobs_farm.cli("wait", "--timeout", "0.2", slow.id)
+    assert timed_out.returncode == 3
+    assert "still" in timed_out.stderr
+    slow.cancel()
+
+
+def test_a_missing_function_file_is_refused_at_submit(farm: Farm) -> None:
+    refused = farm.cli("submit", "python", "shots/missing.py:render")
+    assert refused.returncode != 0
+    assert "shots/missing.py does not exist under the farm root" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1

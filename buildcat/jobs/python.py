@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,13 @@ def split_spec(spec: Any) -> tuple[str, str]:
     return target, name
 
 
+def _under(file: str, root: str | Path) -> bool:
+    try:
+        return Path(file).resolve().is_relative_to(Path(root).resolve())
+    except OSError:
+        return False
+
+
 def validate_payload(payload: dict[str, Any]) -> None:
     split_spec(payload.get("function"))
     if not isinstance(payload.get("args", []), list):
@@ -41,6 +49,26 @@ def validate_payload(payload: dict[str, Any]) -> None:
         raise FarmError("kwargs keys must be strings")
 
 
+#: Modification times of the job modules this process imported from files, so a module
+#: edited on the shared root is imported again instead of running a stale copy.
+_loaded_mtimes: dict[str, float] = {}
+
+
+def _mtime(path: str | None) -> float | None:
+    try:
+        return os.stat(path).st_mtime if path else None
+    except OSError:
+        return None
+
+
+def _fresh(module_name: str) -> bool:
+    module = sys.modules.get(module_name)
+    if module is None:
+        return False
+    recorded = _loaded_mtimes.get(module_name)
+    return recorded is None or recorded == _mtime(getattr(module, "__file__", None))
+
+
 def load_function(spec: str, root: str | Path) -> Callable[..., Any]:
     """Import the function a task names, on this worker, under this worker's root."""
     target, name = split_spec(spec)
@@ -49,8 +77,9 @@ def load_function(spec: str, root: str | Path) -> Callable[..., Any]:
         if not path.is_file():
             raise FarmError(f"{target} does not exist under the farm root {root}")
         module_name = f"buildcat_rootfile_{abs(hash(str(path)))}"
-        module = sys.modules.get(module_name)
+        module = sys.modules.get(module_name) if _fresh(module_name) else None
         if module is None:
+            _loaded_mtimes[module_name] = _mtime(str(path)) or 0.0
             module_spec = importlib.util.spec_from_file_location(module_name, path)
             if module_spec is None or module_spec.loader is None:
                 raise FarmError(f"cannot import {target}")
@@ -63,6 +92,12 @@ def load_function(spec: str, root: str | Path) -> Callable[..., Any]:
                 raise
     else:
         module = importlib.import_module(target)
+        file = getattr(module, "__file__", None)
+        if file and _under(file, root):
+            current = _mtime(file) or 0.0
+            if _loaded_mtimes.setdefault(target, current) != current:
+                module = importlib.reload(module)
+                _loaded_mtimes[target] = current
     function = getattr(module, name, None)
     if not callable(function):
         raise FarmError(f"{target} has no function {name!r}")

@@ -196,11 +196,14 @@ async def errors_middleware(
         return _error(request, exc.status, str(exc))
     except FarmError as exc:
         return _error(request, 400, str(exc))
+    except web.HTTPNotFound:
+        return _error(request, 404, f"no such route: {request.method} {request.path}")
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return _error(request, 405, f"{request.method} is not allowed here (allowed: {allowed})")
     except web.HTTPException as exc:
-        if exc.status >= 400 and exc.empty_body is False and not exc.text:
-            return _error(request, exc.status, exc.reason)
         if exc.status >= 400:
-            return _error(request, exc.status, exc.text or exc.reason)
+            return _error(request, exc.status, exc.reason)
         raise
 
 
@@ -507,10 +510,6 @@ async def unregister(request: web.Request) -> web.Response:
     )
     farm.after_change()
     return _reply(request, {"returned": [task.id for task in returned]})
-
-
-async def not_found(request: web.Request) -> web.Response:
-    return _error(request, 404, f"no such route: {request.method} {request.path}")
 
 
 # ---- application ----------------------------------------------------------------------------

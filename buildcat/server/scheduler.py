@@ -217,13 +217,20 @@ def requirement_met(requirement: str, capabilities: dict[str, str]) -> bool:
         return False
     if not sep:
         return True
-    return _version_tuple(capabilities[name]) >= _version_tuple(wanted)
+    have = _version_tuple(capabilities[name])
+    need = _version_tuple(wanted)
+    if not have:
+        return not need  # a capability with no readable version meets no version requirement
+    width = max(len(have), len(need))  # 4.5 and 4.5.0 are the same version
+    return have + (0,) * (width - len(have)) >= need + (0,) * (width - len(need))
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
+    """``"4.5.1 LTS"`` -> (4, 5, 1); ``"3.13.0rc1"`` -> (3, 13, 0)."""
     numbers: list[int] = []
     for part in text.strip().split("."):
-        digits = "".join(ch for ch in part if ch.isdigit())
+        # Only leading digits count: the "1" of "0rc1" names a pre-release, not a patch level.
+        digits = part[: len(part) - len(part.lstrip("0123456789"))]
         if not digits:
             break
         numbers.append(int(digits))

@@ -36,6 +36,8 @@ MAX_PREFETCH = 256
 LONG_POLL_SECONDS = 20.0
 IDLE_POLL_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 5.0
+#: A report carries results up to about this many bytes; the rest go in the next one.
+REPORT_BYTES = 8 * 1024 * 1024
 #: Progress goes to the server at most this often per worker.
 PROGRESS_SECONDS = 0.5
 #: A draining worker keeps trying to deliver results this long; the server re-runs the
@@ -53,6 +55,17 @@ class WorkerConfig:
     tags: list[str] = field(default_factory=list)
     exit_when_idle: bool = False
     max_tasks: int | None = None
+
+
+def refused(item: dict[str, Any], reason: str) -> dict[str, Any]:
+    """A result the server would not take, turned into a failure it will."""
+    return {
+        "id": item["id"],
+        "ok": False,
+        "error": f"the server refused this task's result: {reason}"[:2000],
+        "traceback": "",
+        "log": str(item.get("log", ""))[-4096:],
+    }
 
 
 class ServerGone(Exception):
@@ -87,7 +100,10 @@ class Agent:
         self.finished = 0
         self.draining = False
         self.stopping = False
-        self.mean_task_seconds: float | None = None
+        #: Mean task duration per job (recent jobs only): sizes the prefetch, so a job of
+        #: tiny tasks is leased in batches while a job of long ones is not hoarded.
+        self.mean_seconds: dict[str, float] = {}
+        self.current_job = ""
         self.wake_runners = asyncio.Event()
         self.wake_leaser = asyncio.Event()
         self.wake_reporter = asyncio.Event()
@@ -158,6 +174,8 @@ class Agent:
                 log.warning("the server does not know this worker any more; registering again")
                 self.worker_id = None
             except ServerGone as exc:
+                if self.draining and self.worker_id is None:
+                    raise  # never reached the server: nothing to deliver, nothing to wait for
                 if self.draining and give_up_at is None:
                     give_up_at = time.monotonic() + DRAIN_DELIVERY_SECONDS
                 if self.stopping or (give_up_at is not None and time.monotonic() > give_up_at):
@@ -170,10 +188,10 @@ class Agent:
 
     def capacity(self) -> int:
         prefetch = 0
-        if self.mean_task_seconds is not None and self.mean_task_seconds < PREFETCH_SECONDS:
+        mean = self.mean_seconds.get(self.current_job)
+        if mean is not None and mean < PREFETCH_SECONDS:
             prefetch = min(
-                MAX_PREFETCH,
-                int(PREFETCH_SECONDS / max(self.mean_task_seconds, 1e-5)) * self.config.slots,
+                MAX_PREFETCH, int(PREFETCH_SECONDS / max(mean, 1e-5)) * self.config.slots
             )
         room = self.config.slots + prefetch - len(self.running) - len(self.queue)
         if self.config.max_tasks is not None:
@@ -225,6 +243,7 @@ class Agent:
             if self.draining or not self.queue:
                 return
             message = self.queue.popleft()
+            self.current_job = str(message.get("job", ""))
             self.started += 1
             self.wake_leaser.set()
             await self.execute(message, child)
@@ -263,11 +282,11 @@ class Agent:
             del self.running[task_id]
             self.progress.pop(task_id, None)
         elapsed = time.monotonic() - entry.started_at
-        self.mean_task_seconds = (
-            elapsed
-            if self.mean_task_seconds is None
-            else 0.8 * self.mean_task_seconds + 0.2 * elapsed
-        )
+        job_id = str(message.get("job", ""))
+        previous = self.mean_seconds.pop(job_id, None)
+        self.mean_seconds[job_id] = elapsed if previous is None else 0.8 * previous + 0.2 * elapsed
+        if len(self.mean_seconds) > 64:
+            del self.mean_seconds[next(iter(self.mean_seconds))]
         self.finished += 1
         if entry.cancelled:
             log.info("task %s cancelled", task_id)
@@ -302,7 +321,7 @@ class Agent:
                 self.queue.clear()
             if finished and not self.outbox and not self.to_release:
                 return
-            done, self.outbox = self.outbox, []
+            done = self.take_outbox()
             release, self.to_release = self.to_release, []
             progress = [
                 {"id": task_id, "fraction": fraction, "message": text}
@@ -312,8 +331,12 @@ class Agent:
             try:
                 reply = await self.call_as_worker("POST", "/report", body, timeout=60)
             except FarmError as exc:  # refused (4xx): resending the same would fail again
-                log.error("%s; dropped %d result(s)", exc, len(done))
                 last_sent = time.monotonic()
+                if any(item["ok"] or item.get("result") is not None for item in done):
+                    log.error("%s; reporting those %d task(s) as failed", exc, len(done))
+                    self.outbox[:0] = [refused(item, str(exc)) for item in done]
+                else:
+                    log.error("%s; dropped %d report(s)", exc, len(done))
                 continue
             except ServerGone:
                 lost = [item["id"] for item in done]
@@ -333,6 +356,18 @@ class Agent:
                 self.cancel(task_id)
             if finished and not self.outbox and not self.to_release:
                 return
+
+    def take_outbox(self) -> list[dict[str, Any]]:
+        """The next results to send, at most REPORT_BYTES of them (at least one)."""
+        size = 0
+        for count, item in enumerate(self.outbox):
+            size += len(protocol.pack(item))
+            if size > REPORT_BYTES and count > 0:
+                break
+        else:
+            count = len(self.outbox)
+        done, self.outbox = self.outbox[:count], self.outbox[count:]
+        return done
 
     def cancel(self, task_id: str) -> None:
         entry = self.running.get(task_id)
@@ -396,6 +431,9 @@ class Agent:
                     await leaser
             await self.leave()
             return 0
+        except ServerGone as exc:
+            log.error("could not reach the farm server at %s: %s", self.base, exc)
+            return 1
         except asyncio.CancelledError:
             if not self.stopping:
                 raise

@@ -21,6 +21,8 @@ from buildcat.jobs import context
 from buildcat.jobs.python import load_function
 
 HEADER = struct.Struct(">I")
+#: Results travel in reports to the server, a few per message: keep each one modest.
+MAX_RESULT_BYTES = 4 * 1024 * 1024
 
 
 class _Capture(io.TextIOBase):
@@ -56,6 +58,24 @@ def read_frame(stream: BinaryIO) -> Any | None:
     return protocol.unpack(data)
 
 
+class ResultError(Exception):
+    """A job function returned something that cannot travel back to the server."""
+
+
+def check_result(result: Any) -> None:
+    """Refuse results msgpack cannot carry, that are too big or nested too deeply."""
+    try:
+        size = len(protocol.pack(result))
+        protocol.check_depth(result)
+    except protocol.ProtocolError as exc:
+        raise ResultError(f"the result cannot be sent back: {exc}") from None
+    if size > MAX_RESULT_BYTES:
+        raise ResultError(
+            f"the result is {size:,} bytes, more than the {MAX_RESULT_BYTES:,} a task may "
+            "return: write large outputs to files under the farm root and return their paths"
+        )
+
+
 def _watch_parent(parent: int) -> None:
     # A worker killed with SIGKILL cannot stop its children: they notice and leave.
     while True:
@@ -80,8 +100,10 @@ def main() -> None:
         with lock:
             out.write(HEADER.pack(len(data)) + data)
 
-    # Ctrl-C reaches the whole process group; the worker decides what happens to tasks.
+    # Ctrl-C or systemd's SIGTERM reach the whole process group; the worker decides what
+    # happens to tasks (drain, give back), so the child leaves only when told to.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     root = os.environ.get("BUILDCAT_ROOT", os.getcwd())
     if root not in sys.path:
         sys.path.insert(0, root)
@@ -111,14 +133,19 @@ def main() -> None:
         try:
             function = load_function(request["function"], root)
             result = function(*request.get("args", []), **request.get("kwargs", {}))
+            check_result(result)
             reply: dict[str, Any] = {"type": "result", "ok": True, "result": result}
-            protocol.pack(result)  # an unencodable result fails the task, not the child
         except BaseException as exc:  # SystemExit from a job fails the task, not the child
             reply = {
                 "type": "result",
                 "ok": False,
                 "error": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc(),
+                # The first frame is this loop; the user's code starts below it.
+                "traceback": "".join(
+                    traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next)
+                    if exc.__traceback__ is not None
+                    else traceback.format_exception_only(type(exc), exc)
+                ),
             }
         finally:
             sys.stdout, sys.stderr = real_stdout, real_stderr
