@@ -377,6 +377,9 @@ class Scheduler:
             registered_at=now,
             last_seen=now,
         )
+        # A worker that comes back under its name replaces its offline record.
+        for stale in [w for w in self.workers.values() if w.name == name and not w.online]:
+            del self.workers[stale.id]
         self.workers[worker.id] = worker
         return worker
 
@@ -389,7 +392,7 @@ class Scheduler:
     def unregister(self, worker_id: str, now: float) -> list[Task]:
         """A worker leaves: whatever it still holds goes back to the queue."""
         worker = self.worker(worker_id)
-        returned = [t for t in list(worker.leased) if self._requeue(t, now)]
+        returned = self._requeue_all(worker.leased, now)
         worker.online = False
         return returned
 
@@ -452,11 +455,13 @@ class Scheduler:
         worker = self.workers.get(worker_id)
         if task.state in FINAL_TASK_STATES:
             return False
-        if task.state is TaskState.LEASED and task.worker != worker_id:
-            other = self.workers.get(task.worker or "")
+        holder = task.worker if task.state is TaskState.LEASED else None
+        self._unlease(task)
+        if holder is not None and holder != worker_id:
+            # After _unlease, which clears the holder's pending cancellations for the task.
+            other = self.workers.get(holder)
             if other is not None:
                 other.to_cancel.add(task.id)
-        self._unlease(task)
         if task.state is TaskState.QUEUED:
             self._remove_ready(task)
         task.worker = worker_id
@@ -540,8 +545,7 @@ class Scheduler:
 
     def expire(self, now: float) -> list[Task]:
         """Leases past their time go back to the queue; silent workers go offline."""
-        expired = [t for t in self._leased if t.lease_expires_at <= now]
-        returned = [t for t in expired if self._requeue(t, now)]
+        returned = self._requeue_all([t for t in self._leased if t.lease_expires_at <= now], now)
         for worker in self.workers.values():
             if worker.online and now - worker.last_seen > self.lease_timeout and not worker.leased:
                 worker.online = False
@@ -589,6 +593,14 @@ class Scheduler:
         if not job.paused:
             self.ready_total += 1
         return True
+
+    def _requeue_all(self, tasks: Iterable[Task], now: float) -> list[Task]:
+        """Requeue in task order, not set order: each goes to the front of its job's queue,
+        so the last one in goes first, and the job's tasks leave again in index order."""
+        ordered = sorted(tasks, key=lambda task: (task.job.seq, task.index))
+        returned = [task for task in reversed(ordered) if self._requeue(task, now)]
+        returned.reverse()
+        return returned
 
     def _remove_ready(self, task: Task) -> None:
         job = task.job
