@@ -148,7 +148,6 @@ def test_child_processes_stay_alive_between_tasks(jobs_farm: Farm) -> None:
 
 
 def test_task_output_and_progress_reach_the_server(jobs_farm: Farm) -> None:
-    jobs_farm.start_server  # noqa: B018 - the fixture's server is already running
     jobs_farm.start_worker()
     farm = jobs_farm.client()
     job = farm.submit("farm_jobs:slow", 3.0)

@@ -36,6 +36,9 @@ MAX_PREFETCH = 256
 LONG_POLL_SECONDS = 20.0
 IDLE_POLL_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 5.0
+#: A cancelled task has this long to stop (Blender gets SIGINT, then SIGKILL after its own
+#: grace period) before the worker kills the process running it.
+CANCEL_GRACE_SECONDS = 20.0
 #: A report carries results up to about this many bytes; the rest go in the next one.
 REPORT_BYTES = 8 * 1024 * 1024
 #: Progress goes to the server at most this often per worker.
@@ -374,7 +377,14 @@ class Agent:
         if entry is not None:
             log.info("stopping task %s: cancelled by the server", task_id)
             entry.cancelled = True
-            entry.child.kill()
+            entry.child.interrupt()
+
+            def kill_if_still_running() -> None:
+                if self.running.get(task_id) is entry:
+                    log.warning("task %s ignored the cancel; killing its process", task_id)
+                    entry.child.kill()
+
+            asyncio.get_running_loop().call_later(CANCEL_GRACE_SECONDS, kill_if_still_running)
         for message in list(self.queue):
             if message["id"] == task_id:
                 self.queue.remove(message)

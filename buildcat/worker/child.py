@@ -58,6 +58,14 @@ def read_frame(stream: BinaryIO) -> Any | None:
     return protocol.unpack(data)
 
 
+class TaskCancelled(BaseException):
+    """Raised inside a running job function when the server cancels its task."""
+
+
+def _cancel(signum: int, frame: object) -> None:
+    raise TaskCancelled("cancelled")
+
+
 class ResultError(Exception):
     """A job function returned something that cannot travel back to the server."""
 
@@ -104,6 +112,7 @@ def main() -> None:
     # happens to tasks (drain, give back), so the child leaves only when told to.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # a cancel that arrives between tasks
     root = os.environ.get("BUILDCAT_ROOT", os.getcwd())
     if root not in sys.path:
         sys.path.insert(0, root)
@@ -130,6 +139,7 @@ def main() -> None:
             )
         )
         sys.stdout = sys.stderr = capture
+        signal.signal(signal.SIGUSR1, _cancel)
         try:
             function = load_function(request["function"], root)
             result = function(*request.get("args", []), **request.get("kwargs", {}))
@@ -148,6 +158,7 @@ def main() -> None:
                 ),
             }
         finally:
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
             sys.stdout, sys.stderr = real_stdout, real_stderr
         reply["log"] = capture.take()
         send(reply)

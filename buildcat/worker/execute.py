@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import struct
 import sys
 from collections.abc import Callable
@@ -93,6 +94,12 @@ class Child:
                 on_progress(float(message.get("fraction", 0.0)), str(message.get("message", "")))
                 continue
             return message
+
+    def interrupt(self) -> None:
+        """Ask the running task to stop (it raises TaskCancelled inside the job function)."""
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGUSR1)
 
     def kill(self) -> None:
         if self.process is not None and self.process.returncode is None:
