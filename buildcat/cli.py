@@ -194,6 +194,15 @@ def server(
     "--max-tasks", type=click.IntRange(min=1), default=None, help="Leave after this many tasks."
 )
 @click.option(
+    "--blender",
+    "blender",
+    default=None,
+    metavar="PATH",
+    help="Blender to render with: a binary, or 'bpy' for the bpy module of this Python "
+    "(default: $BLENDER, then blender on PATH, then bpy if it imports).",
+)
+@click.option("--no-blender", is_flag=True, help="Take no Blender tasks.")
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -208,6 +217,8 @@ def worker(
     tags: str,
     exit_when_idle: bool,
     max_tasks: int | None,
+    blender: str | None,
+    no_blender: bool,
     log_level: str,
 ) -> None:
     """Run a worker: pull tasks from the server and run them."""
@@ -222,6 +233,7 @@ def worker(
         tags=[tag.strip() for tag in tags.split(",") if tag.strip()],
         exit_when_idle=exit_when_idle,
         max_tasks=max_tasks,
+        blender_choice=None if no_blender else (blender or ""),
     )
     if name:
         config.name = name
@@ -369,6 +381,109 @@ def submit_python(
         _wait_and_exit(job, as_json, None)
 
 
+def _pair(text: str | None, what: str) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    left, sep, right = text.lower().partition("x")
+    if not sep or not left.isdigit() or not right.isdigit() or int(left) < 1 or int(right) < 1:
+        raise FarmError(f"{what} {text!r} must look like WxH, e.g. 1920x1080")
+    return int(left), int(right)
+
+
+@submit.command("blender")
+@click.argument("scene")
+@click.option(
+    "--frames",
+    default=None,
+    metavar="SPEC",
+    help="Frames to render (e.g. 1-240 or 1,7,10-25:2); default: the scene's range.",
+)
+@click.option(
+    "--chunk", type=click.IntRange(min=1), default=1, show_default=True, help="Frames per task."
+)
+@click.option(
+    "--output",
+    default=None,
+    metavar="PATTERN",
+    help="Output path relative to the root, # for frame digits "
+    "[default: renders/<scene name>/frame_####].",
+)
+@click.option(
+    "--format",
+    "file_format",
+    default="PNG",
+    show_default=True,
+    type=click.Choice(["PNG", "JPEG", "OPEN_EXR"], case_sensitive=False),
+)
+@click.option("--engine", type=click.Choice(["cycles", "eevee", "workbench"]), default=None)
+@click.option("--samples", type=click.IntRange(min=1), default=None)
+@click.option("--resolution", default=None, metavar="WxH")
+@click.option("--camera", default=None, help="Camera object to render from.")
+@click.option("--scene", "scene_name", default=None, help="Scene inside the .blend.")
+@click.option(
+    "--tiles",
+    default=None,
+    metavar="CxR",
+    help="Render each frame as C x R tiles, stitched into the frame.",
+)
+@click.option(
+    "--sample-split",
+    type=click.IntRange(min=2, max=64),
+    default=None,
+    help="Render each Cycles frame as N seeds with 1/N of the samples, averaged.",
+)
+@click.option("--priority", type=int, default=0, show_default=True)
+@click.option("--name", default="", help="A name for the job.")
+@click.option("--max-attempts", type=click.IntRange(min=1), default=None)
+@click.option("--wait", "wait", is_flag=True, help="Wait for the job, showing progress.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@client_options
+def submit_blender(
+    client: Client,
+    scene: str,
+    frames: str | None,
+    chunk: int,
+    output: str | None,
+    file_format: str,
+    engine: str | None,
+    samples: int | None,
+    resolution: str | None,
+    camera: str | None,
+    scene_name: str | None,
+    tiles: str | None,
+    sample_split: int | None,
+    priority: int,
+    name: str,
+    max_attempts: int | None,
+    wait: bool,
+    as_json: bool,
+) -> None:
+    """Render SCENE (a .blend, relative to the farm root) on the farm."""
+    job = client.render(
+        scene,
+        frames,
+        chunk=chunk,
+        output=output,
+        format=file_format.upper(),
+        engine=engine,
+        samples=samples,
+        resolution=_pair(resolution, "--resolution"),
+        camera=camera,
+        scene_name=scene_name,
+        tiles=_pair(tiles, "--tiles"),
+        sample_split=sample_split,
+        priority=priority,
+        name=name,
+        max_attempts=max_attempts,
+    )
+    if as_json and not wait:
+        _print_json({"id": job.id})
+    elif not as_json:
+        click.echo(job.id)
+    if wait:
+        _wait_and_exit(job, as_json, None)
+
+
 # ---- watching and steering ----------------------------------------------------------------------
 
 
@@ -394,6 +509,8 @@ def status(client: Client, job_id: str | None, as_json: bool) -> None:
         click.echo(_job_line(view))
         counts = ", ".join(f"{n} {state}" for state, n in view["tasks"].items() if n)
         click.echo(f"  tasks: {counts}")
+        if view.get("waiting"):
+            click.echo(f"  waiting: {view['waiting']}")
         if view.get("error"):
             click.echo(f"  error: {view['error']}")
         return
@@ -405,6 +522,8 @@ def status(client: Client, job_id: str | None, as_json: bool) -> None:
         click.echo("no jobs")
     for job in jobs:
         click.echo(_job_line(job))
+        if job.get("waiting"):
+            click.echo(f"  waiting: {job['waiting']}")
 
 
 @main.command()

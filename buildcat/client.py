@@ -25,7 +25,7 @@ from buildcat.errors import (
 )
 from buildcat.frames import chunk_frames, format_frames, parse_frames
 from buildcat.jobs.python import split_spec
-from buildcat.root import resolve
+from buildcat.root import check_relative, resolve
 
 FINAL_STATES = ("done", "failed", "cancelled")
 
@@ -169,6 +169,91 @@ class Client:
             max_attempts=max_attempts,
             common={"function": spec, "args": list(args)},
             meta={"frames": frames, "chunk": chunk},
+        )
+
+    def render(
+        self,
+        scene: str,
+        frames: str | None = None,
+        *,
+        chunk: int = 1,
+        output: str | None = None,
+        format: str = "PNG",
+        engine: str | None = None,
+        samples: int | None = None,
+        resolution: tuple[int, int] | None = None,
+        camera: str | None = None,
+        scene_name: str | None = None,
+        tiles: tuple[int, int] | None = None,
+        sample_split: int | None = None,
+        priority: int = 0,
+        name: str = "",
+        max_attempts: int | None = None,
+    ) -> Job:
+        """Render a .blend (root-relative) on the farm's Blender workers.
+
+        ``frames`` defaults to the scene's own range (read with a Blender on this machine).
+        Tasks go only to workers whose Blender is at least the version that saved the file.
+        """
+        from buildcat import blender as blender_support
+        from buildcat.jobs import blender as blender_jobs
+
+        relative = check_relative(scene)
+        path = resolve(self.root, relative)
+        if not path.is_file():
+            raise FarmError(
+                f"{relative} does not exist under the farm root {self.root} "
+                "(set --root or BUILDCAT_ROOT to this machine's path to the root)"
+            )
+        saved_with = blender_support.blend_file_version(path)
+        if saved_with is None:
+            raise FarmError(f"{relative} is not a .blend file")
+        if format not in blender_jobs.FORMATS:
+            raise FarmError(f"format must be one of {', '.join(blender_jobs.FORMATS)}")
+        if engine is not None and engine not in blender_jobs.ENGINES:
+            raise FarmError(f"engine must be one of {', '.join(blender_jobs.ENGINES)}")
+        if frames is None:
+            local = blender_support.find_blender()
+            if local is None:
+                raise FarmError(
+                    "give --frames: no Blender on this machine to read the scene's frame range"
+                )
+            info = blender_support.scene_info(local, path)
+            frames = f"{info['frame_start']}-{info['frame_end']}:{info['frame_step']}"
+        settings: dict[str, Any] = {}
+        for key, value in (
+            ("engine", engine),
+            ("samples", samples),
+            ("resolution", list(resolution) if resolution else None),
+            ("camera", camera),
+            ("scene", scene_name),
+        ):
+            if value is not None:
+                settings[key] = value
+        tasks = blender_jobs.plan_render(
+            relative,
+            parse_frames(frames),
+            chunk=chunk,
+            output=output,
+            file_format=format,
+            settings=settings,
+            tiles=tiles,
+            sample_split=sample_split,
+        )
+        return self.submit_tasks(
+            tasks,
+            kind="blender",
+            name=name or f"{relative} frames {frames}",
+            priority=priority,
+            requires=[f"blender>={saved_with}"],
+            max_attempts=max_attempts,
+            meta={
+                "scene": relative,
+                "frames": frames,
+                "output": output or blender_jobs.default_output(relative),
+                "format": format,
+                "blend_version": saved_with,
+            },
         )
 
     def submit_tasks(

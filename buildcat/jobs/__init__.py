@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from buildcat.errors import FarmError
-from buildcat.jobs import python
+from buildcat.jobs import blender, python
 
 #: kind -> payload validator; every validator raises FarmError with one clear line.
-VALIDATORS = {"python": python.validate_payload}
+VALIDATORS = {"python": python.validate_payload, "blender": blender.validate_payload}
 
 
 def validate_payload(kind: str, payload: Any) -> None:

@@ -27,11 +27,14 @@ from buildcat.errors import FarmError, ProtocolError
 from buildcat.root import state_dir
 from buildcat.server.scheduler import (
     FINAL_JOB_STATES,
+    Job,
     NotFound,
     Scheduler,
     SchedulerError,
     Task,
     TaskSpec,
+    Worker,
+    requirement_met,
 )
 
 log = logging.getLogger(__name__)
@@ -277,16 +280,41 @@ async def submit(request: web.Request) -> web.Response:
 async def list_jobs(request: web.Request) -> web.Response:
     scheduler = _farm(request).scheduler
     state = request.query.get("state")
-    views = [job.to_dict() for job in scheduler.jobs.values() if state in (None, str(job.state))]
-    for view in views:
-        view["meta"] = {k: v for k, v in view["meta"].items() if k != "common"}
+    farm = _farm(request)
+    views = [
+        _job_view(farm, job.id)
+        for job in scheduler.jobs.values()
+        if state in (None, str(job.state))
+    ]
     return _reply(request, {"jobs": views})
 
 
 def _job_view(farm: Farm, job_id: str) -> dict[str, Any]:
-    view = farm.scheduler.job(job_id).to_dict()
+    job = farm.scheduler.job(job_id)
+    view = job.to_dict()
     view["meta"] = {k: v for k, v in view["meta"].items() if k != "common"}
+    view["waiting"] = _unmet(farm, job) if job.state not in FINAL_JOB_STATES else ""
     return view
+
+
+def _unmet(farm: Farm, job: Job) -> str:
+    """Why nothing runs, when no online worker meets the job's requirements."""
+    if not job.requires:
+        return ""
+    online = [w for w in farm.scheduler.workers.values() if w.online]
+    if any(all(requirement_met(r, w.capabilities) for r in job.requires) for w in online):
+        return ""
+    needs = ", ".join(job.requires)
+    if not online:
+        return f"no worker is online; this job needs {needs}"
+    names = sorted(r.partition(">=")[0].strip() for r in job.requires)
+
+    def has(worker: Worker) -> str:
+        held = [f"{n} {worker.capabilities[n]}".strip() for n in names if n in worker.capabilities]
+        return ", ".join(held) or "none"
+
+    seen = ", ".join(f"{w.name} ({has(w)})" for w in online[:5])
+    return f"no online worker meets {needs}: {seen}"
 
 
 @routes.get(f"{API}/jobs/{{job}}")

@@ -25,6 +25,7 @@ import aiohttp
 
 import buildcat
 from buildcat import jobs, protocol
+from buildcat.blender import BlenderInstall, find_blender
 from buildcat.errors import FarmError
 from buildcat.worker.execute import Child, ChildDied
 
@@ -36,6 +37,8 @@ MAX_PREFETCH = 256
 LONG_POLL_SECONDS = 20.0
 IDLE_POLL_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 5.0
+#: What a worker's child runs for a Blender task.
+BLENDER_RUNNER = "buildcat.jobs.blender:run_task"
 #: A cancelled task has this long to stop (Blender gets SIGINT, then SIGKILL after its own
 #: grace period) before the worker kills the process running it.
 CANCEL_GRACE_SECONDS = 20.0
@@ -58,6 +61,9 @@ class WorkerConfig:
     tags: list[str] = field(default_factory=list)
     exit_when_idle: bool = False
     max_tasks: int | None = None
+    #: ``None``: no Blender tasks; ``""``: look for one; else a path or ``"bpy"``.
+    blender_choice: str | None = ""
+    blender: BlenderInstall | None = None
 
 
 def refused(item: dict[str, Any], reason: str) -> dict[str, Any]:
@@ -143,6 +149,8 @@ class Agent:
     async def register(self) -> None:
         capabilities = {tag: "" for tag in self.config.tags}
         capabilities["python"] = platform.python_version()
+        if self.config.blender is not None:
+            capabilities["blender"] = self.config.blender.version
         reply = await self.call(
             "POST",
             "/workers",
@@ -264,8 +272,13 @@ class Agent:
 
         outcome: dict[str, Any]
         try:
-            jobs.validate_payload(message.get("kind", ""), message.get("payload"))
-            reply = await child.run(task_id, message["payload"], on_progress)
+            kind = message.get("kind", "")
+            jobs.validate_payload(kind, message.get("payload"))
+            payload = message["payload"]
+            if kind == "blender":
+                blender = self.config.blender.encode() if self.config.blender else ""
+                payload = {"function": BLENDER_RUNNER, "args": [payload, blender]}
+            reply = await child.run(task_id, payload, on_progress)
             outcome = {
                 "id": task_id,
                 "ok": bool(reply.get("ok")),
@@ -427,7 +440,7 @@ class Agent:
         )
         self.children = [Child(env) for _ in range(self.config.slots)]
         try:
-            await asyncio.gather(*(child.start() for child in self.children))
+            await asyncio.gather(*(child.start() for child in self.children), self.find_blender())
             await self.call_as_worker("POST", "/report", {}, timeout=30)
             workers = [asyncio.create_task(self.runner(child)) for child in self.children]
             leaser = asyncio.create_task(self.leaser())
@@ -458,6 +471,18 @@ class Agent:
             await self.session.close()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
+
+    async def find_blender(self) -> None:
+        """Look for Blender while the child processes start (it takes about a second)."""
+        choice = self.config.blender_choice
+        if choice is None or self.config.blender is not None:
+            return
+        found = await asyncio.to_thread(find_blender, choice or None)
+        self.config.blender = found
+        if found is None:
+            log.info("no Blender found: this worker takes no Blender tasks")
+        else:
+            log.info("rendering with %s", found.describe())
 
     async def leave(self) -> None:
         """Unregister: whatever the server still thinks we hold goes back to the queue."""

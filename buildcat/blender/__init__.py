@@ -1,0 +1,143 @@
+"""Blender on a worker: finding it, its version, the version a .blend was saved with.
+
+The scripts beside this file (override.py, bpy_render.py, compose.py, demo_scene.py) run
+inside Blender, never in a farm process.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from buildcat.errors import FarmError
+
+SCRIPTS = Path(__file__).parent
+BPY = "bpy"
+
+_OLD_HEADER = re.compile(rb"BLENDER[_-][vV](\d)(\d\d)")
+_NEW_HEADER = re.compile(rb"BLENDER\d\d-\d\d[vV](\d\d)(\d\d)")
+_VERSION_LINE = re.compile(r"Blender (\d+\.\d+(?:\.\d+)?)")
+
+
+@dataclass(slots=True, frozen=True)
+class BlenderInstall:
+    """A Blender a worker can run: the binary, or the ``bpy`` module of a Python."""
+
+    kind: str  # "binary" or "bpy"
+    path: str  # the blender executable, or the python that imports bpy
+    version: str
+
+    def describe(self) -> str:
+        what = "bpy module in" if self.kind == BPY else "binary"
+        return f"Blender {self.version} ({what} {self.path})"
+
+    def encode(self) -> str:
+        return f"{self.kind}:{self.version}:{self.path}"
+
+    @classmethod
+    def decode(cls, text: str) -> BlenderInstall:
+        kind, version, path = text.split(":", 2)
+        return cls(kind=kind, path=path, version=version)
+
+
+def _binary_version(path: str) -> str:
+    try:
+        out = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=60, check=False
+        ).stdout
+    except OSError as exc:
+        raise FarmError(f"cannot run Blender at {path}: {exc.strerror}") from None
+    match = _VERSION_LINE.search(out)
+    if match is None:
+        raise FarmError(f"{path} did not answer --version like Blender")
+    return match[1]
+
+
+def _bpy_version(python: str) -> str | None:
+    try:
+        done = subprocess.run(
+            [python, "-c", "import bpy; print(bpy.app.version_string)"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    except OSError:
+        return None
+    if done.returncode != 0:
+        return None
+    match = re.search(r"(\d+\.\d+(?:\.\d+)?)", done.stdout)
+    return match[1] if match else None
+
+
+def find_blender(explicit: str | None = None, *, allow_bpy: bool = True) -> BlenderInstall | None:
+    """``--blender PATH`` (or ``bpy``), else ``$BLENDER``, else ``blender`` on PATH, else bpy."""
+    for choice in (explicit, os.environ.get("BLENDER")):
+        if not choice:
+            continue
+        if choice == BPY:
+            version = _bpy_version(sys.executable)
+            if version is None:
+                raise FarmError(
+                    f"--blender bpy: the bpy module does not import in {sys.executable}"
+                )
+            return BlenderInstall(BPY, sys.executable, version)
+        path = shutil.which(choice)
+        if path is None:
+            raise FarmError(f"Blender {choice!r} not found")
+        return BlenderInstall("binary", path, _binary_version(path))
+    path = shutil.which("blender")
+    if path is not None:
+        return BlenderInstall("binary", path, _binary_version(path))
+    if allow_bpy:
+        version = _bpy_version(sys.executable)
+        if version is not None:
+            return BlenderInstall(BPY, sys.executable, version)
+    return None
+
+
+def blend_file_version(path: str | os.PathLike[str]) -> str | None:
+    """The Blender version that saved a .blend ("4.5"), also inside zstd or gzip; None if
+    the file does not look like a .blend."""
+    with open(path, "rb") as handle:
+        head = handle.read(64)
+    if head.startswith(b"\x28\xb5\x2f\xfd"):  # zstd (Blender 3.0+ compression)
+        import zstandard
+
+        with open(path, "rb") as handle:
+            reader = zstandard.ZstdDecompressor().stream_reader(handle)
+            head = reader.read(64)
+    elif head.startswith(b"\x1f\x8b"):  # gzip (Blender before 3.0)
+        with gzip.open(path, "rb") as handle:
+            head = handle.read(64)
+    match = _NEW_HEADER.match(head)
+    if match:
+        return f"{int(match[1])}.{int(match[2])}"
+    match = _OLD_HEADER.match(head)
+    if match:
+        return f"{int(match[1])}.{int(match[2])}"
+    return None
+
+
+def scene_info(blender: BlenderInstall, blend: Path) -> dict[str, object]:
+    """Ask Blender about a .blend: its frame range, scenes, resolution."""
+    script = str(SCRIPTS / "scene_info.py")
+    if blender.kind == BPY:
+        command = [blender.path, script, str(blend)]
+    else:
+        command = [blender.path, "-b", str(blend), "--python-exit-code", "1", "--python", script]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    except OSError as exc:
+        raise FarmError(f"cannot run {blender.describe()}: {exc.strerror}") from None
+    for line in done.stdout.splitlines():
+        if line.startswith("BUILDCAT_SCENE_INFO "):
+            return dict(json.loads(line.split(" ", 1)[1]))
+    raise FarmError(f"{blender.describe()} could not read {blend} (exit code {done.returncode})")

@@ -1,0 +1,392 @@
+"""Blender render jobs: planning tasks (chunks, tiles, sample splits) and running them.
+
+A render task runs Blender (the binary, or the ``bpy`` module in a separate Python) from
+inside the worker's child process, renders into a temporary folder beside the output,
+checks every frame it owns was written, then renames the frames into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from buildcat import root as farm_root
+from buildcat.blender import BPY, SCRIPTS, BlenderInstall
+from buildcat.errors import FarmError
+from buildcat.frames import chunk_frames, format_frames
+from buildcat.jobs import context
+
+FORMATS = {"PNG": ".png", "JPEG": ".jpg", "OPEN_EXR": ".exr"}
+ENGINES = ("cycles", "eevee", "workbench")
+STEPS = ("render", "stitch", "merge")
+#: Blender needed about 8 s to stop after SIGINT here; then it is killed.
+CANCEL_GRACE_SECONDS = 10.0
+PARTS_FOLDER = ".buildcat-parts"
+
+_FRAME = re.compile(r"Fra:\s*(\d+)")
+_CYCLES_SAMPLE = re.compile(r"Sample (\d+)/(\d+)")
+_EEVEE_SAMPLE = re.compile(r"Rendering (\d+) / (\d+) samples")
+_SAVED = re.compile(r"Saved: '(.+)'")
+
+
+class RenderFailed(FarmError):
+    """Blender failed, or did not write every frame it was asked for."""
+
+
+# ---- planning (client side, pure) ----------------------------------------------------------
+
+
+def default_output(scene: str) -> str:
+    return f"renders/{PurePosixPath(scene).stem}/frame_####"
+
+
+def frame_path(pattern: str, frame: int, extension: str) -> str:
+    """Blender's rule: the last run of ``#`` becomes the zero-padded frame, else 4 digits
+    are appended; then the format's extension."""
+    runs = list(re.finditer(r"#+", pattern))
+    if runs:
+        last = runs[-1]
+        name = f"{pattern[: last.start()]}{frame:0{len(last[0])}d}{pattern[last.end() :]}"
+    else:
+        name = f"{pattern}{frame:04d}"
+    return name + extension
+
+
+def tile_rects(columns: int, rows: int) -> list[list[float]]:
+    """Fractional rects [x0, y0, x1, y1] (y = 0 at the bottom) of a C x R grid, row by row."""
+    return [
+        [column / columns, row / rows, (column + 1) / columns, (row + 1) / rows]
+        for row in range(rows)
+        for column in range(columns)
+    ]
+
+
+def plan_render(
+    scene: str,
+    frames: list[int],
+    *,
+    chunk: int = 1,
+    output: str | None = None,
+    file_format: str = "PNG",
+    settings: dict[str, Any] | None = None,
+    tiles: tuple[int, int] | None = None,
+    sample_split: int | None = None,
+) -> list[dict[str, Any]]:
+    """The tasks of a render job, with the stitch/merge tasks depending on their parts."""
+    if tiles and sample_split:
+        raise FarmError("--tiles and --sample-split cannot be combined")
+    output = farm_root.check_relative(output or default_output(scene))
+    settings = dict(settings or {})
+    settings["format"] = file_format
+    if sample_split and settings.get("engine", "cycles") != "cycles":
+        raise FarmError("--sample-split works with Cycles only")
+    tasks: list[dict[str, Any]] = []
+
+    def render(frames_: list[int], pattern: str, extra: dict[str, Any], label: str) -> int:
+        tasks.append(
+            {
+                "payload": {
+                    "step": "render",
+                    "scene": scene,
+                    "frames": frames_,
+                    "output": pattern,
+                    "settings": {**settings, **extra},
+                    "label": label,
+                }
+            }
+        )
+        return len(tasks) - 1
+
+    folder, _, base = output.rpartition("/")
+    parts = f"{folder}/{PARTS_FOLDER}" if folder else PARTS_FOLDER
+    if not tiles and not sample_split:
+        for group in chunk_frames(frames, chunk):
+            render(group, output, {}, f"frames {format_frames(group)}")
+        return tasks
+    for frame in frames:
+        if tiles:
+            columns, rows = tiles
+            rects = tile_rects(columns, rows)
+            part_patterns = [f"{parts}/{base}_tile{i:02d}_" for i in range(len(rects))]
+            ids = [
+                render([frame], pattern, {"border": _overlap(rect)}, f"frame {frame} tile {i}")
+                for i, (pattern, rect) in enumerate(zip(part_patterns, rects, strict=True))
+            ]
+            mode, extra = "stitch", {"rects": rects}
+        else:
+            assert sample_split is not None
+            part_patterns = [f"{parts}/{base}_split{i:02d}_" for i in range(sample_split)]
+            ids = [
+                render(
+                    [frame],
+                    pattern,
+                    {"seed": frame * 1000 + i, "split_count": sample_split},
+                    f"frame {frame} samples {i + 1}/{sample_split}",
+                )
+                for i, pattern in enumerate(part_patterns)
+            ]
+            mode, extra = "merge", {}
+        tasks.append(
+            {
+                "payload": {
+                    "step": mode,
+                    "frame": frame,
+                    "parts": part_patterns,
+                    "output": output,
+                    "format": file_format,
+                    "label": f"frame {frame} {mode}",
+                    **extra,
+                },
+                "depends": ids,
+            }
+        )
+    return tasks
+
+
+def _overlap(rect: list[float], margin: float = 0.02) -> list[float]:
+    """A tile's border grown a little, so rounding in Blender never leaves a gap."""
+    x0, y0, x1, y1 = rect
+    return [
+        max(0.0, x0 - margin),
+        max(0.0, y0 - margin),
+        min(1.0, x1 + margin),
+        min(1.0, y1 + margin),
+    ]
+
+
+def validate_payload(payload: dict[str, Any]) -> None:
+    step = payload.get("step", "render")
+    if step not in STEPS:
+        raise FarmError(f"unknown Blender step {step!r}")
+    farm_root.check_relative(_text(payload, "output"))
+    if step == "render":
+        farm_root.check_relative(_text(payload, "scene"))
+        frames = payload.get("frames")
+        if (
+            not isinstance(frames, list)
+            or not frames
+            or not all(isinstance(f, int) and not isinstance(f, bool) and f >= 0 for f in frames)
+        ):
+            raise FarmError("'frames' must be a non-empty list of frame numbers")
+        settings = payload.get("settings", {})
+        if not isinstance(settings, dict):
+            raise FarmError("'settings' must be a map")
+        if settings.get("format", "PNG") not in FORMATS:
+            raise FarmError(f"format must be one of {', '.join(FORMATS)}")
+        if settings.get("engine") not in (None, *ENGINES):
+            raise FarmError(f"engine must be one of {', '.join(ENGINES)}")
+    else:
+        parts = payload.get("parts")
+        if not isinstance(parts, list) or not parts:
+            raise FarmError("'parts' must be a non-empty list of paths")
+        for part in parts:
+            farm_root.check_relative(_text({"part": part}, "part"))
+        if payload.get("format", "PNG") not in FORMATS:
+            raise FarmError(f"format must be one of {', '.join(FORMATS)}")
+        if not isinstance(payload.get("frame"), int):
+            raise FarmError("'frame' must be a frame number")
+
+
+def _text(payload: dict[str, Any], key: str) -> str:
+    value = payload.get(key)
+    if not isinstance(value, str) or not value:
+        raise FarmError(f"{key!r} must be a root-relative path")
+    return value
+
+
+# ---- running (inside the worker's child process) --------------------------------------------
+
+
+def _die_with_parent() -> None:
+    # Blender must not outlive the child process that runs it (a worker killed with -9).
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def installed(encoded: str) -> BlenderInstall:
+    if not encoded:
+        raise FarmError("this worker has no Blender (give farm worker --blender PATH)")
+    return BlenderInstall.decode(encoded)
+
+
+def run_process(command: list[str], on_line: Callable[[str], None]) -> int:
+    """Run Blender, passing each output line on; SIGINT, grace period, SIGKILL on cancel."""
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        errors="replace",
+        bufsize=1,
+        start_new_session=True,  # the terminal's Ctrl-C is the worker's to handle
+        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+    )
+    assert process.stdout is not None
+    try:
+        for line in process.stdout:
+            on_line(line.rstrip("\n"))
+        return process.wait()
+    except BaseException:
+        # Cancelled (or anything else): ask Blender to stop, then make sure it does.
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGINT)
+        try:
+            process.wait(CANCEL_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        print(f"buildcat: Blender stopped (exit code {process.returncode})")
+        raise
+    finally:
+        process.stdout.close()
+
+
+class _Progress:
+    """Turns Blender's output into task progress: frames done plus samples of the current."""
+
+    def __init__(self, frames: list[int]) -> None:
+        self.frames = frames
+        self.saved = 0
+        self.current: int | None = None
+        self.last_report = 0.0
+
+    def feed(self, line: str) -> None:
+        print(line)
+        if _SAVED.search(line):
+            self.saved += 1
+            self._report(f"saved {self.saved} of {len(self.frames)} frame(s)", force=True)
+            return
+        frame = _FRAME.search(line)
+        if frame:
+            self.current = int(frame[1])
+        sample = _CYCLES_SAMPLE.search(line) or _EEVEE_SAMPLE.search(line)
+        if sample:
+            done, total = int(sample[1]), int(sample[2])
+            fraction = done / total if total else 0.0
+            self._report(f"frame {self.current}: sample {done}/{total}", fraction_of_frame=fraction)
+
+    def _report(self, message: str, fraction_of_frame: float = 0.0, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_report < 0.2:
+            return
+        self.last_report = now
+        total = len(self.frames) or 1
+        context.progress(min(1.0, (self.saved + fraction_of_frame) / total), message)
+
+
+def run_task(task: dict[str, Any], blender_install: str = "") -> dict[str, Any]:
+    """The entry point a worker's child calls for every Blender task."""
+    validate_payload(task)
+    blender = installed(blender_install)
+    step = task.get("step", "render")
+    if step == "render":
+        return _render(task, blender)
+    return _compose(task, blender)
+
+
+def _temporary_folder(final_dir: Path) -> Path:
+    final_dir.mkdir(parents=True, exist_ok=True)
+    name = f".buildcat-tmp-{context.current().task_id or 'task'}-{os.getpid()}"
+    folder = final_dir / name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    return folder
+
+
+def _render(task: dict[str, Any], blender: BlenderInstall) -> dict[str, Any]:
+    ctx = context.current()
+    scene = farm_root.resolve(ctx.root, task["scene"])
+    if not scene.is_file():
+        raise RenderFailed(f"scene {task['scene']} does not exist under the farm root {ctx.root}")
+    settings = dict(task.get("settings", {}))
+    extension = FORMATS[settings.get("format", "PNG")]
+    final_pattern = farm_root.resolve(ctx.root, task["output"])
+    try:
+        staging = _temporary_folder(final_pattern.parent)
+    except OSError as exc:
+        raise RenderFailed(f"cannot write to {task['output']}: {exc.strerror or exc}") from None
+    pattern = str(staging / final_pattern.name)
+    frames: list[int] = task["frames"]
+    if blender.kind == BPY:
+        command = [
+            blender.path,
+            str(SCRIPTS / "bpy_render.py"),
+            json.dumps(
+                {"blend": str(scene), "frames": frames, "output": pattern, "settings": settings}
+            ),
+        ]
+    else:
+        command = [
+            blender.path, "-b", str(scene),
+            "--python-exit-code", "1", "--python", str(SCRIPTS / "override.py"),
+            "-o", pattern, "-F", settings.get("format", "PNG"), "-x", "1",
+            "-f", ",".join(str(f) for f in frames),
+            "--", json.dumps(settings),
+        ]  # fmt: skip
+    print(f"buildcat: {' '.join(command[:3])} ... frames {format_frames(frames)}")
+    progress = _Progress(frames)
+    try:
+        code = run_process(command, progress.feed)
+        if code != 0:
+            raise RenderFailed(f"Blender exited with code {code}; see the task log")
+        outputs = []
+        for frame in frames:
+            written = Path(frame_path(pattern, frame, extension))
+            if not written.is_file() or written.stat().st_size == 0:
+                raise RenderFailed(f"Blender did not write frame {frame} ({written.name})")
+            final = Path(frame_path(str(final_pattern), frame, extension))
+            os.replace(written, final)
+            outputs.append(final.relative_to(Path(ctx.root).resolve()).as_posix())
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"frames": frames, "outputs": outputs}
+
+
+def _compose(task: dict[str, Any], blender: BlenderInstall) -> dict[str, Any]:
+    ctx = context.current()
+    file_format = task.get("format", "PNG")
+    extension = FORMATS[file_format]
+    frame = task["frame"]
+    inputs = [
+        farm_root.resolve(ctx.root, frame_path(part, frame, extension)) for part in task["parts"]
+    ]
+    missing = [str(path) for path in inputs if not path.is_file()]
+    if missing:
+        raise RenderFailed(f"missing parts of frame {frame}: {', '.join(missing)}")
+    final = farm_root.resolve(ctx.root, frame_path(task["output"], frame, extension))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    settings: dict[str, Any] = {
+        "mode": task["step"],
+        "inputs": [str(path) for path in inputs],
+        "output": str(final),
+        "format": file_format,
+    }
+    if task["step"] == "stitch":
+        settings["rects"] = task["rects"]
+    if blender.kind == BPY:
+        command = [blender.path, str(SCRIPTS / "compose.py"), json.dumps(settings)]
+    else:
+        command = [
+            blender.path, "-b", "--factory-startup", "--python-exit-code", "1",
+            "--python", str(SCRIPTS / "compose.py"), "--", json.dumps(settings),
+        ]  # fmt: skip
+    code = run_process(command, print)
+    if code != 0 or not final.is_file():
+        raise RenderFailed(f"{task['step']} of frame {frame} failed (exit code {code})")
+    for path in inputs:
+        path.unlink(missing_ok=True)
+    output = final.relative_to(Path(ctx.root).resolve()).as_posix()
+    context.progress(1.0, f"frame {frame} {task['step']}ed")
+    return {"frames": [frame], "outputs": [output]}
