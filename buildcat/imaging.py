@@ -324,3 +324,25 @@ def paste(
     for row in range(tile_h):
         start = ((y0 + row) * canvas_w + x0) * 3
         canvas[start : start + row_bytes] = source[row * row_bytes : (row + 1) * row_bytes]
+
+
+def contact_sheet(
+    images: list[tuple[int, int, bytes]], columns: int, gap: int = 2
+) -> tuple[int, int, bytes]:
+    """Lay equally sized RGB images out in a grid (row by row) on a dark background."""
+    if not images:
+        raise ValueError("a contact sheet needs at least one image")
+    width, height = images[0][0], images[0][1]
+    if any((w, h) != (width, height) for w, h, _ in images):
+        raise ValueError("contact sheet images must all be the same size")
+    columns = max(1, min(columns, len(images)))
+    rows = -(-len(images) // columns)
+    sheet_w = columns * width + (columns + 1) * gap
+    sheet_h = rows * height + (rows + 1) * gap
+    canvas = bytearray(b"\x20\x20\x20" * (sheet_w * sheet_h))
+    for index, (_, _, rgb) in enumerate(images):
+        row, column = divmod(index, columns)
+        x0 = gap + column * (width + gap)
+        y0 = gap + row * (height + gap)
+        paste(canvas, sheet_w, rgb, x0, y0, width, height)
+    return sheet_w, sheet_h, bytes(canvas)

@@ -141,3 +141,36 @@ def scene_info(blender: BlenderInstall, blend: Path) -> dict[str, object]:
         if line.startswith("BUILDCAT_SCENE_INFO "):
             return dict(json.loads(line.split(" ", 1)[1]))
     raise FarmError(f"{blender.describe()} could not read {blend} (exit code {done.returncode})")
+
+
+def build_demo_scene(
+    blender: BlenderInstall, output: Path, frames: int = 24, resolution: int = 64, samples: int = 16
+) -> None:
+    """Have Blender build the demo's animated scene and save it at ``output``."""
+    settings = json.dumps(
+        {
+            "output": str(output),
+            "frames": frames,
+            "resolution": [resolution, resolution],
+            "samples": samples,
+        }
+    )
+    script = str(SCRIPTS / "demo_scene.py")
+    if blender.kind == BPY:
+        command = [blender.path, script, settings]
+    else:
+        command = [
+            blender.path,
+            "-b",
+            "--factory-startup",
+            "--python-exit-code",
+            "1",
+            "--python",
+            script,
+            "--",
+            settings,
+        ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    if done.returncode != 0 or not output.is_file():
+        tail = (done.stdout + done.stderr).strip().splitlines()[-3:]
+        raise FarmError(f"{blender.describe()} could not build the demo scene: {' | '.join(tail)}")

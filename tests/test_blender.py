@@ -1,0 +1,210 @@
+"""Blender on the farm, with real Blender: the Debian binary and the bpy module."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import buildcat
+from buildcat import launch
+from buildcat.blender import BPY, BlenderInstall, blend_file_version, build_demo_scene, find_blender
+from buildcat.imaging import read_png
+from tests.conftest import Farm, wait_for
+
+BINARY = shutil.which("blender")
+
+
+def _bpy_works() -> bool:
+    done = subprocess.run([sys.executable, "-c", "import bpy"], capture_output=True, check=False)
+    return done.returncode == 0
+
+
+HAS_BPY = _bpy_works()
+# A developer's machine may lack a Blender; CI installs both, so there nothing skips.
+IN_CI = bool(os.environ.get("CI"))
+needs_binary = pytest.mark.skipif(
+    BINARY is None and not IN_CI, reason="Debian's blender is not installed"
+)
+needs_bpy = pytest.mark.skipif(not HAS_BPY and not IN_CI, reason="the bpy module is not installed")
+
+
+@pytest.fixture(scope="module")
+def scene_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 64x64, 6-frame Cycles scene built by the oldest Blender here (all can open it)."""
+    blender = find_blender(BINARY) if BINARY else find_blender(BPY)
+    if blender is None and not IN_CI:
+        pytest.skip("no Blender installed")
+    assert blender is not None, "CI must install Blender"
+    path = tmp_path_factory.mktemp("scenes") / "spin.blend"
+    build_demo_scene(blender, path, frames=6, resolution=64, samples=4)
+    return path
+
+
+@pytest.fixture
+def blender_farm(farm: Farm, scene_file: Path) -> Iterator[Farm]:
+    (farm.root / "shots").mkdir()
+    shutil.copy(scene_file, farm.root / "shots" / "spin.blend")
+    yield farm
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    width, height, _ = read_png(path)
+    return width, height
+
+
+def test_blend_header_gives_the_saving_version(scene_file: Path, tmp_path: Path) -> None:
+    version = blend_file_version(scene_file)
+    assert version is not None
+    assert version.count(".") == 1
+    text = tmp_path / "not.blend"
+    text.write_text("hello")
+    assert blend_file_version(text) is None
+
+
+@needs_binary
+def test_frames_in_chunks_on_two_workers(blender_farm: Farm) -> None:
+    blender_farm.start_worker()
+    blender_farm.start_worker()
+    blender_farm.wait_workers(2)
+    submitted = blender_farm.cli(
+        "submit", "blender", "shots/spin.blend", "--frames", "1-6", "--chunk", "2", "--json",
+        "--resolution", "48x32", "--samples", "2",
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)["id"]
+    waited = blender_farm.cli("wait", job_id, timeout=300)
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    job = blender_farm.client().job(job_id)
+    tasks = job.tasks()
+    assert len(tasks) == 3
+    assert [t["label"] for t in tasks] == ["frames 1-2", "frames 3-4", "frames 5-6"]
+    frames = sorted((blender_farm.root / "renders" / "spin").glob("frame_*.png"))
+    assert [f.name for f in frames] == [f"frame_{n:04d}.png" for n in range(1, 7)]
+    assert all(png_size(f) == (48, 32) for f in frames)
+    assert not list((blender_farm.root / "renders" / "spin").glob(".buildcat-tmp-*"))
+    log = blender_farm.client().task(f"{job_id}.0")["log"]
+    assert "Fra:1" in log
+
+
+@needs_binary
+def test_blender_jobs_wait_for_a_worker_with_blender(blender_farm: Farm) -> None:
+    blender_farm.start_worker("--no-blender", name="no-blender")
+    blender_farm.wait_workers(1)
+    farm = blender_farm.client()
+    job = farm.render("shots/spin.blend", "1", resolution=(16, 16), samples=1)
+    status = blender_farm.cli("status", job.id)
+    assert "waiting: no online worker meets blender>=" in status.stdout
+    assert job.status()["tasks"]["queued"] == 1
+    blender_farm.start_worker(name="with-blender")
+    job.wait(timeout=120)
+    assert job.status()["waiting"] == ""
+
+
+@needs_binary
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        ({"camera": "NoSuchCamera"}, "Blender exited with code"),
+        ({"output": "blocked.txt/frame_####"}, "cannot write to blocked.txt/frame_####"),
+    ],
+)
+def test_render_errors_fail_with_a_clear_reason(
+    blender_farm: Farm, options: dict[str, str], reason: str
+) -> None:
+    (blender_farm.root / "blocked.txt").write_text("a file where a folder should be")
+    blender_farm.start_worker()
+    farm = blender_farm.client()
+    job = farm.render(
+        "shots/spin.blend", "1", resolution=(16, 16), samples=1, max_attempts=1, **options
+    )  # type: ignore[arg-type]
+    with pytest.raises(buildcat.JobFailed, match=reason):
+        job.wait(timeout=120)
+    if "camera" in options:
+        assert "NoSuchCamera" in farm.task(f"{job.id}.0")["log"]
+    status = blender_farm.cli("status", job.id)
+    assert reason in status.stdout
+    assert farm.ping()["api"] == 1  # the server is still up
+
+
+@needs_binary
+def test_missing_scene_fails_with_a_clear_reason(blender_farm: Farm) -> None:
+    blender_farm.start_worker()
+    farm = blender_farm.client()
+    refused = blender_farm.cli("submit", "blender", "shots/missing.blend", "--frames", "1")
+    assert refused.returncode != 0
+    assert "shots/missing.blend does not exist under the farm root" in refused.stderr
+    # A scene that vanished after submitting fails on the worker with the same words.
+    task = {
+        "payload": {
+            "step": "render",
+            "scene": "shots/gone.blend",
+            "frames": [1],
+            "output": "renders/gone/frame_####",
+            "settings": {},
+        }
+    }
+    job = farm.submit_tasks([task], kind="blender", max_attempts=1)
+    with pytest.raises(buildcat.JobFailed, match=re.escape("shots/gone.blend does not exist")):
+        job.wait(timeout=60)
+
+
+@needs_binary
+def test_cancel_stops_blender_within_the_grace_period(blender_farm: Farm) -> None:
+    blender_farm.start_worker()
+    farm = blender_farm.client()
+    job = farm.render("shots/spin.blend", "1-6", chunk=6, resolution=(256, 256), samples=4096)
+    wait_for(lambda: any(t["progress"] > 0 for t in job.tasks()), timeout=120)
+    cancelled_at = time.monotonic()
+    job.cancel()
+
+    def rendering() -> list[str]:
+        lines = subprocess.run(["pgrep", "-af", "spin.blend"], capture_output=True, text=True)
+        return [line for line in lines.stdout.splitlines() if str(blender_farm.root) in line]
+
+    wait_for(lambda: not rendering(), timeout=30)
+    assert time.monotonic() - cancelled_at < 20
+    assert job.status()["state"] == "cancelled"
+
+
+def _render_with(blender_farm: Farm, blender: str, output: str) -> Path:
+    worker = blender_farm.start_worker("--blender", blender, name=f"with-{Path(blender).name}")
+    farm = blender_farm.client()
+    job = farm.render("shots/spin.blend", "2", output=output, resolution=(32, 32), samples=8)
+    job.wait(timeout=300)
+    launch.stop(worker)
+    (path,) = job.results()[0]["outputs"]
+    return blender_farm.root / path
+
+
+@needs_binary
+@needs_bpy
+def test_same_render_through_the_binary_and_bpy(blender_farm: Farm) -> None:
+    by_binary = _render_with(blender_farm, BINARY or "blender", "renders/binary/frame_####")
+    by_bpy = _render_with(blender_farm, BPY, "renders/bpy/frame_####")
+    workers = {w["name"]: w["capabilities"]["blender"] for w in blender_farm.client().workers()}
+    assert workers["with-bpy"].startswith("4.5")
+    w1, h1, rgb1 = read_png(by_binary)
+    w2, h2, rgb2 = read_png(by_bpy)
+    assert (w1, h1) == (w2, h2) == (32, 32)
+    mean_difference = sum(abs(a - b) for a, b in zip(rgb1, rgb2, strict=True)) / len(rgb1)
+    assert mean_difference < 40  # the same scene: two Blender versions, same picture
+
+
+def test_worker_reports_its_blender(farm: Farm) -> None:
+    install: BlenderInstall | None = find_blender()
+    if install is None and not IN_CI:
+        pytest.skip("no Blender installed")
+    assert install is not None, "CI must install Blender"
+    farm.start_worker()
+    farm.wait_workers(1)
+    (worker,) = farm.client().workers()
+    assert worker["capabilities"]["blender"] == install.version
