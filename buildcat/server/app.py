@@ -69,6 +69,7 @@ class Farm:
         self.scheduler = Scheduler(lease_timeout=config.lease_timeout)
         self.waiters: deque[_Waiter] = deque()
         self.job_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self.watchers: dict[str, asyncio.Future[None]] = {}
         self.started_at = time.time()
         self._expiry_task: asyncio.Task[None] | None = None
 
@@ -78,6 +79,10 @@ class Farm:
         """Hand ready tasks to waiting workers and wake waiters of finished jobs."""
         if self.waiters and self.scheduler.ready_total > 0:
             self.dispatch(time.time())
+        for worker_id in self.scheduler.take_cancel_notices():
+            watcher = self.watchers.pop(worker_id, None)
+            if watcher is not None and not watcher.done():
+                watcher.set_result(None)
         for job in self.scheduler.take_finished():
             log.info("job %s %s", job.id, job.state)
             for future in self.job_waiters.pop(job.id, []):
@@ -108,6 +113,10 @@ class Farm:
             waiter = self.waiters.popleft()
             if not waiter.future.done():
                 waiter.future.set_result([])
+        for watcher in self.watchers.values():
+            if not watcher.done():
+                watcher.set_result(None)
+        self.watchers.clear()
         for futures in self.job_waiters.values():
             for future in futures:
                 if not future.done():
@@ -527,6 +536,36 @@ async def report(request: web.Request) -> web.Response:
             "cancel": scheduler.take_cancellations(worker_id),
         },
     )
+
+
+@routes.post(f"{API}/workers/{{worker}}/watch")
+async def watch(request: web.Request) -> web.Response:
+    """Long-poll for cancellations (answers at once when there are some); a heartbeat too."""
+    farm = _farm(request)
+    worker_id = request.match_info["worker"]
+    body = await _body(request)
+    wait = min(max(float(_get(body, "wait", (int, float), 0)), 0.0), MAX_WAIT_SECONDS)
+    worker = farm.scheduler.touch(worker_id, time.time())
+    if not worker.to_cancel and wait > 0:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        previous = farm.watchers.pop(worker_id, None)
+        if previous is not None and not previous.done():
+            previous.set_result(None)
+        farm.watchers[worker_id] = future
+        try:
+            await asyncio.wait_for(future, wait)
+        except TimeoutError:
+            pass
+        finally:
+            if farm.watchers.get(worker_id) is future:
+                del farm.watchers[worker_id]
+        with contextlib.suppress(SchedulerError):
+            farm.scheduler.touch(worker_id, time.time())
+    try:
+        cancels = farm.scheduler.take_cancellations(worker_id)
+    except SchedulerError:
+        cancels = []
+    return _reply(request, {"cancel": cancels})
 
 
 @routes.delete(f"{API}/workers/{{worker}}")

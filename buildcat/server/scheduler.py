@@ -256,6 +256,7 @@ class Scheduler:
         self._seq = 0
         self._finished: list[Job] = []
         self._changed: set[str] = set()
+        self._cancel_notices: set[str] = set()
 
     # ---- jobs -------------------------------------------------------------------------
 
@@ -461,7 +462,7 @@ class Scheduler:
             # After _unlease, which clears the holder's pending cancellations for the task.
             other = self.workers.get(holder)
             if other is not None:
-                other.to_cancel.add(task.id)
+                self._tell_cancel(other, task.id)
         if task.state is TaskState.QUEUED:
             self._remove_ready(task)
         task.worker = worker_id
@@ -553,6 +554,11 @@ class Scheduler:
 
     # ---- events for the HTTP layer -------------------------------------------------------
 
+    def take_cancel_notices(self) -> set[str]:
+        """Ids of workers that have been given something to stop since the last call."""
+        notices, self._cancel_notices = self._cancel_notices, set()
+        return notices
+
     def take_finished(self) -> list[Job]:
         finished, self._finished = self._finished, []
         return finished
@@ -565,6 +571,10 @@ class Scheduler:
         return [task.result for task in self.job(job_id).tasks]
 
     # ---- internals --------------------------------------------------------------------
+
+    def _tell_cancel(self, worker: Worker, task_id: str) -> None:
+        worker.to_cancel.add(task_id)
+        self._cancel_notices.add(worker.id)
 
     def _set_state(self, task: Task, state: TaskState) -> None:
         job = task.job
@@ -618,7 +628,7 @@ class Scheduler:
             if task.state is TaskState.LEASED:
                 worker = self.workers.get(task.worker or "")
                 if worker is not None:
-                    worker.to_cancel.add(task.id)
+                    self._tell_cancel(worker, task.id)
                     worker.leased.discard(task)
                 self._leased.discard(task)
             task.finished_at = now

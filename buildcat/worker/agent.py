@@ -116,6 +116,7 @@ class Agent:
         self.wake_runners = asyncio.Event()
         self.wake_leaser = asyncio.Event()
         self.wake_reporter = asyncio.Event()
+        self.wake_watcher = asyncio.Event()
         self.children: list[Child] = []
         self.session: aiohttp.ClientSession | None = None
 
@@ -263,6 +264,7 @@ class Agent:
         task_id = message["id"]
         entry = _Running(message, child, time.monotonic())
         self.running[task_id] = entry
+        self.wake_watcher.set()
 
         def on_progress(fraction: float, text: str) -> None:
             self.progress[task_id] = (fraction, text)
@@ -385,6 +387,24 @@ class Agent:
         done, self.outbox = self.outbox[:count], self.outbox[count:]
         return done
 
+    async def watcher(self) -> None:
+        """Hear about cancellations at once, not at the next heartbeat."""
+        while not (self.draining and not self.running):
+            if not self.running:
+                self.wake_watcher.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake_watcher.wait(), self.heartbeat_seconds)
+                continue
+            wait = max(0.05, min(self.heartbeat_seconds, LONG_POLL_SECONDS))
+            try:
+                reply = await self.call_as_worker("POST", "/watch", {"wait": wait}, wait + 30)
+            except FarmError as exc:
+                log.error("%s", exc)
+                await asyncio.sleep(MAX_BACKOFF_SECONDS)
+                continue
+            for task_id in reply.get("cancel", []):
+                self.cancel(task_id)
+
     def cancel(self, task_id: str) -> None:
         entry = self.running.get(task_id)
         if entry is not None:
@@ -445,13 +465,15 @@ class Agent:
             workers = [asyncio.create_task(self.runner(child)) for child in self.children]
             leaser = asyncio.create_task(self.leaser())
             reporter = asyncio.create_task(self.reporter())
+            watcher = asyncio.create_task(self.watcher())
             try:
                 await asyncio.gather(*workers)
                 await reporter
             finally:
-                leaser.cancel()
-                with contextlib.suppress(asyncio.CancelledError, ServerGone, FarmError):
-                    await leaser
+                for helper in (leaser, watcher):
+                    helper.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, ServerGone, FarmError):
+                        await helper
             await self.leave()
             return 0
         except ServerGone as exc:
