@@ -328,8 +328,10 @@ def _render(task: dict[str, Any], blender: BlenderInstall) -> dict[str, Any]:
             ),
         ]
     else:
+        # The scene to render must be chosen before --python: -f renders the one loaded.
+        choose = ["-S", settings["scene"]] if settings.get("scene") else []
         command = [
-            blender.path, "-b", str(scene),
+            blender.path, "-b", str(scene), *choose,
             "--python-exit-code", "1", "--python", str(SCRIPTS / "override.py"),
             "-o", pattern, "-F", settings.get("format", "PNG"), "-x", "1",
             "-f", ",".join(str(f) for f in frames),
@@ -374,7 +376,7 @@ def _compose(task: dict[str, Any], blender: BlenderInstall) -> dict[str, Any]:
         "format": file_format,
     }
     if task["step"] == "stitch":
-        settings["rects"] = task["rects"]
+        settings["fractions"] = task["rects"]
     if blender.kind == BPY:
         command = [blender.path, str(SCRIPTS / "compose.py"), json.dumps(settings)]
     else:

@@ -1,0 +1,86 @@
+# mypy: ignore-errors
+"""Render frames of a .blend with Blender as a Python module (the ``bpy`` package).
+
+``python bpy_render.py '{json}'``. JSON keys:
+
+- ``blend``: absolute path of the .blend
+- ``frames``: list of frame numbers
+- ``output``: absolute output pattern with ``#`` padding, like ``blender -o``
+- ``settings``: the override settings of override.py (``format`` among them)
+
+Each frame is written where the binary would write it, and Blender prints ``Saved: 'PATH'``
+for it, as the binary does.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bpy
+import override
+
+ScriptError = override.ScriptError
+
+
+def read_job(argv: list[str]) -> tuple[str, list[int], str, dict]:
+    job = override.read_settings(argv)
+    blend, frames, output = job.get("blend"), job.get("frames"), job.get("output")
+    settings = job.get("settings", {})
+    if not isinstance(blend, str) or not os.path.isabs(blend):
+        raise ScriptError("'blend' must be an absolute path")
+    if not os.path.isfile(blend):
+        raise ScriptError(f"no .blend file at {blend}")
+    if (
+        not isinstance(frames, list)
+        or not frames
+        or any(isinstance(f, bool) or not isinstance(f, int) for f in frames)
+    ):
+        raise ScriptError("'frames' must be a non-empty list of whole numbers")
+    if not isinstance(output, str) or not os.path.isabs(output):
+        raise ScriptError("'output' must be an absolute path pattern")
+    if not isinstance(settings, dict):
+        raise ScriptError("'settings' must be a JSON object")
+    return blend, frames, output, settings
+
+
+def render(blend: str, frames: list[int], output: str, settings: dict) -> list[str]:
+    """Open ``blend``, apply the overrides, render ``frames``; return the written paths."""
+    bpy.ops.wm.open_mainfile(filepath=blend)
+    override.apply(settings)
+    scene = override.target_scene(settings)
+    written = []
+    for frame in frames:
+        scene.frame_set(frame)
+        scene.render.filepath = output
+        scene.render.use_file_extension = True
+        path = scene.render.frame_path(frame=frame)
+        # A still render writes to the file path as it stands (no # substitution).
+        scene.render.filepath = path
+        if os.path.exists(path):  # so a file left by an earlier attempt cannot pass as new
+            os.unlink(path)
+        try:
+            result = bpy.ops.render.render(write_still=True, scene=scene.name)
+        except RuntimeError as exc:
+            raise ScriptError(f"frame {frame} failed: {str(exc).strip()}") from None
+        finally:
+            scene.render.filepath = output
+        if "FINISHED" not in result or not os.path.isfile(path):
+            raise ScriptError(f"frame {frame} failed: Blender wrote no {path}")
+        sys.stdout.flush()
+        written.append(path)
+    return written
+
+
+def main(argv: list[str]) -> None:
+    render(*read_job(argv))
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv)
+    except ScriptError as exc:
+        print(f"buildcat: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)

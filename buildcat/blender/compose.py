@@ -1,0 +1,215 @@
+# mypy: ignore-errors
+"""Stitch render tiles into one image, or average sample-split renders (runs inside Blender).
+
+``blender -b --factory-startup --python-exit-code 1 --python compose.py -- '{json}'`` or
+``python compose.py '{json}'`` with the bpy module. JSON keys:
+
+- ``mode``: ``"stitch"`` or ``"merge"``
+- ``inputs``: absolute image paths, all ``width`` x ``height`` and all 8-bit or all float
+- ``rects`` (stitch): per input ``[x0, y0, x1, y1]`` in pixels, ends exclusive, y = 0 is the
+  bottom row: the part of that input that goes into the output (later inputs win overlaps)
+- ``width``, ``height``: the output size (default: the first input's size)
+- ``fractions`` (stitch, instead of ``rects``): rects as fractions of the frame
+- ``output``: absolute path of the result, extension included
+- ``format``: ``"PNG"``, ``"JPEG"`` or ``"OPEN_EXR"``
+
+Stitch copies each input's rect; merge writes the per-pixel mean of the inputs' stored values.
+The result is written to a temporary name beside ``output``, then renamed over it.
+"""
+
+from __future__ import annotations
+
+import array
+import itertools
+import json
+import operator
+import os
+import sys
+
+import bpy
+
+try:  # Debian's Blender runs the system Python, which may lack numpy.
+    import numpy
+except ImportError:
+    numpy = None
+
+FORMATS = ("PNG", "JPEG", "OPEN_EXR")
+JPEG_QUALITY = 95
+
+
+class ScriptError(Exception):
+    """A mistake in the settings or the inputs: reported as one line, exit status 1."""
+
+
+def read_settings(argv: list[str]) -> dict:
+    """The JSON document after ``--`` (Blender binary), else the first argument (bpy module)."""
+    args = argv[argv.index("--") + 1 :] if "--" in argv else argv[1:]
+    if len(args) != 1:
+        raise ScriptError("expected one JSON document of settings as the only argument")
+    try:
+        settings = json.loads(args[0])
+    except json.JSONDecodeError as exc:
+        raise ScriptError(f"settings are not valid JSON: {exc}") from None
+    if not isinstance(settings, dict):
+        raise ScriptError("settings must be a JSON object")
+    return settings
+
+
+def _buffer(length: int):
+    if numpy is not None:
+        return numpy.zeros(length, dtype=numpy.float32)
+    return array.array("f", bytes(4 * length))
+
+
+def _load(path: str, width: int, height: int) -> tuple[bpy.types.Image, object]:
+    if not os.path.isfile(path):
+        raise ScriptError(f"input image not found: {path}")
+    try:
+        image = bpy.data.images.load(path, check_existing=False)
+    except RuntimeError as exc:
+        raise ScriptError(f"cannot read {path}: {exc}") from None
+    if tuple(image.size) != (width, height):
+        raise ScriptError(f"{path} is {image.size[0]}x{image.size[1]}, expected {width}x{height}")
+    if image.channels != 4:  # pixels always come as RGBA, whatever the file holds
+        raise ScriptError(f"{path}: unexpected channel count {image.channels}")
+    pixels = _buffer(width * height * 4)
+    image.pixels.foreach_get(pixels)  # the stored values: bytes / 255, or linear floats
+    return image, pixels
+
+
+def _check_rect(rect: object, width: int, height: int) -> tuple[int, int, int, int]:
+    if not isinstance(rect, list | tuple) or len(rect) != 4:
+        raise ScriptError(f"rect {rect!r} is not [x0, y0, x1, y1]")
+    x0, y0, x1, y1 = (int(v) for v in rect)
+    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+        raise ScriptError(f"rect {list(rect)} is empty or outside the {width}x{height} image")
+    return x0, y0, x1, y1
+
+
+def stitch(sources: list, rects: list, width: int, height: int):
+    """Each source's rect, copied into one buffer; pixels no rect covers stay zero."""
+    result = _buffer(width * height * 4)
+    for pixels, (x0, y0, x1, y1) in zip(sources, rects, strict=True):
+        for row in range(y0, y1):  # Blender's pixel rows run bottom to top, like the rects
+            start = (row * width + x0) * 4
+            end = (row * width + x1) * 4
+            result[start:end] = pixels[start:end]
+    return result
+
+
+def merge(sources: list):
+    """The per-pixel mean of the sources."""
+    if numpy is not None:
+        return numpy.mean(numpy.stack(sources), axis=0, dtype=numpy.float64).astype(numpy.float32)
+    total = list(sources[0])
+    for pixels in sources[1:]:
+        total = list(map(operator.add, total, pixels))
+    scale = 1.0 / len(sources)
+    return array.array("f", map(operator.mul, total, itertools.repeat(scale)))
+
+
+def _writer_scene(file_format: str) -> bpy.types.Scene:
+    """A scene whose output settings write pixels as stored: no view transform or look."""
+    scene = bpy.data.scenes.new("buildcat-compose")
+    view = scene.view_settings
+    view.view_transform = "Standard"
+    view.look = "None"
+    view.exposure = 0.0
+    view.gamma = 1.0
+    scene.display_settings.display_device = "sRGB"
+    settings = scene.render.image_settings
+    settings.file_format = file_format
+    if file_format == "OPEN_EXR":
+        settings.color_mode = "RGBA"
+        settings.color_depth = "16"
+        settings.exr_codec = "ZIP"
+    else:
+        settings.color_mode = "RGB"
+        settings.color_depth = "8"
+        settings.quality = JPEG_QUALITY
+    return scene
+
+
+def compose(settings: dict) -> str:
+    mode = settings.get("mode")
+    if mode not in ("stitch", "merge"):
+        raise ScriptError(f"'mode' must be 'stitch' or 'merge', not {mode!r}")
+    inputs = settings.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise ScriptError("'inputs' must be a non-empty list of image paths")
+    if "width" not in settings and "height" not in settings:
+        # The size of the first input: parts are always full-frame renders.
+        first = bpy.data.images.load(inputs[0], check_existing=False)
+        settings = {**settings, "width": first.size[0], "height": first.size[1]}
+        bpy.data.images.remove(first)
+    try:
+        width, height = int(settings["width"]), int(settings["height"])
+    except (KeyError, TypeError, ValueError):
+        raise ScriptError("'width' and 'height' must be integers") from None
+    if width < 1 or height < 1:
+        raise ScriptError("'width' and 'height' must be positive")
+    output = settings.get("output")
+    if not isinstance(output, str) or not os.path.isabs(output):
+        raise ScriptError("'output' must be an absolute path")
+    file_format = settings.get("format", "PNG")
+    if file_format not in FORMATS:
+        raise ScriptError(f"'format' must be one of {', '.join(FORMATS)}, not {file_format!r}")
+    rects = None
+    if mode == "stitch" and "fractions" in settings:
+        # Rects as fractions of the frame (y = 0 at the bottom), as the farm plans tiles.
+        fractions = settings["fractions"]
+        if not isinstance(fractions, list) or len(fractions) != len(inputs):
+            raise ScriptError("'fractions' must give one [x0, y0, x1, y1] per input")
+        settings = {
+            **settings,
+            "rects": [
+                [round(x0 * width), round(y0 * height), round(x1 * width), round(y1 * height)]
+                for x0, y0, x1, y1 in fractions
+            ],
+        }
+    if mode == "stitch":
+        rects = settings.get("rects")
+        if not isinstance(rects, list) or len(rects) != len(inputs):
+            raise ScriptError("'rects' must give one [x0, y0, x1, y1] per input")
+        rects = [_check_rect(rect, width, height) for rect in rects]
+
+    loaded = [_load(path, width, height) for path in inputs]
+    images = [image for image, _ in loaded]
+    sources = [pixels for _, pixels in loaded]
+    is_float = images[0].is_float
+    if any(image.is_float != is_float for image in images):
+        raise ScriptError("inputs mix 8-bit and float images; render them in one format")
+    result = merge(sources) if mode == "merge" else stitch(sources, rects, width, height)
+
+    # The result keeps the inputs' kind and colour space, so 8-bit inputs are written back
+    # byte for byte; a float result written as PNG/JPEG goes through the Standard view.
+    image = bpy.data.images.new("buildcat-result", width, height, alpha=True, float_buffer=is_float)
+    image.colorspace_settings.name = images[0].colorspace_settings.name
+    image.pixels.foreach_set(result)
+
+    folder, name = os.path.split(output)
+    stem, extension = os.path.splitext(name)
+    temporary = os.path.join(folder, f".{stem}.tmp-{os.getpid()}{extension}")
+    os.makedirs(folder, exist_ok=True)
+    try:
+        image.save_render(temporary, scene=_writer_scene(file_format))
+        if not os.path.isfile(temporary):
+            raise ScriptError(f"Blender wrote no file for {output}")
+        os.replace(temporary, output)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    print(f"buildcat: {mode} of {len(inputs)} images written to {output}", flush=True)
+    return output
+
+
+def main(argv: list[str]) -> None:
+    compose(read_settings(argv))
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv)
+    except ScriptError as exc:
+        print(f"buildcat: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)
