@@ -591,6 +591,21 @@ for _action in ("cancel", "pause", "resume"):
     _job_action(_action)
 
 
+@main.command()
+@click.argument("target", metavar="TASK|JOB")
+@client_options
+def logs(client: Client, target: str) -> None:
+    """Print the output of a task (JOB.N), or of every task of a job."""
+    if "." in target:
+        click.echo(client.log(target), nl=False)
+        return
+    for task in client.job(target).tasks():
+        text = client.log(task["id"])
+        if text:
+            click.echo(f"===== {task['id']} ({task['state']}) {task['label']}")
+            click.echo(text, nl=not text.endswith("\n"))
+
+
 @main.command("worker-info")
 @click.option("--timeout", type=float, default=60.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")

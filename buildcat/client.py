@@ -322,6 +322,15 @@ class Client:
     def task(self, task_id: str) -> dict[str, Any]:
         return dict(self.request("GET", f"/tasks/{task_id}"))
 
+    def log(self, task_id: str) -> str:
+        """A task's whole output: its log file under the root, else the server's tail."""
+        job_id = task_id.rpartition(".")[0]
+        path = self.root / ".buildcat" / "logs" / job_id / f"{task_id}.log"
+        try:
+            return path.read_text(errors="replace")
+        except OSError:
+            return str(self.task(task_id).get("log", ""))
+
     def worker_info(self, timeout: float | None = 60.0) -> dict[str, Any]:
         """What one worker reports about itself (host, platform, Python, root, slots)."""
         job = self.submit("buildcat.jobs.builtin:worker_info")

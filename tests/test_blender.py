@@ -91,8 +91,10 @@ def test_frames_in_chunks_on_two_workers(blender_farm: Farm) -> None:
     assert [f.name for f in frames] == [f"frame_{n:04d}.png" for n in range(1, 7)]
     assert all(png_size(f) == (48, 32) for f in frames)
     assert not list((blender_farm.root / "renders" / "spin").glob(".buildcat-tmp-*"))
-    log = blender_farm.client().task(f"{job_id}.0")["log"]
+    log = blender_farm.cli("logs", f"{job_id}.0").stdout
     assert "Fra:1" in log
+    assert "Saved: '" in log
+    assert log.count("buildcat: ") >= 2  # the overrides say what they changed
 
 
 @needs_binary

@@ -160,6 +160,11 @@ def test_task_output_and_progress_reach_the_server(jobs_farm: Farm) -> None:
     chatty = farm.submit("farm_jobs:chatty", 1)
     assert chatty.results() == [2]
     assert "working on 1" in farm.task(f"{chatty.id}.0")["log"]
+    logs = jobs_farm.cli("logs", chatty.id)
+    assert logs.returncode == 0, logs.stderr
+    assert f"===== {chatty.id}.0 (done)" in logs.stdout
+    assert "attempt 1 on worker-1" in logs.stdout
+    assert "working on 1" in logs.stdout
 
 
 def test_sigterm_drains_the_running_task(jobs_farm: Farm) -> None:

@@ -280,7 +280,9 @@ class Agent:
             if kind == "blender":
                 blender = self.config.blender.encode() if self.config.blender else ""
                 payload = {"function": BLENDER_RUNNER, "args": [payload, blender]}
-            reply = await child.run(task_id, payload, on_progress)
+            reply = await child.run(
+                task_id, payload, on_progress, attempt=int(message.get("attempt", 0))
+            )
             outcome = {
                 "id": task_id,
                 "ok": bool(reply.get("ok")),

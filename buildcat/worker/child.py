@@ -26,12 +26,19 @@ MAX_RESULT_BYTES = 4 * 1024 * 1024
 
 
 class _Capture(io.TextIOBase):
-    """Collects what a task prints, keeping the tail only."""
+    """Collects what a task prints: the tail goes back with the result, the whole of it
+    to the task's log file under the root (created on the first write only)."""
 
     def __init__(self, limit: int = 64 * 1024) -> None:
         self.parts: list[str] = []
         self.size = 0
         self.limit = limit
+        self.log_path: str | None = None
+        self.header = ""
+        self._file: io.TextIOWrapper | None = None
+
+    def start(self, log_path: str | None, header: str) -> None:
+        self.log_path, self.header = log_path, header
 
     def write(self, text: str) -> int:
         self.parts.append(text)
@@ -39,11 +46,28 @@ class _Capture(io.TextIOBase):
         if self.size > 2 * self.limit:
             joined = "".join(self.parts)[-self.limit :]
             self.parts, self.size = [joined], len(joined)
+        if self.log_path is not None:
+            try:
+                if self._file is None:
+                    os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
+                    self._file = open(self.log_path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+                    self._file.write(self.header)
+                self._file.write(text)
+            except OSError:
+                self.log_path = None  # a full or read-only root must not fail the task
         return len(text)
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
 
     def take(self) -> str:
         text = "".join(self.parts)[-self.limit :]
         self.parts, self.size = [], 0
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self.log_path = None
         return text
 
 
@@ -138,6 +162,13 @@ def main() -> None:
                 report=report,
             )
         )
+        if task_id:
+            job_id = task_id.rpartition(".")[0]
+            capture.start(
+                os.path.join(root, ".buildcat", "logs", job_id, f"{task_id}.log"),
+                f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} task {task_id} attempt "
+                f"{request.get('attempt', '?')} on {os.environ.get('BUILDCAT_WORKER_NAME', '')}\n",
+            )
         sys.stdout = sys.stderr = capture
         signal.signal(signal.SIGUSR1, _cancel)
         try:

@@ -69,6 +69,7 @@ class Child:
         task_id: str,
         payload: dict[str, Any],
         on_progress: Callable[[float, str], None],
+        attempt: int = 0,
     ) -> dict[str, Any]:
         """Run one task; returns the result frame or raises ChildDied."""
         if self.process is None or self.process.returncode is not None:
@@ -77,6 +78,7 @@ class Child:
         frame = protocol.pack(
             {
                 "task": task_id,
+                "attempt": attempt,
                 "function": payload.get("function"),
                 "args": payload.get("args", []),
                 "kwargs": payload.get("kwargs", {}),
