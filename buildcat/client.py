@@ -86,7 +86,7 @@ class Client:
                         f"cannot reach the farm server at {self.host}:{self.port} ({exc})"
                     ) from None
         try:
-            reply = protocol.unpack(payload) if payload else {}
+            reply = protocol.unpack(payload, trusted=True) if payload else {}
         except FarmError:
             raise ConnectionFailed(
                 f"{self.host}:{self.port} did not answer like a farm server"

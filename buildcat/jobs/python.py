@@ -52,6 +52,8 @@ def validate_payload(payload: dict[str, Any]) -> None:
 #: Modification times of the job modules this process imported from files, so a module
 #: edited on the shared root is imported again instead of running a stale copy.
 _loaded_mtimes: dict[str, float] = {}
+#: Module name -> its file when it lives under the root (else None).
+_root_files: dict[str, str | None] = {}
 
 
 def _mtime(path: str | None) -> float | None:
@@ -92,8 +94,11 @@ def load_function(spec: str, root: str | Path) -> Callable[..., Any]:
                 raise
     else:
         module = importlib.import_module(target)
-        file = getattr(module, "__file__", None)
-        if file and _under(file, root):
+        if target not in _root_files:  # once per module: resolving paths is not free
+            file = getattr(module, "__file__", None)
+            _root_files[target] = file if file and _under(file, root) else None
+        file = _root_files[target]
+        if file is not None:
             current = _mtime(file) or 0.0
             if _loaded_mtimes.setdefault(target, current) != current:
                 module = importlib.reload(module)

@@ -39,6 +39,10 @@ IDLE_POLL_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 5.0
 #: What a worker's child runs for a Blender task.
 BLENDER_RUNNER = "buildcat.jobs.blender:run_task"
+#: A finished result waits this long for others to share its report.
+REPORT_COALESCE_SECONDS = 0.002
+#: A task that has run this long gets a watch for cancellations open for it.
+WATCH_AFTER_SECONDS = 0.5
 #: A cancelled task has this long to stop (Blender gets SIGINT, then SIGKILL after its own
 #: grace period) before the worker kills the process running it.
 CANCEL_GRACE_SECONDS = 20.0
@@ -138,7 +142,7 @@ class Agent:
                 status = response.status
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise ServerGone(str(exc) or type(exc).__name__) from exc
-        reply = protocol.unpack(payload) if payload else {}
+        reply = protocol.unpack(payload, trusted=True) if payload else {}
         if status == 404 and "worker" in str(reply.get("error", "")):
             raise UnknownWorker(reply.get("error"))
         if status >= 500:
@@ -205,7 +209,11 @@ class Agent:
             prefetch = min(
                 MAX_PREFETCH, int(PREFETCH_SECONDS / max(mean, 1e-5)) * self.config.slots
             )
-        room = self.config.slots + prefetch - len(self.running) - len(self.queue)
+        target = self.config.slots + prefetch
+        room = target - len(self.running) - len(self.queue)
+        starving = not self.queue and len(self.running) < self.config.slots
+        if prefetch and not starving and room < target // 2:
+            room = 0  # refill in batches, not one task per round trip
         if self.config.max_tasks is not None:
             room = min(room, self.config.max_tasks - self.started - len(self.queue))
         return max(room, 0)
@@ -341,6 +349,9 @@ class Agent:
                 self.queue.clear()
             if finished and not self.outbox and not self.to_release:
                 return
+            if self.outbox and (self.queue or self.running) and not self.draining:
+                # More results are about to follow: one report for several of them.
+                await asyncio.sleep(REPORT_COALESCE_SECONDS)
             done = self.take_outbox()
             release, self.to_release = self.to_release, []
             progress = [
@@ -396,6 +407,12 @@ class Agent:
                 self.wake_watcher.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake_watcher.wait(), self.heartbeat_seconds)
+                continue
+            # Short tasks end before a cancel matters: watch only once one has run a while.
+            oldest = min(entry.started_at for entry in self.running.values())
+            younger_by = WATCH_AFTER_SECONDS - (time.monotonic() - oldest)
+            if younger_by > 0:
+                await asyncio.sleep(younger_by)
                 continue
             wait = max(0.05, min(self.heartbeat_seconds, LONG_POLL_SECONDS))
             try:

@@ -59,7 +59,7 @@ class Child:
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             code = await self.process.wait()
             raise ChildDied(f"the process running the task exited with code {code}") from exc
-        message = protocol.unpack(data)
+        message = protocol.unpack(data, trusted=True)
         if not isinstance(message, dict):
             raise ChildDied("child sent a malformed frame")
         return message
