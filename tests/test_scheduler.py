@@ -617,12 +617,18 @@ class SchedulerMachine(RuleBasedStateMachine):
     def lease(self, name: str, want: int) -> None:
         worker_id = self._online(name)
         capabilities = WORKERS[name]
-        queues = {job: list(job.ready) for job in self._unfinished()}
+        worker = self.farm.workers[worker_id]
+        # Tasks this worker failed wait for an idle worker that has not (Scheduler.may_take).
+        queues = {
+            job: [i for i in job.ready if self.farm.may_take(worker, job.tasks[i])]
+            for job in self._unfinished()
+        }
         candidates = {
             task
             for job in self._unfinished()
             if not job.paused and all(requirement_met(r, capabilities) for r in job.requires)
             for task in ready_tasks(job)
+            if self.farm.may_take(worker, task)
         }
 
         granted = self.farm.lease(worker_id, want, self.now)
@@ -908,3 +914,70 @@ def test_a_worker_back_under_its_name_replaces_its_offline_record() -> None:
     names = sorted((w.name, w.online) for w in scheduler.workers.values())
     assert names == [("render-01", True), ("render-02", True)]
     assert again.id in scheduler.workers
+
+
+def test_a_retry_prefers_an_idle_worker_that_has_not_failed_it(farm: Scheduler) -> None:
+    farm.register("a", 1, {}, 0, worker_id="a")
+    farm.register("b", 1, {}, 0, worker_id="b")
+    farm.submit(tiles(1), 0, max_attempts=3, job_id="j")
+    [task] = farm.lease("a", 1, 0)
+    farm.fail("a", task.id, "boom", "", 1)
+    assert farm.lease("a", 1, 2) == []  # b is idle and has not failed it
+    assert farm.lease("b", 1, 2) == [task]
+    farm.fail("b", task.id, "boom", "", 3)
+    assert farm.lease("a", 1, 4) == [task]  # everyone failed it once: anyone may retry
+
+
+def test_a_worker_failing_a_job_repeatedly_is_blocked_until_cleared(farm: Scheduler) -> None:
+    farm.register("flaky", 1, {}, 0, worker_id="f")
+    job = farm.submit(tiles(5), 0, max_attempts=10, job_id="j")
+    for now in range(3):
+        [task] = farm.lease("f", 1, now)
+        farm.fail("f", task.id, "driver crash", "", now)
+    assert job.blocked == {"flaky"}
+    assert job.to_dict()["blocked"] == ["flaky"]
+    assert farm.lease("f", 1, 4) == []
+    farm.unblock("j")
+    assert len(farm.lease("f", 1, 5)) == 1
+
+
+def test_retry_requeues_a_failed_job(farm: Scheduler) -> None:
+    farm.register("a", 1, {}, 0, worker_id="a")
+    job = farm.submit(tiles_and_stitch(2), 0, max_attempts=1, job_id="j")
+    [first] = farm.lease("a", 1, 0)
+    assert farm.complete("a", first.id, "ok", 1)
+    with pytest.raises(SchedulerError, match="only failed or cancelled jobs retry"):
+        farm.retry("j", 1)
+    [second] = farm.lease("a", 1, 1)
+    farm.fail("a", second.id, "boom", "tb", 2)
+    assert job.state is JobState.FAILED
+    farm.retry("j", 3)
+    assert job.state is JobState.RUNNING
+    assert job.error == ""
+    assert [t.state for t in job.tasks] == [TaskState.DONE, TaskState.QUEUED, TaskState.QUEUED]
+    [again] = farm.lease("a", 5, 4)  # the stitch still waits for its tile
+    assert again is second
+    assert farm.complete("a", second.id, "ok", 5)
+    [stitch] = farm.lease("a", 1, 6)
+    assert farm.complete("a", stitch.id, "ok", 7)
+    assert job.state is JobState.DONE
+
+
+def test_a_task_past_its_timeout_is_stopped_and_counts_as_a_failure(farm: Scheduler) -> None:
+    farm.register("a", 1, {}, 0, worker_id="a")
+    job = farm.submit(tiles(1), 0, max_attempts=2, job_id="j", timeout=5)
+    [task] = farm.lease("a", 1, 0)
+    farm.touch("a", 4)
+    farm.expire(4)
+    assert task.state is TaskState.LEASED
+    farm.touch("a", 6)
+    farm.expire(6)
+    assert task.state is TaskState.QUEUED
+    assert task.failures == 1
+    assert task.error == "timed out after 5s"
+    assert farm.take_cancellations("a") == [task.id]
+    [task] = farm.lease("a", 1, 7)
+    farm.touch("a", 13)
+    farm.expire(13)
+    assert job.state is JobState.FAILED
+    assert "timed out after 5s" in job.error

@@ -19,6 +19,8 @@ from buildcat.errors import FarmError
 
 DEFAULT_LEASE_TIMEOUT = 30.0
 DEFAULT_MAX_ATTEMPTS = 3
+#: A worker that fails this many tasks of one job is blocked from that job.
+DEFAULT_BLOCK_AFTER = 3
 LOG_TAIL_CHARS = 16_384
 
 
@@ -138,6 +140,9 @@ class Job:
     finished_at: float | None = None
     error: str = ""
     traceback: str = ""
+    timeout: float | None = None
+    blocked: set[str] = field(default_factory=set)
+    failures_by_worker: dict[str, int] = field(default_factory=dict)
 
     @property
     def order_key(self) -> tuple[int, int]:
@@ -169,6 +174,8 @@ class Job:
             "error": self.error,
             "traceback": self.traceback,
             "meta": self.meta,
+            "timeout": self.timeout,
+            "blocked": sorted(self.blocked),
         }
 
 
@@ -244,8 +251,10 @@ class Scheduler:
         self,
         lease_timeout: float = DEFAULT_LEASE_TIMEOUT,
         default_max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        block_after: int = DEFAULT_BLOCK_AFTER,
     ) -> None:
         self.lease_timeout = lease_timeout
+        self.block_after = block_after
         self.default_max_attempts = default_max_attempts
         self.jobs: dict[str, Job] = {}
         self.workers: dict[str, Worker] = {}
@@ -273,12 +282,15 @@ class Scheduler:
         owner: str = "",
         meta: dict[str, Any] | None = None,
         job_id: str | None = None,
+        timeout: float | None = None,
     ) -> Job:
         if not tasks:
             raise SchedulerError("a job needs at least one task")
         attempts = self.default_max_attempts if max_attempts is None else max_attempts
         if attempts < 1:
             raise SchedulerError("max_attempts must be at least 1")
+        if timeout is not None and not timeout > 0:
+            raise SchedulerError("timeout must be a positive number of seconds")
         for index, spec in enumerate(tasks):
             for dep in spec.depends:
                 if not isinstance(dep, int) or not 0 <= dep < index:
@@ -298,6 +310,7 @@ class Scheduler:
             created_at=now,
             owner=owner,
             meta=meta or {},
+            timeout=timeout,
         )
         while job.id in self.jobs:
             job.id = secrets.token_hex(4)
@@ -415,12 +428,16 @@ class Scheduler:
         if want <= 0 or self.ready_total <= 0:
             return granted
         for job in self._active:
-            if job.paused or not job.ready:
+            if job.paused or not job.ready or not self._job_fits(job, worker):
                 continue
-            if not all(requirement_met(r, worker.capabilities) for r in job.requires):
-                continue
+            deferred: list[int] = []
+            granted_before = len(granted)
             while job.ready and len(granted) < want:
-                task = job.tasks[job.ready.popleft()]
+                index = job.ready.popleft()
+                task = job.tasks[index]
+                if task.failed_on and not self.may_take(worker, task):
+                    deferred.append(index)  # keeps its place for a worker that has not failed it
+                    continue
                 self.ready_total -= 1
                 self._set_state(task, TaskState.LEASED)
                 task.worker = worker.id
@@ -432,6 +449,9 @@ class Scheduler:
                 worker.leased.add(task)
                 self._leased.add(task)
                 granted.append(task)
+            job.ready.extendleft(reversed(deferred))
+            if len(granted) == granted_before:
+                continue
             if job.started_at is None:
                 job.started_at = now
                 job.state = JobState.RUNNING
@@ -439,6 +459,69 @@ class Scheduler:
             if len(granted) >= want:
                 break
         return granted
+
+    def _job_fits(self, job: Job, worker: Worker) -> bool:
+        return worker.name not in job.blocked and all(
+            requirement_met(r, worker.capabilities) for r in job.requires
+        )
+
+    def may_take(self, worker: Worker, task: Task) -> bool:
+        """A retry goes to a worker that has not failed the task while such a worker is
+        online and idle; otherwise (all busy, or all failed it) any worker may try again."""
+        if not self._job_fits(task.job, worker):
+            return False
+        if worker.name not in task.failed_on:
+            return True
+        return not any(
+            other.online
+            and not other.leased
+            and other is not worker
+            and other.name not in task.failed_on
+            and self._job_fits(task.job, other)
+            for other in self.workers.values()
+        )
+
+    def unblock(self, job_id: str, worker_name: str | None = None) -> Job:
+        """Let blocked workers (or one of them) take the job's tasks again."""
+        job = self.job(job_id)
+        if worker_name is None:
+            job.blocked.clear()
+            job.failures_by_worker.clear()
+        else:
+            job.blocked.discard(worker_name)
+            job.failures_by_worker.pop(worker_name, None)
+        self._changed.add(job.id)
+        return job
+
+    def retry(self, job_id: str, now: float) -> Job:
+        """Run a failed or cancelled job's unfinished tasks again, with fresh attempts."""
+        job = self.job(job_id)
+        if job.state not in (JobState.FAILED, JobState.CANCELLED):
+            raise SchedulerError(
+                f"job {job.id} is {job.state}: only failed or cancelled jobs retry"
+            )
+        for task in job.tasks:
+            if task.state in (TaskState.FAILED, TaskState.CANCELLED):
+                self._set_state(task, TaskState.QUEUED)
+                task.failures = 0
+                task.failed_on.clear()
+                task.worker = None
+                task.finished_at = None
+                task.progress = 0.0
+        for task in job.tasks:
+            if task.state is TaskState.QUEUED:
+                task.pending_deps = sum(
+                    job.tasks[d].state is not TaskState.DONE for d in task.depends
+                )
+                if task.pending_deps == 0:
+                    job.ready.append(task.index)
+        job.error = job.traceback = ""
+        job.finished_at = None
+        job.state = JobState.RUNNING if job.started_at is not None else JobState.QUEUED
+        self.ready_total += len(job.ready)
+        self._activate(job)
+        self._changed.add(job.id)
+        return job
 
     def progress(self, worker_id: str, task_id: str, fraction: float, message: str) -> None:
         task = self.task(task_id)
@@ -509,6 +592,10 @@ class Scheduler:
         if worker is not None:
             worker.tasks_failed += 1
             task.failed_on.add(worker.name)
+            count = job.failures_by_worker.get(worker.name, 0) + 1
+            job.failures_by_worker[worker.name] = count
+            if count >= self.block_after and worker.name not in job.blocked:
+                job.blocked.add(worker.name)  # this worker keeps failing this job
         if retry and task.failures < job.max_attempts:
             self._set_state(task, TaskState.QUEUED)
             task.worker = None
@@ -545,7 +632,21 @@ class Scheduler:
         return cancels
 
     def expire(self, now: float) -> list[Task]:
-        """Leases past their time go back to the queue; silent workers go offline."""
+        """Leases past their time go back to the queue; silent workers go offline; tasks
+        running past their job's timeout are stopped and count as failed attempts."""
+        overdue = [
+            t
+            for t in self._leased
+            if t.job.timeout is not None
+            and t.leased_at is not None
+            and now - t.leased_at > t.job.timeout
+        ]
+        for task in sorted(overdue, key=lambda t: (t.job.seq, t.index)):
+            worker_id = task.worker or ""
+            self.fail(worker_id, task.id, f"timed out after {task.job.timeout:g}s", "", now)
+            worker = self.workers.get(worker_id)
+            if worker is not None:
+                self._tell_cancel(worker, task.id)  # after fail(), which clears old notices
         returned = self._requeue_all([t for t in self._leased if t.lease_expires_at <= now], now)
         for worker in self.workers.values():
             if worker.online and now - worker.last_seen > self.lease_timeout and not worker.leased:
