@@ -309,6 +309,13 @@ def _wait_and_exit(job: buildcat.Job, as_json: bool, timeout: float | None) -> N
     help="Tries per task before the job fails (default 3).",
 )
 @click.option("--requires", default="", help="Comma-separated capabilities workers must have.")
+@click.option(
+    "--timeout",
+    "task_timeout",
+    type=click.FloatRange(min=0.001),
+    default=None,
+    help="Seconds a task may run; past it, it is stopped and counts as a failed attempt.",
+)
 @click.option("--wait", "wait", is_flag=True, help="Wait for the job, showing progress.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @client_options
@@ -324,6 +331,7 @@ def submit_python(
     name: str,
     max_attempts: int | None,
     requires: str,
+    task_timeout: float | None,
     wait: bool,
     as_json: bool,
 ) -> None:
@@ -353,6 +361,7 @@ def submit_python(
             name=name,
             requires=needs,
             max_attempts=max_attempts,
+            timeout=task_timeout,
         )
     elif map_items:
         tasks = [{"payload": {"args": [value], "kwargs": keywords}} for value in values]
@@ -362,6 +371,7 @@ def submit_python(
             priority=priority,
             requires=needs,
             max_attempts=max_attempts,
+            timeout=task_timeout,
             common={"function": function},
         )
     else:
@@ -372,6 +382,7 @@ def submit_python(
             priority=priority,
             requires=needs,
             max_attempts=max_attempts,
+            timeout=task_timeout,
         )
     if as_json and not wait:
         _print_json({"id": job.id})
@@ -435,6 +446,13 @@ def _pair(text: str | None, what: str) -> tuple[int, int] | None:
 @click.option("--priority", type=int, default=0, show_default=True)
 @click.option("--name", default="", help="A name for the job.")
 @click.option("--max-attempts", type=click.IntRange(min=1), default=None)
+@click.option(
+    "--timeout",
+    "task_timeout",
+    type=click.FloatRange(min=0.001),
+    default=None,
+    help="Seconds a task may run; past it, it is stopped and counts as a failed attempt.",
+)
 @click.option("--wait", "wait", is_flag=True, help="Wait for the job, showing progress.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @client_options
@@ -455,6 +473,7 @@ def submit_blender(
     priority: int,
     name: str,
     max_attempts: int | None,
+    task_timeout: float | None,
     wait: bool,
     as_json: bool,
 ) -> None:
@@ -475,6 +494,7 @@ def submit_blender(
         priority=priority,
         name=name,
         max_attempts=max_attempts,
+        timeout=task_timeout,
     )
     if as_json and not wait:
         _print_json({"id": job.id})
@@ -511,6 +531,10 @@ def status(client: Client, job_id: str | None, as_json: bool) -> None:
         click.echo(f"  tasks: {counts}")
         if view.get("waiting"):
             click.echo(f"  waiting: {view['waiting']}")
+        if view.get("blocked"):
+            click.echo(
+                f"  blocked workers: {', '.join(view['blocked'])} (farm unblock {view['id']})"
+            )
         if view.get("error"):
             click.echo(f"  error: {view['error']}")
         return
@@ -583,11 +607,12 @@ def _job_action(action: str) -> click.Command:
         "cancel": "Cancel a job: queued tasks are dropped, running ones stopped.",
         "pause": "Stop dispatching a job's tasks (running ones finish).",
         "resume": "Dispatch a paused job's tasks again.",
+        "retry": "Run a failed or cancelled job's unfinished tasks again, with fresh attempts.",
     }[action]
     return main.command(action)(command)
 
 
-for _action in ("cancel", "pause", "resume"):
+for _action in ("cancel", "pause", "resume", "retry"):
     _job_action(_action)
 
 
@@ -604,6 +629,17 @@ def logs(client: Client, target: str) -> None:
         if text:
             click.echo(f"===== {task['id']} ({task['state']}) {task['label']}")
             click.echo(text, nl=not text.endswith("\n"))
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--worker", default=None, help="Unblock only this worker (default: all).")
+@client_options
+def unblock(client: Client, job_id: str, worker: str | None) -> None:
+    """Let workers blocked from a job (after failing it repeatedly) take its tasks again."""
+    view = client.job(job_id).unblock(worker)
+    blocked = ", ".join(view["blocked"]) or "none"
+    click.echo(f"{view['id']} {view['state']}, blocked workers: {blocked}")
 
 
 @main.command("worker-info")

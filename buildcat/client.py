@@ -146,6 +146,7 @@ class Client:
         name: str = "",
         requires: Iterable[str] = (),
         max_attempts: int | None = None,
+        timeout: float | None = None,
     ) -> Job:
         """One task per chunk of a frame spec: ``function(*args, frames=[...], **kwargs)``.
 
@@ -169,6 +170,7 @@ class Client:
             max_attempts=max_attempts,
             common={"function": spec, "args": list(args)},
             meta={"frames": frames, "chunk": chunk},
+            timeout=timeout,
         )
 
     def render(
@@ -189,6 +191,7 @@ class Client:
         priority: int = 0,
         name: str = "",
         max_attempts: int | None = None,
+        timeout: float | None = None,
     ) -> Job:
         """Render a .blend (root-relative) on the farm's Blender workers.
 
@@ -247,6 +250,7 @@ class Client:
             priority=priority,
             requires=[f"blender>={saved_with}"],
             max_attempts=max_attempts,
+            timeout=timeout,
             meta={
                 "scene": relative,
                 "frames": frames,
@@ -267,6 +271,7 @@ class Client:
         max_attempts: int | None = None,
         common: dict[str, Any] | None = None,
         meta: dict[str, Any] | None = None,
+        timeout: float | None = None,
     ) -> Job:
         """Submit a job of explicit tasks (``{"payload": {...}, "depends": [i, ...]}``)."""
         common = common or {}
@@ -290,6 +295,8 @@ class Client:
         }
         if max_attempts is not None:
             body["max_attempts"] = max_attempts
+        if timeout is not None:
+            body["timeout"] = timeout
         reply = self.request("POST", "/jobs", body)
         return Job(self, reply["id"])
 
@@ -398,6 +405,15 @@ class Job:
 
     def cancel(self) -> dict[str, Any]:
         return dict(self.client.request("POST", f"/jobs/{self.id}/cancel"))
+
+    def retry(self) -> dict[str, Any]:
+        """Run a failed or cancelled job's unfinished tasks again."""
+        return dict(self.client.request("POST", f"/jobs/{self.id}/retry"))
+
+    def unblock(self, worker: str | None = None) -> dict[str, Any]:
+        """Let a blocked worker (or all of them) take this job's tasks again."""
+        body = {"worker": worker} if worker else {}
+        return dict(self.client.request("POST", f"/jobs/{self.id}/unblock", body))
 
     def pause(self) -> dict[str, Any]:
         return dict(self.client.request("POST", f"/jobs/{self.id}/pause"))

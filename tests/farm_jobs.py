@@ -6,6 +6,7 @@ import os
 import time
 
 import buildcat
+import buildcat.jobs.context
 
 
 def square(x: int) -> int:
@@ -67,3 +68,11 @@ def big_result(megabytes: int) -> bytes:
 
 def version() -> str:
     return "v1"
+
+
+def fails_on(worker_name: str) -> str:
+    """Fails on the named worker, succeeds elsewhere: for retry and blocklist tests."""
+    here = buildcat.jobs.context.current().worker_name
+    if here == worker_name:
+        raise RuntimeError(f"always fails on {here}")
+    return here

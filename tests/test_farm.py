@@ -365,3 +365,69 @@ def test_a_missing_function_file_is_refused_at_submit(farm: Farm) -> None:
     assert refused.returncode != 0
     assert "shots/missing.py does not exist under the farm root" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_a_retry_goes_to_another_worker(jobs_farm: Farm) -> None:
+    jobs_farm.start_worker(name="broken")
+    jobs_farm.wait_workers(1)
+    farm = jobs_farm.client()
+    job = farm.submit_tasks(
+        [{"payload": {"function": "farm_jobs:fails_on", "args": ["broken"]}}], max_attempts=10
+    )
+    wait_for(lambda: job.tasks()[0]["failures"] >= 1)
+    jobs_farm.start_worker(name="healthy")
+    assert job.results() == ["healthy"]
+    (task,) = job.tasks()
+    assert 1 <= task["failures"] <= 3  # "broken" is blocked from the job after 3
+
+
+def test_a_worker_that_keeps_failing_a_job_is_blocked_and_can_be_cleared(jobs_farm: Farm) -> None:
+    jobs_farm.start_worker(name="broken")
+    jobs_farm.wait_workers(1)
+    farm = jobs_farm.client()
+    job = farm.submit_tasks(
+        [{"payload": {"function": "farm_jobs:fails_on", "args": ["broken"]}}] * 4,
+        max_attempts=5,
+    )
+    wait_for(lambda: job.status()["blocked"] == ["broken"])
+    status = jobs_farm.cli("status", job.id)
+    assert "blocked workers: broken" in status.stdout
+    assert "every worker that can run it is blocked (broken)" in status.stdout
+    unblocked = jobs_farm.cli("unblock", job.id)
+    assert unblocked.returncode == 0, unblocked.stderr
+    assert "blocked workers: none" in unblocked.stdout
+    wait_for(lambda: job.status()["blocked"] == ["broken"])  # it fails again, blocked again
+    jobs_farm.start_worker(name="healthy")
+    assert job.results() == ["healthy"] * 4
+
+
+def test_farm_retry_runs_a_failed_job_again(jobs_farm: Farm) -> None:
+    jobs_farm.start_worker(name="broken")
+    farm = jobs_farm.client()
+    job = farm.submit_tasks(
+        [{"payload": {"function": "farm_jobs:fails_on", "args": ["broken"]}}], max_attempts=1
+    )
+    with pytest.raises(buildcat.JobFailed):
+        job.wait(timeout=60)
+    jobs_farm.start_worker(name="healthy")
+    jobs_farm.wait_workers(2)
+    retried = jobs_farm.cli("retry", job.id)
+    assert retried.returncode == 0, retried.stderr
+    assert jobs_farm.cli("wait", job.id).returncode == 0
+    assert job.results() == ["healthy"]
+
+
+def test_a_task_past_its_timeout_is_stopped_and_retried(jobs_farm: Farm) -> None:
+    jobs_farm.start_worker()
+    done = jobs_farm.cli(
+        "submit", "python", "--wait", "--json", "--timeout", "1", "--max-attempts", "2",
+        "farm_jobs:slow", "30",
+    )  # fmt: skip
+    assert done.returncode == 1
+    status = json.loads(done.stdout)
+    assert status["state"] == "failed"
+    assert "timed out after 1s" in status["error"]
+    (task,) = jobs_farm.client().job(status["id"]).tasks()
+    assert task["failures"] == 2
+    # The worker stopped the task and is free again.
+    assert jobs_farm.client().submit("farm_jobs:square", 3).results() == [9]

@@ -269,6 +269,9 @@ async def submit(request: web.Request) -> web.Response:
     if max_attempts is not None:
         max_attempts = _get(body, "max_attempts", int, None)
     meta = _get(body, "meta", dict, {})
+    timeout = body.get("timeout")
+    if timeout is not None:
+        timeout = float(_get(body, "timeout", (int, float), None))
     job = farm.scheduler.submit(
         specs,
         time.time(),
@@ -279,6 +282,7 @@ async def submit(request: web.Request) -> web.Response:
         max_attempts=max_attempts,
         owner=_get(body, "owner", str, ""),
         meta={**meta, "common": common},
+        timeout=timeout,
     )
     log.info("job %s submitted: %s, %d task(s)", job.id, job.name or kind, len(job.tasks))
     farm.after_change()
@@ -308,10 +312,12 @@ def _job_view(farm: Farm, job_id: str) -> dict[str, Any]:
 
 def _unmet(farm: Farm, job: Job) -> str:
     """Why nothing runs, when no online worker meets the job's requirements."""
-    if not job.requires:
-        return ""
     online = [w for w in farm.scheduler.workers.values() if w.online]
-    if any(all(requirement_met(r, w.capabilities) for r in job.requires) for w in online):
+    able = [w for w in online if all(requirement_met(r, w.capabilities) for r in job.requires)]
+    if able and all(w.name in job.blocked for w in able):
+        blocked = ", ".join(sorted(w.name for w in able))
+        return f"every worker that can run it is blocked ({blocked}): farm unblock {job.id}"
+    if able or not job.requires:
         return ""
     needs = ", ".join(job.requires)
     if not online:
@@ -366,17 +372,25 @@ async def job_results(request: web.Request) -> web.Response:
     )
 
 
-@routes.post(f"{API}/jobs/{{job}}/{{action:cancel|pause|resume}}")
+@routes.post(f"{API}/jobs/{{job}}/{{action:cancel|pause|resume|retry|unblock}}")
 async def job_action(request: web.Request) -> web.Response:
     farm = _farm(request)
     job_id = request.match_info["job"]
     action = request.match_info["action"]
+    body = await _body(request)
     if action == "cancel":
         farm.scheduler.cancel(job_id, time.time())
     elif action == "pause":
         farm.scheduler.pause(job_id)
-    else:
+    elif action == "resume":
         farm.scheduler.resume(job_id)
+    elif action == "retry":
+        farm.scheduler.retry(job_id, time.time())
+    else:
+        worker = body.get("worker")
+        if worker is not None and not isinstance(worker, str):
+            raise ProtocolError("'worker' must be a worker name")
+        farm.scheduler.unblock(job_id, worker)
     log.info("job %s: %s", job_id, action)
     farm.after_change()
     return _reply(request, _job_view(farm, job_id))

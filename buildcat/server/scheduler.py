@@ -503,8 +503,7 @@ class Scheduler:
         for task in job.tasks:
             if task.state in (TaskState.FAILED, TaskState.CANCELLED):
                 self._set_state(task, TaskState.QUEUED)
-                task.failures = 0
-                task.failed_on.clear()
+                task.failures = 0  # fresh attempts; failed_on stays, so others go first
                 task.worker = None
                 task.finished_at = None
                 task.progress = 0.0
