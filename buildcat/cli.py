@@ -61,24 +61,29 @@ def root_option(function: F) -> F:
     )(function)
 
 
-def client_options(function: F) -> F:
-    """--host/--port/--root for every client command; passes a Client as ``client``."""
-
-    @click.option(
-        "--host",
-        envvar="FARM_HOST",
-        default="127.0.0.1",
-        show_default=True,
-        help="Farm server address (env FARM_HOST).",
-    )
-    @click.option(
+def server_address_options(function: F) -> F:
+    """--host and --port (env FARM_HOST, FARM_PORT): where the farm server is."""
+    function = click.option(
         "--port",
         envvar="FARM_PORT",
         type=int,
         default=protocol.DEFAULT_PORT,
         show_default=True,
         help="Farm server port (env FARM_PORT).",
-    )
+    )(function)
+    return click.option(
+        "--host",
+        envvar="FARM_HOST",
+        default="127.0.0.1",
+        show_default=True,
+        help="Farm server address (env FARM_HOST).",
+    )(function)
+
+
+def client_options(function: F) -> F:
+    """--host/--port/--root for every client command; passes a Client as ``client``."""
+
+    @server_address_options
     @root_option
     @click.pass_context
     def wrapper(ctx: click.Context, host: str, port: int, root: Path, **kwargs: Any) -> Any:
@@ -162,21 +167,7 @@ def server(
 
 
 @main.command()
-@click.option(
-    "--host",
-    envvar="FARM_HOST",
-    default="127.0.0.1",
-    show_default=True,
-    help="Farm server address (env FARM_HOST).",
-)
-@click.option(
-    "--port",
-    envvar="FARM_PORT",
-    type=int,
-    default=protocol.DEFAULT_PORT,
-    show_default=True,
-    help="Farm server port (env FARM_PORT).",
-)
+@server_address_options
 @root_option
 @click.option("--name", default=None, help="Worker name (default: HOST-PID).")
 @click.option(

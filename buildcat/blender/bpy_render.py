@@ -21,8 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bpy
 import override
-
-ScriptError = override.ScriptError
+from script_support import ScriptError, run
 
 
 def read_job(argv: list[str]) -> tuple[str, list[int], str, dict]:
@@ -79,8 +78,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv)
-    except ScriptError as exc:
-        print(f"buildcat: error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(1)
+    run(main)

@@ -8,31 +8,15 @@ path), ``frames`` (24), ``resolution`` ([64, 64]), ``samples`` (16), ``denoise``
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
 
 import bpy
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mathutils import Vector
-
-
-class ScriptError(Exception):
-    """A mistake in the settings: reported as one line, exit status 1."""
-
-
-def read_settings(argv: list[str]) -> dict:
-    """The JSON document after ``--`` (Blender binary), else the first argument (bpy module)."""
-    args = argv[argv.index("--") + 1 :] if "--" in argv else argv[1:]
-    if len(args) != 1:
-        raise ScriptError("expected one JSON document of settings as the only argument")
-    try:
-        settings = json.loads(args[0])
-    except json.JSONDecodeError as exc:
-        raise ScriptError(f"settings are not valid JSON: {exc}") from None
-    if not isinstance(settings, dict):
-        raise ScriptError("settings must be a JSON object")
-    return settings
+from script_support import ScriptError, read_settings, run
 
 
 def _material(name: str, rgb: tuple[float, float, float]) -> bpy.types.Material:
@@ -142,8 +126,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv)
-    except ScriptError as exc:
-        print(f"buildcat: error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(1)
+    run(main)

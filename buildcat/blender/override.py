@@ -24,10 +24,13 @@ turned off with a note instead of failing every frame.
 
 from __future__ import annotations
 
-import json
+import os
 import sys
 
 import bpy
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from script_support import ScriptError, read_settings, run
 
 PREFIX = "buildcat: "
 NO_DENOISER = "buildcat: this Blender has no OpenImageDenoise; denoising turned off for this task"
@@ -51,24 +54,6 @@ KEYS = {
     "border",
     "denoise",
 }
-
-
-class ScriptError(Exception):
-    """A mistake in the settings: reported as one line, exit status 1."""
-
-
-def read_settings(argv: list[str]) -> dict:
-    """The JSON document after ``--`` (Blender binary), else the first argument (bpy module)."""
-    args = argv[argv.index("--") + 1 :] if "--" in argv else argv[1:]
-    if len(args) != 1:
-        raise ScriptError("expected one JSON document of settings as the only argument")
-    try:
-        settings = json.loads(args[0])
-    except json.JSONDecodeError as exc:
-        raise ScriptError(f"settings are not valid JSON: {exc}") from None
-    if not isinstance(settings, dict):
-        raise ScriptError("settings must be a JSON object")
-    return settings
 
 
 def has_openimagedenoise() -> bool:
@@ -256,9 +241,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv)
-    except ScriptError as exc:
-        # sys.exit ends the binary here, before -f renders anything.
-        print(f"buildcat: error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(1)
+    run(main)  # on an error, sys.exit ends the binary here, before -f renders anything

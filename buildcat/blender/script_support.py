@@ -1,0 +1,38 @@
+# mypy: ignore-errors
+"""What the scripts that run inside Blender share: their settings and their one-line errors.
+
+Blender runs each script by path, so the scripts import this module from their own folder.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+
+
+class ScriptError(Exception):
+    """A mistake in the settings: reported as one line, exit status 1."""
+
+
+def read_settings(argv: list[str]) -> dict:
+    """The JSON document after ``--`` (Blender binary), else the first argument (bpy module)."""
+    args = argv[argv.index("--") + 1 :] if "--" in argv else argv[1:]
+    if len(args) != 1:
+        raise ScriptError("expected one JSON document of settings as the only argument")
+    try:
+        settings = json.loads(args[0])
+    except json.JSONDecodeError as exc:
+        raise ScriptError(f"settings are not valid JSON: {exc}") from None
+    if not isinstance(settings, dict):
+        raise ScriptError("settings must be a JSON object")
+    return settings
+
+
+def run(main: Callable[[list[str]], object]) -> None:
+    """Run a script's main; a ScriptError becomes one line on stderr and exit status 1."""
+    try:
+        main(sys.argv)
+    except ScriptError as exc:
+        print(f"buildcat: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)
