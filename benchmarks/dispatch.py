@@ -30,11 +30,15 @@ def main() -> None:
     parser.add_argument("--latency-samples", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path, help="Also write the figures here.")
+    parser.add_argument(
+        "--no-journal", action="store_true", help="Run the server without its journal."
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="buildcat-bench-") as folder:
         root = Path(folder)
-        server, port = launch.start_server(root, "--log-level", "warning")
+        extra = ["--no-journal"] if args.no_journal else []
+        server, port = launch.start_server(root, "--log-level", "warning", *extra)
         workers = [
             launch.start_worker(port, root, "--name", f"bench-{n}", "--log-level", "warning")
             for n in range(args.workers)
@@ -68,12 +72,17 @@ def main() -> None:
         "machine": f"{platform.node()} {platform.machine()}, {platform.python_version()}",
         "tasks": args.tasks,
         "workers": args.workers,
+        "journal": not args.no_journal,
         "throughput_tasks_per_s": round(statistics.median(rates)),
         "throughput_rounds": [round(rate) for rate in rates],
         "latency_p50_ms": round(percentile(latencies, 0.50), 2),
         "latency_p99_ms": round(percentile(latencies, 0.99), 2),
     }
-    print(f"no-op tasks:            {args.tasks} x {args.rounds} rounds, {args.workers} workers")
+    journal = "no journal" if args.no_journal else "journal on"
+    print(
+        f"no-op tasks:            {args.tasks} x {args.rounds} rounds, {args.workers} workers, "
+        f"{journal}"
+    )
     print(
         f"throughput (median):    {figures['throughput_tasks_per_s']} tasks/s "
         f"(rounds: {figures['throughput_rounds']})"

@@ -138,13 +138,31 @@ def main() -> None:
     help="Seconds a silent worker keeps its tasks.",
 )
 @click.option(
+    "--no-journal",
+    is_flag=True,
+    help="Keep the queue in memory only: a server restart forgets every job.",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the journal lives [default: ROOT/.buildcat].",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
 def server(
-    bind: str, port: int, root: Path, name: str | None, lease_timeout: float, log_level: str
+    bind: str,
+    port: int,
+    root: Path,
+    name: str | None,
+    lease_timeout: float,
+    no_journal: bool,
+    state_dir: Path | None,
+    log_level: str,
 ) -> None:
     """Run the farm server (the task queue)."""
     import asyncio
@@ -152,7 +170,14 @@ def server(
     from buildcat.server.app import ServerConfig, serve
 
     _setup_logging(log_level)
-    config = ServerConfig(root=root.resolve(), bind=bind, port=port, lease_timeout=lease_timeout)
+    config = ServerConfig(
+        root=root.resolve(),
+        bind=bind,
+        port=port,
+        lease_timeout=lease_timeout,
+        state_dir=state_dir.resolve() if state_dir else None,
+        journal=not no_journal,
+    )
     if name:
         config.name = name
 

@@ -279,10 +279,62 @@ def test_worker_rides_out_a_server_restart(jobs_farm: Farm) -> None:
     assert jobs_farm.server is not None
     launch.stop(jobs_farm.server)
     jobs_farm.start_server(port=jobs_farm.port)
-    # The worker finds the server again by itself and registers anew.
+    # The worker finds the server again by itself; the server remembers it.
     assert farm.map("farm_jobs:square", [4, 5]).results() == [16, 25]
     assert worker.poll() is None
-    assert "registering again" in jobs_farm.log_text("worker-1")
+    assert [w["name"] for w in farm.workers()] == ["worker-1"]
+
+
+def test_jobs_survive_a_server_crash_in_every_state(jobs_farm: Farm) -> None:
+    jobs_farm.start_worker("--slots", "2")
+    farm = jobs_farm.client()
+    done = farm.map("farm_jobs:square", range(5))
+    done.wait(timeout=60)
+    failed = farm.submit_tasks(
+        [{"payload": {"function": "farm_jobs:boom", "args": ["x"]}}], max_attempts=1
+    )
+    with pytest.raises(buildcat.JobFailed):
+        failed.wait(timeout=60)
+    cancelled = farm.submit("farm_jobs:slow", 60.0)
+    cancelled.cancel()
+    running = farm.submit("farm_jobs:slow", 3.0, "survived")
+    wait_for(lambda: running.status()["state"] == "running")
+    paused = farm.map("farm_jobs:square", [7, 8], priority=-1)
+    paused.pause()
+    before = {job.id: job.status() for job in (done, failed, cancelled, running, paused)}
+
+    assert jobs_farm.server is not None
+    jobs_farm.server.kill()  # SIGKILL: no goodbye
+    jobs_farm.server.wait()
+    jobs_farm.server.stdout.close()  # type: ignore[union-attr]
+    jobs_farm.start_server(port=jobs_farm.port)
+
+    for job_id, status in before.items():
+        after = farm.job(job_id).status()
+        assert after["state"] == status["state"], job_id
+        assert after["tasks"] == status["tasks"], job_id
+        assert after["error"] == status["error"]
+    assert done.results() == [0, 1, 4, 9, 16]
+    # The task that was running when the server died finishes and is recorded once.
+    assert running.results() == ["survived"]
+    assert [t["attempts"] for t in running.tasks()] == [1]
+    paused.resume()
+    assert paused.results() == [49, 64]
+    assert "journal: replayed" in jobs_farm.log_text("server")
+
+
+def test_a_torn_journal_record_is_skipped(jobs_farm: Farm) -> None:
+    farm = jobs_farm.client()
+    job = farm.submit("farm_jobs:square", 6)
+    assert jobs_farm.server is not None
+    launch.stop(jobs_farm.server)
+    journal = jobs_farm.root / ".buildcat" / "journal.bin"
+    with open(journal, "ab") as handle:
+        handle.write(b"\x00\x00\x10\x00garbage")  # half a record: a crash mid-write
+    jobs_farm.start_server(port=jobs_farm.port)
+    assert "skipped a torn record" in jobs_farm.log_text("server")
+    jobs_farm.start_worker()
+    assert job.results() == [36]
 
 
 def test_frames_are_split_into_chunks(jobs_farm: Farm) -> None:

@@ -25,6 +25,7 @@ import buildcat
 from buildcat import jobs, protocol
 from buildcat.errors import FarmError, ProtocolError
 from buildcat.root import state_dir
+from buildcat.server.journal import Journal, read_events, replay
 from buildcat.server.scheduler import (
     FINAL_JOB_STATES,
     Job,
@@ -52,6 +53,7 @@ class ServerConfig:
     name: str = field(default_factory=socket.gethostname)
     lease_timeout: float = 30.0
     state_dir: Path | None = None
+    journal: bool = True
 
 
 @dataclass(slots=True, eq=False)
@@ -72,6 +74,28 @@ class Farm:
         self.watchers: dict[str, asyncio.Future[None]] = {}
         self.started_at = time.time()
         self._expiry_task: asyncio.Task[None] | None = None
+        self.journal: Journal | None = None
+        if config.journal:
+            path = (config.state_dir or state_dir(config.root)) / "journal.bin"
+            replayed = replay(self.scheduler, read_events(path))
+            self.scheduler.restarted(time.time())
+            if replayed:
+                log.info(
+                    "journal: replayed %d event(s): %d job(s), %d worker(s)",
+                    replayed,
+                    len(self.scheduler.jobs),
+                    len(self.scheduler.workers),
+                )
+            self.journal = Journal(path)
+
+    def record(self, *event: Any) -> None:
+        if self.journal is not None:
+            self.journal.append(*event)
+
+    async def commit(self) -> None:
+        """Answer only once what the request changed is on disk."""
+        if self.journal is not None:
+            await self.journal.commit()
 
     # ---- waking ------------------------------------------------------------------------
 
@@ -102,6 +126,7 @@ class Farm:
                 waiter.future.set_result([])
                 continue
             if tasks:
+                self.record("lease", now, waiter.worker_id, [task.id for task in tasks])
                 waiter.future.set_result(tasks)
             else:
                 unmatched.append(waiter)
@@ -127,9 +152,16 @@ class Farm:
         interval = max(0.05, min(1.0, self.config.lease_timeout / 4))
         while True:
             await asyncio.sleep(interval)
-            returned = self.scheduler.expire(time.time())
+            now = time.time()
+            returned = self.scheduler.expire(now)
+            for worker_id, task_id, error in self.scheduler.timed_out:
+                log.warning("task %s %s; stopped", task_id, error)
+                self.record("fail", now, worker_id, task_id, error, "", "")
+            self.scheduler.timed_out.clear()
             for task in returned:
                 log.warning("lease of task %s ran out; back in the queue", task.id)
+            if returned:
+                self.record("requeue", now, [task.id for task in returned])
             self.after_change()
 
 
@@ -284,8 +316,13 @@ async def submit(request: web.Request) -> web.Response:
         meta={**meta, "common": common},
         timeout=timeout,
     )
+    farm.record(
+        "submit", job.created_at, job.id, [[t.payload, t.depends] for t in specs], job.name,
+        kind, job.priority, job.requires, job.max_attempts, job.owner, job.meta, job.timeout,
+    )  # fmt: skip
     log.info("job %s submitted: %s, %d task(s)", job.id, job.name or kind, len(job.tasks))
-    farm.after_change()
+    farm.after_change()  # workers may start on it while the journal is written
+    await farm.commit()
     return _reply(request, {"id": job.id, "tasks": len(job.tasks)}, status=201)
 
 
@@ -391,8 +428,10 @@ async def job_action(request: web.Request) -> web.Response:
         if worker is not None and not isinstance(worker, str):
             raise ProtocolError("'worker' must be a worker name")
         farm.scheduler.unblock(job_id, worker)
+    farm.record(action, time.time(), job_id, body.get("worker"))
     log.info("job %s: %s", job_id, action)
     farm.after_change()
+    await farm.commit()
     return _reply(request, _job_view(farm, job_id))
 
 
@@ -419,6 +458,11 @@ async def register(request: web.Request) -> web.Response:
         now=time.time(),
         info=_get(body, "info", dict, {}),
     )
+    farm.record(
+        "register", worker.registered_at, worker.id, worker.name, worker.slots,
+        worker.capabilities, worker.info,
+    )  # fmt: skip
+    await farm.commit()
     log.info("worker %s (%s) joined with %d slot(s)", worker.name, worker.id, worker.slots)
     return _reply(
         request,
@@ -455,8 +499,10 @@ async def lease(request: web.Request) -> web.Response:
     if not 0 <= want <= MAX_WANT:
         raise ProtocolError(f"'want' must be between 0 and {MAX_WANT}")
     wait = min(max(wait, 0.0), MAX_WAIT_SECONDS)
-    tasks = farm.scheduler.lease(worker_id, want, time.time())
+    now = time.time()
+    tasks = farm.scheduler.lease(worker_id, want, now)
     if tasks:
+        farm.record("lease", now, worker_id, [task.id for task in tasks])
         farm.after_change()
     elif want > 0 and wait > 0:
         future: asyncio.Future[list[Task]] = asyncio.get_running_loop().create_future()
@@ -471,6 +517,7 @@ async def lease(request: web.Request) -> web.Response:
                 ids = [task.id for task in future.result()]
                 with contextlib.suppress(SchedulerError):
                     farm.scheduler.release(worker_id, ids, time.time())
+                    farm.record("release", time.time(), worker_id, ids)
                 farm.after_change()
             raise
         finally:
@@ -528,9 +575,12 @@ async def report(request: web.Request) -> web.Response:
         try:
             if ok:
                 recorded = scheduler.complete(worker_id, task_id, result, now, log_text)
+                if recorded:
+                    farm.record("complete", now, worker_id, task_id, result, log_text)
             else:
                 recorded = scheduler.fail(worker_id, task_id, error, traceback, now, log_text)
                 if recorded:
+                    farm.record("fail", now, worker_id, task_id, error, traceback, log_text)
                     log.warning("task %s failed on %s: %s", task_id, worker_id, error)
         except NotFound:
             recorded = False
@@ -541,7 +591,10 @@ async def report(request: web.Request) -> web.Response:
     for task_id in released:
         with contextlib.suppress(NotFound):
             scheduler.release(worker_id, [task_id], now)
+            farm.record("release", now, worker_id, [task_id])
     farm.after_change()
+    if done or released:
+        await farm.commit()  # the worker forgets what we acknowledge
     return _reply(
         request,
         {
@@ -585,7 +638,10 @@ async def watch(request: web.Request) -> web.Response:
 @routes.delete(f"{API}/workers/{{worker}}")
 async def unregister(request: web.Request) -> web.Response:
     farm = _farm(request)
-    returned = farm.scheduler.unregister(request.match_info["worker"], time.time())
+    now = time.time()
+    returned = farm.scheduler.unregister(request.match_info["worker"], now)
+    farm.record("unregister", now, request.match_info["worker"])
+    await farm.commit()
     log.info(
         "worker %s left; %d task(s) back in the queue", request.match_info["worker"], len(returned)
     )
@@ -608,6 +664,8 @@ def create_app(config: ServerConfig) -> web.Application:
 
     async def stop_background(app: web.Application) -> None:
         farm.release_waiters()
+        if farm.journal is not None:
+            farm.journal.close()
         if farm._expiry_task is not None:
             farm._expiry_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

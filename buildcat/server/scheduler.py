@@ -266,6 +266,8 @@ class Scheduler:
         self._finished: list[Job] = []
         self._changed: set[str] = set()
         self._cancel_notices: set[str] = set()
+        #: (worker id, task id, error) of tasks stopped by expire() for running too long.
+        self.timed_out: list[tuple[str, str, str]] = []
 
     # ---- jobs -------------------------------------------------------------------------
 
@@ -438,27 +440,56 @@ class Scheduler:
                 if task.failed_on and not self.may_take(worker, task):
                     deferred.append(index)  # keeps its place for a worker that has not failed it
                     continue
-                self.ready_total -= 1
-                self._set_state(task, TaskState.LEASED)
-                task.worker = worker.id
-                task.attempts += 1
-                task.leased_at = now
-                task.lease_expires_at = now + self.lease_timeout
-                task.progress = 0.0
-                task.progress_message = ""
-                worker.leased.add(task)
-                self._leased.add(task)
+                self._grant(task, worker, now)
                 granted.append(task)
             job.ready.extendleft(reversed(deferred))
             if len(granted) == granted_before:
                 continue
-            if job.started_at is None:
-                job.started_at = now
-                job.state = JobState.RUNNING
-            self._changed.add(job.id)
             if len(granted) >= want:
                 break
         return granted
+
+    def _grant(self, task: Task, worker: Worker, now: float) -> None:
+        """Lease one task (already taken off its job's ready queue) to a worker."""
+        if not task.job.paused:
+            self.ready_total -= 1
+        self._set_state(task, TaskState.LEASED)
+        task.worker = worker.id
+        task.attempts += 1
+        task.leased_at = now
+        task.lease_expires_at = now + self.lease_timeout
+        task.progress = 0.0
+        task.progress_message = ""
+        worker.leased.add(task)
+        self._leased.add(task)
+        job = task.job
+        if job.started_at is None:
+            job.started_at = now
+            job.state = JobState.RUNNING
+
+    def lease_exactly(self, worker_id: str, task_ids: list[str], now: float) -> None:
+        """Replay a recorded lease: these queued tasks go to this worker."""
+        worker = self.touch(worker_id, now)
+        for task_id in task_ids:
+            task = self.task(task_id)
+            if task.state is not TaskState.QUEUED or task.index not in task.job.ready:
+                raise SchedulerError(f"journal: task {task_id} was not ready to lease")
+            task.job.ready.remove(task.index)
+            self._grant(task, worker, now)
+
+    def requeue_exactly(self, task_ids: list[str], now: float) -> None:
+        """Replay recorded lease expiries."""
+        self._requeue_all([self.task(task_id) for task_id in task_ids], now)
+
+    def restarted(self, now: float) -> None:
+        """After a replay: every worker and lease gets a full lease timeout to be heard from."""
+        for worker in self.workers.values():
+            worker.last_seen = now
+        for task in self._leased:
+            task.lease_expires_at = now + self.lease_timeout
+        self._changed.clear()
+        self._finished.clear()
+        self._cancel_notices.clear()
 
     def _job_fits(self, job: Job, worker: Worker) -> bool:
         return worker.name not in job.blocked and all(
@@ -642,7 +673,9 @@ class Scheduler:
         ]
         for task in sorted(overdue, key=lambda t: (t.job.seq, t.index)):
             worker_id = task.worker or ""
-            self.fail(worker_id, task.id, f"timed out after {task.job.timeout:g}s", "", now)
+            error = f"timed out after {task.job.timeout:g}s"
+            self.fail(worker_id, task.id, error, "", now)
+            self.timed_out.append((worker_id, task.id, error))
             worker = self.workers.get(worker_id)
             if worker is not None:
                 self._tell_cancel(worker, task.id)  # after fail(), which clears old notices
