@@ -76,3 +76,15 @@ def fails_on(worker_name: str) -> str:
     if here == worker_name:
         raise RuntimeError(f"always fails on {here}")
     return here
+
+
+def chaos_task(index: int) -> str:
+    """A little work, then one output file written whole (temporary name, then rename)."""
+    time.sleep(0.05 + (index % 5) * 0.01)
+    relative = f"chaos/out_{index:03d}.txt"
+    path = buildcat.path(relative)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(f"task {index}\n" * 100)
+    os.replace(temporary, path)
+    return relative
