@@ -143,6 +143,13 @@ def main() -> None:
     help="Keep the queue in memory only: a server restart forgets every job.",
 )
 @click.option(
+    "--snapshot-every",
+    type=click.IntRange(min=10),
+    default=50_000,
+    show_default=True,
+    help="Journal events between snapshots of the whole queue.",
+)
+@click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
@@ -161,6 +168,7 @@ def server(
     name: str | None,
     lease_timeout: float,
     no_journal: bool,
+    snapshot_every: int,
     state_dir: Path | None,
     log_level: str,
 ) -> None:
@@ -177,6 +185,7 @@ def server(
         lease_timeout=lease_timeout,
         state_dir=state_dir.resolve() if state_dir else None,
         journal=not no_journal,
+        snapshot_every=snapshot_every,
     )
     if name:
         config.name = name

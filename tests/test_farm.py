@@ -320,7 +320,7 @@ def test_jobs_survive_a_server_crash_in_every_state(jobs_farm: Farm) -> None:
     assert [t["attempts"] for t in running.tasks()] == [1]
     paused.resume()
     assert paused.results() == [49, 64]
-    assert "journal: replayed" in jobs_farm.log_text("server")
+    assert "event(s) replayed" in jobs_farm.log_text("server")
 
 
 def test_a_torn_journal_record_is_skipped(jobs_farm: Farm) -> None:
@@ -483,3 +483,33 @@ def test_a_task_past_its_timeout_is_stopped_and_retried(jobs_farm: Farm) -> None
     assert task["failures"] == 2
     # The worker stopped the task and is free again.
     assert jobs_farm.client().submit("farm_jobs:square", 3).results() == [9]
+
+
+def test_snapshots_keep_the_journal_short_and_restore_everything(tmp_path: Path) -> None:
+    farm = Farm(root=tmp_path / "root", logs=tmp_path / "logs")
+    farm.root.mkdir()
+    shutil.copy(HERE / "farm_jobs.py", farm.root / "farm_jobs.py")
+    farm.start_server("--snapshot-every", "10")
+    try:
+        farm.start_worker()
+        client = farm.client()
+        done = client.map("farm_jobs:square", range(30))
+        assert done.results() == [x * x for x in range(30)]
+        state = farm.root / ".buildcat"
+        wait_for(lambda: "snapshot 1 written" in farm.log_text("server"))
+        paused = client.map("farm_jobs:square", [5, 6], priority=-5)
+        paused.pause()
+        assert farm.server is not None
+        farm.server.kill()
+        farm.server.wait()
+        farm.server.stdout.close()  # type: ignore[union-attr]
+        assert (state / "snapshot.bin").stat().st_size > 0
+        assert (state / "journal.bin").stat().st_size < 4096  # only what came after it
+        farm.start_server("--snapshot-every", "10", port=farm.port)
+        assert done.status()["tasks"]["done"] == 30
+        assert done.results() == [x * x for x in range(30)]
+        assert paused.status()["state"] == "paused"
+        paused.resume()
+        assert paused.results() == [25, 36]
+    finally:
+        farm.stop()

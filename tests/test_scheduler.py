@@ -981,3 +981,47 @@ def test_a_task_past_its_timeout_is_stopped_and_counts_as_a_failure(farm: Schedu
     farm.expire(13)
     assert job.state is JobState.FAILED
     assert "timed out after 5s" in job.error
+
+
+def test_a_snapshot_restores_every_job_task_and_worker() -> None:
+    from buildcat import protocol
+    from buildcat.server import snapshot
+
+    farm = Scheduler(lease_timeout=10)
+    farm.register("a", 1, {"gpu": ""}, 0, worker_id="a")
+    farm.register("b", 2, {}, 0, worker_id="b")
+    done = farm.submit(tiles_and_stitch(2), 0, job_id="done")
+    running = farm.submit(tiles_and_stitch(3), 5, job_id="running", timeout=30)
+    paused = farm.submit(tiles(3), 0, job_id="paused")
+    failed = farm.submit(tiles(1), 0, max_attempts=1, job_id="failed")
+    for task in farm.lease("a", 3, 1):
+        farm.complete("a", task.id, {"ok": task.id}, 2)
+    for task in farm.lease("a", 3, 3):
+        farm.complete("a", task.id, [1, 2], 4)
+    leased = farm.lease("b", 2, 5)
+    [failing] = farm.lease("a", 1, 6) or [None]
+    if failing is not None:
+        farm.fail("a", failing.id, "boom", "tb", 7)
+    farm.pause(paused.id)
+
+    document = protocol.unpack(protocol.pack(snapshot.dump(farm)), trusted=True)
+    copy = Scheduler(lease_timeout=10)
+    snapshot.load(copy, document)
+
+    for job in (done, running, paused, failed):
+        assert copy.jobs[job.id].to_dict() == job.to_dict()
+        assert [t.to_dict(with_result=True) for t in copy.jobs[job.id].tasks] == [
+            t.to_dict(with_result=True) for t in job.tasks
+        ]
+        assert list(copy.jobs[job.id].ready) == list(job.ready)
+    assert copy.ready_total == farm.ready_total
+    assert {w.id: w.to_dict() for w in copy.workers.values()} == {
+        w.id: w.to_dict() for w in farm.workers.values()
+    }
+    # Both go on the same way.
+    for scheduler in (farm, copy):
+        for task in leased:
+            scheduler.complete("b", task.id, "late", 8)
+        scheduler.resume(paused.id)
+    assert [j.to_dict() for j in copy.jobs.values()] == [j.to_dict() for j in farm.jobs.values()]
+    assert [t.id for t in copy.lease("b", 10, 9)] == [t.id for t in farm.lease("b", 10, 9)]

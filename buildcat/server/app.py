@@ -25,7 +25,8 @@ import buildcat
 from buildcat import jobs, protocol
 from buildcat.errors import FarmError, ProtocolError
 from buildcat.root import state_dir
-from buildcat.server.journal import Journal, read_events, replay
+from buildcat.server import snapshot
+from buildcat.server.journal import Journal, JournalError, read_events, replay
 from buildcat.server.scheduler import (
     FINAL_JOB_STATES,
     Job,
@@ -54,6 +55,8 @@ class ServerConfig:
     lease_timeout: float = 30.0
     state_dir: Path | None = None
     journal: bool = True
+    #: Journal events between snapshots (each snapshot starts the journal afresh).
+    snapshot_every: int = 50_000
 
 
 @dataclass(slots=True, eq=False)
@@ -75,18 +78,62 @@ class Farm:
         self.started_at = time.time()
         self._expiry_task: asyncio.Task[None] | None = None
         self.journal: Journal | None = None
+        self.generation = 0
+        self.snapshot_at = 0
         if config.journal:
-            path = (config.state_dir or state_dir(config.root)) / "journal.bin"
-            replayed = replay(self.scheduler, read_events(path))
+            folder = config.state_dir or state_dir(config.root)
+            self.snapshot_path = folder / "snapshot.bin"
+            path = folder / "journal.bin"
+            if self.snapshot_path.exists():
+                document = protocol.unpack(self.snapshot_path.read_bytes(), trusted=True)
+                self.generation = int(document["generation"])
+                snapshot.load(self.scheduler, document["state"])
+            events = list(read_events(path))
+            generation = 0
+            if events and events[0][0] == "generation":
+                generation = int(events[0][1])
+                events = events[1:]
+            if generation < self.generation:
+                # A crash right after a snapshot: that journal is in the snapshot already.
+                events = []
+            replayed = replay(self.scheduler, iter(events))
             self.scheduler.restarted(time.time())
-            if replayed:
-                log.info(
-                    "journal: replayed %d event(s): %d job(s), %d worker(s)",
-                    replayed,
-                    len(self.scheduler.jobs),
-                    len(self.scheduler.workers),
-                )
+            log.info(
+                "journal: snapshot generation %d and %d event(s) replayed: %d job(s), %d worker(s)",
+                self.generation,
+                replayed,
+                len(self.scheduler.jobs),
+                len(self.scheduler.workers),
+            )
             self.journal = Journal(path)
+            stale = generation < self.generation
+            if stale or path.stat().st_size == 0:
+                self.journal.restart(self.generation)
+
+    async def take_snapshot(self) -> None:
+        """Write the whole queue to snapshot.bin and start the journal afresh."""
+        if self.journal is None:
+            return
+        await self.journal.commit()
+        # From here to the end nothing awaits: no request changes the queue meanwhile.
+        started = time.perf_counter()
+        generation = self.generation + 1
+        data = protocol.pack({"generation": generation, "state": snapshot.dump(self.scheduler)})
+        temporary = self.snapshot_path.with_suffix(".tmp")
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.snapshot_path)
+        self.journal.restart(generation)
+        self.generation = generation
+        self.snapshot_at = self.journal.appended
+        log.info(
+            "journal: snapshot %d written (%d bytes, %.0f ms)",
+            generation,
+            len(data),
+            (time.perf_counter() - started) * 1000,
+        )
 
     def record(self, *event: Any) -> None:
         if self.journal is not None:
@@ -163,6 +210,15 @@ class Farm:
             if returned:
                 self.record("requeue", now, [task.id for task in returned])
             self.after_change()
+            journal = self.journal
+            if (
+                journal is not None
+                and journal.appended - self.snapshot_at >= self.config.snapshot_every
+            ):
+                try:
+                    await self.take_snapshot()
+                except (OSError, FarmError) as exc:
+                    log.error("could not write a snapshot: %s", exc)
 
 
 # ---- request and response helpers ---------------------------------------------------------
@@ -238,6 +294,9 @@ async def errors_middleware(
         return await handler(request)
     except SchedulerError as exc:
         return _error(request, exc.status, str(exc))
+    except JournalError as exc:
+        log.error("%s", exc)
+        return _error(request, 503, f"the server cannot record changes: {exc}")
     except FarmError as exc:
         return _error(request, 400, str(exc))
     except web.HTTPNotFound:

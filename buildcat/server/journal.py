@@ -118,6 +118,17 @@ class Journal:
         self.file.flush()
         os.fsync(self.file.fileno())
 
+    def restart(self, generation: int) -> None:
+        """Start an empty journal of a new generation: everything appended so far is in a
+        snapshot already on disk. Call with no write in flight (right after commit())."""
+        self.file.close()
+        self.file = open(self.path, "wb")  # noqa: SIM115 - open for the server's lifetime
+        record = protocol.pack(["generation", generation])
+        self._sync_write(HEADER.pack(len(record), zlib.crc32(record)) + record)
+        self.buffer = []
+        self.written = self.appended
+        self._done.set()
+
     def close(self) -> None:
         if self.buffer:
             try:
