@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -125,3 +128,28 @@ def test_unknown_route_names_itself(farm: Farm) -> None:
     status, reply = call(farm, "DELETE", "/api/v1/jobs")
     assert status == 405
     assert "not allowed" in str(reply["error"])
+
+
+def test_a_broken_root_is_one_clear_line(tmp_path: Path) -> None:
+    missing = tmp_path / "not-there"
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    blocked = tmp_path / "root"
+    blocked.mkdir()
+    (blocked / ".buildcat").write_text("a file where the state folder goes")
+    for root, complaint in (
+        (missing, "does not exist"),
+        (a_file, "is a file"),  # click's own usage error, exit 2
+        (blocked, "cannot create the state folder"),
+    ):
+        started = subprocess.run(
+            [sys.executable, "-m", "buildcat", "server", "--port", "0", "--root", str(root)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert started.returncode != 0
+        assert complaint in started.stderr, started.stderr
+        assert "Traceback" not in started.stderr
+        if root != a_file:
+            assert len(started.stderr.strip().splitlines()) == 1
