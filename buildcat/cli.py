@@ -294,6 +294,48 @@ def _wait_and_exit(job: buildcat.Job, as_json: bool, timeout: float | None) -> N
         _print_json(status)
 
 
+def job_options(function: F) -> F:
+    """What every submit takes: priority, name, attempts, timeout, --wait and --json."""
+    for decorator in reversed(
+        [
+            click.option(
+                "--priority", type=int, default=0, show_default=True, help="Higher runs first."
+            ),
+            click.option("--name", default="", help="A name for the job."),
+            click.option(
+                "--max-attempts",
+                type=click.IntRange(min=1),
+                default=None,
+                help="Tries per task before the job fails (default 3).",
+            ),
+            click.option(
+                "--timeout",
+                "task_timeout",
+                type=click.FloatRange(min=0.001),
+                default=None,
+                help="Seconds a task may run; past it, it is stopped "
+                "and counts as a failed attempt.",
+            ),
+            click.option(
+                "--wait", "wait", is_flag=True, help="Wait for the job, showing progress."
+            ),
+            click.option("--json", "as_json", is_flag=True, help="Print JSON."),
+        ]
+    ):
+        function = decorator(function)
+    return function
+
+
+def _submitted(job: buildcat.Job, as_json: bool, wait: bool) -> None:
+    """Print the new job's id (or {"id": ...}); with --wait, follow it like farm wait."""
+    if as_json and not wait:
+        _print_json({"id": job.id})
+    elif not as_json:
+        click.echo(job.id)
+    if wait:
+        _wait_and_exit(job, as_json, None)
+
+
 @submit.command("python")
 @click.argument("function")
 @click.argument("args", nargs=-1)
@@ -325,24 +367,8 @@ def _wait_and_exit(job: buildcat.Job, as_json: bool, timeout: float | None) -> N
     show_default=True,
     help="Frames per task with --frames.",
 )
-@click.option("--priority", type=int, default=0, show_default=True)
-@click.option("--name", default="", help="A name for the job.")
-@click.option(
-    "--max-attempts",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Tries per task before the job fails (default 3).",
-)
 @click.option("--requires", default="", help="Comma-separated capabilities workers must have.")
-@click.option(
-    "--timeout",
-    "task_timeout",
-    type=click.FloatRange(min=0.001),
-    default=None,
-    help="Seconds a task may run; past it, it is stopped and counts as a failed attempt.",
-)
-@click.option("--wait", "wait", is_flag=True, help="Wait for the job, showing progress.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@job_options
 @client_options
 def submit_python(
     client: Client,
@@ -409,12 +435,7 @@ def submit_python(
             max_attempts=max_attempts,
             timeout=task_timeout,
         )
-    if as_json and not wait:
-        _print_json({"id": job.id})
-    elif not as_json:
-        click.echo(job.id)
-    if wait:
-        _wait_and_exit(job, as_json, None)
+    _submitted(job, as_json, wait)
 
 
 def _pair(text: str | None, what: str) -> tuple[int, int] | None:
@@ -468,18 +489,7 @@ def _pair(text: str | None, what: str) -> tuple[int, int] | None:
     default=None,
     help="Render each Cycles frame as N seeds with 1/N of the samples, averaged.",
 )
-@click.option("--priority", type=int, default=0, show_default=True)
-@click.option("--name", default="", help="A name for the job.")
-@click.option("--max-attempts", type=click.IntRange(min=1), default=None)
-@click.option(
-    "--timeout",
-    "task_timeout",
-    type=click.FloatRange(min=0.001),
-    default=None,
-    help="Seconds a task may run; past it, it is stopped and counts as a failed attempt.",
-)
-@click.option("--wait", "wait", is_flag=True, help="Wait for the job, showing progress.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@job_options
 @client_options
 def submit_blender(
     client: Client,
@@ -521,12 +531,7 @@ def submit_blender(
         max_attempts=max_attempts,
         timeout=task_timeout,
     )
-    if as_json and not wait:
-        _print_json({"id": job.id})
-    elif not as_json:
-        click.echo(job.id)
-    if wait:
-        _wait_and_exit(job, as_json, None)
+    _submitted(job, as_json, wait)
 
 
 # ---- watching and steering ----------------------------------------------------------------------
