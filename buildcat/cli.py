@@ -50,6 +50,15 @@ def _setup_logging(level: str) -> None:
     )
 
 
+def log_level_option(function: F) -> F:
+    return click.option(
+        "--log-level",
+        default="info",
+        show_default=True,
+        type=click.Choice(["debug", "info", "warning", "error"]),
+    )(function)
+
+
 def root_option(function: F) -> F:
     return click.option(
         "--root",
@@ -155,12 +164,7 @@ def main() -> None:
     default=None,
     help="Where the journal lives [default: ROOT/.buildcat].",
 )
-@click.option(
-    "--log-level",
-    default="info",
-    show_default=True,
-    type=click.Choice(["debug", "info", "warning", "error"]),
-)
+@log_level_option
 def server(
     bind: str,
     port: int,
@@ -227,12 +231,7 @@ def server(
     "(default: $BLENDER, then blender on PATH, then bpy if it imports).",
 )
 @click.option("--no-blender", is_flag=True, help="Take no Blender tasks.")
-@click.option(
-    "--log-level",
-    default="info",
-    show_default=True,
-    type=click.Choice(["debug", "info", "warning", "error"]),
-)
+@log_level_option
 def worker(
     host: str,
     port: int,

@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from buildcat.errors import FarmError
 
@@ -69,16 +69,22 @@ def start_worker(
     )
 
 
-def stop(process: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
-    """SIGTERM, then SIGKILL after ``timeout``: never leaves the process behind."""
+def end(process: subprocess.Popen[Any], signum: int, grace: float) -> int:
+    """Send ``signum``, then SIGKILL after ``grace`` seconds: never leaves the process behind."""
     if process.poll() is None:
         with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
+            process.send_signal(signum)
         try:
-            process.wait(timeout)
+            process.wait(grace)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+    return process.returncode
+
+
+def stop(process: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
+    """SIGTERM, then SIGKILL after ``timeout``; closes the pipe we read its address from."""
+    end(process, signal.SIGTERM, timeout)
     if process.stdout is not None:
         process.stdout.close()
     return process.returncode
@@ -99,4 +105,4 @@ def free_log(path: Path) -> IO[bytes]:
     return open(path, "ab")
 
 
-__all__ = ["farm_command", "free_log", "start_server", "start_worker", "stop", "stop_all"]
+__all__ = ["end", "farm_command", "free_log", "start_server", "start_worker", "stop", "stop_all"]

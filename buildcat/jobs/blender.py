@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from buildcat import launch
 from buildcat import root as farm_root
 from buildcat.blender import BPY, SCRIPTS, BlenderInstall
 from buildcat.errors import FarmError
@@ -240,13 +241,7 @@ def run_process(command: list[str], on_line: Callable[[str], None]) -> int:
         return process.wait()
     except BaseException:
         # Cancelled (or anything else): ask Blender to stop, then make sure it does.
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGINT)
-        try:
-            process.wait(CANCEL_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        launch.end(process, signal.SIGINT, CANCEL_GRACE_SECONDS)
         print(f"buildcat: Blender stopped (exit code {process.returncode})")
         raise
     finally:
