@@ -38,7 +38,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="buildcat-bench-") as folder:
         root = Path(folder)
         extra = ["--no-journal"] if args.no_journal else []
-        server, port = launch.start_server(root, "--log-level", "warning", *extra)
+        server, port = launch.start_server(root, "--log-level", "warning", "--no-discovery", *extra)
         workers = [
             launch.start_worker(port, root, "--name", f"bench-{n}", "--log-level", "warning")
             for n in range(args.workers)

@@ -71,22 +71,46 @@ def root_option(function: F) -> F:
 
 
 def server_address_options(function: F) -> F:
-    """--host and --port (env FARM_HOST, FARM_PORT): where the farm server is."""
-    function = click.option(
-        "--port",
-        envvar="FARM_PORT",
-        type=int,
-        default=protocol.DEFAULT_PORT,
-        show_default=True,
-        help="Farm server port (env FARM_PORT).",
-    )(function)
-    return click.option(
-        "--host",
-        envvar="FARM_HOST",
-        default="127.0.0.1",
-        show_default=True,
-        help="Farm server address (env FARM_HOST).",
-    )(function)
+    """Where the farm server is and how to prove we belong: --host/--port or discovery,
+    --farm, --token, --tls-ca (each with its FARM_* variable)."""
+    options = [
+        click.option(
+            "--host",
+            envvar="FARM_HOST",
+            default=None,
+            help="Farm server address: HOST, HOST:PORT or https://HOST:PORT "
+            "(env FARM_HOST) [default: find the farm on the LAN].",
+        ),
+        click.option(
+            "--port",
+            envvar="FARM_PORT",
+            type=click.IntRange(1, 65535),
+            default=None,
+            help=f"Farm server port (env FARM_PORT) [default: {protocol.DEFAULT_PORT}].",
+        ),
+        click.option(
+            "--farm",
+            envvar="FARM_NAME",
+            default=None,
+            help="With no --host: the farm to join when several answer (env FARM_NAME).",
+        ),
+        click.option(
+            "--token",
+            envvar="FARM_TOKEN",
+            default=None,
+            help="The farm secret (env FARM_TOKEN) [default: read ROOT/.buildcat/secret].",
+        ),
+        click.option(
+            "--tls-ca",
+            envvar="FARM_TLS_CA",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            help="Use TLS and trust this CA (PEM) for the server (env FARM_TLS_CA).",
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
 
 
 def client_options(function: F) -> F:
@@ -95,8 +119,17 @@ def client_options(function: F) -> F:
     @server_address_options
     @root_option
     @click.pass_context
-    def wrapper(ctx: click.Context, host: str, port: int, root: Path, **kwargs: Any) -> Any:
-        client = Client(host=host, port=port, root=root)
+    def wrapper(
+        ctx: click.Context,
+        host: str | None,
+        port: int | None,
+        farm: str | None,
+        token: str | None,
+        tls_ca: Path | None,
+        root: Path,
+        **kwargs: Any,
+    ) -> Any:
+        client = Client(host=host, port=port, root=root, token=token, tls_ca=tls_ca, farm=farm)
         ctx.call_on_close(client.close)
         return ctx.invoke(function, client=client, **kwargs)
 
@@ -138,7 +171,29 @@ def main() -> None:
     help="Port to listen on (0 picks a free one).",
 )
 @root_option
-@click.option("--name", default=None, help="Farm name (default: this host's name).")
+@click.option(
+    "--name", default=None, help="Farm name, advertised on the LAN [default: this host's name]."
+)
+@click.option("--no-discovery", is_flag=True, help="Do not advertise the farm with zeroconf.")
+@click.option(
+    "--token",
+    envvar="FARM_TOKEN",
+    default=None,
+    help="Use this farm secret (env FARM_TOKEN) [default: ROOT/.buildcat/secret, "
+    "created on first start].",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Serve HTTPS with this certificate chain (PEM); needs --tls-key.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="The private key (PEM) for --tls-cert.",
+)
 @click.option(
     "--lease-timeout",
     type=click.FloatRange(min=0.1),
@@ -170,6 +225,10 @@ def server(
     port: int,
     root: Path,
     name: str | None,
+    no_discovery: bool,
+    token: str | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
     lease_timeout: float,
     no_journal: bool,
     snapshot_every: int,
@@ -182,6 +241,8 @@ def server(
     from buildcat.server.app import ServerConfig, serve
 
     _setup_logging(log_level)
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
     config = ServerConfig(
         root=root.resolve(),
         bind=bind,
@@ -190,13 +251,18 @@ def server(
         state_dir=state_dir.resolve() if state_dir else None,
         journal=not no_journal,
         snapshot_every=snapshot_every,
+        discovery=not no_discovery,
+        token=token,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
     if name:
         config.name = name
 
     def ready(host: str, bound_port: int) -> None:
+        scheme = "https" if tls_cert else "http"
         click.echo(
-            f"farm server {config.name!r} listening on http://{host}:{bound_port} "
+            f"farm server {config.name!r} listening on {scheme}://{host}:{bound_port} "
             f"(root {config.root})"
         )
         sys.stdout.flush()
@@ -233,8 +299,11 @@ def server(
 @click.option("--no-blender", is_flag=True, help="Take no Blender tasks.")
 @log_level_option
 def worker(
-    host: str,
-    port: int,
+    host: str | None,
+    port: int | None,
+    farm: str | None,
+    token: str | None,
+    tls_ca: Path | None,
     root: Path,
     name: str | None,
     slots: int,
@@ -252,6 +321,9 @@ def worker(
     config = WorkerConfig(
         host=host,
         port=port,
+        farm=farm,
+        token=token,
+        tls_ca=tls_ca,
         root=root.resolve(),
         slots=slots,
         tags=[tag.strip() for tag in tags.split(",") if tag.strip()],
@@ -683,6 +755,31 @@ def worker_info(client: Client, timeout: float, as_json: bool) -> None:
         return
     for key, value in info.items():
         click.echo(f"{key}: {value}")
+
+
+@main.command()
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=3.0,
+    show_default=True,
+    help="Seconds to listen.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def discover(timeout: float, as_json: bool) -> None:
+    """List the farms that answer on the LAN (zeroconf), with their addresses."""
+    from buildcat import discovery
+
+    farms = discovery.browse(timeout, settle=None)
+    if as_json:
+        _print_json([farm.as_dict() for farm in farms])
+        return
+    if not farms:
+        click.echo(f"no farm answered within {timeout:g}s", err=True)
+        sys.exit(1)
+    for farm in farms:
+        version = f"  buildcat {farm.version}" if farm.version else ""
+        click.echo(f"{farm.name}  {farm.url}{version}")
 
 
 @main.command()

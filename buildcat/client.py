@@ -9,17 +9,19 @@ from __future__ import annotations
 import http.client
 import os
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from buildcat import jobs, protocol
+from buildcat import auth, discovery, jobs, protocol
 from buildcat.errors import (
     ConnectionFailed,
     FarmError,
     JobFailed,
     JobTimeout,
+    NotAuthorized,
     RequestRejected,
     UnknownJob,
 )
@@ -31,7 +33,12 @@ FINAL_STATES = ("done", "failed", "cancelled")
 
 
 class Client:
-    """A connection to one farm server."""
+    """A connection to one farm server.
+
+    With no ``host`` (and no ``FARM_HOST``) the farm is found on the LAN by zeroconf at
+    the first request: the one named ``farm`` (``FARM_NAME``), or the only one there.
+    The farm secret comes from ``token`` (``FARM_TOKEN``) or ``<root>/.buildcat/secret``.
+    """
 
     def __init__(
         self,
@@ -39,15 +46,31 @@ class Client:
         port: int | None = None,
         root: str | os.PathLike[str] | None = None,
         timeout: float = 30.0,
+        *,
+        token: str | None = None,
+        tls_ca: str | os.PathLike[str] | None = None,
+        farm: str | None = None,
     ) -> None:
-        self.host = host or os.environ.get("FARM_HOST") or "127.0.0.1"
-        self.port = int(port or os.environ.get("FARM_PORT") or protocol.DEFAULT_PORT)
         self.root = Path(root or os.environ.get("BUILDCAT_ROOT") or os.getcwd())
         self.timeout = timeout
+        self.farm = farm or os.environ.get("FARM_NAME") or None
+        ca = tls_ca or os.environ.get("FARM_TLS_CA")
+        self.tls_ca = Path(ca) if ca else None
+        self._token = token
+        port = port or (int(os.environ["FARM_PORT"]) if os.environ.get("FARM_PORT") else None)
+        host = host or os.environ.get("FARM_HOST") or None
+        self.host: str | None = None
+        self.port = port or protocol.DEFAULT_PORT
+        self.tls = self.tls_ca is not None
+        if host:
+            self.host, self.port, tls = protocol.split_address(host, port)
+            self.tls = self.tls or tls
+        self._headers: dict[str, str] | None = None
         self._connection: http.client.HTTPConnection | None = None
 
     def __repr__(self) -> str:
-        return f"<buildcat.Client {self.host}:{self.port} root={self.root}>"
+        where = f"{self.host}:{self.port}" if self.host else "(found by discovery)"
+        return f"<buildcat.Client {where} root={self.root}>"
 
     def __enter__(self) -> Client:
         return self
@@ -60,14 +83,32 @@ class Client:
             self._connection.close()
             self._connection = None
 
+    @property
+    def address(self) -> str:
+        """``http(s)://host:port`` of the server (finding it on the LAN if need be)."""
+        self._locate()
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+
     # ---- transport ------------------------------------------------------------------------
+
+    def _locate(self) -> None:
+        if self.host is None:
+            found = discovery.find_farm(self.farm)
+            self.host, self.port = found.host, found.port
+            self.tls = self.tls or found.tls
+
+    def _auth_headers(self) -> dict[str, str]:
+        if self._headers is None:
+            token = auth.load_token(self.root, self._token)
+            self._headers = {"Authorization": auth.authorization(token)}
+        return self._headers
 
     def request(
         self, method: str, path: str, body: Any = None, timeout: float | None = None
     ) -> Any:
         """One API call; returns the decoded reply or raises a FarmError."""
         data = protocol.pack(body) if body is not None else None
-        headers = {"Accept": protocol.MSGPACK}
+        headers = {"Accept": protocol.MSGPACK, **self._auth_headers()}
         if data is not None:
             headers["Content-Type"] = protocol.MSGPACK
         url = protocol.API_PREFIX + path
@@ -78,6 +119,9 @@ class Client:
                 response = connection.getresponse()
                 payload = response.read()
                 break
+            except ssl.SSLError as exc:
+                self.close()
+                raise ConnectionFailed(self._tls_trouble(exc)) from None
             except (TimeoutError, http.client.HTTPException, ConnectionError, OSError) as exc:
                 self.close()
                 # A kept-alive connection the server closed fails once; a fresh one tells.
@@ -88,22 +132,56 @@ class Client:
         try:
             reply = protocol.unpack(payload, trusted=True) if payload else {}
         except FarmError:
+            hint = "" if self.tls else " (if it speaks TLS, give the host as https://…)"
             raise ConnectionFailed(
-                f"{self.host}:{self.port} did not answer like a farm server"
+                f"{self.host}:{self.port} did not answer like a farm server{hint}"
             ) from None
         if response.status >= 400:
             reason = reply.get("error") if isinstance(reply, dict) else None
             reason = reason or f"HTTP {response.status}"
+            if response.status == 401:
+                source = (
+                    "--token/FARM_TOKEN"
+                    if self._token or os.environ.get("FARM_TOKEN")
+                    else (str(auth.secret_path(self.root)))
+                )
+                raise NotAuthorized(
+                    401,
+                    f"the farm server at {self.host}:{self.port} refused the farm secret from "
+                    f"{source}: is this the root the server uses?",
+                )
             if response.status == 404 and "job" in reason:
                 raise UnknownJob(response.status, reason)
             raise RequestRejected(response.status, reason)
         return reply
 
+    def _tls_trouble(self, exc: ssl.SSLError) -> str:
+        where = f"{self.host}:{self.port}"
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            detail = exc.verify_message or exc.reason or str(exc)
+            return (
+                f"the TLS certificate of {where} is not trusted ({detail}): "
+                "give its CA with --tls-ca (FARM_TLS_CA)"
+            )
+        if "WRONG_VERSION_NUMBER" in str(exc) or "record layer" in str(exc):
+            return f"{where} does not speak TLS: give the host as http://… or drop --tls-ca"
+        return f"TLS with {where} failed: {exc.reason or exc}"
+
     def _connect(self, timeout: float | None) -> http.client.HTTPConnection:
         if self._connection is None:
-            self._connection = http.client.HTTPConnection(
-                self.host, self.port, timeout=self.timeout
-            )
+            self._locate()
+            assert self.host is not None
+            if self.tls:
+                self._connection = http.client.HTTPSConnection(
+                    self.host,
+                    self.port,
+                    timeout=self.timeout,
+                    context=auth.client_ssl_context(self.tls_ca),
+                )
+            else:
+                self._connection = http.client.HTTPConnection(
+                    self.host, self.port, timeout=self.timeout
+                )
         self._connection.timeout = timeout or self.timeout
         if self._connection.sock is not None:
             self._connection.sock.settimeout(self._connection.timeout)
@@ -427,9 +505,18 @@ def connect(
     port: int | None = None,
     root: str | os.PathLike[str] | None = None,
     timeout: float = 30.0,
+    *,
+    token: str | None = None,
+    tls_ca: str | os.PathLike[str] | None = None,
+    farm: str | None = None,
 ) -> Client:
-    """Connect to a farm (``FARM_HOST``/``FARM_PORT``/``BUILDCAT_ROOT`` fill in blanks)."""
-    return Client(host=host, port=port, root=root, timeout=timeout)
+    """Connect to a farm (``FARM_HOST``/``FARM_PORT``/``BUILDCAT_ROOT`` fill in blanks).
+
+    With no host the farm is found on the LAN (``farm`` names it when there are several).
+    """
+    return Client(
+        host=host, port=port, root=root, timeout=timeout, token=token, tls_ca=tls_ca, farm=farm
+    )
 
 
 def _function_spec(function: str | Callable[..., Any]) -> str:

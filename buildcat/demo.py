@@ -32,7 +32,7 @@ def run_demo(root: Path, workers: int = 2, echo: Callable[[str], None] = print) 
     processes = []
     try:
         echo(f"Starting a local farm in {root} ...")
-        server, port = launch.start_server(root, "--name", "demo", log=server_log)
+        server, port = launch.start_server(root, "--name", "demo", "--no-discovery", log=server_log)
         processes.append(server)
         echo(f"  server    http://127.0.0.1:{port}  (log: {logs / 'server.log'})")
         for n in range(workers):

@@ -15,6 +15,10 @@ class PathError(FarmError, ValueError):
     """A path is absolute or escapes the farm root."""
 
 
+class AddressError(FarmError, ValueError):
+    """A farm address (``--host``) could not be understood."""
+
+
 class ProtocolError(FarmError):
     """A message on the wire is malformed."""
 
@@ -30,6 +34,10 @@ class RequestRejected(FarmError):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+class NotAuthorized(RequestRejected):
+    """The server refused the farm secret (HTTP 401)."""
 
 
 class UnknownJob(RequestRejected):

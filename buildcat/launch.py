@@ -15,7 +15,7 @@ from typing import IO, Any
 
 from buildcat.errors import FarmError
 
-LISTENING = re.compile(rb"listening on http://(?P<host>[^:\s]+):(?P<port>\d+)")
+LISTENING = re.compile(rb"listening on https?://(?P<host>[^:\s]+):(?P<port>\d+)")
 
 
 def farm_command(*args: str) -> list[str]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgpack
 
-from buildcat.errors import ProtocolError
+from buildcat.errors import AddressError, ProtocolError
 
 __all__ = ["ProtocolError"]  # re-exported for modules that speak the protocol
 
@@ -85,3 +85,29 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def split_address(text: str, port: int | None = None) -> tuple[str, int, bool]:
+    """``host``, ``host:port``, ``http://host:port`` or ``https://host`` → (host, port, tls).
+
+    A port in the text wins over ``port``; the default is :data:`DEFAULT_PORT`.
+    """
+    address = text.strip()
+    tls = False
+    scheme, separator, rest = address.partition("://")
+    if separator:
+        if scheme.lower() not in ("http", "https"):
+            raise AddressError(f"farm address {text!r}: only http:// and https:// are spoken")
+        tls = scheme.lower() == "https"
+        address = rest.rstrip("/")
+    host, found_port = address, None
+    if address.startswith("["):
+        raise AddressError(f"farm address {text!r}: IPv6 is not supported; use IPv4")
+    if address.count(":") == 1:
+        host, _, port_text = address.partition(":")
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise AddressError(f"farm address {text!r}: {port_text!r} is not a port")
+        found_port = int(port_text)
+    if not host or "/" in host or ":" in host:
+        raise AddressError(f"farm address {text!r} is not a host name or IPv4 address")
+    return host, found_port or port or DEFAULT_PORT, tls

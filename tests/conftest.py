@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -29,6 +30,12 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: floa
         time.sleep(interval)
 
 
+def secret_header(root: Path) -> dict[str, str]:
+    """The ``Authorization`` header a farm member sends: the root's secret."""
+    token = (root / ".buildcat" / "secret").read_text().strip()
+    return {"Authorization": f"Bearer {token}"}
+
+
 @dataclass
 class Farm:
     """A real server plus the workers a test starts; stopped at the end of the test."""
@@ -46,9 +53,11 @@ class Farm:
         self._handles.append(handle)
         return handle
 
-    def start_server(self, *extra: str, port: int = 0) -> int:
+    def start_server(self, *extra: str, port: int = 0, discovery: bool = False) -> int:
+        """Start ``farm server`` on loopback; ``discovery`` advertises it on 127.0.0.1."""
+        switches = () if discovery else ("--no-discovery",)
         self.server, self.port = launch.start_server(
-            self.root, "--log-level", "debug", *extra, port=port, log=self._log("server")
+            self.root, "--log-level", "debug", *switches, *extra, port=port, log=self._log("server")
         )
         return self.port
 
@@ -121,6 +130,13 @@ def farm(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Farm]:
         if failed is not None and failed.failed:
             for log in sorted(farm.logs.glob("*.log")):
                 print(f"----- {log.name} -----\n{log.read_text(errors='replace')[-4000:]}")
+
+
+@pytest.fixture
+def jobs_farm(farm: Farm) -> Farm:
+    """A farm whose root holds the test job module `farm_jobs`."""
+    shutil.copy(Path(__file__).parent / "farm_jobs.py", farm.root / "farm_jobs.py")
+    return farm
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

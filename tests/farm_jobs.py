@@ -88,3 +88,8 @@ def chaos_task(index: int) -> str:
     temporary.write_text(f"task {index}\n" * 100)
     os.replace(temporary, path)
     return relative
+
+
+def touch(relative: str) -> str:
+    """Create an empty file at a root-relative path (the path rules do the refusing)."""
+    return write_file(relative, "")

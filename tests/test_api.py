@@ -12,7 +12,7 @@ import msgpack
 import pytest
 
 from buildcat.protocol import MAX_BODY_BYTES
-from tests.conftest import Farm
+from tests.conftest import Farm, secret_header
 
 
 def call(
@@ -20,7 +20,7 @@ def call(
 ) -> tuple[int, dict[str, object]]:
     connection = http.client.HTTPConnection("127.0.0.1", farm.port, timeout=30)
     headers = {"Content-Type": content_type} if content_type else {}
-    connection.request(method, path, body=body, headers=headers)
+    connection.request(method, path, body=body, headers={**headers, **secret_header(farm.root)})
     response = connection.getresponse()
     payload = response.read()
     connection.close()

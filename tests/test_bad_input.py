@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 import buildcat
 from buildcat import launch
+from tests.conftest import secret_header
 
 HERE = Path(__file__).parent
 MSGPACK, JSON = "application/msgpack", "application/json"
@@ -28,7 +29,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int
     root = tmp_path_factory.mktemp("bad-input-root")
     shutil.copy(HERE / "farm_jobs.py", root / "farm_jobs.py")
     with open(root / "server.log", "ab") as log:
-        process, port = launch.start_server(root, log=log)
+        process, port = launch.start_server(root, "--no-discovery", log=log)
         try:
             yield root, port
         finally:
@@ -36,10 +37,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int
             launch.stop(process)
 
 
-def send(port: int, method: str, path: str, body: bytes, content_type: str) -> int:
+def send(server: tuple[Path, int], method: str, path: str, body: bytes, content_type: str) -> int:
+    root, port = server
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        connection.request(method, path, body=body, headers={"Content-Type": content_type})
+        headers = {"Content-Type": content_type, **secret_header(root)}
+        connection.request(method, path, body=body, headers=headers)
         response = connection.getresponse()
         response.read()
         return response.status
@@ -107,7 +110,7 @@ SPECIAL_BODIES = [
 def test_garbage_gets_a_4xx(
     server: tuple[Path, int], route: str, body: bytes, content_type: str
 ) -> None:
-    status = send(server[1], "POST", "/api/v1" + route, body, content_type)
+    status = send(server, "POST", "/api/v1" + route, body, content_type)
     assert 200 <= status < 500 and status != 500
 
 
@@ -121,10 +124,10 @@ def test_structured_nonsense_submissions_get_a_4xx_or_a_valid_job(
             data = json.dumps(body, default=lambda b: b.hex()).encode()
         except ValueError:
             return
-        status = send(server[1], "POST", "/api/v1/jobs", data, JSON)
+        status = send(server, "POST", "/api/v1/jobs", data, JSON)
     else:
         status = send(
-            server[1], "POST", "/api/v1/jobs", msgpack.packb(body, use_bin_type=True), MSGPACK
+            server, "POST", "/api/v1/jobs", msgpack.packb(body, use_bin_type=True), MSGPACK
         )
     assert status in (201, 400, 404, 413), status
 
@@ -142,12 +145,12 @@ def test_unknown_job_ids_are_404(server: tuple[Path, int], job: str) -> None:
         f"/api/v1/jobs/{quoted}/results",
         f"/api/v1/tasks/{quoted}",
     ):
-        status = send(server[1], "GET", path, b"", JSON)
+        status = send(server, "GET", path, b"", JSON)
         assert status in (404, 400), (path, status)
 
 
 def test_oversized_body_is_refused(server: tuple[Path, int]) -> None:
-    status = send(server[1], "POST", "/api/v1/jobs", b"\x90" * (33 * 1024 * 1024), MSGPACK)
+    status = send(server, "POST", "/api/v1/jobs", b"\x90" * (33 * 1024 * 1024), MSGPACK)
     assert status == 413
 
 

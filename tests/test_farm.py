@@ -18,13 +18,6 @@ from tests.conftest import Farm, wait_for
 HERE = Path(__file__).parent
 
 
-@pytest.fixture
-def jobs_farm(farm: Farm) -> Farm:
-    """A farm whose root holds the test job module `farm_jobs`."""
-    shutil.copy(HERE / "farm_jobs.py", farm.root / "farm_jobs.py")
-    return farm
-
-
 def task_states(job: buildcat.Job) -> list[str]:
     return [task["state"] for task in job.tasks()]
 

@@ -22,7 +22,8 @@ from typing import Any
 from aiohttp import web
 
 import buildcat
-from buildcat import jobs, protocol
+from buildcat import auth, jobs, protocol
+from buildcat.discovery import Advertiser
 from buildcat.errors import FarmError, ProtocolError
 from buildcat.root import state_dir
 from buildcat.server import snapshot
@@ -57,6 +58,12 @@ class ServerConfig:
     journal: bool = True
     #: Journal events between snapshots (each snapshot starts the journal afresh).
     snapshot_every: int = 50_000
+    #: Advertise the farm on the LAN with zeroconf.
+    discovery: bool = True
+    #: The farm secret; ``None`` reads (or creates) ``<root>/.buildcat/secret``.
+    token: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -71,6 +78,11 @@ class Farm:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+        self.secret = (
+            auth.check_token(config.token, "--token/FARM_TOKEN")
+            if config.token
+            else auth.ensure_secret(config.root)
+        )
         self.scheduler = Scheduler(lease_timeout=config.lease_timeout)
         self.waiters: deque[_Waiter] = deque()
         self.job_waiters: dict[str, list[asyncio.Future[None]]] = {}
@@ -284,6 +296,23 @@ def _query_float(request: web.Request, key: str, default: float) -> float:
     if not 0 <= value <= 24 * 3600:
         raise ProtocolError(f"{key} must be between 0 and 86400 seconds")
     return value
+
+
+@web.middleware
+async def auth_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every request carries the farm secret, or nothing runs (the body is not even read)."""
+    if not auth.token_matches(request.headers.get("Authorization"), _farm(request).secret):
+        response = _error(
+            request,
+            401,
+            "missing or wrong farm secret: send 'Authorization: Bearer' with the contents "
+            "of ROOT/.buildcat/secret",
+        )
+        response.headers["WWW-Authenticate"] = 'Bearer realm="buildcat"'
+        return response
+    return await handler(request)
 
 
 @web.middleware
@@ -713,7 +742,9 @@ async def unregister(request: web.Request) -> web.Response:
 
 def create_app(config: ServerConfig) -> web.Application:
     """Build the application (tests can use it without sockets)."""
-    app = web.Application(middlewares=[errors_middleware], client_max_size=protocol.MAX_BODY_BYTES)
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware], client_max_size=protocol.MAX_BODY_BYTES
+    )
     farm = Farm(config)
     app[FARM_KEY] = farm
     app.add_routes(routes)
@@ -752,10 +783,15 @@ def prepare_root(config: ServerConfig) -> Path:
 async def serve(config: ServerConfig, ready: Callable[[str, int], None] | None = None) -> None:
     """Run the server until SIGTERM or SIGINT; ``ready`` is told the bound address."""
     prepare_root(config)
+    context = None
+    if config.tls_cert is not None and config.tls_key is not None:
+        context = auth.server_ssl_context(config.tls_cert, config.tls_key)
     app = create_app(config)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5)
     await runner.setup()
-    site = web.TCPSite(runner, config.bind, config.port, backlog=4096, reuse_address=True)
+    site = web.TCPSite(
+        runner, config.bind, config.port, backlog=4096, reuse_address=True, ssl_context=context
+    )
     try:
         await site.start()
     except OSError as exc:
@@ -768,6 +804,13 @@ async def serve(config: ServerConfig, ready: Callable[[str, int], None] | None =
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    advertiser: Advertiser | None = None
+    advertising: asyncio.Task[None] | None = None
+    if config.discovery:
+        advertiser = Advertiser(
+            config.name, config.bind, port, tls=context is not None, version=buildcat.__version__
+        )
+        advertising = asyncio.create_task(advertiser.start())
     if ready is not None:
         ready(config.bind, port)
     try:
@@ -775,4 +818,10 @@ async def serve(config: ServerConfig, ready: Callable[[str, int], None] | None =
     finally:
         log.info("shutting down")
         app[FARM_KEY].release_waiters()
+        if advertiser is not None and advertising is not None:
+            if not advertising.done():
+                advertising.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await advertising
+            await advertiser.close()
         await runner.cleanup()

@@ -15,6 +15,7 @@ import os
 import platform
 import signal
 import socket
+import ssl
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from typing import Any
 import aiohttp
 
 import buildcat
-from buildcat import jobs, protocol
+from buildcat import auth, discovery, jobs, protocol
 from buildcat.blender import BlenderInstall, find_blender
 from buildcat.errors import FarmError
 from buildcat.worker.execute import Child, ChildDied
@@ -57,9 +58,14 @@ DRAIN_DELIVERY_SECONDS = 30.0
 
 @dataclass(slots=True)
 class WorkerConfig:
-    host: str
-    port: int
+    #: ``None``: find the farm on the LAN (the one named ``farm`` when several answer).
+    host: str | None
+    port: int | None
     root: Path
+    farm: str | None = None
+    #: The farm secret; ``None`` reads ``<root>/.buildcat/secret`` (or FARM_TOKEN).
+    token: str | None = None
+    tls_ca: Path | None = None
     name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     slots: int = 1
     tags: list[str] = field(default_factory=list)
@@ -100,7 +106,17 @@ class _Running:
 class Agent:
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
-        self.base = f"http://{config.host}:{config.port}{protocol.API_PREFIX}"
+        self.url = self.base = ""
+        self.discovered = config.host is None
+        self.headers = {
+            "Accept": protocol.MSGPACK,
+            "Content-Type": protocol.MSGPACK,
+            "Authorization": auth.authorization(auth.load_token(config.root, config.token)),
+        }
+        self.ssl: ssl.SSLContext | bool = True
+        if config.host is not None:
+            host, port, tls = protocol.split_address(config.host, config.port)
+            self.set_server(host, port, tls or config.tls_ca is not None)
         self.worker_id: str | None = None
         self.heartbeat_seconds = 10.0
         self.queue: deque[dict[str, Any]] = deque()
@@ -126,23 +142,51 @@ class Agent:
 
     # ---- HTTP ---------------------------------------------------------------------------
 
+    def set_server(self, host: str, port: int, tls: bool) -> None:
+        self.url = f"{'https' if tls else 'http'}://{host}:{port}"
+        self.base = self.url + protocol.API_PREFIX
+        if tls:
+            self.ssl = auth.client_ssl_context(self.config.tls_ca)
+
+    async def locate(self, timeout: float | None = None) -> bool:
+        """Find the farm on the LAN; ``True`` when the address changed."""
+        found = await asyncio.to_thread(discovery.find_farm, self.config.farm, timeout)
+        previous = self.base
+        self.set_server(found.host, found.port, found.tls or self.config.tls_ca is not None)
+        if self.base != previous:
+            log.info("found farm %r at %s", found.name, found.url)
+        return self.base != previous
+
     async def call(self, method: str, path: str, body: Any = None, timeout: float = 30) -> Any:
         assert self.session is not None
         data = protocol.pack(body) if body is not None else None
-        headers = {"Accept": protocol.MSGPACK, "Content-Type": protocol.MSGPACK}
         try:
             async with self.session.request(
                 method,
                 self.base + path,
                 data=data,
-                headers=headers,
+                headers=self.headers,
+                ssl=self.ssl,
                 timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=5),
             ) as response:
                 payload = await response.read()
                 status = response.status
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise FarmError(
+                f"the TLS certificate of {self.url} is not trusted "
+                f"({exc.certificate_error}): give its CA with --tls-ca (FARM_TLS_CA)"
+            ) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise ServerGone(str(exc) or type(exc).__name__) from exc
-        reply = protocol.unpack(payload, trusted=True) if payload else {}
+        try:
+            reply = protocol.unpack(payload, trusted=True) if payload else {}
+        except FarmError:
+            raise ServerGone(f"{self.url} did not answer like a farm server") from None
+        if status == 401:
+            raise FarmError(
+                f"the farm server at {self.url} refused this worker's farm secret: "
+                "is --root the farm root the server uses (or is --token right)?"
+            )
         if status == 404 and "worker" in str(reply.get("error", "")):
             raise UnknownWorker(reply.get("error"))
         if status >= 500:
@@ -199,6 +243,11 @@ class Agent:
                 log.warning("server unreachable (%s); retrying in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                if self.discovered and backoff >= MAX_BACKOFF_SECONDS:
+                    # The server may have come back elsewhere (a new port or address).
+                    with contextlib.suppress(FarmError):
+                        if await self.locate(timeout=2.0):
+                            backoff = 0.1
 
     # ---- capacity -------------------------------------------------------------------------
 
@@ -467,6 +516,8 @@ class Agent:
                 if main is not None:
                     main.cancel()
 
+        if not self.base:
+            await self.locate()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal)
         env = {
