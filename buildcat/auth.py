@@ -8,6 +8,7 @@ workers read it from their own path to the root and send it with every request a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
 import logging
 import os
@@ -94,6 +95,12 @@ def load_token(root: str | os.PathLike[str], token: str | None = None) -> str:
 
 def authorization(token: str) -> str:
     return f"Bearer {token}"
+
+
+def farm_id(token: str) -> str:
+    """A public fingerprint of a farm secret, advertised on the LAN: a member finds its own
+    farm among several without being told its name, and learns nothing of the secret."""
+    return hashlib.sha256(b"buildcat farm id\0" + token.encode()).hexdigest()[:16]
 
 
 def token_matches(header: str | None, secret: str) -> bool:

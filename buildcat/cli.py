@@ -770,7 +770,7 @@ def discover(timeout: float, as_json: bool) -> None:
     """List the farms that answer on the LAN (zeroconf), with their addresses."""
     from buildcat import discovery
 
-    farms = discovery.browse(timeout, settle=None)
+    farms = discovery.browse(timeout)
     if as_json:
         _print_json([farm.as_dict() for farm in farms])
         return

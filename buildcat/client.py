@@ -65,7 +65,7 @@ class Client:
         if host:
             self.host, self.port, tls = protocol.split_address(host, port)
             self.tls = self.tls or tls
-        self._headers: dict[str, str] | None = None
+        self._secret: str | None = None
         self._connection: http.client.HTTPConnection | None = None
 
     def __repr__(self) -> str:
@@ -93,15 +93,19 @@ class Client:
 
     def _locate(self) -> None:
         if self.host is None:
-            found = discovery.find_farm(self.farm)
+            found = discovery.find_farm(self.farm, farm_id=auth.farm_id(self.token))
             self.host, self.port = found.host, found.port
             self.tls = self.tls or found.tls
 
+    @property
+    def token(self) -> str:
+        """The farm secret this client sends (read from the root once)."""
+        if self._secret is None:
+            self._secret = auth.load_token(self.root, self._token)
+        return self._secret
+
     def _auth_headers(self) -> dict[str, str]:
-        if self._headers is None:
-            token = auth.load_token(self.root, self._token)
-            self._headers = {"Authorization": auth.authorization(token)}
-        return self._headers
+        return {"Authorization": auth.authorization(self.token)}
 
     def request(
         self, method: str, path: str, body: Any = None, timeout: float | None = None

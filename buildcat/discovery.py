@@ -36,8 +36,6 @@ log = logging.getLogger(__name__)
 SERVICE_TYPE = "_buildcat._tcp.local."
 #: How long a client or worker given no --host listens for a farm.
 DEFAULT_TIMEOUT = 5.0
-#: After the first answer, how long to wait for other farms before choosing.
-SETTLE_SECONDS = 0.5
 
 
 class NoFarmFound(FarmError):
@@ -56,6 +54,8 @@ class FoundFarm:
     api: str = ""
     tls: bool = False
     server: str = ""
+    #: A public fingerprint of the farm's secret: members recognise their own farm by it.
+    farm_id: str = ""
 
     @property
     def url(self) -> str:
@@ -71,6 +71,7 @@ class FoundFarm:
             "version": self.version,
             "api": self.api,
             "tls": self.tls,
+            "id": self.farm_id,
             "url": self.url,
         }
 
@@ -133,7 +134,9 @@ def instance_name(name: str) -> str:
 class Advertiser:
     """The server's zeroconf registration, inside the server's event loop."""
 
-    def __init__(self, name: str, bind: str, port: int, *, tls: bool, version: str) -> None:
+    def __init__(
+        self, name: str, bind: str, port: int, *, tls: bool, version: str, farm_id: str
+    ) -> None:
         self.name = name
         self.port = port
         self.addresses = advertised_addresses(bind)
@@ -143,6 +146,7 @@ class Advertiser:
             "version": version,
             "api": str(protocol.API_VERSION),
             "tls": "1" if tls else "0",
+            "id": farm_id,
         }
         self._zeroconf: AsyncZeroconf | None = None
         self.info: AsyncServiceInfo | None = None
@@ -198,19 +202,17 @@ def _found(info: ServiceInfo) -> FoundFarm | None:
         api=properties.get("api", ""),
         tls=properties.get("tls") == "1",
         server=info.server or "",
+        farm_id=properties.get("id", ""),
     )
 
 
 def browse(
-    timeout: float = DEFAULT_TIMEOUT,
-    *,
-    wanted: str | None = None,
-    settle: float | None = SETTLE_SECONDS,
+    timeout: float = DEFAULT_TIMEOUT, *, wanted: str | None = None, farm_id: str | None = None
 ) -> list[FoundFarm]:
     """Listen for farms for up to ``timeout`` seconds.
 
-    Returns early: once ``wanted`` answers, or ``settle`` seconds after the first farm
-    answers (``settle=None`` listens for the whole timeout, as ``farm discover`` does).
+    Returns as soon as the farm named ``wanted`` (or, with no name, the farm whose id is
+    ``farm_id``) answers; with neither it listens the whole time, as ``farm discover`` does.
     """
     names: queue.Queue[str] = queue.Queue()
 
@@ -225,51 +227,63 @@ def browse(
     try:
         browser = ServiceBrowser(zeroconf, SERVICE_TYPE, handlers=[on_change])
         deadline = time.monotonic() + timeout
-        while True:
-            now = time.monotonic()
-            if now >= deadline:
-                break
+        while (remaining := deadline - time.monotonic()) > 0:
             try:
-                name = names.get(timeout=deadline - now)
+                name = names.get(timeout=remaining)
             except queue.Empty:
                 break
-            remaining = max(0.1, deadline - time.monotonic())
-            info = zeroconf.get_service_info(SERVICE_TYPE, name, timeout=int(remaining * 1000))
+            wait = max(0.1, deadline - time.monotonic())
+            info = zeroconf.get_service_info(SERVICE_TYPE, name, timeout=int(wait * 1000))
             farm = _found(info) if info is not None else None
             if farm is None:
                 continue
             farms[name] = farm
-            if wanted is not None and farm.name == wanted:
+            if (wanted is not None and farm.name == wanted) or (
+                wanted is None and farm_id and farm.farm_id == farm_id
+            ):
                 break
-            if settle is not None and wanted is None:
-                deadline = min(deadline, time.monotonic() + settle)
         browser.cancel()
     finally:
         zeroconf.close()
-    return sorted(farms.values(), key=lambda farm: (farm.name, farm.host))
+    return sorted(farms.values(), key=lambda farm: (farm.name, farm.host, farm.port))
 
 
-def find_farm(wanted: str | None = None, timeout: float | None = None) -> FoundFarm:
-    """The one farm to talk to: the one named ``wanted``, or the only one that answers."""
+def find_farm(
+    wanted: str | None = None, timeout: float | None = None, *, farm_id: str | None = None
+) -> FoundFarm:
+    """The farm to talk to: the one named ``wanted``, else the one whose id is ``farm_id``
+    (the farm whose secret we hold), else the only one that answers."""
     if timeout is None:
         timeout = discovery_timeout()
-    farms = browse(timeout, wanted=wanted)
+    farms = browse(timeout, wanted=wanted, farm_id=farm_id)
     if wanted is not None:
         matching = [farm for farm in farms if farm.name == wanted]
-        if matching:
-            return matching[0]
-        heard = ", ".join(sorted({farm.name for farm in farms})) or "none"
-        raise NoFarmFound(
-            f"no farm named {wanted!r} answered on the LAN within {timeout:g}s "
-            f"(heard: {heard}); give --host, or check the name with `farm discover`"
-        )
+        if not matching:
+            heard = ", ".join(sorted({farm.name for farm in farms})) or "none"
+            raise NoFarmFound(
+                f"no farm named {wanted!r} answered on the LAN within {timeout:g}s "
+                f"(heard: {heard}); give --host, or check the name with `farm discover`"
+            )
+        return matching[0]
     if not farms:
         raise NoFarmFound(
             f"no farm server answered on the LAN within {timeout:g}s: start `farm server`, "
             "or give its address with --host (FARM_HOST)"
         )
-    if len({farm.name for farm in farms}) > 1:
+    if farm_id:
+        ours = [farm for farm in farms if farm.farm_id == farm_id]
+        if len(ours) == 1:
+            return ours[0]
         names = ", ".join(sorted({farm.name for farm in farms}))
+        if not ours:
+            raise NoFarmFound(
+                f"farms answer ({names}) but none uses this root's farm secret: check --root "
+                "(or --token), or choose one with --farm NAME"
+            )
+        where = ", ".join(f"{farm.name} at {farm.host}:{farm.port}" for farm in ours)
+        raise NoFarmFound(f"several servers share this farm secret ({where}): give --host")
+    names = ", ".join(sorted({farm.name for farm in farms}))
+    if len(farms) > 1:
         raise NoFarmFound(f"several farms answer ({names}): choose one with --farm NAME")
     return farms[0]
 

@@ -43,6 +43,8 @@ class Farm:
     root: Path
     logs: Path
     port: int = 0
+    #: The farm's --name, where a test gives one.
+    config_name: str = ""
     server: subprocess.Popen[bytes] | None = None
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _handles: list[Any] = field(default_factory=list)

@@ -249,7 +249,7 @@ def test_exit_when_idle_and_max_tasks(jobs_farm: Farm) -> None:
 
 def test_unreachable_server_is_one_clear_line(tmp_path: Path) -> None:
     farm = Farm(root=tmp_path, logs=tmp_path / "logs", port=1)
-    failed = farm.cli("status")
+    failed = farm.cli("status", FARM_TOKEN="t" * 43)
     assert failed.returncode != 0
     assert failed.stderr.strip().startswith("farm: error: cannot reach the farm server")
     assert len(failed.stderr.strip().splitlines()) == 1

@@ -808,7 +808,12 @@ async def serve(config: ServerConfig, ready: Callable[[str, int], None] | None =
     advertising: asyncio.Task[None] | None = None
     if config.discovery:
         advertiser = Advertiser(
-            config.name, config.bind, port, tls=context is not None, version=buildcat.__version__
+            config.name,
+            config.bind,
+            port,
+            tls=context is not None,
+            version=buildcat.__version__,
+            farm_id=auth.farm_id(app[FARM_KEY].secret),
         )
         advertising = asyncio.create_task(advertiser.start())
     if ready is not None:

@@ -38,6 +38,8 @@ MAX_PREFETCH = 256
 LONG_POLL_SECONDS = 20.0
 IDLE_POLL_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 5.0
+#: A worker that found its server by discovery looks again once retries are this far apart.
+REDISCOVER_AFTER_BACKOFF = 0.8
 #: What a worker's child runs for a Blender task.
 BLENDER_RUNNER = "buildcat.jobs.blender:run_task"
 #: A finished result waits this long for others to share its report.
@@ -108,10 +110,12 @@ class Agent:
         self.config = config
         self.url = self.base = ""
         self.discovered = config.host is None
+        token = auth.load_token(config.root, config.token)
+        self.farm_id = auth.farm_id(token)
         self.headers = {
             "Accept": protocol.MSGPACK,
             "Content-Type": protocol.MSGPACK,
-            "Authorization": auth.authorization(auth.load_token(config.root, config.token)),
+            "Authorization": auth.authorization(token),
         }
         self.ssl: ssl.SSLContext | bool = True
         if config.host is not None:
@@ -150,7 +154,9 @@ class Agent:
 
     async def locate(self, timeout: float | None = None) -> bool:
         """Find the farm on the LAN; ``True`` when the address changed."""
-        found = await asyncio.to_thread(discovery.find_farm, self.config.farm, timeout)
+        found = await asyncio.to_thread(
+            discovery.find_farm, self.config.farm, timeout, farm_id=self.farm_id
+        )
         previous = self.base
         self.set_server(found.host, found.port, found.tls or self.config.tls_ca is not None)
         if self.base != previous:
@@ -243,7 +249,7 @@ class Agent:
                 log.warning("server unreachable (%s); retrying in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
-                if self.discovered and backoff >= MAX_BACKOFF_SECONDS:
+                if self.discovered and backoff >= REDISCOVER_AFTER_BACKOFF:
                     # The server may have come back elsewhere (a new port or address).
                     with contextlib.suppress(FarmError):
                         if await self.locate(timeout=2.0):
