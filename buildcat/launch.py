@@ -29,12 +29,23 @@ def start_server(
     port: int = 0,
     log: IO[bytes] | int | None = None,
     timeout: float = 30.0,
+    wrap: Sequence[str] = (),
+    env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """Start ``farm server`` and return it with the port it listens on."""
+    """Start ``farm server`` and return it with the port it listens on.
+
+    ``wrap`` goes before the command (``ip netns exec NAME`` runs it on another "host").
+    """
     process = subprocess.Popen(
-        farm_command("server", "--bind", bind, "--port", str(port), "--root", str(root), *extra),
+        [
+            *wrap,
+            *farm_command(
+                "server", "--bind", bind, "--port", str(port), "--root", str(root), *extra
+            ),
+        ],
         stdout=subprocess.PIPE,
         stderr=log,
+        env=env,
     )
     assert process.stdout is not None
     deadline = time.monotonic() + timeout

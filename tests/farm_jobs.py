@@ -93,3 +93,13 @@ def chaos_task(index: int) -> str:
 def touch(relative: str) -> str:
     """Create an empty file at a root-relative path (the path rules do the refusing)."""
     return write_file(relative, "")
+
+
+def where_am_i(relative: str, seconds: float = 0.0) -> str:
+    """Write, at a root-relative path, this worker's own path to the root; return it."""
+    time.sleep(seconds)
+    root = buildcat.jobs.context.current().root
+    path = buildcat.path(relative)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(root)
+    return root
