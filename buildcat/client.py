@@ -51,7 +51,7 @@ class Client:
         tls_ca: str | os.PathLike[str] | None = None,
         farm: str | None = None,
     ) -> None:
-        self.root = Path(root or os.environ.get("BUILDCAT_ROOT") or os.getcwd())
+        self.root = Path(root or os.environ.get("BUILDCAT_ROOT") or os.getcwd()).expanduser()
         self.timeout = timeout
         self.farm = farm or os.environ.get("FARM_NAME") or None
         ca = tls_ca or os.environ.get("FARM_TLS_CA")
@@ -130,8 +130,11 @@ class Client:
                 self.close()
                 # A kept-alive connection the server closed fails once; a fresh one tells.
                 if attempt == 2 or isinstance(exc, ConnectionRefusedError | TimeoutError):
+                    hint = ""
+                    if isinstance(exc, http.client.RemoteDisconnected) and not self.tls:
+                        hint = "; if it speaks TLS, give the host as https://…"
                     raise ConnectionFailed(
-                        f"cannot reach the farm server at {self.host}:{self.port} ({exc})"
+                        f"cannot reach the farm server at {self.host}:{self.port} ({exc}{hint})"
                     ) from None
         try:
             reply = protocol.unpack(payload, trusted=True) if payload else {}

@@ -186,7 +186,7 @@ def test_tls_refuses_an_untrusted_certificate_and_plain_http(
     assert untrusted.stderr.strip().count("\n") == 0
     plain = farm.cli("status", FARM_HOST="127.0.0.1")
     assert plain.returncode == 1
-    assert plain.stderr.startswith("farm: error:")
+    assert "if it speaks TLS, give the host as https://" in plain.stderr
     # The server is still fine for those who do it right.
     context = ssl.create_default_context(cafile=str(tls_farm[1]))
     connection = http.client.HTTPSConnection("127.0.0.1", farm.port, context=context, timeout=10)
