@@ -45,7 +45,12 @@ def check_token(token: str, where: str) -> str:
 def ensure_secret(root: str | os.PathLike[str]) -> str:
     """The server's secret: read ``<root>/.buildcat/secret``, creating it on first start."""
     path = secret_path(root)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        return read_secret(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FarmError(f"cannot create the farm secret {path}: {exc.strerror}") from None
     token = secrets.token_urlsafe(SECRET_BYTES)
     temporary = path.with_name(f".{SECRET_FILE}.{os.getpid()}.tmp")
     try:

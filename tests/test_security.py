@@ -285,3 +285,11 @@ def test_a_farm_address_in_another_scheme_is_a_usage_error() -> None:
     )
     assert bad.returncode == 2
     assert "only http:// and https://" in bad.stderr
+
+
+def test_a_task_submits_work_to_its_own_farm(jobs_farm: Farm) -> None:
+    """Inside a task, ``buildcat.connect()`` reaches the worker's server with its secret."""
+    jobs_farm.start_worker("--no-blender", "--slots", "2")
+    parent = jobs_farm.client().submit("farm_jobs:fan_out", [2, 3])
+    assert parent.results() == [[4, 9]]
+    assert len(jobs_farm.client().jobs()) == 2

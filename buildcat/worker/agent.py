@@ -530,7 +530,13 @@ class Agent:
             "BUILDCAT_ROOT": str(self.config.root),
             "BUILDCAT_WORKER_NAME": self.config.name,
             "BUILDCAT_WORKER_SLOTS": str(self.config.slots),
+            # A job that submits more work reaches this worker's farm the same way.
+            "FARM_HOST": self.url,
         }
+        if self.config.token:
+            env["FARM_TOKEN"] = self.config.token
+        if self.config.tls_ca:
+            env["FARM_TLS_CA"] = str(self.config.tls_ca)
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=8, force_close=False)
         )
