@@ -108,6 +108,18 @@ def farm_id(token: str) -> str:
     return hashlib.sha256(b"buildcat farm id\0" + token.encode()).hexdigest()[:16]
 
 
+def dashboard_key(token: str) -> str:
+    """The key in the dashboard's login link: derived from the secret, not the secret.
+
+    It opens the dashboard (read, cancel, pause, resume, retry, priority) but cannot
+    submit work or act as a worker, so a shared link never runs code on the farm."""
+    return hmac.new(token.encode(), b"buildcat dashboard", hashlib.sha256).hexdigest()[:32]
+
+
+def dashboard_key_matches(given: str, token: str) -> bool:
+    return hmac.compare_digest(given.encode(), dashboard_key(token).encode())
+
+
 def token_matches(header: str | None, secret: str) -> bool:
     """Whether an ``Authorization`` header carries ``secret``; constant time."""
     scheme, _, given = (header or "").partition(" ")

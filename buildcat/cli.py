@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,7 +15,7 @@ import click
 import buildcat
 from buildcat import protocol
 from buildcat.client import Client
-from buildcat.display import ProgressDisplay
+from buildcat.display import ProgressDisplay, duration, table
 from buildcat.errors import FarmError, JobFailed, JobTimeout
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -259,12 +260,13 @@ def server(
     if name:
         config.name = name
 
-    def ready(host: str, bound_port: int) -> None:
+    def ready(host: str, bound_port: int, dashboard: str) -> None:
         scheme = "https" if tls_cert else "http"
         click.echo(
             f"farm server {config.name!r} listening on {scheme}://{host}:{bound_port} "
             f"(root {config.root})"
         )
+        click.echo(f"dashboard: {dashboard}")
         sys.stdout.flush()
 
     asyncio.run(serve(config, ready))
@@ -608,12 +610,36 @@ def submit_blender(
 # ---- watching and steering ----------------------------------------------------------------------
 
 
-def _job_line(job: dict[str, Any]) -> str:
-    counts = job["tasks"]
-    return (
-        f"{job['id']:<10} {job['state']:<10} {counts.get('done', 0):>6}/{job['total']:<6} "
-        f"{job['progress']:>5.0%}  prio {job['priority']:<4} {job['name']}"
-    )
+def _job_times(job: dict[str, Any]) -> tuple[float | None, float | None]:
+    """Elapsed seconds and an estimate of the seconds left (from the progress so far)."""
+    started = job.get("started_at")
+    if started is None:
+        return None, None
+    elapsed = max(0.0, (job.get("finished_at") or time.time()) - started)
+    progress = float(job.get("progress") or 0.0)
+    if job.get("finished_at") or not 0 < progress < 1:
+        return elapsed, None
+    return elapsed, elapsed * (1 - progress) / progress
+
+
+def _job_row(job: dict[str, Any]) -> list[str]:
+    elapsed, eta = _job_times(job)
+    frames = job.get("frames")
+    return [
+        job["id"],
+        job["state"],
+        f"{job['tasks'].get('done', 0)}/{job['total']}",
+        f"{frames['done']}/{frames['total']}" if frames else "-",
+        f"{job['progress']:.0%}",
+        str(job["priority"]),
+        duration(elapsed),
+        duration(eta),
+        job.get("owner") or "-",
+        job["name"],
+    ]
+
+
+JOB_HEADERS = ["JOB", "STATE", "TASKS", "FRAMES", "DONE", "PRIO", "ELAPSED", "ETA", "OWNER", "NAME"]
 
 
 @main.command()
@@ -627,7 +653,7 @@ def status(client: Client, job_id: str | None, as_json: bool) -> None:
         if as_json:
             _print_json(view)
             return
-        click.echo(_job_line(view))
+        click.echo(table(JOB_HEADERS, [_job_row(view)]))
         counts = ", ".join(f"{n} {state}" for state, n in view["tasks"].items() if n)
         click.echo(f"  tasks: {counts}")
         if view.get("waiting"):
@@ -645,10 +671,11 @@ def status(client: Client, job_id: str | None, as_json: bool) -> None:
         return
     if not jobs:
         click.echo("no jobs")
+        return
+    click.echo(table(JOB_HEADERS, [_job_row(job) for job in jobs]))
     for job in jobs:
-        click.echo(_job_line(job))
         if job.get("waiting"):
-            click.echo(f"  waiting: {job['waiting']}")
+            click.echo(f"{job['id']} waiting: {job['waiting']}")
 
 
 @main.command()
@@ -689,12 +716,23 @@ def workers(client: Client, as_json: bool) -> None:
         return
     if not listing:
         click.echo("no workers")
-    for item in listing:
-        tasks = ",".join(item["tasks"]) or "-"
-        click.echo(
-            f"{item['name']:<24} {item['state']:<8} slots {item['slots']:<3} "
-            f"done {item['tasks_done']:<6} running {tasks}"
-        )
+        return
+    now = time.time()
+    rows = [
+        [
+            item["name"],
+            item["state"],
+            str(item["slots"]),
+            ",".join(item["tasks"]) or "-",
+            str(item["tasks_done"]),
+            str(item["tasks_failed"]),
+            f"{duration(max(0.0, now - item['last_seen']))} ago",
+            ", ".join(f"{k} {v}".strip() for k, v in sorted(item["capabilities"].items())),
+        ]
+        for item in listing
+    ]
+    headers = ["WORKER", "STATE", "SLOTS", "RUNNING", "DONE", "FAILED", "LAST SEEN", "CAPABILITIES"]
+    click.echo(table(headers, rows))
 
 
 def _job_action(action: str) -> click.Command:
@@ -719,9 +757,21 @@ for _action in ("cancel", "pause", "resume", "retry"):
 
 @main.command()
 @click.argument("target", metavar="TASK|JOB")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the task or job ends.")
 @client_options
-def logs(client: Client, target: str) -> None:
-    """Print the output of a task (JOB.N), or of every task of a job."""
+def logs(client: Client, target: str, follow: bool) -> None:
+    """Print the output of a task (JOB.N), or of every task of a job.
+
+    With --follow, keep printing as the tasks print, until they end (a job's lines are
+    prefixed with their task)."""
+    if follow:
+        for task_id, text in client.follow(target):
+            if "." in target:
+                click.echo(text, nl=False)
+            else:
+                for line in text.splitlines():
+                    click.echo(f"{task_id} | {line}")
+        return
     if "." in target:
         click.echo(client.log(target), nl=False)
         return
@@ -741,6 +791,59 @@ def unblock(client: Client, job_id: str, worker: str | None) -> None:
     view = client.job(job_id).unblock(worker)
     blocked = ", ".join(view["blocked"]) or "none"
     click.echo(f"{view['id']} {view['state']}, blocked workers: {blocked}")
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@client_options
+def perf(client: Client, job_id: str, as_json: bool) -> None:
+    """How fast a job went: tasks per hour overall and per worker, mean task time and
+    each worker's utilisation, from the tasks' recorded times."""
+    figures = client.job(job_id).perf()
+    if as_json:
+        _print_json(figures)
+        return
+    click.echo(
+        f"job {figures['id']} ({figures['state']}): {figures['tasks_done']}/{figures['tasks']} "
+        f"tasks done in {duration(figures['span_seconds'])}"
+    )
+    if not figures["timed"]:
+        click.echo("no task has finished yet")
+        return
+    click.echo(
+        f"{figures['tasks_per_hour']:,.0f} tasks/hour, "
+        f"mean task {duration(figures['mean_task_seconds'])}"
+    )
+    rows = [
+        [
+            row["worker"],
+            str(row["tasks_done"]),
+            str(row["tasks_failed"]),
+            f"{row['tasks_per_hour']:,.0f}",
+            duration(row["mean_task_seconds"]),
+            duration(row["busy_seconds"]),
+            str(row["slots"]),
+            f"{row['utilisation']:.0%}",
+        ]
+        for row in figures["workers"]
+    ]
+    headers = ["WORKER", "DONE", "FAILED", "TASKS/H", "MEAN", "BUSY", "SLOTS", "UTILISATION"]
+    click.echo(table(headers, rows))
+
+
+@main.command()
+@click.option("--open", "open_browser", is_flag=True, help="Open it in a browser too.")
+@client_options
+def dashboard(client: Client, open_browser: bool) -> None:
+    """Print the link that logs a browser into the farm's live dashboard."""
+    url = client.dashboard_url()
+    client.request("GET", "/ping")  # the link is only worth printing if the farm answers
+    click.echo(url)
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(url)
 
 
 @main.command("worker-info")

@@ -11,7 +11,7 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from buildcat.errors import (
 )
 from buildcat.frames import chunk_frames, format_frames, parse_frames
 from buildcat.jobs.python import split_spec
+from buildcat.perf import job_perf
 from buildcat.root import check_relative, resolve
 
 FINAL_STATES = ("done", "failed", "cancelled")
@@ -423,6 +424,53 @@ class Client:
         except OSError:
             return str(self.task(task_id).get("log", ""))
 
+    def follow(self, target: str, interval: float = 0.25) -> Iterator[tuple[str, str]]:
+        """Stream a task's (``JOB.N``) or a job's output as it is printed: yields
+        ``(task_id, text)`` with whole lines, until the task or the job has ended.
+
+        Reads the log files workers write under the root; a task whose file this machine
+        cannot see gives the server's copy of its output when it ends."""
+        single = target if "." in target else None
+        job_id = target.rpartition(".")[0] if single else target
+        offsets: dict[str, int] = {}
+        while True:
+            if single is not None:
+                tasks = [self.task(single)]
+                over = tasks[0]["state"] in FINAL_STATES
+            else:
+                over = self.job(job_id).status()["state"] in FINAL_STATES
+                tasks = self.job(job_id).tasks()
+            for task in tasks:
+                text = self._read_new(task["id"], offsets, whole=over)
+                if text:
+                    yield task["id"], text
+            if over:
+                for task in tasks:
+                    if task["id"] not in offsets and task["state"] in FINAL_STATES:
+                        text = str(self.task(task["id"]).get("log", ""))
+                        if text:
+                            yield task["id"], text if text.endswith("\n") else text + "\n"
+                return
+            time.sleep(interval)
+
+    def _read_new(self, task_id: str, offsets: dict[str, int], whole: bool) -> str:
+        path = self.root / ".buildcat" / "logs" / task_id.rpartition(".")[0] / f"{task_id}.log"
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(offsets.get(task_id, 0))
+                data = handle.read()
+        except OSError:
+            return ""
+        if not whole:
+            data = data[: data.rfind(b"\n") + 1]  # a line still being written waits
+        offsets[task_id] = offsets.get(task_id, 0) + len(data)
+        text = data.decode("utf-8", errors="replace")
+        return text if not text or text.endswith("\n") else text + "\n"
+
+    def dashboard_url(self) -> str:
+        """The link that logs a browser into this farm's dashboard."""
+        return f"{self.address}/login?key={auth.dashboard_key(self.token)}"
+
     def worker_info(self, timeout: float | None = 60.0) -> dict[str, Any]:
         """What one worker reports about itself (host, platform, Python, root, slots)."""
         job = self.submit("buildcat.jobs.builtin:worker_info")
@@ -443,6 +491,10 @@ class Job:
     def status(self) -> dict[str, Any]:
         """The job's state, task counts by state and progress."""
         return dict(self.client.request("GET", f"/jobs/{self.id}"))
+
+    def perf(self) -> dict[str, Any]:
+        """Tasks per hour overall and per worker, mean task time, worker utilisation."""
+        return job_perf(self.status(), self.tasks(), self.client.workers())
 
     def tasks(self) -> list[dict[str, Any]]:
         return list(self.client.request("GET", f"/jobs/{self.id}/tasks")["tasks"])

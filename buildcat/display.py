@@ -27,12 +27,17 @@ class ProgressDisplay:
         fraction = min(max(float(status.get("progress", done / total)), 0.0), 1.0)
         elapsed = time.monotonic() - self.started
         rate = done / elapsed if elapsed > 0 else 0.0
-        eta = f"{(total - done) / rate:.0f}s" if rate > 0 and done < total else "-"
+        left = None
+        if done < total and 0 < fraction < 1:
+            left = elapsed * (1 - fraction) / fraction
+        frames = status.get("frames")
         text = (
             f"{status.get('id', '')} {status.get('state', '')}: {done}/{total} tasks "
-            f"{fraction:4.0%}, {running} running"
+            f"{fraction:4.0%}"
+            + (f", frames {frames['done']}/{frames['total']}" if frames else "")
+            + f", {running} running"
             + (f", {failed} failed" if failed else "")
-            + f", {elapsed:.1f}s elapsed, eta {eta}"
+            + f", {rate:.1f} tasks/s, {elapsed:.1f}s elapsed, eta {duration(left)}"
         )
         if self.tty:
             filled = int(fraction * self.width)
@@ -53,3 +58,27 @@ class ProgressDisplay:
         if self.tty and self.last_line:
             self.stream.write("\n")
             self.stream.flush()
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """Columns padded to their widest cell; the last column is left ragged."""
+    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
+    lines = []
+    for row in [headers, *rows]:
+        cells = [str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def duration(seconds: float | None) -> str:
+    """``0.42s``, ``12.3s``, ``4m 05s``, ``2h 03m``; ``-`` for none."""
+    if seconds is None:
+        return "-"
+    if seconds < 10:
+        return f"{seconds:.2f}s"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, rest = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {rest:02d}s"
+    return f"{minutes // 60}h {minutes % 60:02d}m"

@@ -109,3 +109,13 @@ def fan_out(items: list[int]) -> list[int]:
     """A task that submits a job of its own to the farm it runs on, and waits for it."""
     with buildcat.connect() as farm:
         return list(farm.map("farm_jobs:square", items).results())
+
+
+def print_frames(seconds: float, frames: list[int]) -> list[int]:
+    """A stand-in for a renderer: prints a line per frame and reports progress."""
+    for number, frame in enumerate(frames, 1):
+        print(f"rendering frame {frame}", flush=True)
+        time.sleep(seconds)
+        buildcat.progress(number / len(frames), f"frame {frame}")
+        print(f"saved frame {frame}", flush=True)
+    return frames

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -23,10 +24,11 @@ from aiohttp import web
 
 import buildcat
 from buildcat import auth, jobs, protocol
-from buildcat.discovery import Advertiser
+from buildcat.discovery import Advertiser, advertised_addresses
 from buildcat.errors import FarmError, ProtocolError
 from buildcat.root import state_dir
 from buildcat.server import snapshot
+from buildcat.server import web as web_ui
 from buildcat.server.journal import Journal, JournalError, read_events, replay
 from buildcat.server.scheduler import (
     FINAL_JOB_STATES,
@@ -36,6 +38,7 @@ from buildcat.server.scheduler import (
     SchedulerError,
     Task,
     TaskSpec,
+    TaskState,
     Worker,
     requirement_met,
 )
@@ -88,6 +91,9 @@ class Farm:
         self.job_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self.watchers: dict[str, asyncio.Future[None]] = {}
         self.started_at = time.time()
+        #: Open dashboard event streams, and the event that tells them the farm changed.
+        self.listeners = 0
+        self.update_event = asyncio.Event()
         self._expiry_task: asyncio.Task[None] | None = None
         self.journal: Journal | None = None
         self.generation = 0
@@ -172,6 +178,9 @@ class Farm:
                 if not future.done():
                     future.set_result(None)
         self.scheduler.take_changed()
+        if self.listeners:
+            self.update_event.set()
+            self.update_event = asyncio.Event()
 
     def dispatch(self, now: float) -> None:
         unmatched: list[_Waiter] = []
@@ -285,6 +294,10 @@ def _get(body: dict[str, Any], key: str, kind: type | tuple[type, ...], default:
     return value
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
 def _query_float(request: web.Request, key: str, default: float) -> float:
     text = request.query.get(key)
     if text is None:
@@ -302,8 +315,10 @@ def _query_float(request: web.Request, key: str, default: float) -> float:
 async def auth_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Every request carries the farm secret, or nothing runs (the body is not even read)."""
-    if not auth.token_matches(request.headers.get("Authorization"), _farm(request).secret):
+    """Every request carries the farm secret, or nothing runs (the body is not even read).
+
+    The dashboard's cookie opens the routes it needs; the page itself is public."""
+    if not web_ui.access(request, _farm(request).secret):
         response = _error(
             request,
             401,
@@ -432,7 +447,33 @@ def _job_view(farm: Farm, job_id: str) -> dict[str, Any]:
     view = job.to_dict()
     view["meta"] = {k: v for k, v in view["meta"].items() if k != "common"}
     view["waiting"] = _unmet(farm, job) if job.state not in FINAL_JOB_STATES else ""
+    if "frames" in job.meta:
+        view["frames"] = _frame_counts(job)
     return view
+
+
+def _frame_counts(job: Job) -> dict[str, int]:
+    """Frames finished and in all, counting the tasks that write final frames (a tile or a
+    sample split is a part of a frame: its stitch or merge task finishes the frame)."""
+    done: set[Any] = set()
+    every: set[Any] = set()
+    for task in job.tasks:
+        if task.dependents:
+            continue
+        payload = task.payload
+        kwargs = payload.get("kwargs")
+        frames = payload.get("frames") or (
+            kwargs.get("frames") if isinstance(kwargs, dict) else None
+        )
+        if frames is None and "frame" in payload:
+            frames = [payload["frame"]]
+        if not isinstance(frames, list):
+            continue
+        hashable = [frame for frame in frames if isinstance(frame, int | str)]
+        every.update(hashable)
+        if task.state is TaskState.DONE:
+            done.update(hashable)
+    return {"done": len(done), "total": len(every)}
 
 
 def _unmet(farm: Farm, job: Job) -> str:
@@ -518,6 +559,23 @@ async def job_action(request: web.Request) -> web.Response:
         farm.scheduler.unblock(job_id, worker)
     farm.record(action, time.time(), job_id, body.get("worker"))
     log.info("job %s: %s", job_id, action)
+    farm.after_change()
+    await farm.commit()
+    return _reply(request, _job_view(farm, job_id))
+
+
+@routes.post(f"{API}/jobs/{{job}}/priority")
+async def job_priority(request: web.Request) -> web.Response:
+    """Move a job up or down the queue: ``{"priority": N}``, higher runs first."""
+    farm = _farm(request)
+    job_id = request.match_info["job"]
+    body = await _body(request)
+    priority = _get(body, "priority", int, None)
+    if not -1_000_000 <= priority <= 1_000_000:
+        raise ProtocolError("'priority' must be between -1000000 and 1000000")
+    farm.scheduler.set_priority(job_id, priority)
+    farm.record("priority", time.time(), job_id, priority)
+    log.info("job %s: priority %d", job_id, priority)
     farm.after_change()
     await farm.commit()
     return _reply(request, _job_view(farm, job_id))
@@ -629,6 +687,8 @@ async def report(request: web.Request) -> web.Response:
         if not isinstance(item, dict):
             raise ProtocolError("each 'done' entry must be a map")
         ok = item.get("ok", False) is True
+        seconds = _get(item, "seconds", (int, float, type(None)), None)
+        started_at = _get(item, "started_at", (int, float, type(None)), None)
         done.append(
             (
                 _get(item, "id", str, ""),
@@ -637,6 +697,10 @@ async def report(request: web.Request) -> web.Response:
                 _get(item, "error", str, "" if ok else "task failed"),
                 _get(item, "traceback", str, ""),
                 _get(item, "log", str, ""),
+                (
+                    float(started_at) if _finite(started_at) else None,
+                    float(seconds) if _finite(seconds) and 0 <= seconds < 1e9 else None,
+                ),
             )
         )
     progress = []
@@ -659,16 +723,20 @@ async def report(request: web.Request) -> web.Response:
     scheduler.touch(worker_id, now)
     accepted: list[str] = []
     discarded: list[str] = []
-    for task_id, ok, result, error, traceback, log_text in done:
+    for task_id, ok, result, error, traceback, log_text, timing in done:
         try:
             if ok:
-                recorded = scheduler.complete(worker_id, task_id, result, now, log_text)
+                recorded = scheduler.complete(worker_id, task_id, result, now, log_text, *timing)
                 if recorded:
-                    farm.record("complete", now, worker_id, task_id, result, log_text)
+                    farm.record("complete", now, worker_id, task_id, result, log_text, *timing)
             else:
-                recorded = scheduler.fail(worker_id, task_id, error, traceback, now, log_text)
+                recorded = scheduler.fail(
+                    worker_id, task_id, error, traceback, now, log_text, True, *timing
+                )
                 if recorded:
-                    farm.record("fail", now, worker_id, task_id, error, traceback, log_text)
+                    farm.record(
+                        "fail", now, worker_id, task_id, error, traceback, log_text, *timing
+                    )
                     log.warning("task %s failed on %s: %s", task_id, worker_id, error)
         except NotFound:
             recorded = False
@@ -748,6 +816,7 @@ def create_app(config: ServerConfig) -> web.Application:
     farm = Farm(config)
     app[FARM_KEY] = farm
     app.add_routes(routes)
+    web_ui.add_routes(app)
 
     async def start_background(app: web.Application) -> None:
         farm._expiry_task = asyncio.create_task(farm.expire_leases())
@@ -780,8 +849,9 @@ def prepare_root(config: ServerConfig) -> Path:
     return folder
 
 
-async def serve(config: ServerConfig, ready: Callable[[str, int], None] | None = None) -> None:
-    """Run the server until SIGTERM or SIGINT; ``ready`` is told the bound address."""
+async def serve(config: ServerConfig, ready: Callable[[str, int, str], None] | None = None) -> None:
+    """Run the server until SIGTERM or SIGINT; ``ready`` is told the bound address and
+    the dashboard's login link."""
     prepare_root(config)
     context = None
     if config.tls_cert is not None and config.tls_key is not None:
@@ -817,7 +887,11 @@ async def serve(config: ServerConfig, ready: Callable[[str, int], None] | None =
         )
         advertising = asyncio.create_task(advertiser.start())
     if ready is not None:
-        ready(config.bind, port)
+        host = config.bind
+        if host in ("", "0.0.0.0", "::"):
+            host = (advertised_addresses(host) or ["127.0.0.1"])[0]
+        scheme = "https" if context is not None else "http"
+        ready(config.bind, port, web_ui.dashboard_url(scheme, host, port, app[FARM_KEY].secret))
     try:
         await stop.wait()
     finally:

@@ -170,11 +170,13 @@ def _apply(scheduler: Any, event: list[Any]) -> None:
     elif kind == "lease":
         scheduler.lease_exactly(args[0], args[1], now)
     elif kind == "complete":
-        worker_id, task_id, result, log_text = args
-        scheduler.complete(worker_id, task_id, result, now, log_text)
+        worker_id, task_id, result, log_text, *timing = args  # older journals: no timing
+        scheduler.complete(worker_id, task_id, result, now, log_text, *timing)
     elif kind == "fail":
-        worker_id, task_id, error, traceback, log_text = args
-        scheduler.fail(worker_id, task_id, error, traceback, now, log_text)
+        worker_id, task_id, error, traceback, log_text, *timing = args
+        scheduler.fail(worker_id, task_id, error, traceback, now, log_text, True, *timing)
+    elif kind == "priority":
+        scheduler.set_priority(args[0], args[1])
     elif kind == "release":
         scheduler.release(args[0], args[1], now)
     elif kind == "requeue":

@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from buildcat.errors import FarmError
+from buildcat.server.metrics import DISPATCH_BUCKETS, DURATION_BUCKETS, Histogram
 
 DEFAULT_LEASE_TIMEOUT = 30.0
 DEFAULT_MAX_ATTEMPTS = 3
@@ -91,6 +92,13 @@ class Task:
     log: str = ""
     progress: float = 0.0
     progress_message: str = ""
+    #: When the task last became ready to run (for the dispatch latency).
+    ready_at: float = 0.0
+    #: The name of the worker that ran (or runs) it, kept after the worker leaves.
+    worker_name: str = ""
+    #: When the worker started it and how long it ran, as the worker reported.
+    started_at: float | None = None
+    seconds: float | None = None
 
     @property
     def id(self) -> str:
@@ -102,6 +110,7 @@ class Task:
             "index": self.index,
             "state": str(self.state),
             "worker": self.worker,
+            "worker_name": self.worker_name,
             "attempts": self.attempts,
             "failures": self.failures,
             "depends": self.depends,
@@ -109,6 +118,8 @@ class Task:
             "progress_message": self.progress_message,
             "leased_at": self.leased_at,
             "finished_at": self.finished_at,
+            "started_at": self.started_at,
+            "seconds": self.seconds,
             "error": self.error,
             "traceback": self.traceback,
             "label": self.payload.get("label", ""),
@@ -268,6 +279,8 @@ class Scheduler:
         self._cancel_notices: set[str] = set()
         #: (worker id, task id, error) of tasks stopped by expire() for running too long.
         self.timed_out: list[tuple[str, str, str]] = []
+        self.dispatch_latency = Histogram(DISPATCH_BUCKETS)
+        self.task_seconds = Histogram(DURATION_BUCKETS)
 
     # ---- jobs -------------------------------------------------------------------------
 
@@ -318,7 +331,11 @@ class Scheduler:
             job.id = secrets.token_hex(4)
         for index, spec in enumerate(tasks):
             task = Task(
-                job=job, index=index, payload=spec.payload, depends=sorted(set(spec.depends))
+                job=job,
+                index=index,
+                payload=spec.payload,
+                depends=sorted(set(spec.depends)),
+                ready_at=now,
             )
             task.pending_deps = len(task.depends)
             for dep in task.depends:
@@ -345,6 +362,25 @@ class Scheduler:
         if job is None or not index.isdigit() or int(index) >= len(job.tasks):
             raise NotFound(f"no task {task_id!r}")
         return job.tasks[int(index)]
+
+    def set_priority(self, job_id: str, priority: int) -> Job:
+        """Move an unfinished job up or down the queue (higher runs first)."""
+        job = self.job(job_id)
+        if job.state in FINAL_JOB_STATES:
+            raise SchedulerError(f"job {job.id} is {job.state}: its priority no longer matters")
+        if job.priority != priority:
+            self._deactivate(job)
+            job.priority = priority
+            self._activate(job)
+            self._changed.add(job.id)
+        return job
+
+    def _timed(self, task: Task, started_at: float | None, seconds: float | None) -> None:
+        """Keep the run time a worker reported (``farm perf``, the duration histogram)."""
+        if seconds is not None and seconds >= 0:
+            task.seconds = float(seconds)
+            task.started_at = started_at
+            self.task_seconds.observe(task.seconds)
 
     def cancel(self, job_id: str, now: float) -> Job:
         job = self.job(job_id)
@@ -455,8 +491,10 @@ class Scheduler:
             self.ready_total -= 1
         self._set_state(task, TaskState.LEASED)
         task.worker = worker.id
+        task.worker_name = worker.name
         task.attempts += 1
         task.leased_at = now
+        self.dispatch_latency.observe(now - task.ready_at)
         task.lease_expires_at = now + self.lease_timeout
         task.progress = 0.0
         task.progress_message = ""
@@ -544,6 +582,7 @@ class Scheduler:
                     job.tasks[d].state is not TaskState.DONE for d in task.depends
                 )
                 if task.pending_deps == 0:
+                    task.ready_at = now
                     job.ready.append(task.index)
         job.error = job.traceback = ""
         job.finished_at = None
@@ -561,7 +600,14 @@ class Scheduler:
             self._changed.add(task.job.id)
 
     def complete(
-        self, worker_id: str, task_id: str, result: Any, now: float, log: str = ""
+        self,
+        worker_id: str,
+        task_id: str,
+        result: Any,
+        now: float,
+        log: str = "",
+        started_at: float | None = None,
+        seconds: float | None = None,
     ) -> bool:
         """Record a task done. A late report for a task given to someone else still counts
         once; a report for a task already finished is discarded (returns False)."""
@@ -579,10 +625,13 @@ class Scheduler:
         if task.state is TaskState.QUEUED:
             self._remove_ready(task)
         task.worker = worker_id
+        if worker is not None:
+            task.worker_name = worker.name
         task.result = result
         task.log = log[-LOG_TAIL_CHARS:]
         task.progress = 1.0
         task.finished_at = now
+        self._timed(task, started_at, seconds)
         self._set_state(task, TaskState.DONE)
         if worker is not None:
             worker.tasks_done += 1
@@ -591,6 +640,7 @@ class Scheduler:
             dependent = job.tasks[index]
             dependent.pending_deps -= 1
             if dependent.pending_deps == 0 and dependent.state is TaskState.QUEUED:
+                dependent.ready_at = now
                 job.ready.append(index)
                 if not job.paused:
                     self.ready_total += 1
@@ -607,6 +657,8 @@ class Scheduler:
         now: float,
         log: str = "",
         retry: bool = True,
+        started_at: float | None = None,
+        seconds: float | None = None,
     ) -> bool:
         """Record a failed attempt; the task is retried until the job's max_attempts."""
         task = self.task(task_id)
@@ -618,6 +670,7 @@ class Scheduler:
         task.error = error
         task.traceback = traceback
         task.log = log[-LOG_TAIL_CHARS:]
+        self._timed(task, started_at, seconds)
         job = task.job
         if worker is not None:
             worker.tasks_failed += 1
@@ -629,6 +682,7 @@ class Scheduler:
         if retry and task.failures < job.max_attempts:
             self._set_state(task, TaskState.QUEUED)
             task.worker = None
+            task.ready_at = now
             job.ready.appendleft(task.index)
             if not job.paused:
                 self.ready_total += 1
@@ -731,6 +785,7 @@ class Scheduler:
         self._set_state(task, TaskState.QUEUED)
         task.worker = None
         task.progress = 0.0
+        task.ready_at = now
         job = task.job
         job.ready.appendleft(task.index)
         if not job.paused:
@@ -775,11 +830,14 @@ class Scheduler:
         self._active_keys.insert(position, job.order_key)
         self._active.insert(position, job)
 
-    def _finish(self, job: Job, state: JobState, now: float) -> None:
+    def _deactivate(self, job: Job) -> None:
         position = bisect.bisect_left(self._active_keys, job.order_key)
         if position < len(self._active) and self._active[position] is job:
             del self._active_keys[position]
             del self._active[position]
+
+    def _finish(self, job: Job, state: JobState, now: float) -> None:
+        self._deactivate(job)
         if job.paused:
             job.paused = False
         job.state = state

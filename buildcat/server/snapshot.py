@@ -16,7 +16,8 @@ from buildcat.server.scheduler import (
 
 _TASK_FIELDS = (
     "attempts", "failures", "lease_expires_at", "leased_at", "finished_at", "result",
-    "error", "traceback", "log", "progress", "progress_message",
+    "error", "traceback", "log", "progress", "progress_message", "ready_at", "started_at",
+    "seconds", "worker_name",
 )  # fmt: skip
 _JOB_FIELDS = (
     "seq", "name", "kind", "priority", "requires", "max_attempts", "created_at", "owner",
@@ -78,7 +79,8 @@ def load(scheduler: Scheduler, document: dict[str, Any]) -> None:
             task.worker = raw["worker"]
             task.failed_on = set(raw["failed_on"])
             for f in _TASK_FIELDS:
-                setattr(task, f, raw[f])
+                if f in raw:  # snapshots from before a field existed keep its default
+                    setattr(task, f, raw[f])
             job.tasks.append(task)
             job.count(task.state, 1)
         for task in job.tasks:

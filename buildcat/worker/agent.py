@@ -326,6 +326,7 @@ class Agent:
     async def execute(self, message: dict[str, Any], child: Child) -> None:
         task_id = message["id"]
         entry = _Running(message, child, time.monotonic())
+        started_at = time.time()
         self.running[task_id] = entry
         self.wake_watcher.set()
 
@@ -365,6 +366,8 @@ class Agent:
             del self.running[task_id]
             self.progress.pop(task_id, None)
         elapsed = time.monotonic() - entry.started_at
+        outcome["started_at"] = started_at
+        outcome["seconds"] = round(elapsed, 6)
         job_id = str(message.get("job", ""))
         previous = self.mean_seconds.pop(job_id, None)
         self.mean_seconds[job_id] = elapsed if previous is None else 0.8 * previous + 0.2 * elapsed

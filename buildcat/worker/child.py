@@ -50,7 +50,10 @@ class _Capture(io.TextIOBase):
             try:
                 if self._file is None:
                     os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
-                    self._file = open(self.log_path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+                    # Line-buffered, so `farm logs --follow` sees each line as it is printed.
+                    self._file = open(  # noqa: SIM115
+                        self.log_path, "a", buffering=1, encoding="utf-8", errors="replace"
+                    )
                     self._file.write(self.header)
                 self._file.write(text)
             except OSError:

@@ -1,0 +1,233 @@
+// The buildcat dashboard: one EventSource keeps the lists live; actions POST to the API.
+"use strict";
+
+const API = "/api/v1";
+const state = { farm: null, selected: null, selectedLog: null, workers: new Map(), serverSkew: 0 };
+
+const $ = (selector) => document.querySelector(selector);
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "class") node.className = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else if (key === "dataset") Object.assign(node.dataset, value);
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) {
+    if (child !== null && child !== undefined) node.append(child);
+  }
+  return node;
+}
+
+function seconds(value) {
+  if (value === null || value === undefined || !isFinite(value)) return "-";
+  if (value < 1) return `${value.toFixed(2)}s`;
+  if (value < 60) return `${value.toFixed(1)}s`;
+  const minutes = Math.floor(value / 60);
+  if (minutes < 60) return `${minutes}m ${Math.round(value % 60)}s`;
+  return `${Math.floor(minutes / 60)}h ${minutes % 60}m`;
+}
+
+function now() {
+  return Date.now() / 1000 - state.serverSkew;
+}
+
+function badge(text) {
+  return el("span", { class: `state ${text}`, dataset: { field: "state" } }, text);
+}
+
+function progressBar(job) {
+  const done = job.tasks.done || 0;
+  const bar = el("div", { class: `bar ${job.state}` }, el("div"));
+  bar.firstChild.style.width = `${Math.round(job.progress * 100)}%`;
+  const frames = job.meta && job.meta.frames ? ` · frames ${job.meta.frames}` : "";
+  return el("span", { dataset: { field: "progress" } }, bar,
+    el("span", { class: "count" }, `${done}/${job.total}${frames}`));
+}
+
+async function post(path, body = {}) {
+  const response = await fetch(API + path, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", "X-Buildcat-Dashboard": "1" },
+    body: JSON.stringify(body),
+    credentials: "same-origin",
+  });
+  if (!response.ok) {
+    const reply = await response.json().catch(() => ({}));
+    alert(reply.error || `HTTP ${response.status}`);
+  }
+}
+
+function actions(job) {
+  const box = el("span", { class: "actions" });
+  const final = ["done", "failed", "cancelled"].includes(job.state);
+  const button = (name, label, extra = "") =>
+    el("button", {
+      class: extra, dataset: { action: name }, title: `${label} job ${job.id}`,
+      onclick: (event) => { event.stopPropagation(); post(`/jobs/${job.id}/${name}`); },
+    }, label);
+  if (!final) {
+    box.append(job.state === "paused" ? button("resume", "resume") : button("pause", "pause"));
+    box.append(button("cancel", "cancel", "danger"));
+  }
+  if (job.state === "failed" || job.state === "cancelled") box.append(button("retry", "retry failed"));
+  return box;
+}
+
+function priority(job) {
+  const final = ["done", "failed", "cancelled"].includes(job.state);
+  if (final) return el("span", { dataset: { field: "priority" } }, String(job.priority));
+  const change = (delta) => (event) => {
+    event.stopPropagation();
+    post(`/jobs/${job.id}/priority`, { priority: job.priority + delta });
+  };
+  return el("span", { class: "priority" },
+    el("button", { dataset: { action: "priority-down" }, title: "lower priority", onclick: change(-1) }, "−"),
+    el("span", { dataset: { field: "priority" } }, String(job.priority)),
+    el("button", { dataset: { action: "priority-up" }, title: "higher priority", onclick: change(1) }, "+"));
+}
+
+function timing(job) {
+  const start = job.started_at || job.created_at;
+  const end = job.finished_at || now();
+  const elapsed = Math.max(0, end - start);
+  const done = job.tasks.done || 0;
+  let eta = null;
+  if (!job.finished_at && job.started_at && job.progress > 0 && job.progress < 1) {
+    eta = elapsed * (1 - job.progress) / job.progress;
+  } else if (!job.finished_at && done > 0) {
+    eta = elapsed / done * (job.total - done);
+  }
+  return { elapsed, eta };
+}
+
+function renderJobs(jobs) {
+  const body = $("#jobs tbody");
+  body.replaceChildren();
+  $("#no-jobs").hidden = jobs.length > 0;
+  for (const job of jobs) {
+    const { elapsed, eta } = timing(job);
+    const title = el("td", {}, el("strong", {}, job.name || job.kind), " ",
+      el("span", { class: "muted" }, job.id));
+    if (job.waiting) title.append(el("div", { class: "muted" }, `waiting: ${job.waiting}`));
+    const row = el("tr", {
+      class: `job${state.selected === job.id ? " selected" : ""}`,
+      dataset: { job: job.id },
+      onclick: () => select(job.id),
+    }, title, el("td", {}, badge(job.state)), el("td", {}, progressBar(job)),
+       el("td", {}, priority(job)), el("td", {}, job.owner || "-"),
+       el("td", { dataset: { field: "elapsed" } }, seconds(elapsed)),
+       el("td", { dataset: { field: "eta" } }, eta === null ? "-" : seconds(eta)),
+       el("td", {}, actions(job)));
+    body.append(row);
+  }
+}
+
+function renderWorkers(workers) {
+  const body = $("#workers tbody");
+  body.replaceChildren();
+  $("#no-workers").hidden = workers.length > 0;
+  state.workers = new Map(workers.map((worker) => [worker.id, worker]));
+  for (const worker of workers) {
+    const current = worker.current.length
+      ? worker.current.map((task) =>
+          `${task.id}${task.label ? ` (${task.label})` : ""} ${Math.round(task.progress * 100)}%`).join(", ")
+      : "-";
+    const capabilities = Object.entries(worker.capabilities)
+      .map(([name, version]) => (version ? `${name} ${version}` : name)).join(", ");
+    body.append(el("tr", { dataset: { worker: worker.name } },
+      el("td", {}, worker.name, el("div", { class: "muted" }, worker.info.hostname || "")),
+      el("td", {}, badge(worker.state)),
+      el("td", { dataset: { field: "current" } }, current),
+      el("td", {}, `${seconds(Math.max(0, now() - worker.last_seen))} ago`),
+      el("td", {}, String(worker.slots)),
+      el("td", {}, capabilities || "-"),
+      el("td", {}, `${worker.tasks_done} / ${worker.tasks_failed}`)));
+  }
+}
+
+async function renderDetail(job) {
+  const section = $("#job-detail");
+  if (!job) { section.hidden = true; return; }
+  section.hidden = false;
+  $("#detail-title").textContent = `${job.name || job.kind} (${job.id})`;
+  const error = $("#detail-error");
+  error.hidden = !job.error;
+  error.textContent = job.error || "";
+  const figure = $("#thumbnail");
+  if (job.thumbnail) {
+    const tasksDone = job.tasks.done || 0;
+    const img = figure.querySelector("img");
+    const source = `${API}/jobs/${job.id}/thumbnail?done=${tasksDone}`;
+    if (img.getAttribute("src") !== source) img.setAttribute("src", source);
+    figure.querySelector("figcaption").textContent = `last rendered frame (${tasksDone} task(s) done)`;
+    figure.hidden = false;
+  } else {
+    figure.hidden = true;
+  }
+  const response = await fetch(`${API}/jobs/${job.id}/tasks`, { credentials: "same-origin" });
+  if (!response.ok) return;
+  const { tasks } = await response.json();
+  const body = $("#tasks tbody");
+  body.replaceChildren();
+  for (const task of tasks.slice(0, 500)) {
+    const worker = task.worker ? (state.workers.get(task.worker) || { name: task.worker }).name : "-";
+    let duration = task.seconds;
+    if (duration === null && task.state === "leased" && task.leased_at) duration = now() - task.leased_at;
+    const note = task.error || task.progress_message || "";
+    body.append(el("tr", { class: "task", dataset: { task: task.id }, onclick: () => showLog(task.id) },
+      el("td", {}, task.label ? `${task.id} (${task.label})` : task.id),
+      el("td", {}, badge(task.state)),
+      el("td", {}, worker),
+      el("td", {}, String(task.attempts)),
+      el("td", {}, seconds(duration)),
+      el("td", { class: task.error ? "error" : "muted" }, note)));
+  }
+  if (state.selectedLog) showLog(state.selectedLog);
+}
+
+async function showLog(taskId) {
+  state.selectedLog = taskId;
+  const response = await fetch(`${API}/tasks/${taskId}`, { credentials: "same-origin" });
+  if (!response.ok) return;
+  const task = await response.json();
+  $("#task-log").hidden = false;
+  $("#log-title").textContent = taskId;
+  const text = [task.log, task.traceback].filter(Boolean).join("\n");
+  $("#task-log pre").textContent = text || "(no output yet)";
+}
+
+function select(jobId) {
+  state.selected = state.selected === jobId ? null : jobId;
+  state.selectedLog = null;
+  $("#task-log").hidden = true;
+  if (state.farm) update(state.farm);
+}
+
+function update(farm) {
+  state.farm = farm;
+  state.serverSkew = Date.now() / 1000 - farm.time;
+  $("#farm-name").textContent = farm.farm.name;
+  document.title = `buildcat: ${farm.farm.name}`;
+  const running = farm.jobs.filter((job) => !["done", "failed", "cancelled"].includes(job.state));
+  const online = farm.workers.filter((worker) => worker.state !== "offline");
+  $("#summary").textContent =
+    `${running.length} job(s) active · ${online.length} worker(s) online · buildcat ${farm.farm.version}`;
+  renderJobs(farm.jobs);
+  renderWorkers(farm.workers);
+  renderDetail(farm.jobs.find((job) => job.id === state.selected));
+}
+
+function connect() {
+  const live = $("#live");
+  const source = new EventSource(`${API}/events`);
+  source.addEventListener("open", () => { live.className = "live on"; live.textContent = "live"; });
+  source.addEventListener("update", (event) => update(JSON.parse(event.data)));
+  source.addEventListener("error", () => {
+    live.className = "live off";
+    live.textContent = "reconnecting…";
+  });
+}
+
+connect();

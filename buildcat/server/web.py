@@ -1,0 +1,258 @@
+"""What people look at: the dashboard page, its live event stream, frame thumbnails and
+``/metrics``. The page is static (no build step); it reads the same JSON API as scripts.
+
+A browser logs in once with the dashboard link (``/login?key=…``, printed by the server
+and by ``farm dashboard``); the key, derived from the farm secret, becomes a cookie that
+may read the farm and steer jobs but not submit work or act as a worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+import buildcat
+from buildcat import auth, protocol
+from buildcat.errors import FarmError
+from buildcat.root import resolve
+from buildcat.server import metrics
+from buildcat.server.scheduler import FINAL_JOB_STATES, TaskState
+
+if TYPE_CHECKING:
+    from buildcat.server.app import Farm
+
+API = protocol.API_PREFIX
+COOKIE = "buildcat_dashboard"
+#: Header every dashboard POST carries: a cross-site form cannot set it.
+CSRF_HEADER = "X-Buildcat-Dashboard"
+#: Jobs sent with each live update: every unfinished one plus this many recent others.
+RECENT_JOBS = 50
+#: Live updates go out at most this often, however busy the farm.
+UPDATE_INTERVAL = 0.3
+HEARTBEAT_SECONDS = 15.0
+#: Thumbnails are served for these formats only (what a browser shows).
+IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
+ASSET_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css",
+               ".svg": "image/svg+xml", ".png": "image/png"}  # fmt: skip
+
+#: Routes a dashboard cookie may use, besides the page itself: reading, and steering jobs.
+_COOKIE_GET = re.compile(rf"^({API}/(ping|events|jobs|workers|jobs/[^/]+(/tasks|/thumbnail)?"
+                         rf"|tasks/[^/]+)|/metrics)$")  # fmt: skip
+_COOKIE_POST = re.compile(rf"^{API}/jobs/[^/]+/(cancel|pause|resume|retry|priority)$")
+_PUBLIC = re.compile(r"^/(|login|dashboard/[A-Za-z0-9_.-]+)$")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def dashboard_url(scheme: str, host: str, port: int, secret: str) -> str:
+    return f"{scheme}://{host}:{port}/login?key={auth.dashboard_key(secret)}"
+
+
+def access(request: web.Request, secret: str) -> str:
+    """``"member"`` (the farm secret), ``"dashboard"`` (the cookie), ``"public"`` or ``""``."""
+    if auth.token_matches(request.headers.get("Authorization"), secret):
+        return "member"
+    path = request.path
+    if request.method in ("GET", "HEAD") and _PUBLIC.match(path):
+        return "public"
+    cookie = request.cookies.get(COOKIE, "")
+    if cookie and auth.dashboard_key_matches(cookie, secret):
+        if request.method in ("GET", "HEAD") and _COOKIE_GET.match(path):
+            return "dashboard"
+        if (
+            request.method == "POST"
+            and _COOKIE_POST.match(path)
+            and request.headers.get(CSRF_HEADER) == "1"
+        ):
+            return "dashboard"
+    return ""
+
+
+# ---- the page -----------------------------------------------------------------------------
+
+
+def _asset(name: str) -> bytes:
+    return resources.files("buildcat.server").joinpath("dashboard", name).read_bytes()
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    if not auth.dashboard_key_matches(request.cookies.get(COOKIE, ""), _farm(request).secret):
+        return web.Response(text=_asset("login.html").decode(), content_type="text/html")
+    return web.Response(
+        body=_asset("index.html"),
+        content_type="text/html",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def asset(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    try:
+        body = _asset(name)
+    except (FileNotFoundError, IsADirectoryError):
+        raise web.HTTPNotFound() from None
+    content_type = ASSET_TYPES.get(Path(name).suffix) or "application/octet-stream"
+    return web.Response(body=body, content_type=content_type)
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    farm = _farm(request)
+    key = request.query.get("key", "")
+    if not auth.dashboard_key_matches(key, farm.secret):
+        return web.Response(
+            status=401,
+            text=_asset("login.html").decode().replace("<!--error-->", _LOGIN_ERROR),
+            content_type="text/html",
+        )
+    response = web.HTTPSeeOther("/")
+    response.set_cookie(
+        COOKIE,
+        key,
+        httponly=True,
+        samesite="Strict",
+        secure=request.secure,
+        max_age=30 * 24 * 3600,
+        path="/",
+    )
+    raise response
+
+
+_LOGIN_ERROR = '<p class="error">That link is not this farm\'s: get a fresh one.</p>'
+
+
+# ---- live updates ---------------------------------------------------------------------------
+
+
+def overview(farm: Farm) -> dict[str, Any]:
+    """Everything the dashboard's lists show, in one document."""
+    from buildcat.server.app import _job_view
+
+    scheduler = farm.scheduler
+    jobs = list(scheduler.jobs.values())
+    active = [job for job in jobs if job.state not in FINAL_JOB_STATES]
+    finished = [job for job in jobs if job.state in FINAL_JOB_STATES]
+    finished.sort(key=lambda job: job.finished_at or 0, reverse=True)
+    shown = sorted(active, key=lambda job: job.order_key) + finished[:RECENT_JOBS]
+    views = []
+    for job in shown:
+        view = _job_view(farm, job.id)
+        view.pop("traceback", None)
+        view["thumbnail"] = _last_frame(job) is not None
+        views.append(view)
+    workers = []
+    for worker in sorted(scheduler.workers.values(), key=lambda w: w.name):
+        view = worker.to_dict()
+        view["current"] = [
+            {"id": task.id, "label": task.payload.get("label", ""), "progress": task.progress}
+            for task in sorted(worker.leased, key=lambda t: t.id)
+        ]
+        workers.append(view)
+    return {
+        "farm": {"name": farm.config.name, "version": buildcat.__version__},
+        "time": time.time(),
+        "jobs": views,
+        "more_jobs": max(0, len(finished) - RECENT_JOBS),
+        "workers": workers,
+    }
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: an ``update`` with the overview whenever the farm changes."""
+    farm = _farm(request)
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    await response.prepare(request)
+    farm.listeners += 1
+    sent = ""
+    try:
+        while True:
+            changed = farm.update_event
+            document = overview(farm)
+            moment = document.pop("time")
+            data = json.dumps(document, default=str, separators=(",", ":"))
+            if data != sent:  # heartbeats and lease renewals alone change nothing shown
+                sent = data
+                message = f'{data[:-1]},"time":{moment}}}'
+                await response.write(f"event: update\ndata: {message}\n\n".encode())
+            try:
+                await asyncio.wait_for(changed.wait(), HEARTBEAT_SECONDS)
+            except TimeoutError:
+                await response.write(b": still here\n\n")
+                continue
+            await asyncio.sleep(UPDATE_INTERVAL)  # many changes, one update
+    finally:
+        farm.listeners -= 1
+
+
+# ---- thumbnails and metrics ---------------------------------------------------------------
+
+
+def _last_frame(job: Any) -> str | None:
+    """The root-relative path of the job's most recently finished image a browser can show."""
+    best: tuple[float, str] | None = None
+    for task in job.tasks:
+        if task.state is not TaskState.DONE or not isinstance(task.result, dict):
+            continue
+        outputs = task.result.get("outputs")
+        if not isinstance(outputs, list) or not outputs:
+            continue
+        path = outputs[-1]
+        if isinstance(path, str) and Path(path).suffix.lower() in IMAGE_TYPES:
+            when = task.finished_at or 0.0
+            if best is None or when >= best[0]:
+                best = (when, path)
+    return best[1] if best else None
+
+
+async def thumbnail(request: web.Request) -> web.StreamResponse:
+    farm = _farm(request)
+    job = farm.scheduler.job(request.match_info["job"])
+    relative = _last_frame(job)
+    if relative is None:
+        raise web.HTTPNotFound(reason=f"job {job.id} has no finished frame a browser can show")
+    try:
+        path = resolve(farm.config.root, relative)
+        body = await asyncio.to_thread(path.read_bytes)
+    except (FarmError, OSError):
+        raise web.HTTPNotFound(reason=f"the frame {relative} is not readable") from None
+    return web.Response(
+        body=body,
+        content_type=IMAGE_TYPES[path.suffix.lower()],
+        headers={"Cache-Control": "no-store", "X-Buildcat-Frame": relative},
+    )
+
+
+async def metrics_text(request: web.Request) -> web.StreamResponse:
+    farm = _farm(request)
+    text = metrics.render(farm.scheduler, started_at=farm.started_at, version=buildcat.__version__)
+    return web.Response(
+        text=text, content_type="text/plain", charset="utf-8", headers={"X-Format": "0.0.4"}
+    )
+
+
+def _farm(request: web.Request) -> Farm:
+    from buildcat.server.app import FARM_KEY
+
+    return request.app[FARM_KEY]
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/", index)
+    app.router.add_get("/login", login)
+    app.router.add_get("/dashboard/{name}", asset)
+    app.router.add_get(f"{API}/events", events)
+    app.router.add_get(f"{API}/jobs/{{job}}/thumbnail", thumbnail)
+    app.router.add_get("/metrics", metrics_text)
