@@ -16,6 +16,7 @@ import pytest
 
 import buildcat
 from buildcat import launch
+from buildcat.blender import BPY, build_demo_scene, find_blender
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02) -> Any:
@@ -132,6 +133,19 @@ def farm(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Farm]:
         if failed is not None and failed.failed:
             for log in sorted(farm.logs.glob("*.log")):
                 print(f"----- {log.name} -----\n{log.read_text(errors='replace')[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def scene_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 64x64, 6-frame Cycles scene built by the oldest Blender here (all can open it)."""
+    binary = shutil.which("blender")
+    blender = find_blender(binary) if binary else find_blender(BPY)
+    if blender is None and not os.environ.get("CI"):
+        pytest.skip("no Blender installed")
+    assert blender is not None, "CI must install Blender"
+    path = tmp_path_factory.mktemp("scenes") / "spin.blend"
+    build_demo_scene(blender, path, frames=6, resolution=64, samples=4)
+    return path
 
 
 @pytest.fixture

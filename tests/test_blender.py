@@ -16,7 +16,7 @@ import pytest
 
 import buildcat
 from buildcat import launch
-from buildcat.blender import BPY, BlenderInstall, blend_file_version, build_demo_scene, find_blender
+from buildcat.blender import BPY, BlenderInstall, blend_file_version, find_blender
 from buildcat.imaging import read_png
 from tests.conftest import Farm, wait_for
 
@@ -35,18 +35,6 @@ needs_binary = pytest.mark.skipif(
     BINARY is None and not IN_CI, reason="Debian's blender is not installed"
 )
 needs_bpy = pytest.mark.skipif(not HAS_BPY and not IN_CI, reason="the bpy module is not installed")
-
-
-@pytest.fixture(scope="module")
-def scene_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 64x64, 6-frame Cycles scene built by the oldest Blender here (all can open it)."""
-    blender = find_blender(BINARY) if BINARY else find_blender(BPY)
-    if blender is None and not IN_CI:
-        pytest.skip("no Blender installed")
-    assert blender is not None, "CI must install Blender"
-    path = tmp_path_factory.mktemp("scenes") / "spin.blend"
-    build_demo_scene(blender, path, frames=6, resolution=64, samples=4)
-    return path
 
 
 @pytest.fixture

@@ -41,9 +41,10 @@ function progressBar(job) {
   const done = job.tasks.done || 0;
   const bar = el("div", { class: `bar ${job.state}` }, el("div"));
   bar.firstChild.style.width = `${Math.round(job.progress * 100)}%`;
-  const frames = job.meta && job.meta.frames ? ` · frames ${job.meta.frames}` : "";
+  const frames = job.frames ? ` · ${job.frames.done}/${job.frames.total} frames` : "";
   return el("span", { dataset: { field: "progress" } }, bar,
-    el("span", { class: "count" }, `${done}/${job.total}${frames}`));
+    el("span", { class: "count" }, `${done}/${job.total}`),
+    el("span", { class: "muted" }, frames));
 }
 
 async function post(path, body = {}) {
@@ -175,7 +176,7 @@ async function renderDetail(job) {
     const worker = task.worker ? (state.workers.get(task.worker) || { name: task.worker }).name : "-";
     let duration = task.seconds;
     if (duration === null && task.state === "leased" && task.leased_at) duration = now() - task.leased_at;
-    const note = task.error || task.progress_message || "";
+    const note = task.error || (task.state === "leased" ? task.progress_message : "") || "";
     body.append(el("tr", { class: "task", dataset: { task: task.id }, onclick: () => showLog(task.id) },
       el("td", {}, task.label ? `${task.id} (${task.label})` : task.id),
       el("td", {}, badge(task.state)),
