@@ -506,3 +506,16 @@ def test_snapshots_keep_the_journal_short_and_restore_everything(tmp_path: Path)
         assert paused.results() == [25, 36]
     finally:
         farm.stop()
+
+
+def test_a_worker_fed_quick_tasks_does_not_hoard_a_slow_job(jobs_farm: Farm) -> None:
+    """Prefetch sized for no-op tasks must not grab every task of the next, slower job."""
+    jobs_farm.start_worker("--no-blender", name="a")
+    jobs_farm.start_worker("--no-blender", name="b")
+    jobs_farm.wait_workers(2)
+    client = jobs_farm.client()
+    assert client.map("farm_jobs:square", list(range(200))).results()[-1] == 199**2
+    slow = client.map_frames("farm_jobs:print_frames", "1-6", 0.3, chunk=1)
+    slow.wait(60)
+    ran_on = [task["worker_name"] for task in slow.tasks()]
+    assert set(ran_on) == {"a", "b"}, ran_on

@@ -273,6 +273,30 @@ class Agent:
             room = min(room, self.config.max_tasks - self.started - len(self.queue))
         return max(room, 0)
 
+    def take_prefetch(
+        self, tasks: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Split leased tasks into those to keep and those to give back at once.
+
+        Beyond the free slots, only tasks of jobs known to be quick are kept: a lease sized
+        for quick tasks that brings a job of unknown (or long) tasks must not hoard them
+        while other workers sit idle."""
+        free = self.config.slots - len(self.running) - len(self.queue)
+        keep: list[dict[str, Any]] = []
+        give_back: list[dict[str, Any]] = []
+        for task in tasks:
+            job_id = str(task.get("job", ""))
+            mean = self.mean_seconds.get(job_id)
+            if mean is not None and mean < PREFETCH_SECONDS:
+                keep.append(task)
+            elif free > 0:
+                keep.append(task)
+                free -= 1
+                self.current_job = job_id  # size the next lease by this job's tasks
+            else:
+                give_back.append(task)
+        return keep, give_back
+
     def idle(self) -> bool:
         return not self.running and not self.queue
 
@@ -304,8 +328,12 @@ class Agent:
                 self.wake_reporter.set()
                 return
             if tasks:
-                self.queue.extend(tasks)
+                keep, give_back = self.take_prefetch(tasks)
+                self.queue.extend(keep)
                 self.wake_runners.set()
+                if give_back:
+                    self.to_release.extend(task["id"] for task in give_back)
+                    self.wake_reporter.set()
             elif self.config.exit_when_idle and self.idle() and not self.outbox:
                 self.begin_drain("no work left (--exit-when-idle)")
                 return
