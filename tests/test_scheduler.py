@@ -272,6 +272,16 @@ def test_release_gives_tasks_back_without_counting_an_attempt(farm: Scheduler) -
     assert job.state is JobState.FAILED
 
 
+def test_released_tasks_leave_again_in_their_order(farm: Scheduler) -> None:
+    farm.register("a", 1, {}, 0, worker_id="a")
+    farm.register("b", 1, {}, 0, worker_id="b")
+    farm.submit(tiles(6), 0)
+    leased = farm.lease("a", 5, 0)  # one to run, four prefetched
+    assert farm.release("a", [*ids(leased[1:]), "nojob.0"], 1) == leased[1:]
+    again = farm.lease("b", 5, 2)
+    assert [task.index for task in again] == [1, 2, 3, 4, 5]
+
+
 def test_release_of_a_task_held_by_someone_else_is_ignored(farm: Scheduler) -> None:
     farm.register("a", 1, {}, 0, worker_id="a")
     farm.register("b", 1, {}, 0, worker_id="b")

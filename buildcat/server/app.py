@@ -744,10 +744,9 @@ async def report(request: web.Request) -> web.Response:
     for task_id, fraction, message in progress:
         with contextlib.suppress(NotFound):
             scheduler.progress(worker_id, task_id, fraction, message)
-    for task_id in released:
-        with contextlib.suppress(NotFound):
-            scheduler.release(worker_id, [task_id], now)
-            farm.record("release", now, worker_id, [task_id])
+    if released:
+        scheduler.release(worker_id, released, now)
+        farm.record("release", now, worker_id, released)
     farm.after_change()
     if done or released:
         await farm.commit()  # the worker forgets what we acknowledge

@@ -699,14 +699,16 @@ class Scheduler:
     def release(self, worker_id: str, task_ids: Iterable[str], now: float) -> list[Task]:
         """A worker gives tasks back unstarted (draining, shutting down): no attempt lost."""
         self.touch(worker_id, now)
-        returned = []
+        held = []
         for task_id in task_ids:
-            task = self.task(task_id)
+            try:
+                task = self.task(task_id)
+            except NotFound:
+                continue  # a stale id: nothing of it to give back
             if task.state is TaskState.LEASED and task.worker == worker_id:
                 task.attempts -= 1
-                if self._requeue(task, now):
-                    returned.append(task)
-        return returned
+                held.append(task)
+        return self._requeue_all(held, now)  # they leave again in their order
 
     def take_cancellations(self, worker_id: str) -> list[str]:
         """Task ids the worker holds that it should stop (job cancelled, done elsewhere)."""
