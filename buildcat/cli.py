@@ -795,6 +795,16 @@ def unblock(client: Client, job_id: str, worker: str | None) -> None:
 
 @main.command()
 @click.argument("job_id")
+@click.argument("priority", type=click.IntRange(-1_000_000, 1_000_000))
+@client_options
+def priority(client: Client, job_id: str, priority: int) -> None:
+    """Set a job's priority (higher runs first); its queued tasks move at once."""
+    view = client.job(job_id).set_priority(priority)
+    click.echo(f"{view['id']} priority {view['priority']}")
+
+
+@main.command()
+@click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @client_options
 def perf(client: Client, job_id: str, as_json: bool) -> None:

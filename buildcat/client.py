@@ -555,6 +555,12 @@ class Job:
     def pause(self) -> dict[str, Any]:
         return dict(self.client.request("POST", f"/jobs/{self.id}/pause"))
 
+    def set_priority(self, priority: int) -> dict[str, Any]:
+        """Move the job up (higher) or down the queue; returns its status."""
+        return dict(
+            self.client.request("POST", f"/jobs/{self.id}/priority", {"priority": priority})
+        )
+
     def resume(self) -> dict[str, Any]:
         return dict(self.client.request("POST", f"/jobs/{self.id}/resume"))
 

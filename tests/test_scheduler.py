@@ -1035,3 +1035,14 @@ def test_a_snapshot_restores_every_job_task_and_worker() -> None:
         scheduler.resume(paused.id)
     assert [j.to_dict() for j in copy.jobs.values()] == [j.to_dict() for j in farm.jobs.values()]
     assert [t.id for t in copy.lease("b", 10, 9)] == [t.id for t in farm.lease("b", 10, 9)]
+
+
+def test_a_new_priority_reorders_the_queue_at_once(farm: Scheduler) -> None:
+    farm.register("a", 1, {}, 0, worker_id="a")
+    first = farm.submit(tiles(2), 0)
+    second = farm.submit(tiles(2), 1)
+    farm.set_priority(second.id, 5)
+    assert [task.job for task in farm.lease("a", 1, 2)] == [second]
+    farm.set_priority(second.id, -1)
+    assert [task.job for task in farm.lease("a", 1, 3)] == [first]
+    assert second.priority == -1 and second.to_dict()["priority"] == -1

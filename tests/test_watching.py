@@ -188,3 +188,20 @@ def test_metrics_parse_and_match_farm_status(jobs_farm: Farm) -> None:
     assert samples[("buildcat_task_duration_seconds_sum", ())] > 0
     started = time.time() - samples[("buildcat_server_start_time_seconds", ())]
     assert 0 < started < 300
+
+
+def test_priority_command_moves_a_job_ahead(jobs_farm: Farm) -> None:
+    client = jobs_farm.client()
+    first = client.map("farm_jobs:square", [1])
+    second = client.map("farm_jobs:square", [2])
+    moved = jobs_farm.cli("priority", second.id, "5")
+    assert moved.returncode == 0 and moved.stdout.strip() == f"{second.id} priority 5"
+    assert second.status()["priority"] == 5
+    jobs_farm.start_worker("--no-blender")
+    second.wait(30)
+    first.wait(30)
+    assert second.tasks()[0]["started_at"] < first.tasks()[0]["started_at"]
+    bad = jobs_farm.cli("priority", second.id, "high")
+    assert bad.returncode == 2
+    late = jobs_farm.cli("priority", second.id, "1")
+    assert late.returncode == 1 and "no longer matters" in late.stderr
