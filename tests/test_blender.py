@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -103,7 +104,7 @@ def test_blender_jobs_wait_for_a_worker_with_blender(blender_farm: Farm) -> None
 @pytest.mark.parametrize(
     ("options", "reason"),
     [
-        ({"camera": "NoSuchCamera"}, "Blender exited with code"),
+        ({"camera": "NoSuchCamera"}, "no camera named 'NoSuchCamera'"),
         ({"output": "blocked.txt/frame_####"}, "cannot write to blocked.txt/frame_####"),
     ],
 )
@@ -250,3 +251,67 @@ def test_sample_split_merge_beats_any_part(blender_farm: Farm) -> None:
                for i in range(2)]  # fmt: skip
     assert merged < min(singles)
     assert [t["label"] for t in split.tasks()][-1] == "frame 4 merge"
+
+
+def _warm_blenders(worker: subprocess.Popen[bytes]) -> list[int]:
+    """Pids of the warm Blender processes below a worker process."""
+    parents: dict[int, int] = {}
+    commands: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            commands[int(entry.name)] = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
+
+    def below(pid: int) -> bool:
+        while pid > 1:
+            pid = parents.get(pid, 0)
+            if pid == worker.pid:
+                return True
+        return False
+
+    return [pid for pid, command in commands.items() if "warm.py" in command and below(pid)]
+
+
+def test_one_blender_renders_every_task_then_leaves(
+    blender_farm: Farm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BUILDCAT_BLENDER_IDLE_SECONDS", "2")
+    worker = blender_farm.start_worker()
+    job = blender_farm.client().render("shots/spin.blend", "1-6", chunk=1, samples=2)
+    job.wait(300)
+    logs = [blender_farm.client().log(task["id"]) for task in job.tasks()]
+    assert "buildcat: starting Blender" in logs[0]
+    for number, log in enumerate(logs[1:], start=2):
+        assert f"buildcat: reusing (render {number}) Blender" in log, log[:300]
+        assert "Fra:" in log and "Saved: '" in log
+    assert len(list((blender_farm.root / "renders" / "spin").glob("frame_*.png"))) == 6
+    assert len(_warm_blenders(worker)) == 1
+    # With no task for BUILDCAT_BLENDER_IDLE_SECONDS it exits, giving its memory back.
+    wait_for(lambda: not _warm_blenders(worker), timeout=30)
+
+
+def test_a_blender_that_dies_is_replaced_and_its_task_retried(blender_farm: Farm) -> None:
+    worker = blender_farm.start_worker()
+    client = blender_farm.client()
+    assert client.render("shots/spin.blend", "1", samples=1).wait(120)["state"] == "done"
+    [first] = wait_for(lambda: _warm_blenders(worker))
+    job = client.render("shots/spin.blend", "2", samples=1500, resolution=(128, 128))
+
+    def sampling() -> bool:
+        [task] = job.tasks()
+        return "sample" in task["progress_message"] and task["progress"] < 0.5
+
+    wait_for(sampling, timeout=120, interval=0.01)  # rendering now
+    assert _warm_blenders(worker) == [first]  # the same Blender took the next task
+    os.kill(first, signal.SIGKILL)  # mid-render: the task fails and is retried
+    job.wait(300)
+    [task] = job.tasks()
+    assert task["state"] == "done" and task["attempts"] == 2 and task["failures"] == 1
+    assert "Blender stopped (exit code -9) during the render" in task["error"]
+    assert (blender_farm.root / "renders" / "spin" / "frame_0002.png").stat().st_size > 0
+    assert _warm_blenders(worker) not in ([], [first])

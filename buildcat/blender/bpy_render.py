@@ -52,25 +52,30 @@ def render(blend: str, frames: list[int], output: str, settings: dict) -> list[s
     scene = override.target_scene(settings)
     written = []
     for frame in frames:
-        scene.frame_set(frame)
-        scene.render.filepath = output
-        scene.render.use_file_extension = True
-        path = scene.render.frame_path(frame=frame)
-        # A still render writes to the file path as it stands (no # substitution).
-        scene.render.filepath = path
-        if os.path.exists(path):  # so a file left by an earlier attempt cannot pass as new
-            os.unlink(path)
-        try:
-            result = bpy.ops.render.render(write_still=True, scene=scene.name)
-        except RuntimeError as exc:
-            raise ScriptError(f"frame {frame} failed: {str(exc).strip()}") from None
-        finally:
-            scene.render.filepath = output
-        if "FINISHED" not in result or not os.path.isfile(path):
-            raise ScriptError(f"frame {frame} failed: Blender wrote no {path}")
-        sys.stdout.flush()
-        written.append(path)
+        written.extend(render_frame(scene, frame, output))
     return written
+
+
+def render_frame(scene, frame: int, output: str) -> list[str]:
+    """Render one frame of a loaded scene to the ``output`` pattern; return the path."""
+    scene.frame_set(frame)
+    scene.render.filepath = output
+    scene.render.use_file_extension = True
+    path = scene.render.frame_path(frame=frame)
+    # A still render writes to the file path as it stands (no # substitution).
+    scene.render.filepath = path
+    if os.path.exists(path):  # so a file left by an earlier attempt cannot pass as new
+        os.unlink(path)
+    try:
+        result = bpy.ops.render.render(write_still=True, scene=scene.name)
+    except RuntimeError as exc:
+        raise ScriptError(f"frame {frame} failed: {str(exc).strip()}") from None
+    finally:
+        scene.render.filepath = output
+    if "FINISHED" not in result or not os.path.isfile(path):
+        raise ScriptError(f"frame {frame} failed: Blender wrote no {path}")
+    sys.stdout.flush()
+    return [path]
 
 
 def main(argv: list[str]) -> None:

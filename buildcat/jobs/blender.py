@@ -1,8 +1,10 @@
 """Blender render jobs: planning tasks (chunks, tiles, sample splits) and running them.
 
-A render task runs Blender (the binary, or the ``bpy`` module in a separate Python) from
-inside the worker's child process, renders into a temporary folder beside the output,
-checks every frame it owns was written, then renames the frames into place.
+A render task asks a Blender (the binary, or the ``bpy`` module in a separate Python) kept
+running by the worker's child process to render into a temporary folder beside the
+output, checks every frame it owns was written, then renames the frames into place. The
+same Blender renders the child's next tasks, so Blender starts once per worker slot,
+not once per task (``BUILDCAT_BLENDER_WARM=0`` starts one per task instead).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -33,6 +36,9 @@ ENGINES = ("cycles", "eevee", "workbench")
 STEPS = ("render", "stitch", "merge")
 #: Blender needed about 8 s to stop after SIGINT here; then it is killed.
 CANCEL_GRACE_SECONDS = 10.0
+#: A warm Blender with no task for this long exits, giving its memory back
+#: (``BUILDCAT_BLENDER_IDLE_SECONDS`` changes it).
+WARM_IDLE_SECONDS = 20.0
 PARTS_FOLDER = ".buildcat-parts"
 
 _FRAME = re.compile(r"Fra:\s*(\d+)")
@@ -281,6 +287,131 @@ class _Progress:
         context.progress(min(1.0, (self.saved + fraction_of_frame) / total), message)
 
 
+class WarmBlender:
+    """One Blender process that renders request after request (``blender/warm.py``)."""
+
+    def __init__(self, blender: BlenderInstall) -> None:
+        self.blender = blender
+        if blender.kind == BPY:
+            command = [blender.path, str(SCRIPTS / "warm.py")]
+        else:
+            command = [
+                blender.path, "-b", "--python-exit-code", "1",
+                "--python", str(SCRIPTS / "warm.py"),
+            ]  # fmt: skip
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            bufsize=1,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+        self.last_used = time.monotonic()
+        self.renders = 0
+        self.lock = threading.Lock()
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def render(self, request: dict[str, Any], on_line: Callable[[str], None]) -> list[str]:
+        """Send one request; pass Blender's output on; return the paths it wrote."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        with self.lock:
+            try:
+                self.process.stdin.write(json.dumps(request) + "\n")
+                self.process.stdin.flush()
+                for line in self.process.stdout:
+                    line = line.rstrip("\n")
+                    if line.startswith("BUILDCAT-DONE "):
+                        self.last_used = time.monotonic()
+                        self.renders += 1
+                        return list(json.loads(line.removeprefix("BUILDCAT-DONE ")))
+                    if line.startswith("BUILDCAT-ERROR "):
+                        self.last_used = time.monotonic()
+                        reason = line.removeprefix("BUILDCAT-ERROR ")
+                        on_line(f"buildcat: error: {reason}")
+                        raise RenderFailed(reason)
+                    if line != "BUILDCAT-READY":
+                        on_line(line)
+            except BrokenPipeError:
+                pass
+            except BaseException:
+                # Cancelled mid-render (or worse): this Blender is in an unknown state.
+                self.stop()
+                raise
+            code = self.process.wait()
+        raise RenderFailed(f"Blender stopped (exit code {code}) during the render; see the log")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            launch.end(self.process, signal.SIGINT, CANCEL_GRACE_SECONDS)
+        for stream in (self.process.stdin, self.process.stdout):
+            with contextlib.suppress(OSError):
+                if stream is not None:
+                    stream.close()
+
+    def close(self) -> None:
+        """Ask it to leave (an empty line), then make sure it has."""
+        with contextlib.suppress(OSError):
+            if self.process.stdin is not None:
+                self.process.stdin.write("\n")
+                self.process.stdin.flush()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(5)
+        self.stop()
+
+
+_warm: WarmBlender | None = None
+_warm_guard = threading.Lock()
+
+
+def warm_blender(blender: BlenderInstall) -> WarmBlender:
+    """The child's running Blender for ``blender``, started when there is none."""
+    global _warm
+    with _warm_guard:
+        if _warm is not None and (not _warm.alive() or _warm.blender != blender):
+            _warm.stop()
+            _warm = None
+        if _warm is None:
+            _warm = WarmBlender(blender)
+            threading.Thread(target=_reap_when_idle, args=(_warm,), daemon=True).start()
+        return _warm
+
+
+def _reap_when_idle(warm: WarmBlender) -> None:
+    """Close a warm Blender that has had no task for WARM_IDLE_SECONDS."""
+    global _warm
+    while warm.alive():
+        time.sleep(min(1.0, idle_seconds() / 2))
+        if time.monotonic() - warm.last_used < idle_seconds():
+            continue
+        if not warm.lock.acquire(blocking=False):
+            continue  # rendering right now
+        try:
+            with _warm_guard:
+                if _warm is warm:
+                    _warm = None
+            warm.close()
+        finally:
+            warm.lock.release()
+        return
+
+
+def idle_seconds() -> float:
+    try:
+        return max(0.1, float(os.environ.get("BUILDCAT_BLENDER_IDLE_SECONDS", "")))
+    except ValueError:
+        return WARM_IDLE_SECONDS
+
+
+def warm_enabled() -> bool:
+    return os.environ.get("BUILDCAT_BLENDER_WARM", "1").strip().lower() not in ("0", "no", "off")
+
+
 def run_task(task: dict[str, Any], blender_install: str = "") -> dict[str, Any]:
     """The entry point a worker's child calls for every Blender task."""
     validate_payload(task)
@@ -314,6 +445,8 @@ def _render(task: dict[str, Any], blender: BlenderInstall) -> dict[str, Any]:
         raise RenderFailed(f"cannot write to {task['output']}: {exc.strerror or exc}") from None
     pattern = str(staging / final_pattern.name)
     frames: list[int] = task["frames"]
+    if warm_enabled():
+        return _render_warm(task, blender, scene, settings, pattern, final_pattern, staging)
     if blender.kind == BPY:
         command = [
             blender.path,
@@ -338,6 +471,38 @@ def _render(task: dict[str, Any], blender: BlenderInstall) -> dict[str, Any]:
         code = run_process(command, progress.feed)
         if code != 0:
             raise RenderFailed(f"Blender exited with code {code}; see the task log")
+        outputs = []
+        for frame in frames:
+            written = Path(frame_path(pattern, frame, extension))
+            if not written.is_file() or written.stat().st_size == 0:
+                raise RenderFailed(f"Blender did not write frame {frame} ({written.name})")
+            final = Path(frame_path(str(final_pattern), frame, extension))
+            os.replace(written, final)
+            outputs.append(final.relative_to(Path(ctx.root).resolve()).as_posix())
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"frames": frames, "outputs": outputs}
+
+
+def _render_warm(
+    task: dict[str, Any],
+    blender: BlenderInstall,
+    scene: Path,
+    settings: dict[str, Any],
+    pattern: str,
+    final_pattern: Path,
+    staging: Path,
+) -> dict[str, Any]:
+    ctx = context.current()
+    frames: list[int] = task["frames"]
+    extension = FORMATS[settings.get("format", "PNG")]
+    warm = warm_blender(blender)
+    how = f"reusing (render {warm.renders + 1})" if warm.renders else "starting"
+    print(f"buildcat: {how} {blender.describe()} for {scene.name} frames {format_frames(frames)}")
+    progress = _Progress(frames)
+    request = {"blend": str(scene), "frames": frames, "output": pattern, "settings": settings}
+    try:
+        warm.render(request, progress.feed)
         outputs = []
         for frame in frames:
             written = Path(frame_path(pattern, frame, extension))

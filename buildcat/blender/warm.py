@@ -1,0 +1,72 @@
+# mypy: ignore-errors
+"""A Blender kept running between a worker's render tasks: reads one JSON request per
+line on stdin, renders it, answers on stdout; Blender starts once, not once per task.
+
+Binary: ``blender -b --python-exit-code 1 --python warm.py``; bpy module: ``python warm.py``.
+A request has the keys of bpy_render.py (``blend``, ``frames``, ``output``,
+``settings``). The .blend is opened again only when the file, its modification time or
+the settings differ from the last request's, so the frames of one job reuse the loaded
+scene (and Cycles its loaded kernels). Blender's own output (``Fra:`` lines, ``Saved:``)
+goes to stdout as usual; each request ends with one line::
+
+    BUILDCAT-DONE ["/abs/frame_0001.png", ...]
+    BUILDCAT-ERROR one line saying why
+
+An empty line or end of input ends the process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bpy
+import bpy_render
+import override
+from script_support import ScriptError
+
+DONE = "BUILDCAT-DONE "
+ERROR = "BUILDCAT-ERROR "
+
+
+def serve() -> None:
+    loaded = None  # (blend, mtime, settings) of the scene as it is now
+    print("BUILDCAT-READY", flush=True)
+    for line in sys.stdin:
+        if not line.strip():
+            break
+        try:
+            request = json.loads(line)
+            blend, frames, output, settings = bpy_render.read_job(["", json.dumps(request)])
+            key = (blend, os.stat(blend).st_mtime_ns, json.dumps(settings, sort_keys=True))
+            if key != loaded:
+                loaded = None  # a failure half-way must not leave a scene taken for clean
+                bpy.ops.wm.open_mainfile(filepath=blend)
+                override.apply(settings)
+                loaded = key
+            written = render_loaded(frames, output, settings)
+        except ScriptError as exc:
+            print(ERROR + str(exc).replace("\n", " "), flush=True)
+            continue
+        except Exception as exc:
+            traceback.print_exc(file=sys.stdout)
+            print(ERROR + f"{type(exc).__name__}: {exc}".replace("\n", " "), flush=True)
+            loaded = None
+            continue
+        print(DONE + json.dumps(written), flush=True)
+
+
+def render_loaded(frames: list[int], output: str, settings: dict) -> list[str]:
+    scene = override.target_scene(settings)
+    written = []
+    for frame in frames:
+        written.extend(bpy_render.render_frame(scene, frame, output))
+    return written
+
+
+if __name__ == "__main__":
+    serve()
