@@ -371,6 +371,8 @@ async def ping(request: web.Request) -> web.Response:
             "api": protocol.API_VERSION,
             "started_at": farm.started_at,
             "lease_timeout": farm.config.lease_timeout,
+            # Lease requests parked on the server right now (idle worker slots).
+            "waiting_workers": len(farm.waiters),
         },
     )
 

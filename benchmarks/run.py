@@ -1,0 +1,580 @@
+"""buildcat against its peers, in one run on this machine: prints a table, writes JSON.
+
+    python benchmarks/run.py [--quick] [--json FILE] [--skip rq,scale,blender]
+
+1. No-op tasks through `farm` (server + K worker processes) and the same workload on
+   RQ + Redis (Debian's redis-server, started and stopped here; RQ's no-fork
+   SimpleWorker, K processes): throughput submit -> last result, and submit -> start
+   latency on an idle queue (p50/p99).
+2. Scale: 2,000 simulated workers (one asyncio load generator, one connection each)
+   long-poll one server; a 2,000-task job arrives; when does each worker get its task,
+   and how much memory does the server hold.
+3. Blender: a 24-frame 64x64 Cycles scene (16 samples) rendered by the farm with one
+   worker and chunk size 1, against one `blender -b scene.blend -a` on the same file;
+   and the farm again with Blender started per task (BUILDCAT_BLENDER_WARM=0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+import buildcat
+from buildcat import auth, launch, protocol
+from buildcat.blender import build_demo_scene, find_blender
+
+HERE = Path(__file__).resolve().parent
+SCALE_WORKERS = 2_000
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise SystemExit(f"benchmark: {what} did not happen within {timeout:g}s")
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def farm(
+    root: Path,
+    workers: int,
+    *worker_args: str,
+    env: dict[str, str] | None = None,
+    server_args: tuple[str, ...] = (),
+) -> Iterator[tuple[buildcat.Client, int, int]]:
+    """A server and ``workers`` worker processes on loopback; yields (client, port, pid)."""
+    server, port = launch.start_server(
+        root, "--log-level", "warning", "--no-discovery", *server_args
+    )
+    previous = dict(os.environ)
+    os.environ.update(env or {})
+    try:
+        processes = [
+            launch.start_worker(
+                port, root, "--name", f"bench-{n}", "--log-level", "warning", *worker_args
+            )
+            for n in range(workers)
+        ]
+    finally:
+        os.environ.clear()
+        os.environ.update(previous)
+    client = buildcat.connect("127.0.0.1", port, root)
+    try:
+        wait_until(lambda: len(client.workers()) >= workers, 60, f"{workers} workers joining")
+        yield client, port, server.pid
+    finally:
+        client.close()
+        launch.stop_all(processes)
+        launch.stop(server)
+
+
+# ---- 1. no-op tasks: farm and RQ ----------------------------------------------------------
+
+
+def farm_noop(tasks: int, workers: int, rounds: int, samples: int) -> dict[str, Any]:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-farm-") as folder,
+        farm(Path(folder), workers, "--no-blender") as (client, _, _),
+    ):
+        client.map("buildcat.jobs.builtin:noop", range(500)).wait(timeout=60)  # warm up
+        rates = []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            client.map("buildcat.jobs.builtin:noop", range(tasks)).wait(timeout=600)
+            rates.append(tasks / (time.perf_counter() - started))
+        latencies = []
+        for _ in range(samples):
+            submitted = time.time()
+            job = client.submit("buildcat.jobs.builtin:started_at")
+            job.wait(timeout=60)
+            latencies.append((job.results()[0] - submitted) * 1000)
+    return {
+        "throughput": statistics.median(rates),
+        "rounds": [round(rate) for rate in rates],
+        "p50_ms": percentile(latencies, 0.5),
+        "p99_ms": percentile(latencies, 0.99),
+    }
+
+
+def rq_noop(tasks: int, workers: int, rounds: int, samples: int) -> dict[str, Any]:
+    try:
+        import redis
+        from rq import Queue
+    except ImportError:
+        raise SystemExit("benchmark: RQ is missing: pip install -e '.[bench]'") from None
+    server_binary = shutil.which("redis-server")
+    if server_binary is None:
+        raise SystemExit("benchmark: redis-server is missing: sudo apt-get install redis-server")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="bench-redis-") as folder:
+        redis_server = subprocess.Popen(
+            [
+                server_binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                folder,
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        connection = redis.Redis(host="127.0.0.1", port=port)
+        wait_until(lambda: _redis_up(connection), 30, "redis-server starting")
+        url = f"redis://127.0.0.1:{port}"
+        env = {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        rq_workers = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "rq.cli",
+                    "worker",
+                    "--url",
+                    url,
+                    "--worker-class",
+                    "rq.worker.SimpleWorker",
+                    "--quiet",
+                    "bench",
+                ],
+                env=env,
+                cwd=HERE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for _ in range(workers)
+        ]
+        try:
+            from rq import Worker
+
+            wait_until(
+                lambda: len(Worker.all(connection=connection)) >= workers, 60, "RQ workers joining"
+            )
+            queue = Queue("bench", connection=connection)
+            rates = []
+            for _ in range(rounds):
+                finished = queue.finished_job_registry
+                before = finished.count
+                started = time.perf_counter()
+                with connection.pipeline() as pipe:
+                    queue.enqueue_many(
+                        [Queue.prepare_data("rq_jobs.noop", result_ttl=600) for _ in range(tasks)],
+                        pipeline=pipe,
+                    )
+                    pipe.execute()
+                wait_until(
+                    lambda f=finished, b=before: f.count - b >= tasks, 900, "the RQ round finishing"
+                )
+                rates.append(tasks / (time.perf_counter() - started))
+            latencies = []
+            for _ in range(samples):
+                submitted = time.time()
+                job = queue.enqueue("rq_jobs.started_at")
+                wait_until(
+                    lambda j=job: j.get_status(refresh=True) == "finished",
+                    60,
+                    "an RQ job finishing",
+                )
+                latencies.append((float(job.return_value()) - submitted) * 1000)
+        finally:
+            for process in rq_workers:
+                launch.end(process, signal.SIGINT, 10)
+            connection.close()
+            launch.end(redis_server, signal.SIGTERM, 10)
+    return {
+        "throughput": statistics.median(rates),
+        "rounds": [round(rate) for rate in rates],
+        "p50_ms": percentile(latencies, 0.5),
+        "p99_ms": percentile(latencies, 0.99),
+    }
+
+
+def _redis_up(connection: Any) -> bool:
+    try:
+        return bool(connection.ping())
+    except Exception:
+        return False
+
+
+# ---- 2. 2,000 workers long-polling one server ----------------------------------------------
+
+
+def scale(workers: int) -> dict[str, Any]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard, max(soft, 2 * workers + 1024))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))  # the server inherits it
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as folder:
+        root = Path(folder)
+        server, port = launch.start_server(
+            root, "--log-level", "warning", "--no-discovery", "--lease-timeout", "120"
+        )
+        try:
+            token = auth.load_token(root)
+            figures = asyncio.run(_scale(port, token, workers))
+            figures["server_rss_mb"] = _memory(server.pid, "VmRSS")
+            figures["server_peak_mb"] = _memory(server.pid, "VmHWM")
+        finally:
+            launch.stop(server)
+    return figures
+
+
+def _memory(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def _scale(port: int, token: str, count: int) -> dict[str, Any]:
+    base = f"http://127.0.0.1:{port}{protocol.API_PREFIX}"
+    headers = {
+        "Authorization": auth.authorization(token),
+        "Content-Type": protocol.MSGPACK,
+        "Accept": protocol.MSGPACK,
+    }
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def call(method: str, path: str, body: Any) -> Any:
+            async with session.request(
+                method, base + path, data=protocol.pack(body), headers=headers
+            ) as response:
+                payload = await response.read()
+                if response.status >= 400:
+                    raise SystemExit(f"benchmark: {path}: HTTP {response.status}")
+                return protocol.unpack(payload, trusted=True)
+
+        gate = asyncio.Semaphore(100)
+
+        async def register(n: int) -> str:
+            async with gate:
+                reply = await call("POST", "/workers", {"name": f"sim-{n}", "slots": 1})
+                return str(reply["id"])
+
+        started = time.perf_counter()
+        ids = await asyncio.gather(*(register(n) for n in range(count)))
+        registered = time.perf_counter() - started
+        received: dict[str, float] = {}
+        submitted_at = 0.0
+
+        async def poll(worker_id: str) -> None:
+            while True:
+                reply = await call("POST", f"/workers/{worker_id}/lease", {"want": 1, "wait": 60})
+                tasks = reply.get("tasks", [])
+                if tasks:
+                    now = time.perf_counter()
+                    for task in tasks:
+                        received[task["id"]] = now
+                    done = [{"id": task["id"], "ok": True, "result": None} for task in tasks]
+                    await call("POST", f"/workers/{worker_id}/report", {"done": done})
+                    return
+
+        pollers = [asyncio.create_task(poll(worker_id)) for worker_id in ids]
+
+        async def parked() -> int:
+            return int((await call("GET", "/ping", None))["waiting_workers"])
+
+        deadline = time.monotonic() + 120
+        while await parked() < count:
+            if time.monotonic() > deadline:
+                raise SystemExit("benchmark: the simulated workers never all parked")
+            await asyncio.sleep(0.05)
+        body = {
+            "tasks": [{"payload": {"function": "buildcat.jobs.builtin:noop"}}] * count,
+            "name": "scale",
+        }
+        submitted_at = time.perf_counter()
+        await call("POST", "/jobs", body)
+        await asyncio.wait_for(asyncio.gather(*pollers), 120)
+    latencies = [(at - submitted_at) * 1000 for at in received.values()]
+    return {
+        "workers": count,
+        "register_s": registered,
+        "dispatch_p50_ms": percentile(latencies, 0.5),
+        "dispatch_p99_ms": percentile(latencies, 0.99),
+        "dispatch_all_ms": max(latencies),
+    }
+
+
+# ---- 3. Blender ------------------------------------------------------------------------------
+
+
+def blender_runs(cold: bool) -> dict[str, Any]:
+    binary = shutil.which("blender")
+    if binary is None:
+        raise SystemExit("benchmark: Debian's blender is missing: sudo apt-get install blender")
+    install = find_blender(binary)
+    assert install is not None
+    figures: dict[str, Any] = {"blender": install.describe()}
+    with tempfile.TemporaryDirectory(prefix="bench-blender-") as folder:
+        root = Path(folder)
+        (root / "shots").mkdir()
+        scene = root / "shots" / "spin.blend"
+        build_demo_scene(install, scene, frames=24, resolution=64, samples=16)
+
+        started = time.perf_counter()
+        subprocess.run(
+            [
+                binary,
+                "-b",
+                str(scene),
+                "-o",
+                str(root / "plain" / "frame_####"),
+                "-F",
+                "PNG",
+                "-a",
+                "--",
+                "--cycles-device",
+                "CPU",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        figures["plain_s"] = time.perf_counter() - started
+        assert len(list((root / "plain").glob("*.png"))) == 24
+
+        runs = [("warm_s", {})]
+        if cold:
+            runs.append(("cold_s", {"BUILDCAT_BLENDER_WARM": "0"}))
+        for key, env in runs:
+            with farm(root, 1, "--blender", binary, env=env) as (client, _, _):
+                started = time.perf_counter()
+                job = client.render("shots/spin.blend", "1-24", chunk=1, output=f"{key}/f_####")
+                job.wait(timeout=900)
+                figures[key] = time.perf_counter() - started
+            assert len(list((root / key).glob("*.png"))) == 24
+    return figures
+
+
+# ---- the table -------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    cores = os.cpu_count() or 0
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{platform.node()}: {cores} cores, {memory:.0f} GiB, {platform.machine()}, "
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
+    )
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tasks", type=int, default=10_000, help="no-op tasks per round")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes, both sides")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--latency-samples", type=int, default=300)
+    parser.add_argument("--scale-workers", type=int, default=SCALE_WORKERS)
+    parser.add_argument("--skip", default="", help="comma-separated: rq, scale, blender, cold")
+    parser.add_argument("--quick", action="store_true", help="smaller runs, no cold Blender")
+    parser.add_argument("--json", type=Path, default=HERE / "results.json")
+    args = parser.parse_args()
+    skip = {part.strip() for part in args.skip.split(",") if part.strip()}
+    if args.quick:
+        args.tasks, args.rounds, args.latency_samples = 2_000, 1, 100
+        skip.add("cold")
+
+    results: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "buildcat": buildcat.__version__,
+        "settings": {
+            "tasks": args.tasks,
+            "workers": args.workers,
+            "rounds": args.rounds,
+            "latency_samples": args.latency_samples,
+        },
+    }
+    print(f"buildcat {buildcat.__version__} benchmark, {results['date']}")
+    print(f"machine: {results['machine']}\n")
+
+    print("no-op tasks through farm ...", file=sys.stderr)
+    results["farm"] = farm_noop(args.tasks, args.workers, args.rounds, args.latency_samples)
+    if "rq" not in skip:
+        print("no-op tasks through RQ + Redis ...", file=sys.stderr)
+        results["rq"] = rq_noop(args.tasks, args.workers, args.rounds, args.latency_samples)
+    if "scale" not in skip:
+        print(f"{args.scale_workers} simulated workers ...", file=sys.stderr)
+        results["scale"] = scale(args.scale_workers)
+    if "blender" not in skip:
+        print("Blender, 24 frames ...", file=sys.stderr)
+        results["blender"] = blender_runs(cold="cold" not in skip)
+
+    rows = table(results)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for number, row in enumerate(rows):
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
+        print("  ".join(cells).rstrip())
+        if number == 0:
+            print("  ".join("-" * width for width in widths))
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nJSON: {args.json}")
+
+
+def table(results: dict[str, Any]) -> list[list[str]]:
+    settings = results["settings"]
+    farm_, rq = results["farm"], results.get("rq")
+    rows = [["measure", "buildcat", "peer", "ratio", "target", "verdict"]]
+    name = f"no-op throughput ({settings['tasks']:,} tasks, {settings['workers']} workers)"
+    if rq:
+        ratio = farm_["throughput"] / rq["throughput"]
+        rows.append(
+            [
+                name,
+                f"{farm_['throughput']:,.0f}/s",
+                f"{rq['throughput']:,.0f}/s (RQ)",
+                f"{ratio:.1f}x",
+                ">= 5,000/s and >= 10x RQ",
+                verdict(farm_["throughput"] >= 5000 and ratio >= 10),
+            ]
+        )
+        ratio = farm_["p50_ms"] / rq["p50_ms"]
+        rows.append(
+            [
+                "submit->start p50, idle",
+                f"{farm_['p50_ms']:.2f} ms",
+                f"{rq['p50_ms']:.2f} ms (RQ)",
+                f"{ratio:.2f}x",
+                "<= 0.5x RQ",
+                verdict(ratio <= 0.5),
+            ]
+        )
+        rows.append(
+            [
+                "submit->start p99, idle",
+                f"{farm_['p99_ms']:.2f} ms",
+                f"{rq['p99_ms']:.2f} ms (RQ)",
+                f"{farm_['p99_ms'] / rq['p99_ms']:.2f}x",
+                "",
+                "",
+            ]
+        )
+    else:
+        rows.append(
+            [
+                name,
+                f"{farm_['throughput']:,.0f}/s",
+                "-",
+                "-",
+                ">= 5,000/s",
+                verdict(farm_["throughput"] >= 5000),
+            ]
+        )
+        rows.append(
+            [
+                "submit->start p50 / p99, idle",
+                f"{farm_['p50_ms']:.2f} / {farm_['p99_ms']:.2f} ms",
+                "-",
+                "-",
+                "",
+                "",
+            ]
+        )
+    scale_ = results.get("scale")
+    if scale_:
+        count = scale_["workers"]
+        rows.append(
+            [
+                f"{count:,} workers: {count:,}-task job, dispatch p50",
+                f"{scale_['dispatch_p50_ms']:.0f} ms",
+                "",
+                "",
+                "",
+                "",
+            ]
+        )
+        rows.append(
+            [
+                f"{count:,} workers: dispatch p99 (all: {scale_['dispatch_all_ms']:.0f} ms)",
+                f"{scale_['dispatch_p99_ms']:.0f} ms",
+                "",
+                "",
+                "< 1,000 ms",
+                verdict(scale_["dispatch_p99_ms"] < 1000),
+            ]
+        )
+        rows.append(
+            [
+                f"{count:,} workers: server memory (peak)",
+                f"{scale_['server_rss_mb']:.0f} MB ({scale_['server_peak_mb']:.0f})",
+                "",
+                "",
+                "< 300 MB",
+                verdict(scale_["server_peak_mb"] < 300),
+            ]
+        )
+    blender = results.get("blender")
+    if blender:
+        ratio = blender["warm_s"] / blender["plain_s"]
+        rows.append(
+            [
+                "Blender 24 frames, chunk 1, 1 worker",
+                f"{blender['warm_s']:.1f} s",
+                f"{blender['plain_s']:.1f} s (blender -a)",
+                f"{ratio:.2f}x",
+                "<= 1.1x",
+                verdict(ratio <= 1.1),
+            ]
+        )
+        if "cold_s" in blender:
+            rows.append(
+                [
+                    "  same, Blender started per task",
+                    f"{blender['cold_s']:.1f} s",
+                    "",
+                    f"{blender['cold_s'] / blender['plain_s']:.2f}x",
+                    "",
+                    "",
+                ]
+            )
+    return rows
+
+
+if __name__ == "__main__":
+    main()
