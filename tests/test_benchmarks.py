@@ -1,0 +1,31 @@
+"""The benchmark runs end to end (small sizes) and writes its table and JSON. Timings are
+the benchmark's business; this only checks it keeps working."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_benchmark_runs_and_reports_every_section(tmp_path: Path) -> None:
+    output = tmp_path / "results.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--skip", "blender",
+         "--scale-workers", "200", "--json", str(output)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    figures = json.loads(output.read_text())
+    assert figures["farm"]["throughput"] > 0 and figures["rq"]["throughput"] > 0
+    assert 0 < figures["farm"]["p50_ms"] <= figures["farm"]["p99_ms"]
+    assert figures["scale"]["workers"] == 200
+    assert 0 < figures["scale"]["dispatch_p50_ms"] <= figures["scale"]["dispatch_all_ms"]
+    assert figures["scale"]["server_peak_mb"] > 0
+    table = done.stdout
+    assert "no-op throughput (2,000 tasks, 2 workers)" in table
+    assert "(RQ)" in table and "200 workers: dispatch p99" in table
+    assert "machine: " in table
