@@ -227,19 +227,24 @@ def installed(encoded: str) -> BlenderInstall:
     return BlenderInstall.decode(encoded)
 
 
-def run_process(command: list[str], on_line: Callable[[str], None]) -> int:
-    """Run Blender, passing each output line on; SIGINT, grace period, SIGKILL on cancel."""
-    process = subprocess.Popen(
+def start_blender(command: list[str], stdin: int) -> subprocess.Popen[str]:
+    """Start Blender with its output (stdout and stderr) as lines of text to read."""
+    return subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
+        stdin=stdin,
         text=True,
         errors="replace",
         bufsize=1,
         start_new_session=True,  # the terminal's Ctrl-C is the worker's to handle
         preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
     )
+
+
+def run_process(command: list[str], on_line: Callable[[str], None]) -> int:
+    """Run Blender, passing each output line on; SIGINT, grace period, SIGKILL on cancel."""
+    process = start_blender(command, subprocess.DEVNULL)
     assert process.stdout is not None
     try:
         for line in process.stdout:
@@ -299,17 +304,7 @@ class WarmBlender:
                 blender.path, "-b", "--python-exit-code", "1",
                 "--python", str(SCRIPTS / "warm.py"),
             ]  # fmt: skip
-        self.process = subprocess.Popen(
-            command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            bufsize=1,
-            start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-        )
+        self.process = start_blender(command, subprocess.PIPE)
         self.last_used = time.monotonic()
         self.renders = 0
         self.lock = threading.Lock()
@@ -471,14 +466,7 @@ def _render(task: dict[str, Any], blender: BlenderInstall) -> dict[str, Any]:
         code = run_process(command, progress.feed)
         if code != 0:
             raise RenderFailed(f"Blender exited with code {code}; see the task log")
-        outputs = []
-        for frame in frames:
-            written = Path(frame_path(pattern, frame, extension))
-            if not written.is_file() or written.stat().st_size == 0:
-                raise RenderFailed(f"Blender did not write frame {frame} ({written.name})")
-            final = Path(frame_path(str(final_pattern), frame, extension))
-            os.replace(written, final)
-            outputs.append(final.relative_to(Path(ctx.root).resolve()).as_posix())
+        outputs = _move_into_place(frames, pattern, final_pattern, extension)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {"frames": frames, "outputs": outputs}
@@ -493,7 +481,6 @@ def _render_warm(
     final_pattern: Path,
     staging: Path,
 ) -> dict[str, Any]:
-    ctx = context.current()
     frames: list[int] = task["frames"]
     extension = FORMATS[settings.get("format", "PNG")]
     warm = warm_blender(blender)
@@ -503,17 +490,27 @@ def _render_warm(
     request = {"blend": str(scene), "frames": frames, "output": pattern, "settings": settings}
     try:
         warm.render(request, progress.feed)
-        outputs = []
-        for frame in frames:
-            written = Path(frame_path(pattern, frame, extension))
-            if not written.is_file() or written.stat().st_size == 0:
-                raise RenderFailed(f"Blender did not write frame {frame} ({written.name})")
-            final = Path(frame_path(str(final_pattern), frame, extension))
-            os.replace(written, final)
-            outputs.append(final.relative_to(Path(ctx.root).resolve()).as_posix())
+        outputs = _move_into_place(frames, pattern, final_pattern, extension)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {"frames": frames, "outputs": outputs}
+
+
+def _move_into_place(
+    frames: list[int], pattern: str, final_pattern: Path, extension: str
+) -> list[str]:
+    """Check every frame was written to the staging pattern, rename each to its final
+    path; return the root-relative final paths."""
+    root = Path(context.current().root).resolve()
+    outputs = []
+    for frame in frames:
+        written = Path(frame_path(pattern, frame, extension))
+        if not written.is_file() or written.stat().st_size == 0:
+            raise RenderFailed(f"Blender did not write frame {frame} ({written.name})")
+        final = Path(frame_path(str(final_pattern), frame, extension))
+        os.replace(written, final)
+        outputs.append(final.relative_to(root).as_posix())
+    return outputs
 
 
 def _compose(task: dict[str, Any], blender: BlenderInstall) -> dict[str, Any]:
