@@ -490,6 +490,7 @@ def test_snapshots_keep_the_journal_short_and_restore_everything(tmp_path: Path)
         assert done.results() == [x * x for x in range(30)]
         state = farm.root / ".buildcat"
         wait_for(lambda: "snapshot 1 written" in farm.log_text("server"))
+        launch.stop_all(farm.workers)  # so the next job cannot finish before it is paused
         paused = client.map("farm_jobs:square", [5, 6], priority=-5)
         paused.pause()
         assert farm.server is not None
@@ -502,6 +503,7 @@ def test_snapshots_keep_the_journal_short_and_restore_everything(tmp_path: Path)
         assert done.status()["tasks"]["done"] == 30
         assert done.results() == [x * x for x in range(30)]
         assert paused.status()["state"] == "paused"
+        farm.start_worker(name="after-restart")
         paused.resume()
         assert paused.results() == [25, 36]
     finally:
