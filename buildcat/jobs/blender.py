@@ -315,6 +315,7 @@ class WarmBlender:
     def render(self, request: dict[str, Any], on_line: Callable[[str], None]) -> list[str]:
         """Send one request; pass Blender's output on; return the paths it wrote."""
         assert self.process.stdin is not None and self.process.stdout is not None
+        reason = ""
         with self.lock:
             try:
                 self.process.stdin.write(json.dumps(request) + "\n")
@@ -326,10 +327,11 @@ class WarmBlender:
                         self.renders += 1
                         return list(json.loads(line.removeprefix("BUILDCAT-DONE ")))
                     if line.startswith("BUILDCAT-ERROR "):
+                        # warm.py caught it and is ready for the next request: keep it.
                         self.last_used = time.monotonic()
                         reason = line.removeprefix("BUILDCAT-ERROR ")
                         on_line(f"buildcat: error: {reason}")
-                        raise RenderFailed(reason)
+                        break
                     if line != "BUILDCAT-READY":
                         on_line(line)
             except BrokenPipeError:
@@ -338,8 +340,10 @@ class WarmBlender:
                 # Cancelled mid-render (or worse): this Blender is in an unknown state.
                 self.stop()
                 raise
-            code = self.process.wait()
-        raise RenderFailed(f"Blender stopped (exit code {code}) during the render; see the log")
+            if not reason:
+                code = self.process.wait()
+                reason = f"Blender stopped (exit code {code}) during the render; see the log"
+        raise RenderFailed(reason)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -440,8 +444,33 @@ def _render(task: dict[str, Any], blender: BlenderInstall) -> dict[str, Any]:
         raise RenderFailed(f"cannot write to {task['output']}: {exc.strerror or exc}") from None
     pattern = str(staging / final_pattern.name)
     frames: list[int] = task["frames"]
-    if warm_enabled():
-        return _render_warm(task, blender, scene, settings, pattern, final_pattern, staging)
+    progress = _Progress(frames)
+    try:
+        if warm_enabled():
+            warm = warm_blender(blender)
+            how = f"reusing (render {warm.renders + 1})" if warm.renders else "starting"
+            print(f"buildcat: {how} {blender.describe()} for {scene.name} "
+                  f"frames {format_frames(frames)}")  # fmt: skip
+            request = {"blend": str(scene), "frames": frames, "output": pattern,
+                       "settings": settings}  # fmt: skip
+            warm.render(request, progress.feed)
+        else:
+            _render_once(blender, scene, settings, pattern, frames, progress)
+        outputs = _move_into_place(frames, pattern, final_pattern, extension)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"frames": frames, "outputs": outputs}
+
+
+def _render_once(
+    blender: BlenderInstall,
+    scene: Path,
+    settings: dict[str, Any],
+    pattern: str,
+    frames: list[int],
+    progress: _Progress,
+) -> None:
+    """Start a Blender for this task alone (``BUILDCAT_BLENDER_WARM=0``)."""
     if blender.kind == BPY:
         command = [
             blender.path,
@@ -461,39 +490,9 @@ def _render(task: dict[str, Any], blender: BlenderInstall) -> dict[str, Any]:
             "--", json.dumps(settings),
         ]  # fmt: skip
     print(f"buildcat: {' '.join(command[:3])} ... frames {format_frames(frames)}")
-    progress = _Progress(frames)
-    try:
-        code = run_process(command, progress.feed)
-        if code != 0:
-            raise RenderFailed(f"Blender exited with code {code}; see the task log")
-        outputs = _move_into_place(frames, pattern, final_pattern, extension)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return {"frames": frames, "outputs": outputs}
-
-
-def _render_warm(
-    task: dict[str, Any],
-    blender: BlenderInstall,
-    scene: Path,
-    settings: dict[str, Any],
-    pattern: str,
-    final_pattern: Path,
-    staging: Path,
-) -> dict[str, Any]:
-    frames: list[int] = task["frames"]
-    extension = FORMATS[settings.get("format", "PNG")]
-    warm = warm_blender(blender)
-    how = f"reusing (render {warm.renders + 1})" if warm.renders else "starting"
-    print(f"buildcat: {how} {blender.describe()} for {scene.name} frames {format_frames(frames)}")
-    progress = _Progress(frames)
-    request = {"blend": str(scene), "frames": frames, "output": pattern, "settings": settings}
-    try:
-        warm.render(request, progress.feed)
-        outputs = _move_into_place(frames, pattern, final_pattern, extension)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return {"frames": frames, "outputs": outputs}
+    code = run_process(command, progress.feed)
+    if code != 0:
+        raise RenderFailed(f"Blender exited with code {code}; see the task log")
 
 
 def _move_into_place(

@@ -890,7 +890,8 @@ async def serve(config: ServerConfig, ready: Callable[[str, int, str], None] | N
     if ready is not None:
         host = config.bind
         if host in ("", "0.0.0.0", "::"):
-            host = (advertised_addresses(host) or ["127.0.0.1"])[0]
+            addresses = advertiser.addresses if advertiser else advertised_addresses(host)
+            host = (addresses or ["127.0.0.1"])[0]
         scheme = "https" if context is not None else "http"
         ready(config.bind, port, web_ui.dashboard_url(scheme, host, port, app[FARM_KEY].secret))
     try:
