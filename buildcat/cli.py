@@ -299,6 +299,13 @@ def server(
     "(default: $BLENDER, then blender on PATH, then bpy if it imports).",
 )
 @click.option("--no-blender", is_flag=True, help="Take no Blender tasks.")
+@click.option(
+    "--cancel-grace",
+    type=click.FloatRange(min=0.1),
+    default=20.0,
+    show_default=True,
+    help="Seconds a cancelled task has to stop before its process is killed and replaced.",
+)
 @log_level_option
 def worker(
     host: str | None,
@@ -314,6 +321,7 @@ def worker(
     max_tasks: int | None,
     blender: str | None,
     no_blender: bool,
+    cancel_grace: float,
     log_level: str,
 ) -> None:
     """Run a worker: pull tasks from the server and run them."""
@@ -332,6 +340,7 @@ def worker(
         exit_when_idle=exit_when_idle,
         max_tasks=max_tasks,
         blender_choice=None if no_blender else (blender or ""),
+        cancel_grace=cancel_grace,
     )
     if name:
         config.name = name

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import shutil
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,11 @@ import pytest
 import buildcat
 from buildcat import launch
 from buildcat.blender import BPY, build_demo_scene, find_blender
+from buildcat.errors import FarmError
+
+#: ``.ci/run`` sets ``CI``: there every skipped test counts as a failure (a missing Blender,
+#: Chromium or network namespace must not pass unnoticed).
+STRICT = bool(os.environ.get("CI"))
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02) -> Any:
@@ -29,6 +37,53 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s: {predicate}")
         time.sleep(interval)
+
+
+def unused_port(avoid: Collection[int] = ()) -> int:
+    """A free loopback port below the kernel's ephemeral range: no outgoing connection or
+    ``bind(0)`` elsewhere on the machine is handed it, so a server stopped and started
+    again on it does not lose it in between."""
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(1000):
+        port = random.randrange(max(1024, low - 12000), low)
+        if port in avoid:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise AssertionError(f"no free port below {low}")
+
+
+@dataclass
+class Gate:
+    """A task that waits for the test (``farm_jobs.gated``): it marks
+    ``gates/NAME.started`` when it runs and finishes once the test opens the gate."""
+
+    root: Path
+    name: str
+
+    def _marker(self, suffix: str) -> Path:
+        return self.root / "gates" / f"{self.name}.{suffix}"
+
+    def started(self) -> bool:
+        return self._marker("started").exists()
+
+    def wait_started(self, timeout: float = 60.0) -> None:
+        wait_for(self.started, timeout)
+
+    def cancelled(self) -> bool:
+        """The task saw TaskCancelled raised inside it."""
+        return self._marker("cancelled").exists()
+
+    def open(self) -> None:
+        marker = self._marker("go")
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("go")
 
 
 def secret_header(root: Path) -> dict[str, str]:
@@ -57,12 +112,28 @@ class Farm:
         return handle
 
     def start_server(self, *extra: str, port: int = 0, discovery: bool = False) -> int:
-        """Start ``farm server`` on loopback; ``discovery`` advertises it on 127.0.0.1."""
+        """Start ``farm server`` on loopback; ``discovery`` advertises it on 127.0.0.1.
+
+        With no ``port`` it takes one outside the ephemeral range (see :func:`unused_port`),
+        so a restart on ``port=farm.port`` finds it still free."""
         switches = () if discovery else ("--no-discovery",)
-        self.server, self.port = launch.start_server(
-            self.root, "--log-level", "debug", *switches, *extra, port=port, log=self._log("server")
-        )
-        return self.port
+        deadline = time.monotonic() + 30
+        while True:
+            chosen = port or unused_port(avoid={self.port})
+            try:
+                self.server, self.port = launch.start_server(
+                    self.root, "--log-level", "debug", *switches, *extra,
+                    port=chosen, log=self._log("server"),
+                )  # fmt: skip
+                return self.port
+            except FarmError as exc:
+                # Someone bound it explicitly in between: another port, or the same again.
+                if "cannot listen" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def gate(self, name: str) -> Gate:
+        return Gate(self.root, name)
 
     def start_worker(self, *extra: str, name: str | None = None) -> subprocess.Popen[bytes]:
         name = name or f"worker-{len(self.workers) + 1}"
@@ -140,9 +211,8 @@ def scene_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 64x64, 6-frame Cycles scene built by the oldest Blender here (all can open it)."""
     binary = shutil.which("blender")
     blender = find_blender(binary) if binary else find_blender(BPY)
-    if blender is None and not os.environ.get("CI"):
+    if blender is None:
         pytest.skip("no Blender installed")
-    assert blender is not None, "CI must install Blender"
     path = tmp_path_factory.mktemp("scenes") / "spin.blend"
     build_demo_scene(blender, path, frames=6, resolution=64, samples=4)
     return path
@@ -158,6 +228,16 @@ def jobs_farm(farm: Farm) -> Farm:
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
+    if STRICT and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped, and CI runs every test: {reason}"
     if report.when == "call":
         item.rep_call = report  # type: ignore[attr-defined]
     return report
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    skipped = len(terminalreporter.stats.get("skipped", []))
+    rule = " (CI: every skip fails)" if STRICT else ""
+    terminalreporter.write_line(f"buildcat: {skipped} test(s) skipped{rule}")

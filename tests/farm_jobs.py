@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import time
 
 import buildcat
 import buildcat.jobs.context
+from buildcat.worker.child import TaskCancelled
 
 
 def square(x: int) -> int:
@@ -116,6 +118,58 @@ def print_frames(seconds: float, frames: list[int]) -> list[int]:
     for number, frame in enumerate(frames, 1):
         print(f"rendering frame {frame}", flush=True)
         time.sleep(seconds)
+        buildcat.progress(number / len(frames), f"frame {frame}")
+        print(f"saved frame {frame}", flush=True)
+    return frames
+
+
+# ---- gates: tasks that wait for the test, so no test depends on the machine's speed ----
+
+
+def _gate(name: str, suffix: str) -> pathlib.Path:
+    return buildcat.path(f"gates/{name}.{suffix}")
+
+
+def _mark(name: str, suffix: str, text: str = "") -> None:
+    marker = _gate(name, suffix)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(text)
+
+
+def _wait_gate(name: str) -> None:
+    while not _gate(name, "go").exists():
+        time.sleep(0.02)
+
+
+def gated(name: str, result: object = None) -> object:
+    """Marks gates/NAME.started, waits until the test opens gates/NAME.go, returns
+    ``result``. A cancel raised inside it is noted in gates/NAME.cancelled."""
+    _mark(name, "started", str(os.getpid()))
+    try:
+        _wait_gate(name)
+    except TaskCancelled:
+        _mark(name, "cancelled")
+        raise
+    return result
+
+
+def stubborn(name: str) -> None:
+    """A task that ignores cancels: it notes each one and goes on waiting for its gate."""
+    _mark(name, "started", str(os.getpid()))
+    while True:
+        try:
+            _wait_gate(name)
+            return
+        except TaskCancelled:
+            _mark(name, "cancelled")
+
+
+def gated_frames(name: str, frames: list[int]) -> list[int]:
+    """A renderer the test paces: prints "rendering frame N", marks gates/NAME-N.started,
+    waits for gates/NAME-N.go, reports progress and prints "saved frame N"."""
+    for number, frame in enumerate(frames, 1):
+        print(f"rendering frame {frame}", flush=True)
+        gated(f"{name}-{frame}")
         buildcat.progress(number / len(frames), f"frame {frame}")
         print(f"saved frame {frame}", flush=True)
     return frames

@@ -4,7 +4,6 @@ farm rendering with real Blender; and what its login cookie may and may not do."
 from __future__ import annotations
 
 import http.client
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,12 +13,11 @@ import pytest
 from tests.conftest import Farm, secret_header, wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-IN_CI = bool(os.environ.get("CI"))
 
 
 @pytest.fixture
 def browser() -> Iterator[object]:
-    if not Path(CHROMIUM).exists() and not IN_CI:
+    if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 

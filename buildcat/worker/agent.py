@@ -76,6 +76,8 @@ class WorkerConfig:
     #: ``None``: no Blender tasks; ``""``: look for one; else a path or ``"bpy"``.
     blender_choice: str | None = ""
     blender: BlenderInstall | None = None
+    #: Seconds a cancelled task has to stop before its process is killed and replaced.
+    cancel_grace: float = CANCEL_GRACE_SECONDS
 
 
 def refused(item: dict[str, Any], reason: str) -> dict[str, Any]:
@@ -522,7 +524,7 @@ class Agent:
                     log.warning("task %s ignored the cancel; killing its process", task_id)
                     entry.child.kill()
 
-            asyncio.get_running_loop().call_later(CANCEL_GRACE_SECONDS, kill_if_still_running)
+            asyncio.get_running_loop().call_later(self.config.cancel_grace, kill_if_still_running)
         for message in list(self.queue):
             if message["id"] == task_id:
                 self.queue.remove(message)
