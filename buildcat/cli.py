@@ -913,8 +913,13 @@ def discover(timeout: float, as_json: bool) -> None:
     help="Folder for the throwaway farm's root.",
 )
 @click.option("--workers", "worker_count", type=click.IntRange(1, 16), default=2, show_default=True)
-def demo(root: Path, worker_count: int) -> None:
+@click.option(
+    "--no-blender",
+    is_flag=True,
+    help="Leave Blender out: render the Mandelbrot demo a machine without Blender gets.",
+)
+def demo(root: Path, worker_count: int, no_blender: bool) -> None:
     """Start a local farm (server + workers), run a demo job, show the result, stop."""
     from buildcat.demo import run_demo
 
-    sys.exit(run_demo(root, workers=worker_count, echo=click.echo))
+    sys.exit(run_demo(root, workers=worker_count, echo=click.echo, use_blender=not no_blender))

@@ -21,11 +21,19 @@ from buildcat.jobs import demo as demo_job
 FRAMES = 24
 
 
-def run_demo(root: Path, workers: int = 2, echo: Callable[[str], None] = print) -> int:
-    """Start the farm, run the demo job with live progress, print results, shut down."""
+def run_demo(
+    root: Path,
+    workers: int = 2,
+    echo: Callable[[str], None] = print,
+    use_blender: bool = True,
+) -> int:
+    """Start the farm, run the demo job with live progress, print results, shut down.
+
+    ``use_blender=False`` shows the farm without Blender (the Mandelbrot job), as on a
+    machine that has none."""
     root = root.resolve()
     root.mkdir(parents=True, exist_ok=True)
-    blender = find_blender()
+    blender = find_blender() if use_blender else None
     logs = root / ".buildcat" / "logs"
     server_log = launch.free_log(logs / "server.log")
     worker_logs = [launch.free_log(logs / f"worker-{n + 1}.log") for n in range(workers)]
@@ -37,15 +45,21 @@ def run_demo(root: Path, workers: int = 2, echo: Callable[[str], None] = print) 
         echo(f"  server    http://127.0.0.1:{port}  (log: {logs / 'server.log'})")
         for n in range(workers):
             name = f"demo-worker-{n + 1}"
-            processes.append(launch.start_worker(port, root, "--name", name, log=worker_logs[n]))
+            switches = () if blender else ("--no-blender",)
+            processes.append(
+                launch.start_worker(port, root, "--name", name, *switches, log=worker_logs[n])
+            )
             echo(f"  worker    {name}  (log: {logs / f'worker-{n + 1}.log'})")
         with Client("127.0.0.1", port, root) as client:
             deadline = time.monotonic() + 60
             while len(client.workers()) < workers and time.monotonic() < deadline:
                 time.sleep(0.05)
             if blender is None:
-                echo("No Blender here (pip install 'buildcat[blender]' or apt install blender):")
-                echo("rendering a Mandelbrot image in tiles instead.")
+                if use_blender:
+                    echo("No Blender here (pip install 'buildcat[blender]' or apt install")
+                    echo("blender): rendering a Mandelbrot image in tiles instead.")
+                else:
+                    echo("Without Blender (--no-blender): rendering a Mandelbrot image in tiles.")
                 _mandelbrot(client, root, echo)
             else:
                 _animation(client, root, blender, echo)
