@@ -21,7 +21,7 @@ from buildcat.errors import (
     RequestRejected,
     UnknownJob,
 )
-from buildcat.jobs.context import path, progress
+from buildcat.jobs.context import TaskCancelled, path, progress
 
 __all__ = [
     "Client",
@@ -34,6 +34,7 @@ __all__ = [
     "NotAuthorized",
     "PathError",
     "RequestRejected",
+    "TaskCancelled",
     "UnknownJob",
     "__version__",
     "connect",

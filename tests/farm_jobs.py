@@ -8,7 +8,6 @@ import time
 
 import buildcat
 import buildcat.jobs.context
-from buildcat.worker.child import TaskCancelled
 
 
 def square(x: int) -> int:
@@ -147,7 +146,7 @@ def gated(name: str, result: object = None) -> object:
     _mark(name, "started", str(os.getpid()))
     try:
         _wait_gate(name)
-    except TaskCancelled:
+    except buildcat.TaskCancelled:
         _mark(name, "cancelled")
         raise
     return result
@@ -160,7 +159,7 @@ def stubborn(name: str) -> None:
         try:
             _wait_gate(name)
             return
-        except TaskCancelled:
+        except buildcat.TaskCancelled:
             _mark(name, "cancelled")
 
 
@@ -173,3 +172,27 @@ def gated_frames(name: str, frames: list[int]) -> list[int]:
         buildcat.progress(number / len(frames), f"frame {frame}")
         print(f"saved frame {frame}", flush=True)
     return frames
+
+
+def fails_first_time(marker: str) -> str:
+    """Prints and fails the first time it runs (leaving ``marker``), succeeds after that:
+    for retry tests, with output for log views."""
+    path = buildcat.path(marker)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("failed once")
+        print(f"first attempt at {marker}: failing on purpose", flush=True)
+        raise RuntimeError(f"failing the first time on purpose ({marker})")
+    print(f"next attempt at {marker}: fine", flush=True)
+    return "fine the second time"
+
+
+def frame_image(relative: str, size: int = 16) -> dict[str, object]:
+    """Writes a small PNG at a root-relative path and reports it as the task's output, as a
+    render task does: the dashboard can then show it as the job's thumbnail."""
+    from buildcat.imaging import encode_png
+
+    path = buildcat.path(relative)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(encode_png(size, size, bytes([200, 40, 40]) * (size * size)))
+    return {"outputs": [relative]}

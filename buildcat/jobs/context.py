@@ -8,6 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+class TaskCancelled(BaseException):
+    """Raised inside a running job function when its task is cancelled.
+
+    A BaseException, so ``except Exception`` in job code does not swallow it; catch it
+    to clean up, then re-raise."""
+
+
 @dataclass(slots=True)
 class TaskContext:
     root: str

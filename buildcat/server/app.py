@@ -93,6 +93,8 @@ class Farm:
         self.started_at = time.time()
         #: Open dashboard event streams, and the event that tells them the farm changed.
         self.listeners = 0
+        #: Set when the server starts shutting down: lease answers say so to the workers.
+        self.stopping = False
         self.update_event = asyncio.Event()
         self._expiry_task: asyncio.Task[None] | None = None
         self.journal: Journal | None = None
@@ -200,12 +202,16 @@ class Farm:
                 unmatched.append(waiter)
         self.waiters.extendleft(reversed(unmatched))
 
-    def release_waiters(self) -> None:
-        """At shutdown, answer every long-poll at once so nothing waits for a timeout."""
+    def release_waiters(self) -> int:
+        """At shutdown, answer every long-poll at once so nothing waits for a timeout;
+        returns how many lease requests were waiting."""
+        self.stopping = True
+        released = 0
         while self.waiters:
             waiter = self.waiters.popleft()
             if not waiter.future.done():
                 waiter.future.set_result([])
+                released += 1
         for watcher in self.watchers.values():
             if not watcher.done():
                 watcher.set_result(None)
@@ -215,6 +221,7 @@ class Farm:
                 if not future.done():
                     future.set_result(None)
         self.job_waiters.clear()
+        return released
 
     async def expire_leases(self) -> None:
         interval = max(0.05, min(1.0, self.config.lease_timeout / 4))
@@ -671,7 +678,10 @@ async def lease(request: web.Request) -> web.Response:
         finally:
             if not future.done():
                 future.cancel()
-    return _reply(request, {"tasks": [_task_message(farm, task) for task in tasks]})
+    reply: dict[str, Any] = {"tasks": [_task_message(farm, task) for task in tasks]}
+    if farm.stopping:
+        reply["stopping"] = True  # the worker need not wonder why the next call fails
+    return _reply(request, reply)
 
 
 @routes.post(f"{API}/workers/{{worker}}/report")
@@ -897,8 +907,8 @@ async def serve(config: ServerConfig, ready: Callable[[str, int, str], None] | N
     try:
         await stop.wait()
     finally:
-        log.info("shutting down")
-        app[FARM_KEY].release_waiters()
+        released = app[FARM_KEY].release_waiters()
+        log.info("shutting down: answered %d waiting lease request(s)", released)
         if advertiser is not None and advertising is not None:
             if not advertising.done():
                 advertising.cancel()

@@ -325,6 +325,8 @@ class Agent:
                 await asyncio.sleep(MAX_BACKOFF_SECONDS)
                 continue
             tasks = reply.get("tasks", [])
+            if reply.get("stopping"):
+                log.info("the server is shutting down; waiting for it to come back")
             if self.draining:
                 self.to_release.extend(task["id"] for task in tasks)
                 self.wake_reporter.set()

@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 
 from buildcat import protocol
 from buildcat.jobs import context
+from buildcat.jobs.context import TaskCancelled
 from buildcat.jobs.python import load_function
 
 HEADER = struct.Struct(">I")
@@ -85,11 +86,8 @@ def read_frame(stream: BinaryIO) -> Any | None:
     return protocol.unpack(data)
 
 
-class TaskCancelled(BaseException):
-    """Raised inside a running job function when the server cancels its task."""
-
-
 def _cancel(signum: int, frame: object) -> None:
+    # The class job code can import (buildcat.TaskCancelled): this module runs as __main__.
     raise TaskCancelled("cancelled")
 
 
