@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
+import queue
 import re
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import pexpect
 from prometheus_client.parser import text_string_to_metric_families
@@ -22,7 +26,7 @@ def test_progress_bar_moves_and_ends_at_100_percent_in_a_terminal(jobs_farm: Far
     jobs_farm.wait_workers(1)
     child = pexpect.spawn(
         sys.executable,
-        ["-m", "buildcat", "submit", "python", "farm_jobs:print_frames", "0.15",
+        ["-m", "buildcat", "submit", "python", "farm_jobs:gated_frames", "bar",
          "--frames", "1-10", "--wait"],
         env={**os.environ, "FARM_HOST": "127.0.0.1", "FARM_PORT": str(jobs_farm.port),
              "BUILDCAT_ROOT": str(jobs_farm.root), "COLUMNS": "200"},
@@ -30,17 +34,37 @@ def test_progress_bar_moves_and_ends_at_100_percent_in_a_terminal(jobs_farm: Far
         timeout=60,
         dimensions=(24, 200),
     )  # fmt: skip
-    child.expect(pexpect.EOF)
-    child.close()
-    assert child.exitstatus == 0, child.before
-    screen = child.before
-    # A terminal gets one line redrawn with \r: the bar fills up, frames and rate shown.
-    redraws = [part for part in screen.split("\r") if part.startswith("[")]
+    screen = io.StringIO()
+    child.logfile_read = screen
+    try:
+        # The test paces the job: each frame's task waits for its gate, and the next gate
+        # opens only once the terminal showed the bar for the frames done so far.
+        widths = []
+        opened: set[int] = set()
+        for done in range(11):
+            if done:
+                frame = wait_for(lambda: _waiting_frame(jobs_farm, range(1, 11), opened))
+                jobs_farm.gate(f"bar-{frame}").open()
+                opened.add(frame)
+            child.expect(rf"\[(#*)\.*\] \w+ \w+: {done}/10 tasks")
+            widths.append(len(child.match.group(1)))
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0, screen.getvalue()
+    # A 30-character bar: 3 more # for each tenth of the job, from empty to full.
+    assert widths == [3 * done for done in range(11)]
+    # A terminal gets one line redrawn with \r: the bar only fills up, frames and rate shown.
+    redraws = [part for part in screen.getvalue().split("\r") if part.startswith("[")]
     filled = [part.split("]")[0].count("#") for part in redraws]
-    assert len(set(filled)) >= 3, redraws
     assert filled == sorted(filled)
-    assert re.search(r"\[#{30}\] \w+ done: 10/10 tasks 100%, frames 10/10", screen)
+    assert re.search(r"\[#{30}\] \w+ done: 10/10 tasks 100%, frames 10/10", screen.getvalue())
     assert "tasks/s" in redraws[-1] and "eta" in redraws[-1]
+
+
+def _waiting_frame(farm: Farm, frames: range, opened: set[int]) -> int | None:
+    """The frame whose gate a task waits at now (one worker, one task at a time)."""
+    return next((n for n in frames if n not in opened and farm.gate(f"bar-{n}").started()), None)
 
 
 def test_progress_is_plain_lines_when_not_a_terminal(jobs_farm: Farm) -> None:
@@ -59,26 +83,63 @@ def test_progress_is_plain_lines_when_not_a_terminal(jobs_farm: Farm) -> None:
 
 def test_logs_follow_streams_while_the_task_runs(jobs_farm: Farm) -> None:
     jobs_farm.start_worker("--no-blender")
-    client = jobs_farm.client()
-    job = client.map_frames("farm_jobs:print_frames", "1-5", 0.4, chunk=5)
-    lines = []
-    with subprocess.Popen(
+    job = jobs_farm.client().map_frames("farm_jobs:gated_frames", "1-3", "follow", chunk=3)
+    follower = subprocess.Popen(
         [sys.executable, "-m", "buildcat", "logs", f"{job.id}.0", "--follow"],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "FARM_HOST": "127.0.0.1", "FARM_PORT": str(jobs_farm.port),
              "BUILDCAT_ROOT": str(jobs_farm.root)},
-    ) as follower:  # fmt: skip
-        assert follower.stdout is not None
-        for line in follower.stdout:
-            lines.append(line.rstrip("\n"))
-            if line.startswith("rendering frame 1"):
-                # The first frame's line arrives while the task still renders the rest.
-                assert job.status()["state"] != "done"
-        assert follower.wait(30) == 0
-    printed = [line for line in lines if not line.startswith("---")]
-    assert printed == [f"{verb} frame {n}" for n in range(1, 6) for verb in ("rendering", "saved")]
+    )  # fmt: skip
+    lines = _Lines(follower)
+    try:
+        printed: list[str | None] = []
+        for frame in (1, 2, 3):
+            # The task prints "rendering frame N" and then waits for a gate that only the
+            # test opens: the follower can show the line only by streaming it.
+            while not printed or printed[-1] != f"rendering frame {frame}":
+                printed.append(lines.next())
+                assert printed[-1] is not None, f"the follower ended early: {printed}"
+            assert job.tasks()[0]["state"] == "leased"
+            jobs_farm.gate(f"follow-{frame}").open()
+        while printed[-1] is not None:
+            printed.append(lines.next())
+        assert follower.wait(60) == 0
+    finally:
+        lines.close()
+    body = [line for line in printed[:-1] if line is not None and not line.startswith("---")]
+    assert body == [f"{verb} frame {n}" for n in (1, 2, 3) for verb in ("rendering", "saved")]
     assert job.status()["state"] == "done"
+
+
+class _Lines:
+    """A process's stdout lines as they come, so that a test can wait for the next one with
+    a deadline (``None`` at the end of the output)."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+        self.queue: queue.Queue[str | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._pump, daemon=True)
+        self.thread.start()
+
+    def _pump(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.queue.put(line.rstrip("\n"))
+        self.queue.put(None)
+
+    def next(self, timeout: float = 60.0) -> str | None:
+        try:
+            return self.queue.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no line within {timeout}s") from None
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        self.thread.join(10)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
 
 
 def test_logs_follow_a_whole_job_prefixes_each_task(jobs_farm: Farm) -> None:
@@ -97,14 +158,18 @@ def test_perf_figures_match_the_recorded_task_times(jobs_farm: Farm) -> None:
     jobs_farm.start_worker("--no-blender", name="fast")
     jobs_farm.start_worker("--no-blender", name="steady")
     jobs_farm.wait_workers(2)
+    submitted = time.time()
     job = jobs_farm.client().map_frames("farm_jobs:print_frames", "1-12", 0.1, chunk=1)
     job.wait(60)
+    finished = time.time()
     report = jobs_farm.cli("perf", job.id, "--json")
     assert report.returncode == 0, report.stderr
     figures = json.loads(report.stdout)
     tasks = job.tasks()
-    # Every task ran about 0.1 s and the worker said so.
-    assert all(0.1 <= task["seconds"] < 5 for task in tasks)
+    # Every task slept its 0.1 s, and ran inside the time this test saw the job take.
+    for task in tasks:
+        assert task["seconds"] >= 0.1, task
+        assert submitted <= task["started_at"] < task["started_at"] + task["seconds"] <= finished
     start = min(task["started_at"] for task in tasks)
     end = max(task["started_at"] + task["seconds"] for task in tasks)
     assert abs(figures["span_seconds"] - (end - start)) < 1e-6
@@ -156,7 +221,21 @@ def scrape(farm: Farm) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return samples
 
 
+def _process_start(pid: int) -> float:
+    """When a process started (epoch seconds), from /proc, rounded down: never later than
+    the real start."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    ticks = int(fields[19])  # field 22 of stat(5): start time in clock ticks after boot
+    boot = next(
+        int(line.split()[1])
+        for line in Path("/proc/stat").read_text().splitlines()
+        if line.startswith("btime ")
+    )
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
 def test_metrics_parse_and_match_farm_status(jobs_farm: Farm) -> None:
+    began = time.time()  # the fixture's server was listening before this
     jobs_farm.start_worker("--no-blender", name="m1")
     client = jobs_farm.client()
     done = client.map("farm_jobs:square", list(range(20)))
@@ -186,8 +265,11 @@ def test_metrics_parse_and_match_farm_status(jobs_farm: Farm) -> None:
     assert samples[("buildcat_task_duration_seconds_count", ())] == 23
     assert samples[("buildcat_task_duration_seconds_bucket", (("le", "+Inf"),))] == 23
     assert samples[("buildcat_task_duration_seconds_sum", ())] > 0
-    started = time.time() - samples[("buildcat_server_start_time_seconds", ())]
-    assert 0 < started < 300
+    # The server started after its process did and before this test began; ping says the same.
+    started = samples[("buildcat_server_start_time_seconds", ())]
+    assert jobs_farm.server is not None
+    assert _process_start(jobs_farm.server.pid) <= started <= began
+    assert abs(started - client.ping()["started_at"]) < 1e-3
 
 
 def test_priority_command_moves_a_job_ahead(jobs_farm: Farm) -> None:
