@@ -196,3 +196,15 @@ def frame_image(relative: str, size: int = 16) -> dict[str, object]:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(encode_png(size, size, bytes([200, 40, 40]) * (size * size)))
     return {"outputs": [relative]}
+
+
+def fails_times(counter: str, times: int) -> int:
+    """Counts its runs in the root-relative file ``counter``; the first ``times`` runs fail,
+    later ones return the run's number (for retry, attempt and blocklist tests)."""
+    path = buildcat.path(counter)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    run = int(path.read_text() or 0) + 1 if path.exists() else 1
+    path.write_text(str(run))
+    if run <= times:
+        raise RuntimeError(f"run {run} of {counter} fails")
+    return run
