@@ -576,6 +576,10 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.lost: list[tuple[str, str]] = []
         self.leases: Counter[Task] = Counter()
         self.releases: Counter[Task] = Counter()
+        # The model's own record of failures, by worker name: who failed each task, and
+        # how often each worker failed each job (the blocklist follows from it).
+        self.failed_on: dict[str, set[str]] = {}
+        self.job_failures: dict[str, Counter[str]] = {}
 
     def _register(self, name: str, generation: int) -> str:
         worker_id = f"{name}-{generation}"
@@ -598,6 +602,30 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     def _unfinished(self) -> list[Job]:
         return [job for job in self.submitted if job.state not in FINAL_JOB_STATES]
+
+    def _blocked(self, job: Job) -> set[str]:
+        """Workers that failed this many of the job's tasks are kept off it (the docs: 3)."""
+        return {name for name, n in self.job_failures.get(job.id, Counter()).items() if n >= 3}
+
+    def _may_run(self, name: str, job: Job) -> bool:
+        requirements = all(requirement_met(r, WORKERS[name]) for r in job.requires)
+        return requirements and name not in self._blocked(job)
+
+    def _may_take(self, name: str, task: Task) -> bool:
+        """The documented retry rule, written here rather than borrowed from the scheduler:
+        a worker that failed a task gets it back only while no other online, idle worker
+        that may run the job and has not failed the task exists."""
+        if not self._may_run(name, task.job):
+            return False
+        failed = self.failed_on.get(task.id, set())
+        if name not in failed:
+            return True
+        for other in WORKERS:
+            record = self.farm.workers[self.worker_ids[other]]
+            idle = record.online and not record.leased
+            if other != name and idle and other not in failed and self._may_run(other, task.job):
+                return False
+        return True
 
     # ---- rules -----------------------------------------------------------------------------
 
@@ -626,19 +654,17 @@ class SchedulerMachine(RuleBasedStateMachine):
     @rule(name=st.sampled_from(sorted(WORKERS)), want=st.integers(1, 4))
     def lease(self, name: str, want: int) -> None:
         worker_id = self._online(name)
-        capabilities = WORKERS[name]
-        worker = self.farm.workers[worker_id]
-        # Tasks this worker failed wait for an idle worker that has not (Scheduler.may_take).
+        # Tasks this worker failed wait for an idle worker that has not (the model's rule).
         queues = {
-            job: [i for i in job.ready if self.farm.may_take(worker, job.tasks[i])]
+            job: [i for i in job.ready if self._may_take(name, job.tasks[i])]
             for job in self._unfinished()
         }
         candidates = {
             task
             for job in self._unfinished()
-            if not job.paused and all(requirement_met(r, capabilities) for r in job.requires)
+            if not job.paused
             for task in ready_tasks(job)
-            if self.farm.may_take(worker, task)
+            if self._may_take(name, task)
         }
 
         granted = self.farm.lease(worker_id, want, self.now)
@@ -683,8 +709,11 @@ class SchedulerMachine(RuleBasedStateMachine):
         failures = task.failures
 
         assert self.farm.fail(worker.id, task.id, "boom", f"tb {task.id}", self.now, retry=retry)
+        self.failed_on.setdefault(task.id, set()).add(worker.name)
+        self.job_failures.setdefault(job.id, Counter())[worker.name] += 1
 
         assert task.failures == failures + 1
+        assert job.blocked == self._blocked(job)
         assert task not in worker.leased
         if retry and task.failures < job.max_attempts:
             assert task.state is TaskState.QUEUED
@@ -938,6 +967,20 @@ def test_a_retry_prefers_an_idle_worker_that_has_not_failed_it(farm: Scheduler) 
     assert farm.lease("a", 1, 4) == [task]  # everyone failed it once: anyone may retry
 
 
+def test_a_retry_goes_back_to_its_failer_when_every_other_worker_is_busy(
+    farm: Scheduler,
+) -> None:
+    farm.register("a", 1, {}, 0, worker_id="a")
+    farm.register("b", 1, {}, 0, worker_id="b")
+    farm.submit(tiles(2), 0, max_attempts=3, job_id="j")
+    [first] = farm.lease("a", 1, 0)
+    [second] = farm.lease("b", 1, 0)
+    farm.fail("a", first.id, "boom", "", 1)
+    # b has not failed it but is busy: a tries again rather than leave the task waiting.
+    assert farm.lease("a", 1, 2) == [first]
+    assert second.state is TaskState.LEASED
+
+
 def test_a_worker_failing_a_job_repeatedly_is_blocked_until_cleared(farm: Scheduler) -> None:
     farm.register("flaky", 1, {}, 0, worker_id="f")
     job = farm.submit(tiles(5), 0, max_attempts=10, job_id="j")
@@ -993,6 +1036,39 @@ def test_a_task_past_its_timeout_is_stopped_and_counts_as_a_failure(farm: Schedu
     assert "timed out after 5s" in job.error
 
 
+def _every_field(farm: Scheduler) -> dict[str, object]:
+    """What a restored queue must equal: every job, task and worker, inner state included."""
+    return {
+        "seq": farm._seq,
+        "ready_total": farm.ready_total,
+        "jobs": {
+            job.id: {
+                **job.to_dict(),
+                "ready": list(job.ready),
+                "failures_by_worker": dict(job.failures_by_worker),
+                "tasks": [
+                    {
+                        **task.to_dict(with_result=True),
+                        "failed_on": sorted(task.failed_on),
+                        "pending_deps": task.pending_deps,
+                        "dependents": task.dependents,
+                        "lease_expires_at": task.lease_expires_at,
+                        "ready_at": task.ready_at,
+                    }
+                    for task in job.tasks
+                ],
+            }
+            for job in farm.jobs.values()
+        },
+        "workers": {
+            worker.id: {**worker.to_dict(), "to_cancel": sorted(worker.to_cancel)}
+            for worker in farm.workers.values()
+        },
+        "active": [job.id for job in farm._active],
+        "leased": sorted(task.id for task in farm._leased),
+    }
+
+
 def test_a_snapshot_restores_every_job_task_and_worker() -> None:
     from buildcat import protocol
     from buildcat.server import snapshot
@@ -1000,41 +1076,60 @@ def test_a_snapshot_restores_every_job_task_and_worker() -> None:
     farm = Scheduler(lease_timeout=10)
     farm.register("a", 1, {"gpu": ""}, 0, worker_id="a")
     farm.register("b", 2, {}, 0, worker_id="b")
+    farm.register("flaky", 1, {}, 0, worker_id="f")
+    # Jobs in every state, built one after another so each lease takes what it means to.
     done = farm.submit(tiles_and_stitch(2), 0, job_id="done")
-    running = farm.submit(tiles_and_stitch(3), 5, job_id="running", timeout=30)
-    paused = farm.submit(tiles(3), 0, job_id="paused")
-    failed = farm.submit(tiles(1), 0, max_attempts=1, job_id="failed")
-    for task in farm.lease("a", 3, 1):
-        farm.complete("a", task.id, {"ok": task.id}, 2)
-    for task in farm.lease("a", 3, 3):
-        farm.complete("a", task.id, [1, 2], 4)
-    leased = farm.lease("b", 2, 5)
-    [failing] = farm.lease("a", 1, 6) or [None]
-    if failing is not None:
-        farm.fail("a", failing.id, "boom", "tb", 7)
+    for _ in range(2):
+        for task in farm.lease("a", 2, 1):
+            assert farm.complete("a", task.id, {"ok": task.id}, 2, "log of " + task.id, 1.5, 0.5)
+    assert done.state is JobState.DONE
+    failed = farm.submit(tiles(2), 3, max_attempts=1, job_id="failed")
+    [doomed] = farm.lease("f", 1, 3)
+    assert farm.fail("f", doomed.id, "RuntimeError: boom", "Traceback: tb", 4, "it printed")
+    assert failed.state is JobState.FAILED and failed.error and failed.traceback
+    cancelled = farm.submit(tiles(3), 5, job_id="cancelled")
+    [held] = farm.lease("b", 1, 5)
+    farm.cancel(cancelled.id, 6)
+    assert cancelled.state is JobState.CANCELLED
+    assert farm.workers["b"].to_cancel == {held.id}  # not yet told: it is in the snapshot
+    blocked = farm.submit(tiles(5), 7, max_attempts=10, job_id="blocked")
+    for now in (7, 8, 9):
+        [task] = farm.lease("f", 1, now)
+        assert farm.fail("f", task.id, "driver crash", "", now)
+    assert blocked.blocked == {"flaky"}
+    running = farm.submit(tiles_and_stitch(3), 10, job_id="running", timeout=30)
+    farm.set_priority(running.id, 5)
+    leased = farm.lease("b", 2, 11)
+    assert [task.job for task in leased] == [running, running]
+    farm.progress("b", leased[0].id, 0.25, "a quarter")
+    paused = farm.submit(tiles(3), 12, job_id="paused")
     farm.pause(paused.id)
+    farm.submit(tiles(2), 12, job_id="queued", requires=["gpu", "blender>=9"])  # nobody can
+    assert {job.state for job in farm.jobs.values()} == set(JobState)
 
     document = protocol.unpack(protocol.pack(snapshot.dump(farm)), trusted=True)
     copy = Scheduler(lease_timeout=10)
     snapshot.load(copy, document)
 
-    for job in (done, running, paused, failed):
-        assert copy.jobs[job.id].to_dict() == job.to_dict()
-        assert [t.to_dict(with_result=True) for t in copy.jobs[job.id].tasks] == [
-            t.to_dict(with_result=True) for t in job.tasks
-        ]
-        assert list(copy.jobs[job.id].ready) == list(job.ready)
-    assert copy.ready_total == farm.ready_total
-    assert {w.id: w.to_dict() for w in copy.workers.values()} == {
-        w.id: w.to_dict() for w in farm.workers.values()
-    }
-    # Both go on the same way.
+    assert _every_field(copy) == _every_field(farm)
+    boom = "task failed.0 failed after 1 attempt(s): RuntimeError: boom"
+    assert copy.jobs["failed"].error == boom
+    assert copy.jobs["failed"].traceback == "Traceback: tb"
+    assert copy.jobs["blocked"].blocked == {"flaky"}
+    # Both go on the same way: the pending cancel, the blocklist, the leases, the pause.
     for scheduler in (farm, copy):
-        for task in leased:
-            scheduler.complete("b", task.id, "late", 8)
+        assert scheduler.take_cancellations("b") == [held.id]
+        # Blocked from "blocked", the paused and the impossible jobs not offered: one tile.
+        [tile] = scheduler.lease("f", 5, 13)
+        assert tile.id == "running.2"
+        for task in [*leased, tile]:
+            assert scheduler.complete(task.worker or "", task.id, "late", 14)
         scheduler.resume(paused.id)
-    assert [j.to_dict() for j in copy.jobs.values()] == [j.to_dict() for j in farm.jobs.values()]
-    assert [t.id for t in copy.lease("b", 10, 9)] == [t.id for t in farm.lease("b", 10, 9)]
+        scheduler.unblock(blocked.id)
+    assert _every_field(copy) == _every_field(farm)
+    assert [t.id for t in copy.lease("f", 10, 15)] == [t.id for t in farm.lease("f", 10, 15)]
+    assert [t.id for t in copy.lease("b", 10, 15)] == [t.id for t in farm.lease("b", 10, 15)]
+    assert _every_field(copy) == _every_field(farm)
 
 
 def test_a_new_priority_reorders_the_queue_at_once(farm: Scheduler) -> None:

@@ -34,7 +34,12 @@ def dump(scheduler: Scheduler) -> dict[str, Any]:
     return {
         "seq": scheduler._seq,
         "workers": [
-            {"id": w.id, **{f: getattr(w, f) for f in _WORKER_FIELDS}}
+            # to_cancel: tasks the worker still runs and must be told to stop.
+            {
+                "id": w.id,
+                "to_cancel": sorted(w.to_cancel),
+                **{f: getattr(w, f) for f in _WORKER_FIELDS},
+            }
             for w in scheduler.workers.values()
         ],
         "jobs": [
@@ -67,6 +72,7 @@ def load(scheduler: Scheduler, document: dict[str, Any]) -> None:
     for item in document["workers"]:
         worker = Worker(id=item["id"], **{f: item[f] for f in _WORKER_FIELDS if f != "online"})
         worker.online = item["online"]
+        worker.to_cancel = set(item.get("to_cancel", ()))  # older snapshots lack it
         scheduler.workers[worker.id] = worker
     for item in document["jobs"]:
         job = Job(id=item["id"], **{f: item[f] for f in _JOB_FIELDS if f != "paused"})
