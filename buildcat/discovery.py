@@ -19,6 +19,7 @@ from typing import Any
 
 import ifaddr
 from zeroconf import (
+    DNSQuestionType,
     InterfaceChoice,
     IPVersion,
     ServiceBrowser,
@@ -225,7 +226,12 @@ def browse(
     zeroconf = Zeroconf(interfaces=browse_interfaces(), ip_version=IPVersion.V4Only)
     farms: dict[str, FoundFarm] = {}
     try:
-        browser = ServiceBrowser(zeroconf, SERVICE_TYPE, handlers=[on_change])
+        # Multicast answers only (QM): a unicast answer reaches just one of the programs
+        # bound to UDP 5353 on this host (RFC 6762, 15.1), often the server or a worker
+        # rather than us, and the next query comes a second later.
+        browser = ServiceBrowser(
+            zeroconf, SERVICE_TYPE, handlers=[on_change], question_type=DNSQuestionType.QM
+        )
         deadline = time.monotonic() + timeout
         while (remaining := deadline - time.monotonic()) > 0:
             try:
@@ -233,7 +239,9 @@ def browse(
             except queue.Empty:
                 break
             wait = max(0.1, deadline - time.monotonic())
-            info = zeroconf.get_service_info(SERVICE_TYPE, name, timeout=int(wait * 1000))
+            info = zeroconf.get_service_info(
+                SERVICE_TYPE, name, timeout=int(wait * 1000), question_type=DNSQuestionType.QM
+            )
             farm = _found(info) if info is not None else None
             if farm is None:
                 continue

@@ -1,14 +1,18 @@
-"""Pure pieces of joining a farm: farm addresses, advertised addresses, the secret check."""
+"""Pieces of joining a farm: farm addresses, the secret check, and the addresses a server
+advertises, checked inside network namespaces whose interfaces the test sets up."""
 
 from __future__ import annotations
 
+import json
 import stat
+import sys
 from pathlib import Path
 
 import pytest
 
 from buildcat import auth, discovery, protocol
 from buildcat.errors import AddressError, FarmError
+from tests import netns
 
 
 @pytest.mark.parametrize(
@@ -43,14 +47,82 @@ def test_bad_farm_addresses_say_why(text: str, reason: str) -> None:
         protocol.split_address(text)
 
 
-def test_advertised_addresses_follow_the_bind_address() -> None:
-    assert discovery.advertised_addresses("127.0.0.1") == ["127.0.0.1"]
-    assert discovery.advertised_addresses("localhost") == ["127.0.0.1"]
-    every = discovery.host_ipv4_addresses()
-    assert "127.0.0.1" in every and every[-1].startswith("127.")
-    wildcard = discovery.advertised_addresses("0.0.0.0")
-    outside = [a for a in every if not a.startswith("127.")]
-    assert wildcard == (outside or every)
+#: What a server reports about addresses, run inside a namespace of known interfaces.
+REPORT = """
+import json
+from buildcat import discovery
+
+def advertiser(bind):
+    return discovery.Advertiser("x", bind, 1, tls=False, version="", farm_id="").interfaces
+
+print(json.dumps({
+    "host": discovery.host_ipv4_addresses(),
+    "wildcard": discovery.advertised_addresses("0.0.0.0"),
+    "loopback": discovery.advertised_addresses("127.0.0.1"),
+    "localhost": discovery.advertised_addresses("localhost"),
+    "sent on, wildcard": advertiser("0.0.0.0"),
+    "sent on, loopback": advertiser("127.0.0.1"),
+}))
+"""
+
+
+def addresses_in(namespace: netns.Namespace) -> dict[str, list[str]]:
+    result = namespace.run([sys.executable, "-c", REPORT])
+    assert result.returncode == 0, result.stderr
+    report: dict[str, list[str]] = json.loads(result.stdout)
+    return report
+
+
+def add_interface(namespace: netns.Namespace, name: str, *addresses: str) -> None:
+    """A veth whose peer stays down and unaddressed in the same namespace: one more NIC."""
+    namespace.ip("link", "add", name, "type", "veth", "peer", "name", f"{name}-peer")
+    for address in addresses:
+        namespace.ip("addr", "add", address, "dev", name)
+    namespace.ip("link", "set", name, "up")
+
+
+def test_a_host_with_only_loopback_advertises_loopback() -> None:
+    netns.require("the advertised-address test")
+    with netns.private_namespace("bc-addr") as namespace:
+        assert addresses_in(namespace) == {
+            "host": ["127.0.0.1"],
+            "wildcard": ["127.0.0.1"],
+            "loopback": ["127.0.0.1"],
+            "localhost": ["127.0.0.1"],
+            "sent on, wildcard": ["127.0.0.1"],
+            "sent on, loopback": ["127.0.0.1"],
+        }
+
+
+def test_a_wildcard_server_advertises_its_lan_address_not_loopback() -> None:
+    netns.require("the advertised-address test")
+    with netns.private_namespace("bc-addr") as namespace:
+        add_interface(namespace, "eth0", "10.231.7.2/24")
+        assert addresses_in(namespace) == {
+            "host": ["10.231.7.2", "127.0.0.1"],
+            "wildcard": ["10.231.7.2"],
+            "loopback": ["127.0.0.1"],
+            "localhost": ["127.0.0.1"],
+            # Loopback too, so browsers on the server's own host hear it.
+            "sent on, wildcard": ["10.231.7.2", "127.0.0.1"],
+            "sent on, loopback": ["127.0.0.1"],
+        }
+        bound = namespace.run(
+            [sys.executable, "-c", "from buildcat import discovery as d; "
+             "print(d.advertised_addresses('10.231.7.2'))"]
+        )  # fmt: skip
+        assert bound.stdout.strip() == "['10.231.7.2']", bound.stderr
+
+
+def test_a_wildcard_server_on_two_networks_advertises_both() -> None:
+    netns.require("the advertised-address test")
+    with netns.private_namespace("bc-addr") as namespace:
+        add_interface(namespace, "eth0", "10.231.7.2/24")
+        add_interface(namespace, "eth1", "10.231.8.2/24", "10.231.8.3/24")
+        report = addresses_in(namespace)
+        assert report["host"] == ["10.231.7.2", "10.231.8.2", "10.231.8.3", "127.0.0.1"]
+        assert report["wildcard"] == ["10.231.7.2", "10.231.8.2", "10.231.8.3"]
+        assert report["loopback"] == report["localhost"] == ["127.0.0.1"]
 
 
 def test_instance_names_are_single_mdns_labels() -> None:
@@ -80,9 +152,21 @@ def test_the_secret_check() -> None:
     assert not auth.token_matches(f"Basic {secret}", secret)
     assert not auth.token_matches(f"Bearer {secret}x", secret)
     assert not auth.token_matches(secret, secret)
-    # The fingerprint is stable, short and not the secret.
-    assert auth.farm_id(secret) == auth.farm_id(secret) != auth.farm_id(secret + "y")
-    assert len(auth.farm_id(secret)) == 16 and auth.farm_id(secret) not in secret
+
+
+def test_the_farm_id_is_a_tagged_sha256_fingerprint_of_the_secret() -> None:
+    # Known vectors, computed outside Python with coreutils:
+    #   printf 'buildcat farm id\0%s' "$SECRET" | sha256sum | cut -c1-16
+    # The tag keeps the advertised id from being a plain sha256 of the secret, which a
+    # secret reused elsewhere might already expose.
+    vectors = {
+        "s3cret-" + "x" * 40: "5e47320b61e57b22",
+        "one-studio-secret-for-two-farms-0123456789": "96cf76af583d0177",
+    }
+    for secret, expected in vectors.items():
+        assert auth.farm_id(secret) == expected
+        # The id is public, the dashboard key is not: no part of one gives the other.
+        assert auth.farm_id(secret) not in auth.dashboard_key(secret)
 
 
 def test_ensure_secret_creates_once_and_reads_after(tmp_path: Path) -> None:
