@@ -79,8 +79,11 @@ def fails_on(worker_name: str) -> str:
     return here
 
 
-def chaos_task(index: int) -> str:
-    """A little work, then one output file written whole (temporary name, then rename)."""
+def chaos_task(index: int, hold_from: int | None = None) -> str:
+    """A little work, then one output file written whole (temporary name, then rename).
+    Tasks from ``hold_from`` on first wait for the gate ``chaos-tail`` (the test's say)."""
+    if hold_from is not None and index >= hold_from:
+        _wait_gate("chaos-tail")
     time.sleep(0.05 + (index % 5) * 0.01)
     relative = f"chaos/out_{index:03d}.txt"
     path = buildcat.path(relative)
@@ -208,3 +211,16 @@ def fails_times(counter: str, times: int) -> int:
     if run <= times:
         raise RuntimeError(f"run {run} of {counter} fails")
     return run
+
+
+def where_am_i_gated(relative: str, gate: str) -> str:
+    """``where_am_i`` held at a gate: marks gates/GATE-<name of relative>.started with this
+    worker's path to the root (written whole), waits for gates/GATE.go, then writes."""
+    root = buildcat.jobs.context.current().root
+    marker = _gate(f"{gate}-{pathlib.PurePosixPath(relative).stem}", "started")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    temporary = marker.with_name(f".{marker.name}.{os.getpid()}.tmp")
+    temporary.write_text(root)
+    os.replace(temporary, marker)
+    _wait_gate(gate)
+    return where_am_i(relative)

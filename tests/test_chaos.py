@@ -16,6 +16,12 @@ from tests.conftest import Farm
 
 HERE = Path(__file__).parent
 TASKS = 200
+#: The last tasks wait for the test, so every planned kill lands while the job runs.
+HELD_FROM = 185
+#: Done-task counts at which a worker is SIGKILLed (and replaced) and the server is
+#: SIGKILLed (and restarted on its port).
+WORKER_KILLS_AT = [10, 35, 60, 85, 110, 135, 160]
+SERVER_KILLS_AT = [45, 125]
 
 
 def test_nothing_is_lost_when_processes_die(tmp_path: Path) -> None:
@@ -25,47 +31,59 @@ def test_nothing_is_lost_when_processes_die(tmp_path: Path) -> None:
     server_options = ("--lease-timeout", "2")
     farm.start_server(*server_options)
     rng = random.Random(7)
-    kills = restarts = 0
+    worker_kills: list[int] = []  # the done count at each kill
+    server_kills: list[int] = []
     try:
         for _ in range(3):
             farm.start_worker("--no-blender")
         client = farm.client()
-        job = client.map("farm_jobs:chaos_task", range(TASKS))
+        job = client.submit_tasks(
+            [{"payload": {"args": [i], "kwargs": {"hold_from": HELD_FROM}}} for i in range(TASKS)],
+            common={"function": "farm_jobs:chaos_task"},
+        )
         started = time.monotonic()
-        restart_at = [started + 2.0, started + 5.0]
-        next_kill = started + 1.0
         deadline = started + 240
-        state = "queued"
-        while state not in ("done", "failed", "cancelled"):
-            now = time.monotonic()
-            assert now < deadline, f"job still {state} after 240 s"
-            if restart_at and now >= restart_at[0]:
-                restart_at.pop(0)
+        worker_plan, server_plan = list(WORKER_KILLS_AT), list(SERVER_KILLS_AT)
+        status = job.status()
+        while status["state"] not in ("done", "failed", "cancelled"):
+            assert time.monotonic() < deadline, f"job still {status['state']} after 240 s"
+            done = status["tasks"]["done"]
+            if server_plan and done >= server_plan[0]:
+                server_plan.pop(0)
                 assert farm.server is not None
                 farm.server.send_signal(signal.SIGKILL)
                 farm.server.wait()
                 if farm.server.stdout is not None:
                     farm.server.stdout.close()
                 farm.start_server(*server_options, port=farm.port)
-                restarts += 1
-            if now >= next_kill:
+                server_kills.append(done)
+            elif worker_plan and done >= worker_plan[0]:
+                worker_plan.pop(0)
                 alive = [w for w in farm.workers if w.poll() is None]
                 victim = rng.choice(alive)
                 victim.send_signal(signal.SIGKILL)
                 victim.wait()
-                kills += 1
                 farm.start_worker("--no-blender", name=f"worker-{len(farm.workers) + 1}")
-                next_kill = now + 1.5
+                worker_kills.append(done)
+            elif not server_plan and not worker_plan:
+                farm.gate("chaos-tail").open()  # the chaos is over: let the tail finish
             try:
-                state = job.wait(timeout=0.2) and "done"
+                status = job.wait(timeout=0.2)
             except buildcat.JobTimeout:
-                continue
+                status = job.status()
             except buildcat.ConnectionFailed:
                 continue  # the server is down for a moment: so is everyone's view of it
-        assert state == "done"
 
-        status = job.status()
-        assert status["tasks"]["done"] == TASKS
+        # Every planned kill happened, each while the job was still running.
+        assert len(worker_kills) == len(WORKER_KILLS_AT), worker_kills
+        assert len(server_kills) == len(SERVER_KILLS_AT), server_kills
+        assert max(worker_kills + server_kills) < TASKS
+        lost = TASKS - status["tasks"]["done"]
+        print(
+            f"\nchaos: {TASKS} tasks, worker kills at {worker_kills} done, server kills at "
+            f"{server_kills} done, {lost} lost, {time.monotonic() - started:.1f}s"
+        )
+        assert status["state"] == "done" and lost == 0, status
         assert job.results() == [f"chaos/out_{i:03d}.txt" for i in range(TASKS)]
         for index in range(TASKS):
             text = (farm.root / "chaos" / f"out_{index:03d}.txt").read_text()
@@ -79,10 +97,5 @@ def test_nothing_is_lost_when_processes_die(tmp_path: Path) -> None:
         assert set(completions) == {f"{job.id}.{i}" for i in range(TASKS)}
         assert max(completions.values()) == 1, "a task was recorded done twice"
         assert all(not w["tasks"] for w in client.workers()), "something is still leased"
-        lost = TASKS - status["tasks"]["done"]
-        print(
-            f"\nchaos: {TASKS} tasks, {kills} worker kills, {restarts} server kills and "
-            f"restarts, {lost} lost, {time.monotonic() - started:.1f}s"
-        )
     finally:
         farm.stop()
