@@ -4,12 +4,14 @@ farm rendering with real Blender; and what its login cookie may and may not do."
 from __future__ import annotations
 
 import http.client
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import buildcat
 from tests.conftest import Farm, secret_header, wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -40,18 +42,22 @@ def dashboard_link(farm: Farm) -> str:
 
 
 def test_dashboard_shows_live_progress_a_frame_and_cancels(
-    farm: Farm, scene_file: Path, browser: object, tmp_path: Path
+    jobs_farm: Farm, scene_file: Path, browser: object, tmp_path: Path
 ) -> None:
+    farm = jobs_farm
     (farm.root / "shots").mkdir()
     shutil.copy(scene_file, farm.root / "shots" / "spin.blend")
-    farm.start_worker(name="render-1")
+    # One slot, and a grace far beyond the test: only a cancel that reaches the running
+    # task (TaskCancelled inside it) can free the slot, not the kill that follows the grace.
+    farm.start_worker("--slots", "1", "--cancel-grace", "600", name="render-1")
     submitted = farm.cli(
         "submit", "blender", "shots/spin.blend", "--frames", "1-6", "--chunk", "1",
         "--name", "spin", "--json",
     )  # fmt: skip
     assert submitted.returncode == 0, submitted.stderr
-    job_id = submitted.stdout.split('"id": "')[1].split('"')[0]
-    job = farm.client().job(job_id)
+    job_id = json.loads(submitted.stdout)["id"]
+    client = farm.client()
+    job = client.job(job_id)
 
     page = browser.new_page(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
     page.goto(dashboard_link(farm))
@@ -81,20 +87,33 @@ def test_dashboard_shows_live_progress_a_frame_and_cancels(
     )
     assert image.is_visible()
     assert page.locator("#tasks tbody tr").count() == 6
+    job.wait(timeout=120)
+    row.locator('[data-field="state"]').filter(has_text="done").wait_for(timeout=30_000)
+    assert row.locator('button[data-action="cancel"]').count() == 0  # nothing left to cancel
     screenshot = tmp_path / "dashboard.png"
     page.screenshot(path=str(screenshot), full_page=True)
     assert screenshot.stat().st_size > 10_000
 
-    if job.status()["state"] != "done":
-        row.locator('button[data-action="cancel"]').click()
-        page.wait_for_function(
-            f"""() => document.querySelector('tr[data-job="{job_id}"] [data-field="state"]')
-                .textContent === "cancelled" """,
-            timeout=30_000,
-        )
-        assert job.status()["state"] == "cancelled"
-    else:  # the machine rendered every frame before we got there: nothing left to cancel
-        assert row.locator('button[data-action="cancel"]').count() == 0
+    # Cancel: a task that runs until the test opens its gate, which it never does before
+    # the click, so the job is certainly running when the button is pressed.
+    gate = farm.gate("cancel-from-the-dashboard")
+    held = client.submit("farm_jobs:gated", gate.name, "should never finish")
+    gate.wait_started()
+    held_row = page.locator(f'tr[data-job="{held.id}"]')
+    held_row.locator('[data-field="state"]').filter(has_text="running").wait_for(timeout=30_000)
+    assert held.status()["state"] == "running"
+    held_row.locator('button[data-action="cancel"]').click()
+    held_row.locator('[data-field="state"]').filter(has_text="cancelled").wait_for(timeout=30_000)
+    assert held.status()["state"] == "cancelled"
+    assert held_row.locator('button[data-action="cancel"]').count() == 0
+    wait_for(gate.cancelled, 30)  # TaskCancelled was raised inside the running task
+    # The worker's only slot is free for the next job while the gate is still shut.
+    after = client.map("farm_jobs:square", [7])
+    after.wait(timeout=60)
+    assert after.results() == [49]
+    assert [task["worker"] for task in after.tasks()] == [
+        worker["id"] for worker in client.workers() if worker["name"] == "render-1"
+    ]
     assert page.evaluate("window.notReloaded") is True
 
 
@@ -113,6 +132,67 @@ def test_dashboard_priority_and_pause_buttons(jobs_farm: Farm, browser: object) 
     row.locator('button[data-action="resume"]').wait_for(timeout=10_000)
     row.locator('button[data-action="resume"]').click()
     wait_for(lambda: job.status()["state"] == "queued")
+
+
+def test_the_python_api_link_logs_in_and_a_clicked_task_shows_its_log(
+    jobs_farm: Farm, browser: object
+) -> None:
+    farm = jobs_farm
+    farm.start_worker("--no-blender")
+    client = farm.client()
+    link = client.dashboard_url()
+    assert link == dashboard_link(farm)  # the same link `farm dashboard` prints
+    job = client.map("farm_jobs:chatty", [41, 42])
+    assert job.results() == [42, 43]
+    second = job.tasks()[1]["id"]
+
+    page = browser.new_page()  # type: ignore[attr-defined]
+    page.goto(link)
+    assert page.url == f"http://127.0.0.1:{farm.port}/"  # logged in: the dashboard, no login page
+    row = page.locator(f'tr[data-job="{job.id}"]')
+    row.wait_for(timeout=30_000)
+    row.click()
+    page.locator(f'#tasks tr[data-task="{second}"]').click()
+    log = page.locator("#task-log pre")
+    log.filter(has_text="working on 42").wait_for(timeout=30_000)
+    assert page.locator("#log-title").inner_text() == second
+    assert "working on 41" not in log.inner_text()  # the clicked task's log, not another's
+    # A key that is not this farm's opens nothing.
+    wrong = browser.new_page()  # type: ignore[attr-defined]
+    wrong.goto(link.rsplit("=", 1)[0] + "=" + "0" * 32)
+    assert "not this farm's" in wrong.locator("body").inner_text()
+    assert wrong.locator(f'tr[data-job="{job.id}"]').count() == 0
+
+
+def test_the_retry_button_runs_a_failed_job_again_until_done(
+    jobs_farm: Farm, browser: object
+) -> None:
+    farm = jobs_farm
+    farm.start_worker("--no-blender")
+    client = farm.client()
+    job = client.map("farm_jobs:fails_first_time", ["markers/flaky"], max_attempts=1)
+    with pytest.raises(buildcat.JobFailed, match="failing the first time on purpose"):
+        job.wait(timeout=60)
+    task = job.tasks()[0]["id"]
+
+    page = browser.new_page()  # type: ignore[attr-defined]
+    page.goto(client.dashboard_url())
+    row = page.locator(f'tr[data-job="{job.id}"]')
+    row.locator('[data-field="state"]').filter(has_text="failed").wait_for(timeout=30_000)
+    # The failed task's log shows what it printed and why it failed.
+    row.click()
+    page.locator(f'#tasks tr[data-task="{task}"]').click()
+    log = page.locator("#task-log pre")
+    log.filter(has_text="failing on purpose").wait_for(timeout=30_000)
+    assert "RuntimeError: failing the first time on purpose" in log.inner_text()
+
+    row.locator('button[data-action="retry"]').click()
+    row.locator('[data-field="state"]').filter(has_text="done").wait_for(timeout=60_000)
+    assert job.status()["state"] == "done"
+    assert job.results() == ["fine the second time"]
+    assert row.locator('button[data-action="retry"]').count() == 0
+    # The open log follows the task's new run.
+    log.filter(has_text="next attempt at markers/flaky: fine").wait_for(timeout=30_000)
 
 
 def request(

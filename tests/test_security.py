@@ -3,45 +3,112 @@
 from __future__ import annotations
 
 import http.client
+import itertools
+import json
+import multiprocessing
 import re
+import selectors
+import shutil
 import ssl
 import stat
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
 
 import buildcat
-from buildcat import launch
-from buildcat.server.app import routes
-from tests.conftest import Farm, secret_header, wait_for
+from buildcat import auth, launch
+from buildcat.protocol import API_PREFIX as API
+from buildcat.server.app import ServerConfig, create_app
+from buildcat.server.app import routes as api_routes
+from tests.conftest import Farm, secret_header, unused_port, wait_for
 
 HERE = Path(__file__).parent
+LOGIN_PAGE = resources.files("buildcat.server").joinpath("dashboard", "login.html").read_bytes()
 
 
-def api_routes() -> list[tuple[str, str]]:
-    """Every route the server has, with its placeholders filled in."""
+#: Routes anyone may fetch: the login page, the login link's check and the page's own files.
+#: Every other route the server registers must answer 401 without the secret.
+PUBLIC_ROUTES = {
+    (method, path) for method in ("GET", "HEAD") for path in ("/", "/login", "/dashboard/{name}")
+}
+#: aiohttp's pattern for a plain ``{name}`` placeholder: one path segment.
+ANY_SEGMENT = "[^{}/]+"
+
+
+def _placeholders(pattern: str) -> dict[str, str]:
+    """The named groups of a route's regex, each with its own regex (nesting allowed)."""
+    groups = {}
+    for match in re.finditer(r"\(\?P<(\w+)>", pattern):
+        depth, index = 1, match.end()
+        while depth:
+            depth += {"(": 1, ")": -1}.get(pattern[index], 0)
+            index += 1
+        groups[match[1]] = pattern[match.end() : index - 1]
+    return groups
+
+
+def registered_routes(scratch: Path, values: dict[str, list[str]]) -> list[tuple[str, str, str]]:
+    """Every route the server's application registers, as ``(method, route, path)``: the
+    route as registered and a concrete path for each real value of each placeholder
+    (``values[name]``) and each alternative of a regex placeholder (``{action:a|b}``)."""
+    scratch.mkdir(exist_ok=True)
+    # The very application ``farm server`` runs; no journal and a given token, so building
+    # it touches nothing on disk.
+    app = create_app(ServerConfig(root=scratch, journal=False, discovery=False, token="t" * 32))
     found = []
-    for route in routes:
-        path = re.sub(r"\{[^}]+\}", "x", route.path)  # type: ignore[attr-defined]
-        found.append((route.method, path))  # type: ignore[attr-defined]
+    for route in app.router.routes():
+        info = route.resource.get_info()  # type: ignore[union-attr]
+        if "path" in info:
+            found.append((route.method, info["path"], info["path"]))
+            continue
+        pattern, template = info["pattern"], info["formatter"]
+        choices = {}
+        for name, regex in _placeholders(pattern.pattern).items():
+            if regex == ANY_SEGMENT:
+                assert values.get(name), f"no real value for {{{name}}} in {template}"
+                choices[name] = values[name]
+            else:
+                assert re.fullmatch(r"[\w-]+(\|[\w-]+)*", regex), (template, regex)
+                choices[name] = regex.split("|")
+        assert set(choices) == set(re.findall(r"\{(\w+)\}", template)), template
+        for combination in itertools.product(*choices.values()):
+            path = template.format(**dict(zip(choices, combination, strict=True)))
+            assert pattern.fullmatch(path), (path, pattern)  # the path reaches this route
+            found.append((route.method, template, path))
+    # Deregistering the worker goes last, so the routes that need it find it.
+    found.sort(key=lambda entry: entry[0] == "DELETE")
     return found
 
 
-def status_of(port: int, method: str, path: str, headers: dict[str, str]) -> int:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+def fetch(
+    port: int, method: str, path: str, headers: dict[str, str]
+) -> tuple[int, bytes, dict[str, str]]:
+    """One request; for the routes that read a body, one that is no msgpack at all (0xc1 is
+    never used), so nothing is submitted or changed; only the first line of an event stream."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
-        body = b"\x80" if method in ("POST", "PUT", "PATCH") else None
+        body = b"\xc1" if method in ("POST", "PUT", "PATCH", "DELETE") else None
         connection.request(
             method, path, body=body, headers={"Content-Type": "application/msgpack", **headers}
         )
         response = connection.getresponse()
-        response.read()
-        return response.status
+        replied = dict(response.getheaders())
+        if replied.get("Content-Type", "").startswith("text/event-stream"):
+            return response.status, response.readline(), replied
+        return response.status, response.read(), replied
     finally:
         connection.close()
+
+
+def status_of(port: int, method: str, path: str, headers: dict[str, str]) -> int:
+    return fetch(port, method, path, headers)[0]
 
 
 def test_the_secret_is_created_once_with_mode_0600_and_never_logged(jobs_farm: Farm) -> None:
@@ -61,21 +128,112 @@ def test_the_secret_is_created_once_with_mode_0600_and_never_logged(jobs_farm: F
         assert token not in log.read_text(errors="replace"), log.name
 
 
-def test_every_route_answers_401_without_the_right_secret(farm: Farm) -> None:
-    wrong = "Bearer " + "x" * 43
-    token = secret_header(farm.root)["Authorization"].split()[1]
-    for method, path in api_routes():
-        for headers in (
-            {},
-            {"Authorization": wrong},
-            {"Authorization": f"Basic {token}"},
-            {"Authorization": f"Bearer {token[:-1]}"},
-        ):
-            assert status_of(farm.port, method, path, headers) == 401, (method, path, headers)
-        assert status_of(farm.port, method, path, secret_header(farm.root)) != 401, (method, path)
+@pytest.mark.parametrize("farm", [("--name", "farm-name-nobody-outside-may-see")], indirect=True)
+def test_every_route_answers_401_without_the_right_secret(farm: Farm, tmp_path: Path) -> None:
+    farm_name = "farm-name-nobody-outside-may-see"
+    shutil.copy(HERE / "farm_jobs.py", farm.root / "farm_jobs.py")
+    farm.start_worker("--no-blender", name="member-worker")
+    client = farm.client()
+    # Real values for every placeholder: a job with a thumbnail, its task, a worker.
+    job = client.map("farm_jobs:frame_image", ["frames/one.png"])
+    job.wait(timeout=60)
+    task_id = job.tasks()[0]["id"]
+    (worker,) = client.workers()
+    members = secret_header(farm.root)
+    token = members["Authorization"].split()[1]
+    assets = sorted(
+        entry.name
+        for entry in resources.files("buildcat.server").joinpath("dashboard").iterdir()
+        if entry.is_file()
+    )
+    routes = registered_routes(
+        tmp_path / "scratch",
+        {"job": [job.id], "task": [task_id], "worker": [worker["id"]], "name": assets},
+    )
+
+    # The walk cannot be silently empty or partial: the API table, the event stream,
+    # thumbnails, /metrics, the dashboard pages and every job action are all in it.
+    registered = {(method, route) for method, route, _ in routes}
+    for definition in api_routes:
+        plain = re.sub(r"\{(\w+):[^}]*\}", r"{\1}", definition.path)  # type: ignore[attr-defined]
+        assert (definition.method, plain) in registered, definition  # type: ignore[attr-defined]
+    for must in (
+        ("GET", f"{API}/events"), ("GET", f"{API}/jobs/{{job}}/thumbnail"), ("GET", "/metrics"),
+        ("GET", f"{API}/jobs/{{job}}/wait"), ("DELETE", f"{API}/workers/{{worker}}"),
+        ("POST", f"{API}/workers/{{worker}}/lease"), *PUBLIC_ROUTES,
+    ):  # fmt: skip
+        assert must in registered, must
+    paths = {(method, path) for method, _, path in routes}
+    for action in ("cancel", "pause", "resume", "retry", "unblock", "priority"):
+        assert ("POST", f"{API}/jobs/{job.id}/{action}") in paths, action
+    for name in ("app.js", "index.html", "login.html", "style.css"):
+        assert ("GET", f"/dashboard/{name}") in paths, name
+    assert len(routes) >= 40
+
+    wrong_credentials: list[dict[str, str]] = [
+        {},
+        {"Authorization": "Bearer " + "x" * 43},
+        {"Authorization": f"Basic {token}"},
+        {"Authorization": f"Bearer {token[:-1]}"},
+        {"Authorization": f"Bearer {token}x"},
+        {"Cookie": "buildcat_dashboard=" + "0" * 32},
+        {"Cookie": f"buildcat_dashboard={token}"},  # the secret is not the dashboard key
+    ]
+    never_shown = [job.id.encode(), worker["id"].encode(), b"member-worker", farm_name.encode()]
+    never_shown += [token.encode(), auth.dashboard_key(token).encode(), b"\x89PNG", b"event:"]
+    protected = [(m, r, p) for m, r, p in routes if (m, r) not in PUBLIC_ROUTES]
+    assert len(protected) >= 30
+    for method, _, path in protected:
+        for headers in wrong_credentials:
+            status, body, _ = fetch(farm.port, method, path, headers)
+            assert status == 401, (method, path, headers)
+            if method != "HEAD":  # a 401 says why, and nothing else
+                assert set(json.loads(body)) == {"error"}, (method, path)
+                assert b"missing or wrong farm secret" in body, (method, path)
+            assert not any(secret in body for secret in never_shown), (method, path, body)
+        status, body, _ = fetch(farm.port, method, path, members)
+        assert status != 401, (method, path)
+        assert b"no such route" not in body, (method, path)  # the path reached its route
+        if method == "POST":  # its handler read the body, and refused it
+            assert status == 400 and b"msgpack" in body, (path, body)
+        if path == f"{API}/events" and method == "GET":
+            assert body == b"event: update\n"
+        if path == f"{API}/jobs/{job.id}/thumbnail" and method == "GET":
+            assert body.startswith(b"\x89PNG") and status == 200
+
+    # Hundreds of requests later the farm is as it was: one job, done.
+    assert [view["id"] for view in client.jobs()] == [job.id]
+    assert job.status()["state"] == "done"
+
+    # The public routes give no farm data away: the login page, a refused key, and the
+    # dashboard's own files exactly as they ship.
+    public = [(m, p) for m, r, p in routes if (m, r) in PUBLIC_ROUTES]
+    assert len(public) == 2 * (2 + len(assets))
+    for method, path in public:
+        status, body, headers = fetch(farm.port, method, path, {})
+        assert "Set-Cookie" not in headers, path
+        assert not any(secret in body for secret in never_shown), (method, path)
+        if method == "HEAD":
+            continue
+        if path.startswith("/dashboard/"):
+            shipped = resources.files("buildcat.server").joinpath("dashboard", path[11:])
+            assert (status, body) == (200, shipped.read_bytes()), path
+        elif path == "/":
+            assert status == 200 and body == LOGIN_PAGE
+        else:  # /login without a key
+            assert status == 401 and b"not this farm's" in body
+    for key in ("0" * 32, token, auth.dashboard_key(token)[:-1]):
+        status, body, headers = fetch(farm.port, "GET", f"/login?key={key}", {})
+        assert status == 401 and "Set-Cookie" not in headers
+        assert not any(secret in body for secret in never_shown)
+    # The page's files are the only ones served: nothing else from the package or the root.
+    for sneaky in ("/dashboard/..%2Fapp.py", "/dashboard/%2E%2E", "/dashboard/..%2F..%2Fauth.py"):
+        status, body, _ = fetch(farm.port, "GET", sneaky, {})
+        assert status in (401, 404), sneaky
+        assert b"import" not in body
     # Routes that do not exist give nothing away either.
     assert status_of(farm.port, "GET", "/api/v1/nothing-here", {}) == 401
-    assert status_of(farm.port, "GET", "/api/v1/nothing-here", secret_header(farm.root)) == 404
+    assert status_of(farm.port, "GET", "/api/v1/nothing-here", members) == 404
 
 
 def test_a_client_without_the_secret_runs_nothing(jobs_farm: Farm, tmp_path: Path) -> None:
@@ -134,11 +292,183 @@ def test_token_given_to_the_server_and_clients(tmp_path: Path) -> None:
         farm.stop()
 
 
+def test_the_server_warns_when_others_can_read_the_secret_file(jobs_farm: Farm) -> None:
+    farm = jobs_farm
+    secret_file = farm.root / ".buildcat" / "secret"
+    token = secret_file.read_text().strip()
+    launch.stop(farm.server)  # type: ignore[arg-type]
+    before = len(farm.log_text("server"))
+    assert "readable by others" not in farm.log_text("server")  # mode 0600: no warning
+    secret_file.chmod(0o644)
+    farm.start_server(port=farm.port)
+    started = farm.log_text("server")[before:]
+    warnings = [line for line in started.splitlines() if "readable by others" in line]
+    assert len(warnings) == 1, started
+    assert "WARNING" in warnings[0]
+    assert str(secret_file) in warnings[0] and "mode 644" in warnings[0]
+    leaked = token in started
+    assert not leaked, "the server logged the secret"
+    # A warning, not a refusal: the farm still runs for its members.
+    farm.start_worker("--no-blender")
+    assert farm.client().map("farm_jobs:square", [6]).results() == [36]
+
+
+def _race_for_the_secret(barrier: Any, roots: list[str], results: Any) -> None:
+    """One racer (its own process): for each fresh root, wait at the barrier with the others,
+    then create-or-read the secret at the same moment they do."""
+    tokens = []
+    for root in roots:
+        barrier.wait()
+        tokens.append(auth.ensure_secret(root))
+    results.put(tokens)
+
+
+def test_processes_creating_the_secret_at_once_all_get_the_one_on_disk(tmp_path: Path) -> None:
+    racers, rounds = 4, 25
+    roots = [tmp_path / f"root-{number}" for number in range(rounds)]
+    for root in roots:
+        root.mkdir()
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(racers, timeout=120)
+    results = context.Queue()
+    processes = [
+        context.Process(target=_race_for_the_secret, args=(barrier, list(map(str, roots)), results))
+        for _ in range(racers)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:  # a racer that fails breaks the barrier: all of them end
+        process.join(180)
+        if process.is_alive():
+            process.kill()
+            process.join()
+    assert [process.exitcode for process in processes] == [0] * racers
+    collected = [results.get(timeout=10) for _ in processes]
+    for number, root in enumerate(roots):
+        state = root / ".buildcat"
+        on_disk = (state / "secret").read_text().strip()
+        assert {tokens[number] for tokens in collected} == {on_disk}, f"round {number}"
+        assert stat.S_IMODE((state / "secret").stat().st_mode) == 0o600
+        assert [entry.name for entry in state.iterdir()] == ["secret"]  # no temporary left
+
+
+#: ``farm server`` (the ``farm`` command's own entry point) that loads what it needs, says
+#: "armed", and starts only when the test fires one byte down its stdin: with the imports
+#: done, two of them reach the secret within a hair of each other.
+ARMED_FARM = (
+    "import sys\n"
+    "import buildcat.cli\n"
+    "import buildcat.server.app\n"
+    "print('armed', flush=True)\n"
+    "sys.stdin.buffer.read(1)\n"
+    "sys.argv[0] = 'farm'\n"
+    "buildcat.cli.main()\n"
+)
+
+
+def _read_until(process: subprocess.Popen[bytes], wanted: re.Pattern[bytes]) -> re.Match[bytes]:
+    assert process.stdout is not None
+    seen = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if selector.select(timeout=1):
+                line = process.stdout.readline()
+                assert line, f"the process ended: {seen!r}"
+                seen += line
+                if found := wanted.search(line):
+                    return found
+    raise AssertionError(f"not seen within 60 s: {wanted.pattern!r} in {seen!r}")
+
+
+def test_two_servers_starting_at_once_on_a_fresh_root_agree_on_one_secret(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    logs = [tmp_path / f"server-{n}.log" for n in (1, 2)]
+    servers: list[tuple[subprocess.Popen[bytes], int]] = []
+    handles = [log.open("wb") for log in logs]
+    try:
+        for number, handle in enumerate(handles):
+            command = [
+                sys.executable, "-c", ARMED_FARM, "server", "--bind", "127.0.0.1",
+                "--port", str(unused_port(avoid={p for _, p in servers})), "--root", str(root),
+                "--state-dir", str(tmp_path / f"state-{number}"), "--no-discovery",
+            ]  # fmt: skip
+            process = subprocess.Popen(
+                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=handle
+            )
+            servers.append((process, int(command[command.index("--port") + 1])))
+        for process, _ in servers:
+            _read_until(process, re.compile(rb"^armed$"))
+        for process, _ in servers:  # the starting gun, to both at once
+            assert process.stdin is not None
+            process.stdin.write(b"g")
+            process.stdin.flush()
+        for process, port in servers:
+            assert int(_read_until(process, launch.LISTENING)["port"]) == port
+        members = secret_header(root)
+        for _, port in servers:
+            assert status_of(port, "GET", f"{API}/ping", members) == 200, port
+            assert status_of(port, "GET", f"{API}/ping", {"Authorization": "Bearer x"}) == 401
+        created = [log.read_text().count("created the farm secret") for log in logs]
+        assert sorted(created) == [0, 1]  # one created it, the other read it
+        assert [entry.name for entry in (root / ".buildcat").iterdir()] == ["secret"]
+    finally:
+        for process, _ in servers:
+            launch.stop(process)
+            if process.stdin is not None:
+                process.stdin.close()
+        for handle in handles:
+            handle.close()
+
+
+def test_a_new_secret_logs_every_browser_out(jobs_farm: Farm) -> None:
+    farm = jobs_farm
+    job = farm.client().map("farm_jobs:square", [2])  # no worker: it stays queued
+    old_link = farm.cli("dashboard").stdout.strip()
+    login = old_link.split(str(farm.port), 1)[1]
+    status, _, headers = fetch(farm.port, "GET", login, {})
+    assert status == 303
+    old = {"Cookie": headers["Set-Cookie"].split(";")[0]}
+    steer = {**old, "X-Buildcat-Dashboard": "1"}
+    assert fetch(farm.port, "GET", "/", old)[1].count(b"app.js") == 1  # logged in
+    assert fetch(farm.port, "GET", f"{API}/jobs", old)[0] == 200
+    assert fetch(farm.port, "GET", f"{API}/events", old)[:2] == (200, b"event: update\n")
+    old_secret = (farm.root / ".buildcat" / "secret").read_text().strip()
+
+    # Changing the secret as docs/security.md says: stop, delete the file, start.
+    launch.stop(farm.server)  # type: ignore[arg-type]
+    (farm.root / ".buildcat" / "secret").unlink()
+    farm.start_server(port=farm.port)
+    assert (farm.root / ".buildcat" / "secret").read_text().strip() != old_secret
+
+    status, page, _ = fetch(farm.port, "GET", "/", old)
+    assert status == 200 and page == LOGIN_PAGE  # the login page, not the dashboard
+    for method, path, headers in (
+        ("GET", f"{API}/jobs", old),
+        ("GET", f"{API}/events", old),
+        ("GET", f"{API}/jobs/{job.id}", old),
+        ("GET", "/metrics", old),
+        ("POST", f"{API}/jobs/{job.id}/cancel", steer),
+    ):
+        assert fetch(farm.port, method, path, headers)[0] == 401, path
+    assert farm.client().job(job.id).status()["state"] == "queued"  # not cancelled
+    assert fetch(farm.port, "GET", login, {})[0] == 401  # the old link is dead too
+    # The new link logs in again.
+    new_link = farm.cli("dashboard").stdout.strip()
+    assert new_link != old_link
+    status, _, headers = fetch(farm.port, "GET", new_link.split(str(farm.port), 1)[1], {})
+    assert status == 303
+    new = {"Cookie": headers["Set-Cookie"].split(";")[0]}
+    assert fetch(farm.port, "GET", f"{API}/jobs", new)[0] == 200
+
+
 # ---- TLS ------------------------------------------------------------------------------------
 
 
 @pytest.fixture
-def tls_farm(tmp_path: Path) -> tuple[Farm, Path]:
+def tls_farm(tmp_path: Path) -> Iterator[tuple[Farm, Path]]:
     authority = trustme.CA()
     certificate = authority.issue_cert("127.0.0.1", "localhost")
     cert, key, ca = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
@@ -168,12 +498,17 @@ def test_tls_farm_runs_jobs_for_members_that_trust_its_ca(tls_farm: tuple[Farm, 
         stderr=farm._log("tls-worker"),
     )  # fmt: skip
     farm.workers.append(worker)
-    client = buildcat.connect(url, root=farm.root, tls_ca=ca)
-    assert client.address == url
-    assert client.map("farm_jobs:square", [1, 2, 3]).results() == [1, 4, 9]
-    client.close()
-    submitted = farm.cli("status", "--json", FARM_HOST=url, FARM_TLS_CA=str(ca))
-    assert submitted.returncode == 0, submitted.stderr
+    with buildcat.connect(url, root=farm.root, tls_ca=ca) as client:
+        assert client.address == url
+        job = client.map("farm_jobs:square", [1, 2, 3])
+        assert job.results() == [1, 4, 9]
+        listed = farm.cli("status", "--json", FARM_HOST=url, FARM_TLS_CA=str(ca))
+        assert listed.returncode == 0, listed.stderr
+        # Over TLS the command prints the farm's real job list: the one job, done.
+        (shown,) = json.loads(listed.stdout)
+        assert (shown["id"], shown["state"], shown["total"]) == (job.id, "done", 3)
+        assert shown["tasks"]["done"] == 3 and sum(shown["tasks"].values()) == 3
+        assert [view["id"] for view in client.jobs()] == [job.id]
 
 
 def test_tls_refuses_an_untrusted_certificate_and_plain_http(
