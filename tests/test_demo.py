@@ -20,10 +20,16 @@ from tests.conftest import wait_for
 
 SHIM = '''#!{python}
 """Stands in front of the real Blender: notes every call, and holds a render until the
-test opens the gate (so a test knows the demo is mid-render, on any machine)."""
+test opens the gate (so a test knows the demo is mid-render, on any machine). With no
+real Blender it is only a tripwire: it notes the call, answers --version (so that what
+calls it goes on, and the test sees the call) and fails anything else."""
 import os, sys, time
 with open({calls!r}, "a") as calls:
     calls.write(" ".join(sys.argv[1:]) + "\\n")
+if {blender!r} is None:
+    if "--version" in sys.argv:
+        sys.exit(print("Blender 4.5.0"))
+    sys.exit("not Blender: a tripwire")
 probe = "--version" in sys.argv or any(a.endswith("demo_scene.py") for a in sys.argv)
 if not probe and {hold!r}:
     open({held!r}, "w").write(str(os.getpid()))
@@ -33,13 +39,10 @@ os.execv({blender!r}, [{blender!r}, *sys.argv[1:]])
 '''
 
 
-def _blender_shim(folder: Path, hold: bool) -> dict[str, str]:
-    """Environment that makes every Blender the demo or its workers find this shim: it
-    logs its calls to ``folder/calls`` and, with ``hold``, a render marks ``folder/held``
-    and waits for ``folder/go``."""
-    real = find_blender(allow_bpy=False)
-    if real is None:
-        pytest.skip("no Blender binary installed")
+def _blender_shim(folder: Path, hold: bool = False, real: str | None = None) -> dict[str, str]:
+    """Environment that makes every Blender the demo or its workers look for this shim: it
+    logs its calls to ``folder/calls``, then runs the ``real`` Blender; with ``hold``, a
+    render first marks ``folder/held`` and waits for ``folder/go``."""
     folder.mkdir(parents=True, exist_ok=True)
     shim = folder / "blender"
     shim.write_text(
@@ -49,7 +52,7 @@ def _blender_shim(folder: Path, hold: bool) -> dict[str, str]:
             hold=hold,
             held=str(folder / "held"),
             gate=str(folder / "go"),
-            blender=real.path,
+            blender=real,
         )
     )
     shim.chmod(0o755)
@@ -196,7 +199,7 @@ def test_farm_demo_without_blender_renders_the_mandelbrot_in_tiles(tmp_path: Pat
         capture_output=True,
         text=True,
         timeout=600,
-        env=_blender_shim(shim, hold=False),
+        env=_blender_shim(shim),  # a tripwire: nothing may call it
     )
     assert finished.returncode == 0, finished.stdout + finished.stderr
     lines = finished.stdout.splitlines()
@@ -204,13 +207,16 @@ def test_farm_demo_without_blender_renders_the_mandelbrot_in_tiles(tmp_path: Pat
     assert "Without Blender (--no-blender): rendering a Mandelbrot image in tiles." in lines
     assert lines[-1] == "Farm stopped."
     _check_mandelbrot(finished.stdout, root)
-    # Blender is here (the shim in front of it), yet neither the demo nor its workers
+    # Every Blender the demo or its workers could find is the tripwire, and none of them
     # started it, not even to ask its version.
     assert not (shim / "calls").exists(), (shim / "calls").read_text()
     assert _processes_mentioning(str(root)) == []
 
 
 def test_ctrl_c_stops_the_demo_and_leaves_no_process(tmp_path: Path) -> None:
+    real = find_blender(allow_bpy=False)
+    if real is None:
+        pytest.skip("no Blender binary installed")
     root = tmp_path / "interrupted"
     shim = tmp_path / "shim"
     demo = subprocess.Popen(
@@ -219,7 +225,7 @@ def test_ctrl_c_stops_the_demo_and_leaves_no_process(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,  # its own process group, like a shell job
-        env=_blender_shim(shim, hold=True),
+        env=_blender_shim(shim, hold=True, real=real.path),
     )
     assert demo.stdout is not None
     seen: set[tuple[int, str]] = set()
