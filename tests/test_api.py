@@ -86,37 +86,41 @@ def test_oversized_body_is_413(farm: Farm) -> None:
         farm, "POST", "/api/v1/jobs", b"\x00" * (MAX_BODY_BYTES + 1), "application/msgpack"
     )
     assert status == 413
-    assert reply["error"]
+    assert reply["error"] == (
+        "the request body is larger than 33,554,432 bytes: split the job or put bulk data in "
+        "files under the farm root"
+    )
+    assert farm.client().jobs() == []
 
 
 @pytest.mark.parametrize(
-    ("method", "path"),
+    ("method", "path", "reason"),
     [
-        ("GET", "/api/v1/jobs/nosuchjob"),
-        ("GET", "/api/v1/jobs/nosuchjob/results"),
-        ("POST", "/api/v1/jobs/nosuchjob/cancel"),
-        ("GET", "/api/v1/tasks/nosuchjob.0"),
-        ("POST", "/api/v1/workers/w-nobody/lease"),
-        ("GET", "/api/v2/jobs"),
+        ("GET", "/api/v1/jobs/nosuchjob", "no job 'nosuchjob'"),
+        ("GET", "/api/v1/jobs/nosuchjob/results", "no job 'nosuchjob'"),
+        ("POST", "/api/v1/jobs/nosuchjob/cancel", "no job 'nosuchjob'"),
+        ("GET", "/api/v1/tasks/nosuchjob.0", "no job 'nosuchjob'"),
+        ("POST", "/api/v1/workers/w-nobody/lease", "unknown worker 'w-nobody': register again"),
+        ("GET", "/api/v2/jobs", "no such route: GET /api/v2/jobs"),
     ],
 )
-def test_unknown_ids_and_routes_are_404(farm: Farm, method: str, path: str) -> None:
+def test_unknown_ids_and_routes_are_404(farm: Farm, method: str, path: str, reason: str) -> None:
     status, reply = call(farm, method, path)
     assert status == 404
-    assert reply["error"]
+    assert reply["error"] == reason
 
 
 def test_wait_timeout_must_be_a_number(farm: Farm) -> None:
     job = farm.client().submit("math:sqrt", 4)
     status, reply = call(farm, "GET", f"/api/v1/jobs/{job.id}/wait?timeout=soon")
     assert status == 400
-    assert "timeout" in str(reply["error"])
+    assert reply["error"] == "timeout must be a number of seconds"
 
 
 def test_server_keeps_serving_after_bad_requests(farm: Farm) -> None:
     for body in (b"\xc1", b"\x00" * 100, msgpack.packb({"tasks": [None]})):
         status, _ = call(farm, "POST", "/api/v1/jobs", body, "application/msgpack")
-        assert 400 <= status < 500
+        assert status == 400
     farm.start_worker()
     assert farm.client().submit("math:sqrt", 16).results() == [4.0]
 

@@ -1,5 +1,6 @@
 """Hypothesis throws malformed and hostile requests at a real server: every answer is a 4xx
-(never a 5xx, never a hang) and a normal job still runs correctly afterwards."""
+with a reason (never a 5xx, never a hang), or a 201 for a request that was valid after
+all, whose job or worker exists as asked; a normal job still runs correctly afterwards."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import buildcat
-from buildcat import launch
+from buildcat import launch, protocol
+from buildcat.errors import FarmError
 from tests.conftest import secret_header
 
 HERE = Path(__file__).parent
@@ -37,17 +39,41 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int
             launch.stop(process)
 
 
-def send(server: tuple[Path, int], method: str, path: str, body: bytes, content_type: str) -> int:
+def send(
+    server: tuple[Path, int], method: str, path: str, body: bytes, content_type: str
+) -> tuple[int, Any]:
+    """The status and the decoded JSON reply."""
     root, port = server
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        headers = {"Content-Type": content_type, **secret_header(root)}
+        headers = {"Content-Type": content_type, "Accept": JSON, **secret_header(root)}
         connection.request(method, path, body=body, headers=headers)
         response = connection.getresponse()
-        response.read()
-        return response.status
+        reply = response.read()
+        assert response.getheader("Content-Type", "").startswith(JSON)
+        return response.status, json.loads(reply)
     finally:
         connection.close()
+
+
+def check_answer(server: tuple[Path, int], route: str, sent: Any, status: int, reply: Any) -> None:
+    """A 4xx says why; a 2xx made exactly what the request asked for."""
+    if 400 <= status < 500:
+        assert isinstance(reply["error"], str) and reply["error"], reply
+        return
+    assert status == 201, (status, reply)
+    assert isinstance(sent, dict), "only a map can be a valid request"
+    if route == "/jobs":
+        code, job = send(server, "GET", f"/api/v1/jobs/{reply['id']}", b"", JSON)
+        assert code == 200
+        assert job["total"] == reply["tasks"] == len(sent["tasks"])
+        assert job["kind"] == sent.get("kind", "python")
+    else:
+        assert route == "/workers"
+        code, listing = send(server, "GET", "/api/v1/workers", b"", JSON)
+        [worker] = [w for w in listing["workers"] if w["id"] == reply["id"]]
+        assert worker["name"] == str(sent.get("name", "worker"))[:200]
+        assert worker["slots"] == sent.get("slots", 1)
 
 
 scalars = st.one_of(
@@ -110,8 +136,12 @@ SPECIAL_BODIES = [
 def test_garbage_gets_a_4xx(
     server: tuple[Path, int], route: str, body: bytes, content_type: str
 ) -> None:
-    status = send(server, "POST", "/api/v1" + route, body, content_type)
-    assert 200 <= status < 500 and status != 500
+    status, reply = send(server, "POST", "/api/v1" + route, body, content_type)
+    try:
+        sent = protocol.decode(body, content_type) if body else {}  # no body: the defaults
+    except FarmError:
+        sent = None
+    check_answer(server, route, sent, status, reply)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
@@ -124,12 +154,14 @@ def test_structured_nonsense_submissions_get_a_4xx_or_a_valid_job(
             data = json.dumps(body, default=lambda b: b.hex()).encode()
         except ValueError:
             return
-        status = send(server, "POST", "/api/v1/jobs", data, JSON)
+        status, reply = send(server, "POST", "/api/v1/jobs", data, JSON)
+        sent = json.loads(data)
     else:
-        status = send(
-            server, "POST", "/api/v1/jobs", msgpack.packb(body, use_bin_type=True), MSGPACK
-        )
-    assert status in (201, 400, 404, 413), status
+        data = msgpack.packb(body, use_bin_type=True)
+        status, reply = send(server, "POST", "/api/v1/jobs", data, MSGPACK)
+        sent = body
+    assert status in (201, 400, 413), (status, reply)
+    check_answer(server, "/jobs", sent, status, reply)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
@@ -145,13 +177,15 @@ def test_unknown_job_ids_are_404(server: tuple[Path, int], job: str) -> None:
         f"/api/v1/jobs/{quoted}/results",
         f"/api/v1/tasks/{quoted}",
     ):
-        status = send(server, "GET", path, b"", JSON)
+        status, reply = send(server, "GET", path, b"", JSON)
         assert status in (404, 400), (path, status)
+        assert reply["error"].startswith(("no job", "no task", "no such route")), reply
 
 
 def test_oversized_body_is_refused(server: tuple[Path, int]) -> None:
-    status = send(server, "POST", "/api/v1/jobs", b"\x90" * (33 * 1024 * 1024), MSGPACK)
+    status, reply = send(server, "POST", "/api/v1/jobs", b"\x90" * (33 * 1024 * 1024), MSGPACK)
     assert status == 413
+    assert "larger than 33,554,432 bytes" in reply["error"]
 
 
 def test_a_normal_job_runs_afterwards(server: tuple[Path, int]) -> None:

@@ -352,6 +352,13 @@ async def errors_middleware(
         return _error(request, 400, str(exc))
     except web.HTTPNotFound:
         return _error(request, 404, f"no such route: {request.method} {request.path}")
+    except web.HTTPRequestEntityTooLarge:
+        return _error(
+            request,
+            413,
+            f"the request body is larger than {protocol.MAX_BODY_BYTES:,} bytes: split the job "
+            "or put bulk data in files under the farm root",
+        )
     except web.HTTPMethodNotAllowed as exc:
         allowed = ", ".join(sorted(exc.allowed_methods))
         return _error(request, 405, f"{request.method} is not allowed here (allowed: {allowed})")
