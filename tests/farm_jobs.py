@@ -224,3 +224,21 @@ def where_am_i_gated(relative: str, gate: str) -> str:
     os.replace(temporary, marker)
     _wait_gate(gate)
     return where_am_i(relative)
+
+
+def unencodable() -> object:
+    """A result msgpack cannot carry (a set)."""
+    return {1, 2, 3}
+
+
+def nested(depth: int) -> object:
+    """A result nested ``depth`` lists deep."""
+    value: object = "bottom"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def echo(value: object) -> object:
+    """Returns its argument."""
+    return value

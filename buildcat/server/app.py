@@ -289,9 +289,15 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return value
 
 
+_NUMBERS = {int, float, type(None)}
+
+
 def _get(body: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any) -> Any:
     value = body.get(key, default)
-    if kind is int or kind is float or kind == (int, float):
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if set(kinds) <= _NUMBERS and set(kinds) & {int, float}:
+        if value is None and type(None) in kinds:
+            return value
         if isinstance(value, bool) or not isinstance(value, kind):
             raise ProtocolError(f"{key!r} must be a number")
         return value
@@ -385,8 +391,9 @@ async def ping(request: web.Request) -> web.Response:
             "api": protocol.API_VERSION,
             "started_at": farm.started_at,
             "lease_timeout": farm.config.lease_timeout,
-            # Lease requests parked on the server right now (idle worker slots).
-            "waiting_workers": len(farm.waiters),
+            # Lease requests parked on the server right now (idle worker slots); a request
+            # whose worker hung up stays in the queue until a dispatch, but is not counted.
+            "waiting_workers": sum(not waiter.future.done() for waiter in farm.waiters),
         },
     )
 
