@@ -49,6 +49,13 @@ def make_farm(tmp_path: Path, name: str, *extra: str) -> Farm:
     (root / "farm_jobs.py").write_text((HERE / "farm_jobs.py").read_text())
     farm = Farm(root=root, logs=tmp_path / name / "logs", config_name=name)
     farm.start_server("--name", name, *extra, discovery=True)
+    # The server advertises only after it listens (zeroconf probes for about a second):
+    # wait until it answers, so what a test starts next finds it however busy the machine.
+    try:
+        wait_for(lambda: name in {found.name for found in discovery.browse(3, wanted=name)}, 60)
+    except BaseException:
+        farm.stop()
+        raise
     return farm
 
 
@@ -219,7 +226,10 @@ def test_no_farm_is_a_clear_error_within_the_timeout(tmp_path: Path) -> None:
                 tmp_path, "--name", "here", wrap=lan.wrap, env=env, log=log
             )
             try:
-                found = lan.run(launch.farm_command("status", "--json"), env=env)
+                # The server advertises after it listens (probing takes about a second):
+                # a generous timeout, which ends as soon as the farm answers.
+                patient = {**env, "FARM_DISCOVERY_TIMEOUT": "30"}
+                found = lan.run(launch.farm_command("status", "--json"), env=patient)
                 assert found.returncode == 0, found.stderr
                 assert json.loads(found.stdout) == []
             finally:
