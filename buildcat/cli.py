@@ -897,7 +897,7 @@ def discover(timeout: float, as_json: bool) -> None:
         _print_json([farm.as_dict() for farm in farms])
         return
     if not farms:
-        click.echo(f"no farm answered within {timeout:g}s", err=True)
+        click.echo(f"farm: error: no farm answered within {timeout:g}s", err=True)
         sys.exit(1)
     for farm in farms:
         version = f"  buildcat {farm.version}" if farm.version else ""

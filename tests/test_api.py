@@ -157,3 +157,14 @@ def test_a_broken_root_is_one_clear_line(tmp_path: Path) -> None:
         assert "Traceback" not in started.stderr
         if root != a_file:
             assert len(started.stderr.strip().splitlines()) == 1
+
+
+def test_an_unknown_state_filter_is_refused(farm: Farm) -> None:
+    farm.client().submit("math:sqrt", 4)
+    status, reply = call(farm, "GET", "/api/v1/jobs?state=bogus")
+    assert status == 400
+    assert reply["error"] == (
+        "state must be one of queued, running, paused, done, failed, cancelled, not 'bogus'"
+    )
+    status, reply = call(farm, "GET", "/api/v1/jobs?state=queued")
+    assert status == 200 and len(reply["jobs"]) == 1  # type: ignore[arg-type]

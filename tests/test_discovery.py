@@ -217,7 +217,7 @@ def test_no_farm_is_a_clear_error_within_the_timeout(tmp_path: Path) -> None:
         assert "Traceback" not in worker.stderr
         nothing = lan.run(launch.farm_command("discover", "--timeout", "0.5"), env=env)
         assert nothing.returncode == 1
-        assert nothing.stderr.strip() == "no farm answered within 0.5s"
+        assert nothing.stderr.strip() == "farm: error: no farm answered within 0.5s"
 
         # The control: on this same LAN a farm that does advertise is found, so the errors
         # above mean "no farm", not "mDNS does not work in here".

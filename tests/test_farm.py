@@ -167,10 +167,13 @@ def test_task_output_and_progress_reach_the_server(jobs_farm: Farm) -> None:
 def test_sigterm_drains_the_running_task(jobs_farm: Farm) -> None:
     worker = jobs_farm.start_worker()
     farm = jobs_farm.client()
-    job = farm.map("farm_jobs:slow", [1.0, 1.0], max_attempts=1)
-    wait_for(lambda: task_states(job).count("leased") == 1)
+    job = farm.map("farm_jobs:gated", ["drain-1", "drain-2"], max_attempts=1)
+    jobs_farm.gate("drain-1").wait_started()
     worker.send_signal(signal.SIGTERM)
-    assert worker.wait(timeout=30) == 0
+    wait_for(lambda: "draining: signal received" in jobs_farm.log_text("worker-1"))
+    jobs_farm.gate("drain-1").open()
+    jobs_farm.gate("drain-2").open()
+    assert worker.wait(timeout=60) == 0
     tasks = job.tasks()
     assert sorted(t["state"] for t in tasks) == ["done", "queued"]  # finished one, took none
     jobs_farm.start_worker()

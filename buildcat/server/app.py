@@ -33,6 +33,7 @@ from buildcat.server.journal import Journal, JournalError, read_events, replay
 from buildcat.server.scheduler import (
     FINAL_JOB_STATES,
     Job,
+    JobState,
     NotFound,
     Scheduler,
     SchedulerError,
@@ -456,6 +457,8 @@ async def submit(request: web.Request) -> web.Response:
 async def list_jobs(request: web.Request) -> web.Response:
     scheduler = _farm(request).scheduler
     state = request.query.get("state")
+    if state is not None and state not in set(JobState):
+        raise ProtocolError(f"state must be one of {', '.join(JobState)}, not {state!r}")
     farm = _farm(request)
     views = [
         _job_view(farm, job.id)
