@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bpy
 import override
-from script_support import ScriptError, run
+from script_support import ScriptError, run, sigint_ends_the_bpy_module
 
 
 def read_job(argv: list[str]) -> tuple[str, list[int], str, dict]:
@@ -83,4 +83,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    sigint_ends_the_bpy_module()
     run(main)

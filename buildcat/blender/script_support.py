@@ -7,6 +7,7 @@ Blender runs each script by path, so the scripts import this module from their o
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Callable
 
@@ -36,3 +37,16 @@ def run(main: Callable[[list[str]], object]) -> None:
     except ScriptError as exc:
         print(f"buildcat: error: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)
+
+
+def sigint_ends_the_bpy_module() -> None:
+    """In the bpy module, make SIGINT (the farm's cancel) end the process at once.
+
+    The Blender binary stops a render on SIGINT and carries on; in the bpy module Python
+    owns SIGINT, and its KeyboardInterrupt waits until the render call returns, so a
+    cancel would sit out the grace period and end in SIGKILL.
+    """
+    import bpy
+
+    if not bpy.app.binary_path:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bpy
 import bpy_render
 import override
-from script_support import ScriptError
+from script_support import ScriptError, sigint_ends_the_bpy_module
 
 DONE = "BUILDCAT-DONE "
 ERROR = "BUILDCAT-ERROR "
@@ -69,4 +69,5 @@ def render_loaded(frames: list[int], output: str, settings: dict) -> list[str]:
 
 
 if __name__ == "__main__":
+    sigint_ends_the_bpy_module()
     serve()

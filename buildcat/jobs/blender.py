@@ -246,6 +246,7 @@ def run_process(command: list[str], on_line: Callable[[str], None]) -> int:
     """Run Blender, passing each output line on; SIGINT, grace period, SIGKILL on cancel."""
     process = start_blender(command, subprocess.DEVNULL)
     assert process.stdout is not None
+    print(f"buildcat: Blender started, pid {process.pid}")
     try:
         for line in process.stdout:
             on_line(line.rstrip("\n"))
@@ -339,6 +340,7 @@ class WarmBlender:
             except BaseException:
                 # Cancelled mid-render (or worse): this Blender is in an unknown state.
                 self.stop()
+                print(f"buildcat: Blender stopped (exit code {self.process.returncode})")
                 raise
             if not reason:
                 code = self.process.wait()
@@ -346,12 +348,17 @@ class WarmBlender:
         raise RenderFailed(reason)
 
     def stop(self) -> None:
+        """SIGINT, then SIGKILL after CANCEL_GRACE_SECONDS."""
+        # End of input first: once SIGINT has stopped the render, warm.py would otherwise
+        # wait for the next request until the SIGKILL.
+        with contextlib.suppress(OSError):
+            if self.process.stdin is not None:
+                self.process.stdin.close()
         if self.process.poll() is None:
             launch.end(self.process, signal.SIGINT, CANCEL_GRACE_SECONDS)
-        for stream in (self.process.stdin, self.process.stdout):
-            with contextlib.suppress(OSError):
-                if stream is not None:
-                    stream.close()
+        with contextlib.suppress(OSError):
+            if self.process.stdout is not None:
+                self.process.stdout.close()
 
     def close(self) -> None:
         """Ask it to leave (an empty line), then make sure it has."""
@@ -449,8 +456,8 @@ def _render(task: dict[str, Any], blender: BlenderInstall) -> dict[str, Any]:
         if warm_enabled():
             warm = warm_blender(blender)
             how = f"reusing (render {warm.renders + 1})" if warm.renders else "starting"
-            print(f"buildcat: {how} {blender.describe()} for {scene.name} "
-                  f"frames {format_frames(frames)}")  # fmt: skip
+            print(f"buildcat: {how} {blender.describe()}, pid {warm.process.pid}, for "
+                  f"{scene.name} frames {format_frames(frames)}")  # fmt: skip
             request = {"blend": str(scene), "frames": frames, "output": pattern,
                        "settings": settings}  # fmt: skip
             warm.render(request, progress.feed)
