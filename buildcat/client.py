@@ -21,6 +21,7 @@ from buildcat.errors import (
     FarmError,
     JobFailed,
     JobTimeout,
+    LimitError,
     NotAuthorized,
     RequestRejected,
     UnknownJob,
@@ -109,10 +110,17 @@ class Client:
         return {"Authorization": auth.authorization(self.token)}
 
     def request(
-        self, method: str, path: str, body: Any = None, timeout: float | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        timeout: float | None = None,
+        *,
+        packed: bytes | None = None,
     ) -> Any:
-        """One API call; returns the decoded reply or raises a FarmError."""
-        data = protocol.pack(body) if body is not None else None
+        """One API call; returns the decoded reply or raises a FarmError. ``packed`` is a
+        body already encoded as msgpack."""
+        data = packed if packed is not None else protocol.pack(body) if body is not None else None
         headers = {"Accept": protocol.MSGPACK, **self._auth_headers()}
         if data is not None:
             headers["Content-Type"] = protocol.MSGPACK
@@ -239,15 +247,20 @@ class Client:
         >>> farm.map_frames("shots/bake.py:bake", "1-240", "shots/a", chunk=10)
         """
         spec = _function_spec(function)
-        tasks = [
-            {
-                "payload": {
-                    "kwargs": {**(kwargs or {}), "frames": group},
-                    "label": format_frames(group),
-                }
-            }
-            for group in chunk_frames(parse_frames(frames), chunk)
-        ]
+        numbers = parse_frames(frames)
+        groups = chunk_frames(numbers, chunk)
+
+        def task(group: list[int]) -> dict[str, Any]:
+            payload = {"kwargs": {**(kwargs or {}), "frames": group}, "label": format_frames(group)}
+            return {"payload": payload}
+
+        # The size is estimated from the first task before the others are built.
+        _check_request_size(
+            len(protocol.pack(task(groups[0]))) * len(groups),
+            len(groups),
+            "use more frames per task (chunk)",
+        )
+        tasks = [task(group) for group in groups]
         return self.submit_tasks(
             tasks,
             name=name or f"{spec} frames {frames}",
@@ -319,16 +332,36 @@ class Client:
         ):
             if value is not None:
                 settings[key] = value
-        tasks = blender_jobs.plan_render(
-            relative,
-            parse_frames(frames),
+        numbers = parse_frames(frames)
+        # Every limit is checked before the tasks are built: an absurd job is one line at once.
+        count = blender_jobs.check_render_size(
+            len(numbers),
             chunk=chunk,
-            output=output,
-            file_format=format,
-            settings=settings,
             tiles=tiles,
             sample_split=sample_split,
+            resolution=resolution,
+            samples=samples,
         )
+
+        def plan(some: list[int]) -> list[dict[str, Any]]:
+            return blender_jobs.plan_render(
+                relative,
+                some,
+                chunk=chunk,
+                output=output,
+                file_format=format,
+                settings=settings,
+                tiles=tiles,
+                sample_split=sample_split,
+            )
+
+        sample = plan(numbers[: max(chunk, 1)])
+        _check_request_size(
+            len(protocol.pack(sample)) * count // len(sample),
+            count,
+            "render more frames per task (--chunk), or fewer frames or tiles",
+        )
+        tasks = plan(numbers)
         return self.submit_tasks(
             tasks,
             kind="blender",
@@ -383,7 +416,10 @@ class Client:
             body["max_attempts"] = max_attempts
         if timeout is not None:
             body["timeout"] = timeout
-        reply = self.request("POST", "/jobs", body)
+        _check_task_count(len(tasks), "split the job")
+        packed = protocol.pack(body)
+        _check_request_size(len(packed), len(tasks), "split the job, or put bulk data in files")
+        reply = self.request("POST", "/jobs", packed=packed)
         return Job(self, reply["id"])
 
     def _check_function_files(self, tasks: list[dict[str, Any]], common: dict[str, Any]) -> None:
@@ -582,6 +618,23 @@ def connect(
     return Client(
         host=host, port=port, root=root, timeout=timeout, token=token, tls_ca=tls_ca, farm=farm
     )
+
+
+def _check_task_count(count: int, advice: str) -> None:
+    if count > protocol.MAX_TASKS_PER_JOB:
+        raise LimitError(
+            f"this job would be {count:,} tasks; a job may have at most "
+            f"{protocol.MAX_TASKS_PER_JOB:,}: {advice}"
+        )
+
+
+def _check_request_size(size: int, count: int, advice: str) -> None:
+    """Refuse, before sending, a job the server would answer 413."""
+    if size > protocol.MAX_BODY_BYTES:
+        raise LimitError(
+            f"this job would be {count:,} tasks, about {size / 2**20:,.0f} MiB to send; a "
+            f"request may be at most {protocol.MAX_BODY_BYTES // 2**20} MiB: {advice}"
+        )
 
 
 def _function_spec(function: str | Callable[..., Any]) -> str:

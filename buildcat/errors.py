@@ -19,6 +19,11 @@ class AddressError(FarmError, ValueError):
     """A farm address (``--host``) could not be understood."""
 
 
+class LimitError(FarmError, ValueError):
+    """A job over one of the documented limits (tasks, request size, tiles, resolution),
+    refused before anything is built or sent."""
+
+
 class ProtocolError(FarmError):
     """A message on the wire is malformed."""
 

@@ -22,6 +22,8 @@ JSON = "application/json"
 MAX_BODY_BYTES = 32 * 1024 * 1024
 #: Deepest nesting accepted in a decoded body; deeper is refused as malformed.
 MAX_DEPTH = 64
+#: Most tasks one job may have.
+MAX_TASKS_PER_JOB = 1_000_000
 
 
 def pack(value: Any) -> bytes:

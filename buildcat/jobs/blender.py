@@ -27,13 +27,22 @@ from typing import Any
 from buildcat import launch
 from buildcat import root as farm_root
 from buildcat.blender import BPY, SCRIPTS, BlenderInstall
-from buildcat.errors import FarmError
+from buildcat.errors import FarmError, LimitError
 from buildcat.frames import chunk_frames, format_frames
 from buildcat.jobs import context
+from buildcat.protocol import MAX_TASKS_PER_JOB
 
 FORMATS = {"PNG": ".png", "JPEG": ".jpg", "OPEN_EXR": ".exr"}
 ENGINES = ("cycles", "eevee", "workbench")
 STEPS = ("render", "stitch", "merge")
+#: Blender's own range for each side of a render (``render.resolution_x``/``_y``).
+RESOLUTION_RANGE = (4, 65_536)
+#: Cycles' own most samples.
+MAX_SAMPLES = 16_777_216
+#: Most tiles along each side of a frame (``--tiles 64x64``: 4,096 tiles a frame).
+MAX_TILES_PER_SIDE = 64
+#: Most parts one frame may be split into by samples.
+MAX_SAMPLE_SPLIT = 64
 #: Blender needed about 8 s to stop after SIGINT here; then it is killed.
 CANCEL_GRACE_SECONDS = 10.0
 #: A warm Blender with no task for this long exits, giving its memory back
@@ -77,6 +86,51 @@ def tile_rects(columns: int, rows: int) -> list[list[float]]:
         for row in range(rows)
         for column in range(columns)
     ]
+
+
+def check_render_size(
+    frame_count: int,
+    *,
+    chunk: int = 1,
+    tiles: tuple[int, int] | None = None,
+    sample_split: int | None = None,
+    resolution: tuple[int, int] | None = None,
+    samples: int | None = None,
+) -> int:
+    """Check a render job against the documented limits before any task is built;
+    returns how many tasks it will have. Raises LimitError with one line."""
+    if chunk < 1:
+        raise LimitError(f"chunk {chunk}: a task renders at least one frame")
+    if resolution is not None:
+        low, high = RESOLUTION_RANGE
+        width, height = resolution
+        if not (low <= width <= high and low <= height <= high):
+            raise LimitError(
+                f"resolution {width}x{height}: each side is {low} to {high:,} pixels "
+                "(Blender's own range)"
+            )
+    if samples is not None and not 1 <= samples <= MAX_SAMPLES:
+        raise LimitError(f"samples {samples}: Cycles takes 1 to {MAX_SAMPLES:,} samples")
+    if tiles is not None:
+        columns, rows = tiles
+        if not (1 <= columns <= MAX_TILES_PER_SIDE and 1 <= rows <= MAX_TILES_PER_SIDE):
+            raise LimitError(
+                f"tiles {columns}x{rows}: at most {MAX_TILES_PER_SIDE} tiles along each side "
+                f"({MAX_TILES_PER_SIDE * MAX_TILES_PER_SIDE:,} a frame)"
+            )
+        count = frame_count * (columns * rows + 1)
+    elif sample_split is not None:
+        if not 2 <= sample_split <= MAX_SAMPLE_SPLIT:
+            raise LimitError(f"sample split {sample_split}: 2 to {MAX_SAMPLE_SPLIT} parts")
+        count = frame_count * (sample_split + 1)
+    else:
+        count = -(-frame_count // chunk)
+    if count > MAX_TASKS_PER_JOB:
+        raise LimitError(
+            f"this render would be {count:,} tasks; a job may have at most "
+            f"{MAX_TASKS_PER_JOB:,}: render more frames per task (--chunk) or fewer frames"
+        )
+    return count
 
 
 def plan_render(
@@ -193,6 +247,7 @@ def validate_payload(payload: dict[str, Any]) -> None:
             raise FarmError(f"format must be one of {', '.join(FORMATS)}")
         if settings.get("engine") not in (None, *ENGINES):
             raise FarmError(f"engine must be one of {', '.join(ENGINES)}")
+        _check_settings_limits(settings)
     else:
         parts = payload.get("parts")
         if not isinstance(parts, list) or not parts:
@@ -203,6 +258,24 @@ def validate_payload(payload: dict[str, Any]) -> None:
             raise FarmError(f"format must be one of {', '.join(FORMATS)}")
         if not isinstance(payload.get("frame"), int):
             raise FarmError("'frame' must be a frame number")
+
+
+def _check_settings_limits(settings: dict[str, Any]) -> None:
+    """The limits of check_render_size, on a task's settings as the server receives them."""
+    resolution = settings.get("resolution")
+    if resolution is not None:
+        if (
+            not isinstance(resolution, list)
+            or len(resolution) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in resolution)
+        ):
+            raise FarmError("'resolution' must be [width, height] in pixels")
+        check_render_size(1, resolution=(resolution[0], resolution[1]))
+    samples = settings.get("samples")
+    if samples is not None:
+        if not isinstance(samples, int) or isinstance(samples, bool):
+            raise FarmError("'samples' must be a whole number")
+        check_render_size(1, samples=samples)
 
 
 def _text(payload: dict[str, Any], key: str) -> str:
