@@ -7,7 +7,9 @@ open, so a request costs one round trip.
 from __future__ import annotations
 
 import http.client
+import itertools
 import os
+import secrets
 import socket
 import ssl
 import time
@@ -32,6 +34,9 @@ from buildcat.perf import job_perf
 from buildcat.root import check_relative, resolve
 
 FINAL_STATES = ("done", "failed", "cancelled")
+#: A submit whose reply may have been lost is sent again (with the same idempotency key,
+#: so it can only ever make one job) until the server answers or this many seconds pass.
+SUBMIT_RETRY_SECONDS = 60.0
 
 
 class Client:
@@ -117,15 +122,21 @@ class Client:
         timeout: float | None = None,
         *,
         packed: bytes | None = None,
+        retry_for: float = 0.0,
     ) -> Any:
         """One API call; returns the decoded reply or raises a FarmError. ``packed`` is a
-        body already encoded as msgpack."""
+        body already encoded as msgpack. With ``retry_for``, a request that may have
+        reached the server without an answer coming back is sent again for that long:
+        only for requests that are safe to repeat."""
         data = packed if packed is not None else protocol.pack(body) if body is not None else None
         headers = {"Accept": protocol.MSGPACK, **self._auth_headers()}
         if data is not None:
             headers["Content-Type"] = protocol.MSGPACK
         url = protocol.API_PREFIX + path
-        for attempt in (1, 2):
+        deadline = time.monotonic() + retry_for
+        backoff = 0.1
+        maybe_sent = False
+        for attempt in itertools.count(1):
             connection = self._connect(timeout)
             try:
                 connection.request(method, url, body=data, headers=headers)
@@ -137,8 +148,16 @@ class Client:
                 raise ConnectionFailed(self._tls_trouble(exc)) from None
             except (TimeoutError, http.client.HTTPException, ConnectionError, OSError) as exc:
                 self.close()
+                refused = isinstance(exc, ConnectionRefusedError)
+                # Once the request may have reached the server, only sending it again can
+                # tell what became of it (an idempotent request, or a keyed submit).
+                maybe_sent = maybe_sent or not refused
+                if maybe_sent and time.monotonic() < deadline:
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    continue
                 # A kept-alive connection the server closed fails once; a fresh one tells.
-                if attempt == 2 or isinstance(exc, ConnectionRefusedError | TimeoutError):
+                if attempt >= 2 or refused or isinstance(exc, TimeoutError):
                     hint = ""
                     if isinstance(exc, http.client.RemoteDisconnected) and not self.tls:
                         hint = "; if it speaks TLS, give the host as https://…"
@@ -411,6 +430,8 @@ class Client:
             "common": common,
             "owner": _owner(),
             "meta": meta or {},
+            # Sent again after a lost reply, the same key finds the job instead of a second.
+            "key": secrets.token_urlsafe(16),
         }
         if max_attempts is not None:
             body["max_attempts"] = max_attempts
@@ -419,7 +440,7 @@ class Client:
         _check_task_count(len(tasks), "split the job")
         packed = protocol.pack(body)
         _check_request_size(len(packed), len(tasks), "split the job, or put bulk data in files")
-        reply = self.request("POST", "/jobs", packed=packed)
+        reply = self.request("POST", "/jobs", packed=packed, retry_for=SUBMIT_RETRY_SECONDS)
         return Job(self, reply["id"])
 
     def _check_function_files(self, tasks: list[dict[str, Any]], common: dict[str, Any]) -> None:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import time
@@ -399,10 +401,26 @@ async def ping(request: web.Request) -> web.Response:
     )
 
 
+_SUBMIT_KEY = re.compile(r"[A-Za-z0-9_-]{8,64}")
+
+
 @routes.post(f"{API}/jobs")
 async def submit(request: web.Request) -> web.Response:
     farm = _farm(request)
     body = await _body(request)
+    # An idempotency key: the same submit sent again (its reply was lost) finds its job.
+    key = _get(body, "key", str, "")
+    if key and not _SUBMIT_KEY.fullmatch(key):
+        raise ProtocolError("'key' must be 8 to 64 letters, digits, '-' or '_'")
+    digest = (
+        hashlib.sha256(protocol.pack({k: v for k, v in body.items() if k != "key"})).hexdigest()
+        if key
+        else ""
+    )
+    earlier = farm.scheduler.submitted(key, digest)
+    if earlier is not None:
+        log.info("job %s: the same submit again (key %s)", earlier.id, key)
+        return _reply(request, {"id": earlier.id, "tasks": len(earlier.tasks), "again": True})
     kind = _get(body, "kind", str, "python")
     raw_tasks = _get(body, "tasks", list, [])
     common = _get(body, "common", dict, {})
@@ -442,10 +460,13 @@ async def submit(request: web.Request) -> web.Response:
         owner=_get(body, "owner", str, ""),
         meta={**meta, "common": common},
         timeout=timeout,
+        key=key,
+        digest=digest,
     )
     farm.record(
         "submit", job.created_at, job.id, [[t.payload, t.depends] for t in specs], job.name,
         kind, job.priority, job.requires, job.max_attempts, job.owner, job.meta, job.timeout,
+        key, digest,
     )  # fmt: skip
     log.info("job %s submitted: %s, %d task(s)", job.id, job.name or kind, len(job.tasks))
     farm.after_change()  # workers may start on it while the journal is written

@@ -156,11 +156,15 @@ def _apply(scheduler: Any, event: list[Any]) -> None:
 
     kind, now, *args = event
     if kind == "submit":
-        job_id, specs, name, job_kind, priority, requires, attempts, owner, meta, timeout = args
+        job_id, specs, name, job_kind, priority, requires, attempts, owner, meta, timeout, *rest = (
+            args
+        )
+        key, digest = [*rest, "", ""][:2]  # journals from before idempotency keys lack them
         scheduler.submit(
             [TaskSpec(payload=payload, depends=depends) for payload, depends in specs],
             now, name=name, kind=job_kind, priority=priority, requires=requires,
             max_attempts=attempts, owner=owner, meta=meta, job_id=job_id, timeout=timeout,
+            key=key, digest=digest,
         )  # fmt: skip
     elif kind == "register":
         worker_id, name, slots, capabilities, info = args

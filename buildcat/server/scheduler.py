@@ -62,6 +62,10 @@ class NotFound(SchedulerError):
     status = 404
 
 
+class Conflict(SchedulerError):
+    status = 409
+
+
 @dataclass(slots=True)
 class TaskSpec:
     """One task of a job as submitted: what to run and which earlier tasks it waits for."""
@@ -154,6 +158,10 @@ class Job:
     timeout: float | None = None
     blocked: set[str] = field(default_factory=set)
     failures_by_worker: dict[str, int] = field(default_factory=dict)
+    #: The client's idempotency key for the submit that made the job, and a digest of
+    #: that request: the same submit sent again finds this job instead of making another.
+    submit_key: str = ""
+    submit_digest: str = ""
 
     @property
     def order_key(self) -> tuple[int, int]:
@@ -269,6 +277,8 @@ class Scheduler:
         self.default_max_attempts = default_max_attempts
         self.jobs: dict[str, Job] = {}
         self.workers: dict[str, Worker] = {}
+        #: Idempotency keys of submits -> the job each made.
+        self.submit_keys: dict[str, str] = {}
         self.ready_total = 0
         self._active: list[Job] = []  # unfinished jobs in dispatch order
         self._active_keys: list[tuple[int, int]] = []
@@ -298,9 +308,13 @@ class Scheduler:
         meta: dict[str, Any] | None = None,
         job_id: str | None = None,
         timeout: float | None = None,
+        key: str = "",
+        digest: str = "",
     ) -> Job:
         if not tasks:
             raise SchedulerError("a job needs at least one task")
+        if key and key in self.submit_keys:
+            raise Conflict(f"submit key {key!r} already made job {self.submit_keys[key]}")
         attempts = self.default_max_attempts if max_attempts is None else max_attempts
         if attempts < 1:
             raise SchedulerError("max_attempts must be at least 1")
@@ -326,9 +340,13 @@ class Scheduler:
             owner=owner,
             meta=meta or {},
             timeout=timeout,
+            submit_key=key,
+            submit_digest=digest,
         )
         while job.id in self.jobs:
             job.id = secrets.token_hex(4)
+        if key:
+            self.submit_keys[key] = job.id
         for index, spec in enumerate(tasks):
             task = Task(
                 job=job,
@@ -348,6 +366,20 @@ class Scheduler:
         self._activate(job)
         self.ready_total += len(job.ready)
         self._changed.add(job.id)
+        return job
+
+    def submitted(self, key: str, digest: str) -> Job | None:
+        """The job an earlier submit with this idempotency key made, if any; the same key
+        with another request is refused (409)."""
+        job_id = self.submit_keys.get(key) if key else None
+        if job_id is None:
+            return None
+        job = self.jobs[job_id]
+        if job.submit_digest != digest:
+            raise Conflict(
+                f"submit key {key!r} was used for another request (job {job.id}): "
+                "a key names one submit"
+            )
         return job
 
     def job(self, job_id: str) -> Job:

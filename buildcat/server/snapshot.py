@@ -22,7 +22,7 @@ _TASK_FIELDS = (
 _JOB_FIELDS = (
     "seq", "name", "kind", "priority", "requires", "max_attempts", "created_at", "owner",
     "meta", "paused", "started_at", "finished_at", "error", "traceback", "timeout",
-    "failures_by_worker",
+    "failures_by_worker", "submit_key", "submit_digest",
 )  # fmt: skip
 _WORKER_FIELDS = (
     "name", "slots", "capabilities", "info", "registered_at", "last_seen", "online",
@@ -75,7 +75,8 @@ def load(scheduler: Scheduler, document: dict[str, Any]) -> None:
         worker.to_cancel = set(item.get("to_cancel", ()))  # older snapshots lack it
         scheduler.workers[worker.id] = worker
     for item in document["jobs"]:
-        job = Job(id=item["id"], **{f: item[f] for f in _JOB_FIELDS if f != "paused"})
+        # Fields a snapshot from before they existed lacks keep their defaults.
+        job = Job(id=item["id"], **{f: item[f] for f in _JOB_FIELDS if f != "paused" and f in item})
         job.paused = item["paused"]
         job.state = JobState(item["state"])
         job.blocked = set(item["blocked"])
@@ -100,6 +101,8 @@ def load(scheduler: Scheduler, document: dict[str, Any]) -> None:
                 scheduler._leased.add(task)
         job.ready.extend(item["ready"])
         scheduler.jobs[job.id] = job
+        if job.submit_key:
+            scheduler.submit_keys[job.submit_key] = job.id
         if job.state not in FINAL_JOB_STATES:
             scheduler._activate(job)
             if not job.paused:
