@@ -392,6 +392,32 @@ def test_a_damaged_snapshot_stops_the_server_whatever_bit_flips(tmp_path: Path) 
     assert (state / "snapshot.bin").read_bytes() == flipped
 
 
+def test_a_snapshot_an_older_release_wrote_loads_and_is_rewritten_with_a_checksum(
+    tmp_path: Path,
+) -> None:
+    farm = new_farm(tmp_path)
+    state = farm.root / ".buildcat"
+    farm.start_server("--snapshot-every", "10")
+    try:
+        client = farm.client()
+        ids = [client.submit("farm_jobs:square", n).id for n in range(12)]
+        wait_for(lambda: "journal: snapshot 1 written" in farm.log_text("server"))
+        kill_server(farm)
+        # Before checksums a snapshot was the bare msgpack document.
+        current = (state / "snapshot.bin").read_bytes()
+        assert current.startswith(snapshot.MAGIC)
+        (state / "snapshot.bin").write_bytes(current[snapshot.HEADER.size :])
+        farm.start_server(port=farm.port)
+        assert [job["id"] for job in client.jobs()] == ids
+        assert "has no checksum (an older release wrote it)" in farm.log_text("server")
+        assert (state / "snapshot.bin").read_bytes().startswith(snapshot.MAGIC)
+        kill_server(farm)
+        farm.start_server(port=farm.port)
+        assert [job["id"] for job in client.jobs()] == ids
+    finally:
+        farm.stop()
+
+
 # ---- a state folder that goes away, writes that fail and recover ------------------------------
 
 

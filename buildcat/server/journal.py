@@ -462,11 +462,9 @@ class Journal:
 
     def close(self) -> None:
         if self.buffer and self.gone is None:
-            try:
+            with contextlib.suppress(OSError, JournalError):  # unacknowledged: may be lost
                 self._sync_write(b"".join(self.buffer))
                 self.buffer = []
-            except OSError:
-                pass
         os.close(self.fd)
 
 
