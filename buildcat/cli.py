@@ -220,6 +220,12 @@ def main() -> None:
     default=None,
     help="Where the journal lives [default: ROOT/.buildcat].",
 )
+@click.option(
+    "--salvage",
+    is_flag=True,
+    help="Start despite damage inside the journal: set the damaged bytes aside in a file "
+    "of their own and replay every intact record.",
+)
 @log_level_option
 def server(
     bind: str,
@@ -234,6 +240,7 @@ def server(
     no_journal: bool,
     snapshot_every: int,
     state_dir: Path | None,
+    salvage: bool,
     log_level: str,
 ) -> None:
     """Run the farm server (the task queue)."""
@@ -256,6 +263,7 @@ def server(
         token=token,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        salvage=salvage,
     )
     if name:
         config.name = name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -54,3 +55,14 @@ def resolve(root: str | os.PathLike[str], path: str) -> Path:
 def state_dir(root: str | os.PathLike[str]) -> Path:
     """The folder under the root where the farm keeps its own state."""
     return Path(root) / STATE_DIR_NAME
+
+
+def open_private_log(path: str) -> io.TextIOWrapper:
+    """Open a task log (``<root>/.buildcat/logs/JOB/TASK.log``) to append to, private to the
+    farm's user like the secret: the folders it creates 0700, the file 0600. Line-buffered,
+    so ``farm logs --follow`` sees each line as it is printed."""
+    folder = os.path.dirname(path)
+    os.makedirs(os.path.dirname(folder), mode=0o700, exist_ok=True)  # .../logs
+    os.makedirs(folder, mode=0o700, exist_ok=True)  # the job's own
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    return os.fdopen(descriptor, "a", buffering=1, encoding="utf-8", errors="replace")

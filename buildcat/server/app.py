@@ -31,7 +31,8 @@ from buildcat.errors import FarmError, ProtocolError
 from buildcat.root import state_dir
 from buildcat.server import snapshot
 from buildcat.server import web as web_ui
-from buildcat.server.journal import Journal, JournalError, read_events, replay
+from buildcat.server.journal import Journal, JournalError, recover
+from buildcat.server.lock import StateLock
 from buildcat.server.scheduler import (
     FINAL_JOB_STATES,
     Job,
@@ -70,6 +71,8 @@ class ServerConfig:
     token: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    #: Set damage inside the journal aside and replay the rest, instead of refusing to start.
+    salvage: bool = False
 
 
 @dataclass(slots=True, eq=False)
@@ -106,55 +109,47 @@ class Farm:
         if config.journal:
             folder = config.state_dir or state_dir(config.root)
             self.snapshot_path = folder / "snapshot.bin"
-            path = folder / "journal.bin"
-            if self.snapshot_path.exists():
-                document = protocol.unpack(self.snapshot_path.read_bytes(), trusted=True)
-                self.generation = int(document["generation"])
-                snapshot.load(self.scheduler, document["state"])
-            events = list(read_events(path))
-            generation = 0
-            if events and events[0][0] == "generation":
-                generation = int(events[0][1])
-                events = events[1:]
-            if generation < self.generation:
-                # A crash right after a snapshot: that journal is in the snapshot already.
-                events = []
-            replayed = replay(self.scheduler, iter(events))
+            restored = snapshot.restore(self.scheduler, self.snapshot_path)
+            self.generation = restored[0] if restored else 0
+            recovery = recover(
+                folder / "journal.bin", self.scheduler, self.generation, salvage=config.salvage
+            )
+            self.journal = recovery.journal
             self.scheduler.restarted(time.time())
             log.info(
                 "journal: snapshot generation %d and %d event(s) replayed: %d job(s), %d worker(s)",
                 self.generation,
-                replayed,
+                recovery.replayed,
                 len(self.scheduler.jobs),
                 len(self.scheduler.workers),
             )
-            self.journal = Journal(path)
-            stale = generation < self.generation
-            if stale or path.stat().st_size == 0:
+            if recovery.set_aside or (restored and restored[1]):
+                # Salvaged (the damaged journal must go) or an old snapshot without a checksum.
+                self.write_snapshot()
+            elif recovery.restart:
                 self.journal.restart(self.generation)
 
     async def take_snapshot(self) -> None:
         """Write the whole queue to snapshot.bin and start the journal afresh."""
         if self.journal is None:
             return
-        await self.journal.commit()
+        await self.journal.settle()
         # From here to the end nothing awaits: no request changes the queue meanwhile.
+        self.write_snapshot()
+
+    def write_snapshot(self) -> None:
+        assert self.journal is not None
         started = time.perf_counter()
         generation = self.generation + 1
-        data = protocol.pack({"generation": generation, "state": snapshot.dump(self.scheduler)})
-        temporary = self.snapshot_path.with_suffix(".tmp")
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self.snapshot_path)
-        self.journal.restart(generation)
+        size = self.journal.restart(
+            generation, lambda: snapshot.write(self.snapshot_path, generation, self.scheduler)
+        )
         self.generation = generation
         self.snapshot_at = self.journal.appended
         log.info(
             "journal: snapshot %d written (%d bytes, %.0f ms)",
             generation,
-            len(data),
+            size,
             (time.perf_counter() - started) * 1000,
         )
 
@@ -895,13 +890,29 @@ def prepare_root(config: ServerConfig) -> Path:
         raise FarmError(f"cannot create the state folder {folder}: {exc.strerror}") from None
     if not os.access(folder, os.W_OK):
         raise FarmError(f"the state folder {folder} is not writable")
+    with contextlib.suppress(OSError):  # task logs are private; older releases left it 0755
+        (state_dir(config.root) / "logs").chmod(0o700)
     return folder
 
 
 async def serve(config: ServerConfig, ready: Callable[[str, int, str], None] | None = None) -> None:
     """Run the server until SIGTERM or SIGINT; ``ready`` is told the bound address and
     the dashboard's login link."""
-    prepare_root(config)
+    folder = prepare_root(config)
+    # Held from before the journal is read until the server is gone: one server per folder.
+    holder = (
+        StateLock.acquire(folder, port=config.port, bind=config.bind) if config.journal else None
+    )
+    try:
+        await _serve(config, ready, holder)
+    finally:
+        if holder is not None:
+            holder.release()
+
+
+async def _serve(
+    config: ServerConfig, ready: Callable[[str, int, str], None] | None, holder: StateLock | None
+) -> None:
     context = None
     if config.tls_cert is not None and config.tls_key is not None:
         context = auth.server_ssl_context(config.tls_cert, config.tls_key)
@@ -921,6 +932,14 @@ async def serve(config: ServerConfig, ready: Callable[[str, int, str], None] | N
     port = sockets[0].getsockname()[1] if sockets else config.port
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    journal = app[FARM_KEY].journal
+    if holder is not None and journal is not None:
+        holder.update(port)
+
+        def lost(reason: str) -> None:  # told from the lock's thread
+            loop.call_soon_threadsafe(journal.refuse, reason)
+
+        holder.on_lost = lost
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     advertiser: Advertiser | None = None

@@ -1,9 +1,22 @@
-"""The whole queue as one msgpack document, so the journal can start afresh from it."""
+"""The whole queue as one msgpack document, so the journal can start afresh from it.
+
+On disk: ``MAGIC``, the body's length (u64) and CRC-32 (u32), then the msgpack body
+``{"generation": N, "state": ...}``. A file whose checksum does not match is refused
+whole (:class:`SnapshotDamaged`): a flipped bit never becomes silently changed state.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import struct
+import zlib
+from pathlib import Path
 from typing import Any
 
+from buildcat import protocol
+from buildcat.errors import FarmError
 from buildcat.server.scheduler import (
     FINAL_JOB_STATES,
     Job,
@@ -13,6 +26,78 @@ from buildcat.server.scheduler import (
     TaskState,
     Worker,
 )
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"BCSNAP1\n"
+HEADER = struct.Struct(">8sQI")
+# Snapshots before checksums were one bare msgpack map of two keys (0x82). MAGIC begins
+# with b"B" (0x42), two bits away from it: one flipped bit cannot pass for the old format.
+_LEGACY_START = 0x82
+
+
+class SnapshotDamaged(FarmError):
+    """The snapshot fails its checksum, or does not decode into a queue."""
+
+
+def write(path: Path, generation: int, scheduler: Scheduler) -> int:
+    """Write the queue to ``path`` (via a temporary file, fsynced, renamed into place, mode
+    0600); returns its size. The caller fsyncs the folder."""
+    body = protocol.pack({"generation": generation, "state": dump(scheduler)})
+    data = HEADER.pack(MAGIC, len(body), zlib.crc32(body)) + body
+    temporary = path.with_suffix(".tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        os.fchmod(descriptor, 0o600)
+        handle.write(data)
+        handle.flush()
+        os.fsync(descriptor)
+    os.replace(temporary, path)
+    return len(data)
+
+
+def read(path: Path) -> tuple[int, dict[str, Any], bool] | None:
+    """The snapshot's generation, its queue document and whether it is in the old format
+    without a checksum; None when there is none."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise FarmError(f"cannot read the snapshot {path}: {exc.strerror}") from None
+    legacy = data[:1] == bytes([_LEGACY_START])
+    if legacy:
+        log.warning("snapshot %s has no checksum (an older release wrote it): rewriting it", path)
+        body = data
+    else:
+        if len(data) < HEADER.size:
+            raise _damaged(path, f"{len(data)} bytes, shorter than its header")
+        magic, length, checksum = HEADER.unpack_from(data)
+        body = data[HEADER.size :]
+        if magic != MAGIC:
+            raise _damaged(path, "not a buildcat snapshot header")
+        if length != len(body):
+            raise _damaged(path, f"{len(body)} bytes of body where the header says {length}")
+        if zlib.crc32(body) != checksum:
+            raise _damaged(path, "checksum mismatch")
+    try:
+        document = protocol.unpack(body, trusted=True)
+        generation, state = document["generation"], document["state"]
+    except (FarmError, KeyError, TypeError) as exc:
+        raise _damaged(path, f"it does not decode: {exc}") from None
+    if not isinstance(generation, int) or not isinstance(state, dict):
+        raise _damaged(path, "it does not decode into a queue")
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o600)  # an older release left it readable to all
+    return generation, state, legacy
+
+
+def _damaged(path: Path, reason: str) -> SnapshotDamaged:
+    return SnapshotDamaged(
+        f"the snapshot {path} is damaged ({reason}): the server changed nothing; restore it "
+        "from a backup (it holds the queue the journal continues from)"
+    )
+
 
 _TASK_FIELDS = (
     "attempts", "failures", "lease_expires_at", "leased_at", "finished_at", "result",
@@ -107,3 +192,17 @@ def load(scheduler: Scheduler, document: dict[str, Any]) -> None:
             scheduler._activate(job)
             if not job.paused:
                 scheduler.ready_total += len(job.ready)
+
+
+def restore(scheduler: Scheduler, path: Path) -> tuple[int, bool] | None:
+    """Load the snapshot at ``path`` into a fresh scheduler: its generation, and whether it
+    is in the old format without a checksum (rewrite it); None when there is none."""
+    found = read(path)
+    if found is None:
+        return None
+    generation, state, legacy = found
+    try:
+        load(scheduler, state)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise _damaged(path, f"it does not make a queue: {type(exc).__name__}: {exc}") from None
+    return generation, legacy

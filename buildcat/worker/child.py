@@ -20,6 +20,7 @@ from buildcat import protocol
 from buildcat.jobs import context
 from buildcat.jobs.context import TaskCancelled
 from buildcat.jobs.python import load_function
+from buildcat.root import open_private_log
 
 HEADER = struct.Struct(">I")
 #: Results travel in reports to the server, a few per message: keep each one modest.
@@ -50,11 +51,7 @@ class _Capture(io.TextIOBase):
         if self.log_path is not None:
             try:
                 if self._file is None:
-                    os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
-                    # Line-buffered, so `farm logs --follow` sees each line as it is printed.
-                    self._file = open(  # noqa: SIM115
-                        self.log_path, "a", buffering=1, encoding="utf-8", errors="replace"
-                    )
+                    self._file = open_private_log(self.log_path)
                     self._file.write(self.header)
                 self._file.write(text)
             except OSError:
