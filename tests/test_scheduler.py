@@ -909,9 +909,12 @@ class SchedulerMachine(RuleBasedStateMachine):
     # ---- the end -----------------------------------------------------------------------------
 
     def teardown(self) -> None:
-        """Resume everything and keep working until every job is over."""
+        """Resume everything and keep working until every job is over. A job every able
+        worker is blocked from waits for a person: unblock it, as `farm unblock` would."""
         for job in self._unfinished():
             self.farm.resume(job.id)
+            self.farm.unblock(job.id)
+            self.job_failures.pop(job.id, None)
         for _ in range(200):
             if not self._unfinished():
                 break
