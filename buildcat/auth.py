@@ -116,16 +116,23 @@ def dashboard_key(token: str) -> str:
     return hmac.new(token.encode(), b"buildcat dashboard", hashlib.sha256).hexdigest()[:32]
 
 
+def _raw(text: str) -> bytes:
+    """The bytes a header or cookie came as: aiohttp decodes them with surrogateescape, so
+    ``\\xff`` arrives as a lone surrogate that a plain ``encode()`` cannot take (a 500)."""
+    return text.encode("utf-8", "surrogateescape")
+
+
 def dashboard_key_matches(given: str, token: str) -> bool:
-    return hmac.compare_digest(given.encode(), dashboard_key(token).encode())
+    return hmac.compare_digest(_raw(given), dashboard_key(token).encode())
 
 
 def token_matches(header: str | None, secret: str) -> bool:
-    """Whether an ``Authorization`` header carries ``secret``; constant time."""
+    """Whether an ``Authorization`` header carries ``secret``; constant time, and any bytes
+    at all (not UTF-8, not ASCII) are simply not the secret."""
     scheme, _, given = (header or "").partition(" ")
     if scheme.lower() != "bearer":
         given = ""
-    return hmac.compare_digest(given.strip().encode(), secret.encode())
+    return hmac.compare_digest(_raw(given.strip()), secret.encode())
 
 
 # ---- TLS ----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import multiprocessing
 import re
 import selectors
 import shutil
+import socket
 import ssl
 import stat
 import subprocess
@@ -628,3 +629,38 @@ def test_a_task_submits_work_to_its_own_farm(jobs_farm: Farm) -> None:
     parent = jobs_farm.client().submit("farm_jobs:fan_out", [2, 3])
     assert parent.results() == [[4, 9]]
     assert len(jobs_farm.client().jobs()) == 2
+
+
+# ---- hostile bytes, connections and files ---------------------------------------------------
+
+
+def raw_request(port: int, request: bytes, timeout: float = 30.0) -> bytes:
+    """Send ``request`` as given (any bytes at all) and read the whole answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
+        connection.sendall(request)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"Authorization: Bearer \xff\xfe",
+        b"Authorization: \xff",
+        b"Cookie: buildcat_dashboard=\xff",
+        b"Cookie: \xff\xfe=\xff",
+    ],
+)
+def test_bytes_that_are_no_text_in_the_secret_or_cookie_answer_401(
+    farm: Farm, header: bytes
+) -> None:
+    for path in (f"{API}/jobs".encode(), b"/metrics", b"/", b"/login?key=%ff%fe"):
+        head = b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n" + header
+        answer = raw_request(farm.port, head + b"\r\nConnection: close\r\n\r\n")
+        status = answer.split(b"\r\n", 1)[0]
+        expected = b"200" if path == b"/" else b"401"
+        assert status.split()[1] == expected, (path, status)
+    assert farm.client().ping()  # still serving
+    assert "Traceback" not in farm.log_text("server")
