@@ -500,21 +500,10 @@ def _frame_counts(job: Job) -> dict[str, int]:
     done: set[Any] = set()
     every: set[Any] = set()
     for task in job.tasks:
-        if task.dependents:
-            continue
-        payload = task.payload
-        kwargs = payload.get("kwargs")
-        frames = payload.get("frames") or (
-            kwargs.get("frames") if isinstance(kwargs, dict) else None
-        )
-        if frames is None and "frame" in payload:
-            frames = [payload["frame"]]
-        if not isinstance(frames, list):
-            continue
-        hashable = [frame for frame in frames if isinstance(frame, int | str)]
-        every.update(hashable)
+        frames = web_ui.final_frames(task)
+        every.update(frames)
         if task.state is TaskState.DONE:
-            done.update(hashable)
+            done.update(frames)
     return {"done": len(done), "total": len(every)}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import secrets
+from array import array
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -162,6 +163,9 @@ class Job:
     #: that request: the same submit sent again finds this job instead of making another.
     submit_key: str = ""
     submit_digest: str = ""
+    #: Indices of the tasks in the order they finished done (a task done stays done), so
+    #: a reader can follow new results without scanning every task.
+    done_order: array[int] = field(default_factory=lambda: array("L"))
 
     @property
     def order_key(self) -> tuple[int, int]:
@@ -171,10 +175,13 @@ class Job:
     def count(self, state: TaskState, delta: int) -> None:
         self.counts[state] = self.counts.get(state, 0) + delta
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, running_progress: float | None = None) -> dict[str, Any]:
+        """``running_progress``: the summed progress of the leased tasks, when the caller
+        knows it (:meth:`Scheduler.running_progress`); otherwise every task is looked at."""
         total = len(self.tasks)
         done = self.counts.get(TaskState.DONE, 0)
-        running_progress = sum(t.progress for t in self.tasks if t.state is TaskState.LEASED)
+        if running_progress is None:
+            running_progress = sum(t.progress for t in self.tasks if t.state is TaskState.LEASED)
         return {
             "id": self.id,
             "name": self.name,
@@ -784,6 +791,14 @@ class Scheduler:
         finished, self._finished = self._finished, []
         return finished
 
+    def running_progress(self) -> dict[str, float]:
+        """Summed progress of each job's leased tasks, by job id: a pass over the leases,
+        not over every task."""
+        sums: dict[str, float] = {}
+        for task in self._leased:
+            sums[task.job.id] = sums.get(task.job.id, 0.0) + task.progress
+        return sums
+
     def take_changed(self) -> set[str]:
         changed, self._changed = self._changed, set()
         return changed
@@ -802,6 +817,8 @@ class Scheduler:
         job.count(task.state, -1)
         job.count(state, 1)
         task.state = state
+        if state is TaskState.DONE:
+            job.done_order.append(task.index)
         self._changed.add(job.id)
 
     def _unlease(self, task: Task) -> None:
