@@ -379,6 +379,7 @@ class WarmBlender:
                 "--python", str(SCRIPTS / "warm.py"),
             ]  # fmt: skip
         self.process = start_blender(command, subprocess.PIPE)
+        context.keep_process(self.process.pid)  # it serves the next tasks: not a leftover
         self.last_used = time.monotonic()
         self.renders = 0
         self.lock = threading.Lock()
@@ -432,6 +433,7 @@ class WarmBlender:
         with contextlib.suppress(OSError):
             if self.process.stdout is not None:
                 self.process.stdout.close()
+        context.release_process(self.process.pid)
 
     def close(self) -> None:
         """Ask it to leave (an empty line), then make sure it has."""

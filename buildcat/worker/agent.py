@@ -18,6 +18,7 @@ import socket
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ import buildcat
 from buildcat import auth, discovery, jobs, protocol
 from buildcat.blender import BlenderInstall, find_blender
 from buildcat.errors import FarmError
-from buildcat.worker.execute import Child, ChildDied
+from buildcat.worker.execute import Child, ChildConfused, ChildDied
 
 log = logging.getLogger(__name__)
 
@@ -376,9 +377,7 @@ class Agent:
             if kind == "blender":
                 blender = self.config.blender.encode() if self.config.blender else ""
                 payload = {"function": BLENDER_RUNNER, "args": [payload, blender]}
-            reply = await child.run(
-                task_id, payload, on_progress, attempt=int(message.get("attempt", 0))
-            )
+            reply = await self.run_on(child, entry, payload, on_progress)
             outcome = {
                 "id": task_id,
                 "ok": bool(reply.get("ok")),
@@ -394,6 +393,11 @@ class Agent:
             await child.start()  # a fresh process for the next task
         except FarmError as exc:
             outcome = {"id": task_id, "ok": False, "error": str(exc), "traceback": ""}
+        except Exception as exc:  # a bug here must fail the task, never the worker
+            log.exception("task %s: unexpected error running it", task_id)
+            outcome = {"id": task_id, "ok": False, "error": f"worker error: {exc}"[:2000],
+                       "traceback": ""}  # fmt: skip
+            await child.start()
         finally:
             del self.running[task_id]
             self.progress.pop(task_id, None)
@@ -416,6 +420,26 @@ class Agent:
             self.outbox.append(outcome)
         self.wake_reporter.set()
         self.wake_leaser.set()
+
+    async def run_on(
+        self,
+        child: Child,
+        entry: _Running,
+        payload: dict[str, Any],
+        on_progress: Callable[[float, str], None],
+    ) -> dict[str, Any]:
+        """Run a task on ``child``; a child that answered out of turn is replaced and the
+        task run once more (its first run delivered nothing that could be trusted)."""
+        task_id = entry.message["id"]
+        attempt = int(entry.message.get("attempt", 0))
+        try:
+            return await child.run(task_id, payload, on_progress, attempt=attempt)
+        except ChildConfused as exc:
+            if entry.cancelled:
+                raise
+            log.error("task %s: %s; running it again", task_id, exc)
+            await child.start()
+            return await child.run(task_id, payload, on_progress, attempt=attempt)
 
     async def reporter(self) -> None:
         last_sent = time.monotonic()
