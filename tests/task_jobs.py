@@ -122,3 +122,16 @@ def leave_daemon(pid_file: str, then: str = "return") -> str:
             except buildcat.TaskCancelled:
                 print("ignoring the cancel", file=sys.stderr)
     return then
+
+
+# ---- output ---------------------------------------------------------------------------------
+
+
+def chatter(lines: int, result: object = None) -> object:
+    """Print ``lines`` numbered lines, to stdout and stderr, flushing as it goes."""
+    for number in range(lines):
+        print(f"line {number}", flush=number % 100 == 0)
+        if number % 1000 == 0:
+            print(f"err {number}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    return result

@@ -29,6 +29,7 @@ import buildcat
 from buildcat import auth, discovery, jobs, protocol
 from buildcat.blender import BlenderInstall, find_blender
 from buildcat.errors import FarmError
+from buildcat.worker import tasklog
 from buildcat.worker.execute import Child, ChildConfused, ChildDied
 
 log = logging.getLogger(__name__)
@@ -658,4 +659,5 @@ class Agent:
 def run_worker(config: WorkerConfig) -> int:
     if not config.root.is_dir():
         raise FarmError(f"farm root {config.root} does not exist or is not a folder")
+    tasklog.max_log_bytes()  # a bad BUILDCAT_MAX_TASK_LOG is one line, before anything runs
     return asyncio.run(Agent(config).run())

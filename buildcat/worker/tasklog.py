@@ -65,6 +65,7 @@ class TaskLog(io.TextIOBase):
         self._held_bytes = 0
         self._left_out = 0
         self._capped = False
+        self._lost = ""
 
     def start(self, path: str | None, header: str) -> None:
         self.path, self.header = path, header
@@ -141,8 +142,8 @@ class TaskLog(io.TextIOBase):
         # A full or read-only root must not fail the task: stop writing the file.
         path, self.path = self.path, None
         reason = getattr(exc, "strerror", None) or str(exc)
-        self._remember(f"\nbuildcat: the task log {path} could not be written ({reason}); "
-                       "only this tail of the output is kept\n")  # fmt: skip
+        self._lost = f"buildcat: the task log {path} could not be written ({reason}); only "
+        self._lost += "this tail of the output is kept\n"
         self._close_quietly()
 
     def _close_quietly(self) -> None:
@@ -187,6 +188,9 @@ class TaskLog(io.TextIOBase):
         self._close_quietly()
         self._held.clear()
         self.path = None
+        if self._lost:  # said last, where the tail that goes back with the result ends
+            self._remember(("" if "".join(self.parts[-1:]).endswith("\n") else "\n") + self._lost)
+            self._lost = ""
         text = "".join(self.parts)[-self.tail_chars :]
         self.parts, self.size = [], 0
         return text
