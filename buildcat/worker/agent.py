@@ -126,6 +126,7 @@ class Agent:
             host, port, tls = protocol.split_address(config.host, config.port)
             self.set_server(host, port, tls or config.tls_ca is not None)
         self.worker_id: str | None = None
+        self.registering = asyncio.Lock()
         self.heartbeat_seconds = 10.0
         self.queue: deque[dict[str, Any]] = deque()
         self.running: dict[str, _Running] = {}
@@ -231,18 +232,30 @@ class Agent:
         self.heartbeat_seconds = max(0.05, float(reply.get("lease_timeout", 30.0)) / 3)
         log.info("registered with %s as %s (%s)", self.base, self.config.name, self.worker_id)
 
+    async def register_once(self) -> str:
+        """Register unless another coroutine just did: one registration, however many
+        requests learnt at once that the server forgot this worker."""
+        async with self.registering:
+            if self.worker_id is None:
+                await self.register()
+            assert self.worker_id is not None
+            return self.worker_id
+
     async def call_as_worker(self, method: str, suffix: str, body: Any, timeout: float) -> Any:
         """A worker request that survives outages: backs off, re-registers, tries again."""
         backoff = 0.1
         give_up_at: float | None = None
         while True:
+            worker_id = self.worker_id
             try:
-                if self.worker_id is None:
-                    await self.register()
-                return await self.call(method, f"/workers/{self.worker_id}{suffix}", body, timeout)
+                if worker_id is None:
+                    worker_id = await self.register_once()
+                return await self.call(method, f"/workers/{worker_id}{suffix}", body, timeout)
             except UnknownWorker:
-                log.warning("the server does not know this worker any more; registering again")
-                self.worker_id = None
+                # The leaser, the reporter and the watcher all hear it: one registers again.
+                if self.worker_id == worker_id and worker_id is not None:
+                    log.warning("the server does not know this worker any more; registering again")
+                    self.worker_id = None
             except ServerGone as exc:
                 if self.draining and self.worker_id is None:
                     raise  # never reached the server: nothing to deliver, nothing to wait for
