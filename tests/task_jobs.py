@@ -135,3 +135,20 @@ def chatter(lines: int, result: object = None) -> object:
             print(f"err {number}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     return result
+
+
+def slow_cleanup(name: str) -> str:
+    """Waits to be cancelled, then cleans up until gates/NAME.go: a second cancel must not
+    break into the cleanup (gates/NAME.cleaned is written only if it runs to its end)."""
+    gates = buildcat.path("gates")
+    gates.mkdir(exist_ok=True)
+    (gates / f"{name}.started").write_text(str(os.getpid()))
+    try:
+        while True:
+            time.sleep(0.02)
+    except buildcat.TaskCancelled:
+        (gates / f"{name}.cleaning").write_text("")
+        while not (gates / f"{name}.go").exists():
+            time.sleep(0.02)
+        (gates / f"{name}.cleaned").write_text("")
+        raise

@@ -437,12 +437,13 @@ class WarmBlender:
 
     def close(self) -> None:
         """Ask it to leave (an empty line), then make sure it has."""
-        with contextlib.suppress(OSError):
-            if self.process.stdin is not None:
-                self.process.stdin.write("\n")
-                self.process.stdin.flush()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(5)
+        stdin = self.process.stdin
+        if stdin is not None and not stdin.closed:  # closed: a stop() already began
+            with contextlib.suppress(OSError, ValueError):
+                stdin.write("\n")
+                stdin.flush()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(5)
         self.stop()
 
 

@@ -554,7 +554,7 @@ class Agent:
 
     def cancel(self, task_id: str) -> None:
         entry = self.running.get(task_id)
-        if entry is not None:
+        if entry is not None and not entry.cancelled:  # the reporter and the watcher both hear it
             log.info("stopping task %s: cancelled by the server", task_id)
             entry.cancelled = True
             entry.child.interrupt()

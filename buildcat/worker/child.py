@@ -44,6 +44,9 @@ def read_frame(stream: BinaryIO) -> Any | None:
 
 
 def _cancel(signum: int, frame: object) -> None:
+    # Once per task: a second cancel must not break into the job's own cleanup (a warm
+    # Blender half stopped, its input closed, left running for the idle reaper to trip on).
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     # The class job code can import (buildcat.TaskCancelled): this module runs as __main__.
     raise TaskCancelled("cancelled")
 
