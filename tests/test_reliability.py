@@ -449,7 +449,8 @@ def test_sigterm_to_the_workers_whole_process_group_drains_it(jobs_farm: Farm) -
     job = client.map("farm_jobs:gated", ["draining", "draining"], max_attempts=1)
     gate.wait_started()
     child = int((jobs_farm.root / "gates/draining.started").read_text())
-    assert os.getpgid(child) == worker.pid  # the task runs inside the group that is signalled
+    # The task runs in a session (and group) of its own: the worker decides its fate.
+    assert os.getsid(child) == os.getpgid(child) == child != worker.pid
     os.killpg(worker.pid, signal.SIGTERM)  # systemd's default: every process in the group
     wait_for(lambda: "draining: signal received" in jobs_farm.log_text("service"))
     assert Path(f"/proc/{child}").exists()  # the task's process took no notice

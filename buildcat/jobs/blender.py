@@ -379,6 +379,7 @@ class WarmBlender:
                 "--python", str(SCRIPTS / "warm.py"),
             ]  # fmt: skip
         self.process = start_blender(command, subprocess.PIPE)
+        context.keep_process(self.process.pid)  # it serves the next tasks: not a leftover
         self.last_used = time.monotonic()
         self.renders = 0
         self.lock = threading.Lock()
@@ -432,15 +433,17 @@ class WarmBlender:
         with contextlib.suppress(OSError):
             if self.process.stdout is not None:
                 self.process.stdout.close()
+        context.release_process(self.process.pid)
 
     def close(self) -> None:
         """Ask it to leave (an empty line), then make sure it has."""
-        with contextlib.suppress(OSError):
-            if self.process.stdin is not None:
-                self.process.stdin.write("\n")
-                self.process.stdin.flush()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(5)
+        stdin = self.process.stdin
+        if stdin is not None and not stdin.closed:  # closed: a stop() already began
+            with contextlib.suppress(OSError, ValueError):
+                stdin.write("\n")
+                stdin.flush()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(5)
         self.stop()
 
 

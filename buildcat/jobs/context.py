@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,9 +46,79 @@ def set_current(ctx: TaskContext) -> None:
     _current = ctx
 
 
+#: A progress message longer than this is cut (it is shown on one line).
+MAX_PROGRESS_MESSAGE = 200
+
+
 def progress(fraction: float, message: str = "") -> None:
-    """Report how far the running task is (0..1); shown by ``farm status`` and ``farm wait``."""
-    _current.report(fraction, message)
+    """Report how far the running task is (0..1); shown by ``farm status`` and ``farm wait``.
+
+    ``fraction`` is any real number (``numpy.float32`` included), clamped to 0..1; a
+    string or another non-number raises TypeError. ``message`` is turned into text with
+    ``str()``. A value that still cannot be sent (NaN) is dropped with a warning in the
+    task log: progress never fails a task for the worker's sake."""
+    checked = checked_progress(fraction, message)
+    if checked is not None:
+        _current.report(*checked)
+
+
+def checked_progress(fraction: object, message: object = "") -> tuple[float, str] | None:
+    """``(fraction, message)`` as they travel, or ``None`` (dropped, with a warning)."""
+    if isinstance(fraction, (str, bytes, bytearray)) or not hasattr(type(fraction), "__float__"):
+        raise TypeError(
+            "buildcat.progress() takes a number from 0 to 1 as its fraction, not "
+            f"{type(fraction).__name__} {_short(fraction)}"
+        )
+    try:
+        value = float(fraction)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(
+            f"buildcat.progress() could not read {_short(fraction)} as a number: {exc}"
+        ) from None
+    if not math.isfinite(value):
+        _warn(f"progress {_short(fraction)} is not a number from 0 to 1; not reported")
+        return None
+    if not isinstance(message, str):
+        try:
+            message = str(message)
+        except Exception as exc:
+            _warn(f"progress message of type {type(message).__name__} has no text ({exc})")
+            message = ""
+    # Text that is not valid Unicode (lone surrogates) cannot be encoded: replace it.
+    text = message[:MAX_PROGRESS_MESSAGE].encode("utf-8", "replace").decode("utf-8")
+    return min(1.0, max(0.0, value)), text
+
+
+def _short(value: object) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _warn(text: str) -> None:
+    # During a task, stderr is the task's log.
+    with contextlib.suppress(Exception):
+        print(f"buildcat: warning: {text}", file=sys.stderr)
+
+
+#: Processes a job keeps running between tasks on purpose (a warm Blender): the child
+#: ends everything else a task leaves behind.
+_kept_processes: set[int] = set()
+
+
+def keep_process(pid: int) -> None:
+    """Let a process outlive the task that started it (it serves later tasks)."""
+    _kept_processes.add(pid)
+
+
+def release_process(pid: int) -> None:
+    _kept_processes.discard(pid)
+
+
+def kept_processes() -> frozenset[int]:
+    return frozenset(_kept_processes)
 
 
 def path(relative: str) -> Path:

@@ -94,6 +94,7 @@ class Farm:
         )
         self.scheduler = Scheduler(lease_timeout=config.lease_timeout)
         self.waiters: deque[_Waiter] = deque()
+        self.compact_waiters_at = 64
         self.job_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self.watchers: dict[str, asyncio.Future[None]] = {}
         self.started_at = time.time()
@@ -181,6 +182,14 @@ class Farm:
         if self.listeners:
             self.update_event.set()
             self.update_event = asyncio.Event()
+
+    def live_waiters(self) -> list[_Waiter]:
+        """Parked lease requests still waiting; finished ones are dropped from the queue
+        here too, so an idle farm's queue does not grow by one entry per long-poll."""
+        live = [waiter for waiter in self.waiters if not waiter.future.done()]
+        if len(live) < len(self.waiters):
+            self.waiters = deque(live)
+        return live
 
     def dispatch(self, now: float) -> None:
         unmatched: list[_Waiter] = []
@@ -389,9 +398,10 @@ async def ping(request: web.Request) -> web.Response:
             "api": protocol.API_VERSION,
             "started_at": farm.started_at,
             "lease_timeout": farm.config.lease_timeout,
-            # Lease requests parked on the server right now (idle worker slots); a request
-            # whose worker hung up stays in the queue until a dispatch, but is not counted.
-            "waiting_workers": sum(not waiter.future.done() for waiter in farm.waiters),
+            # Workers with a lease request parked on the server right now, each counted
+            # once however many requests it has parked; and those requests.
+            "waiting_workers": len({waiter.worker_id for waiter in farm.live_waiters()}),
+            "waiting_requests": len(farm.live_waiters()),
         },
     )
 
@@ -683,6 +693,8 @@ async def lease(request: web.Request) -> web.Response:
         farm.after_change()
     elif want > 0 and wait > 0:
         future: asyncio.Future[list[Task]] = asyncio.get_running_loop().create_future()
+        if len(farm.waiters) >= farm.compact_waiters_at:  # amortised: drop finished ones
+            farm.compact_waiters_at = max(64, 2 * len(farm.live_waiters()))
         farm.waiters.append(_Waiter(worker_id, want, future))
         try:
             tasks = await asyncio.wait_for(asyncio.shield(future), wait)

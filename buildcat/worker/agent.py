@@ -18,6 +18,7 @@ import socket
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,8 @@ import buildcat
 from buildcat import auth, discovery, jobs, protocol
 from buildcat.blender import BlenderInstall, find_blender
 from buildcat.errors import FarmError
-from buildcat.worker.execute import Child, ChildDied
+from buildcat.worker import tasklog
+from buildcat.worker.execute import Child, ChildConfused, ChildDied
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +126,7 @@ class Agent:
             host, port, tls = protocol.split_address(config.host, config.port)
             self.set_server(host, port, tls or config.tls_ca is not None)
         self.worker_id: str | None = None
+        self.registering = asyncio.Lock()
         self.heartbeat_seconds = 10.0
         self.queue: deque[dict[str, Any]] = deque()
         self.running: dict[str, _Running] = {}
@@ -229,18 +232,30 @@ class Agent:
         self.heartbeat_seconds = max(0.05, float(reply.get("lease_timeout", 30.0)) / 3)
         log.info("registered with %s as %s (%s)", self.base, self.config.name, self.worker_id)
 
+    async def register_once(self) -> str:
+        """Register unless another coroutine just did: one registration, however many
+        requests learnt at once that the server forgot this worker."""
+        async with self.registering:
+            if self.worker_id is None:
+                await self.register()
+            assert self.worker_id is not None
+            return self.worker_id
+
     async def call_as_worker(self, method: str, suffix: str, body: Any, timeout: float) -> Any:
         """A worker request that survives outages: backs off, re-registers, tries again."""
         backoff = 0.1
         give_up_at: float | None = None
         while True:
+            worker_id = self.worker_id
             try:
-                if self.worker_id is None:
-                    await self.register()
-                return await self.call(method, f"/workers/{self.worker_id}{suffix}", body, timeout)
+                if worker_id is None:
+                    worker_id = await self.register_once()
+                return await self.call(method, f"/workers/{worker_id}{suffix}", body, timeout)
             except UnknownWorker:
-                log.warning("the server does not know this worker any more; registering again")
-                self.worker_id = None
+                # The leaser, the reporter and the watcher all hear it: one registers again.
+                if self.worker_id == worker_id and worker_id is not None:
+                    log.warning("the server does not know this worker any more; registering again")
+                    self.worker_id = None
             except ServerGone as exc:
                 if self.draining and self.worker_id is None:
                     raise  # never reached the server: nothing to deliver, nothing to wait for
@@ -376,9 +391,7 @@ class Agent:
             if kind == "blender":
                 blender = self.config.blender.encode() if self.config.blender else ""
                 payload = {"function": BLENDER_RUNNER, "args": [payload, blender]}
-            reply = await child.run(
-                task_id, payload, on_progress, attempt=int(message.get("attempt", 0))
-            )
+            reply = await self.run_on(child, entry, payload, on_progress)
             outcome = {
                 "id": task_id,
                 "ok": bool(reply.get("ok")),
@@ -394,6 +407,11 @@ class Agent:
             await child.start()  # a fresh process for the next task
         except FarmError as exc:
             outcome = {"id": task_id, "ok": False, "error": str(exc), "traceback": ""}
+        except Exception as exc:  # a bug here must fail the task, never the worker
+            log.exception("task %s: unexpected error running it", task_id)
+            outcome = {"id": task_id, "ok": False, "error": f"worker error: {exc}"[:2000],
+                       "traceback": ""}  # fmt: skip
+            await child.start()
         finally:
             del self.running[task_id]
             self.progress.pop(task_id, None)
@@ -416,6 +434,26 @@ class Agent:
             self.outbox.append(outcome)
         self.wake_reporter.set()
         self.wake_leaser.set()
+
+    async def run_on(
+        self,
+        child: Child,
+        entry: _Running,
+        payload: dict[str, Any],
+        on_progress: Callable[[float, str], None],
+    ) -> dict[str, Any]:
+        """Run a task on ``child``; a child that answered out of turn is replaced and the
+        task run once more (its first run delivered nothing that could be trusted)."""
+        task_id = entry.message["id"]
+        attempt = int(entry.message.get("attempt", 0))
+        try:
+            return await child.run(task_id, payload, on_progress, attempt=attempt)
+        except ChildConfused as exc:
+            if entry.cancelled:
+                raise
+            log.error("task %s: %s; running it again", task_id, exc)
+            await child.start()
+            return await child.run(task_id, payload, on_progress, attempt=attempt)
 
     async def reporter(self) -> None:
         last_sent = time.monotonic()
@@ -516,7 +554,7 @@ class Agent:
 
     def cancel(self, task_id: str) -> None:
         entry = self.running.get(task_id)
-        if entry is not None:
+        if entry is not None and not entry.cancelled:  # the reporter and the watcher both hear it
             log.info("stopping task %s: cancelled by the server", task_id)
             entry.cancelled = True
             entry.child.interrupt()
@@ -634,4 +672,5 @@ class Agent:
 def run_worker(config: WorkerConfig) -> int:
     if not config.root.is_dir():
         raise FarmError(f"farm root {config.root} does not exist or is not a folder")
+    tasklog.max_log_bytes()  # a bad BUILDCAT_MAX_TASK_LOG is one line, before anything runs
     return asyncio.run(Agent(config).run())

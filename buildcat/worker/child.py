@@ -1,12 +1,15 @@
 """The child process a worker keeps alive between tasks; runs job functions one at a time.
 
-Frames on stdin/stdout are a 4-byte big-endian length and a msgpack map. The function's
-own prints are captured and sent back with its result as the task log.
+Frames on stdin/stdout are a 4-byte big-endian length and a msgpack map. Every frame
+names its ``kind`` (``run``; ``ready``, ``progress``, ``result``) and, but ``ready``, the
+``task`` and ``seq`` of the request it belongs to, so the worker can tell a frame that is
+not the answer it waits for. The function's own prints are captured and sent back with
+its result as the task log.
 """
 
 from __future__ import annotations
 
-import io
+import contextlib
 import os
 import signal
 import struct
@@ -17,59 +20,16 @@ import traceback
 from typing import Any, BinaryIO
 
 from buildcat import protocol
+from buildcat.errors import FarmError
 from buildcat.jobs import context
 from buildcat.jobs.context import TaskCancelled
 from buildcat.jobs.python import load_function
-from buildcat.root import open_private_log
+from buildcat.worker import processes
+from buildcat.worker.tasklog import TaskLog, max_log_bytes
 
 HEADER = struct.Struct(">I")
 #: Results travel in reports to the server, a few per message: keep each one modest.
 MAX_RESULT_BYTES = 4 * 1024 * 1024
-
-
-class _Capture(io.TextIOBase):
-    """Collects what a task prints: the tail goes back with the result, the whole of it
-    to the task's log file under the root (created on the first write only)."""
-
-    def __init__(self, limit: int = 64 * 1024) -> None:
-        self.parts: list[str] = []
-        self.size = 0
-        self.limit = limit
-        self.log_path: str | None = None
-        self.header = ""
-        self._file: io.TextIOWrapper | None = None
-
-    def start(self, log_path: str | None, header: str) -> None:
-        self.log_path, self.header = log_path, header
-
-    def write(self, text: str) -> int:
-        self.parts.append(text)
-        self.size += len(text)
-        if self.size > 2 * self.limit:
-            joined = "".join(self.parts)[-self.limit :]
-            self.parts, self.size = [joined], len(joined)
-        if self.log_path is not None:
-            try:
-                if self._file is None:
-                    self._file = open_private_log(self.log_path)
-                    self._file.write(self.header)
-                self._file.write(text)
-            except OSError:
-                self.log_path = None  # a full or read-only root must not fail the task
-        return len(text)
-
-    def flush(self) -> None:
-        if self._file is not None:
-            self._file.flush()
-
-    def take(self) -> str:
-        text = "".join(self.parts)[-self.limit :]
-        self.parts, self.size = [], 0
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        self.log_path = None
-        return text
 
 
 def read_frame(stream: BinaryIO) -> Any | None:
@@ -84,6 +44,9 @@ def read_frame(stream: BinaryIO) -> Any | None:
 
 
 def _cancel(signum: int, frame: object) -> None:
+    # Once per task: a second cancel must not break into the job's own cleanup (a warm
+    # Blender half stopped, its input closed, left running for the idle reaper to trip on).
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     # The class job code can import (buildcat.TaskCancelled): this module runs as __main__.
     raise TaskCancelled("cancelled")
 
@@ -107,11 +70,23 @@ def check_result(result: Any) -> None:
 
 
 def _watch_parent(parent: int) -> None:
-    # A worker killed with SIGKILL cannot stop its children: they notice and leave.
+    # A worker killed with SIGKILL cannot stop its children: they notice and leave, and
+    # take what their tasks started with them.
     while True:
         time.sleep(1.0)
         if os.getppid() != parent:
+            with contextlib.suppress(Exception):
+                processes.end_leftovers()
             os._exit(1)
+
+
+def text(value: Any) -> str:
+    """``value`` as text msgpack can carry (lone surrogates replaced)."""
+    try:
+        string = str(value)
+    except Exception:
+        string = f"<{type(value).__name__} that str() fails on>"
+    return string.encode("utf-8", "replace").decode("utf-8")
 
 
 def main() -> None:
@@ -120,36 +95,45 @@ def main() -> None:
     stdin = sys.stdin.buffer
     lock = threading.Lock()
 
-    def send(message: dict[str, Any]) -> None:
+    def send(message: dict[str, Any]) -> bool:
         try:
             data = protocol.pack(message)
-        except protocol.ProtocolError as exc:
-            data = protocol.pack(
-                {"type": "result", "ok": False, "error": str(exc), "traceback": ""}
-            )
+        except protocol.ProtocolError:
+            return False
         with lock:
             out.write(HEADER.pack(len(data)) + data)
+        return True
 
-    # Ctrl-C or systemd's SIGTERM reach the whole process group; the worker decides what
-    # happens to tasks (drain, give back), so the child leaves only when told to.
+    # The worker decides what happens to tasks (drain, give back): the child runs in a
+    # session of its own and leaves only when told to.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # a cancel that arrives between tasks
+    processes.become_subreaper()  # what a task starts, even a detached daemon, stays below
     root = os.environ.get("BUILDCAT_ROOT", os.getcwd())
     if root not in sys.path:
         sys.path.insert(0, root)
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
-    capture = _Capture()
+    try:
+        capture = TaskLog(max_bytes=max_log_bytes())
+    except FarmError:  # the worker checks it at start; never fail here
+        capture = TaskLog()
     real_stdout, real_stderr = sys.stdout, sys.stderr
-    send({"type": "ready", "pid": os.getpid()})
+    send({"kind": "ready", "pid": os.getpid()})
     while True:
         request = read_frame(stdin)
         if request is None:
             return
-        task_id = request.get("task", "")
+        task_id = str(request.get("task", ""))
+        seq = request.get("seq")
+        frame = {"task": task_id, "seq": seq}
 
-        def report(fraction: float, message: str, task_id: str = task_id) -> None:
-            send({"type": "progress", "task": task_id, "fraction": fraction, "message": message})
+        def report(
+            fraction: float, message: str, frame: dict[str, Any] = frame, capture: Any = capture
+        ) -> None:
+            update = {**frame, "kind": "progress", "fraction": fraction, "message": message}
+            if not send(update):  # context.progress checked it: this is only a last resort
+                capture.write(f"buildcat: warning: progress {fraction!r} could not be sent\n")
 
         context.set_current(
             context.TaskContext(
@@ -173,24 +157,43 @@ def main() -> None:
             function = load_function(request["function"], root)
             result = function(*request.get("args", []), **request.get("kwargs", {}))
             check_result(result)
-            reply: dict[str, Any] = {"type": "result", "ok": True, "result": result}
+            reply: dict[str, Any] = {"ok": True, "result": result}
         except BaseException as exc:  # SystemExit from a job fails the task, not the child
-            reply = {
-                "type": "result",
-                "ok": False,
-                "error": f"{type(exc).__name__}: {exc}",
-                # The first frame is this loop; the user's code starts below it.
-                "traceback": "".join(
-                    traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next)
-                    if exc.__traceback__ is not None
-                    else traceback.format_exception_only(type(exc), exc)
-                ),
-            }
+            reply = failure(exc)
         finally:
             signal.signal(signal.SIGUSR1, signal.SIG_IGN)
             sys.stdout, sys.stderr = real_stdout, real_stderr
-        reply["log"] = capture.take()
-        send(reply)
+        try:
+            ended = processes.end_leftovers(keep=context.kept_processes())
+        except Exception as exc:  # never let the cleanup take the child down
+            ended = []
+            capture.write(f"buildcat: could not end the task's processes: {exc}\n")
+        if ended:
+            capture.write(
+                f"buildcat: ended {len(ended)} process(es) the task left running: "
+                f"{', '.join(ended[:20])}{' ...' if len(ended) > 20 else ''}\n"
+            )
+        reply.update(frame, kind="result", log=text(capture.take()))
+        if not send(reply):
+            # An error text msgpack could not carry: say so, in the same frame shape.
+            error = "the task's error could not be sent back: " + text(reply.get("error"))
+            send({**frame, "kind": "result", "ok": False, "error": error, "traceback": "",
+                  "log": reply["log"]})  # fmt: skip
+
+
+def failure(exc: BaseException) -> dict[str, Any]:
+    return {
+        "ok": False,
+        "error": text(f"{type(exc).__name__}: {exc}"),
+        # The first frame is the child's loop; the user's code starts below it.
+        "traceback": text(
+            "".join(
+                traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next)
+                if exc.__traceback__ is not None
+                else traceback.format_exception_only(type(exc), exc)
+            )
+        ),
+    }
 
 
 if __name__ == "__main__":

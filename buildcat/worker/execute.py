@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import math
 import os
+import secrets
 import signal
 import struct
 import sys
@@ -12,6 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 from buildcat import protocol
+from buildcat.worker import processes
+
+log = logging.getLogger(__name__)
 
 HEADER = struct.Struct(">I")
 #: The largest frame a child may send back (a result, a log tail).
@@ -22,19 +28,38 @@ class ChildDied(Exception):
     """The child exited (crashed, was killed) while running a task."""
 
 
+class ChildConfused(ChildDied):
+    """The child sent a frame that is not an answer to the task it was given: it has been
+    killed, and the task has not run to an end the worker can trust."""
+
+
 class Child:
-    """One long-lived Python process that runs tasks sent to it, one at a time."""
+    """One long-lived Python process that runs tasks sent to it, one at a time.
+
+    It runs in a session of its own; everything it starts carries its token (see
+    :mod:`buildcat.worker.processes`), and all of that is ended when it exits."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
         self.process: asyncio.subprocess.Process | None = None
+        self.token = ""
+        self.seq = 0
+        self._reaper: asyncio.Task[None] | None = None
 
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
     async def start(self) -> None:
-        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        """Start the process (ending one still there, and whatever it left running)."""
+        await self.stop()
+        self.token = secrets.token_hex(8)
+        env = {
+            **os.environ,
+            **self.env,
+            "PYTHONUNBUFFERED": "1",
+            processes.TOKEN_VARIABLE: self.token,
+        }
         self.process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -43,10 +68,26 @@ class Child:
             stdout=asyncio.subprocess.PIPE,
             env=env,
             limit=2**20,
+            start_new_session=True,
         )
+        self._reaper = asyncio.create_task(self._end_what_it_left(self.process, self.token))
         hello = await self._read()
-        if hello.get("type") != "ready":
+        if hello.get("kind") != "ready":
             raise ChildDied(f"child did not start: {hello!r}")
+
+    async def _end_what_it_left(self, process: asyncio.subprocess.Process, token: str) -> None:
+        # Once the child is gone, nothing it started may go on: a daemon that kept the
+        # protocol pipe open would otherwise hold this slot until it ended by itself.
+        await _exited(process)  # not process.wait(): that also waits for the pipes to close
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        ended = await asyncio.to_thread(processes.end_marked, token)
+        if ended:
+            log.warning(
+                "ended %d process(es) left by a task process that exited: %s",
+                len(ended),
+                ", ".join(ended[:20]),
+            )
 
     async def _read(self) -> dict[str, Any]:
         assert self.process is not None and self.process.stdout is not None
@@ -54,15 +95,22 @@ class Child:
             header = await self.process.stdout.readexactly(HEADER.size)
             (length,) = HEADER.unpack(header)
             if length > MAX_FRAME:
-                raise ChildDied(f"child sent a frame of {length} bytes")
+                raise self._confused(f"sent a frame of {length} bytes")
             data = await self.process.stdout.readexactly(length)
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             code = await self.process.wait()
             raise ChildDied(f"the process running the task exited with code {code}") from exc
-        message = protocol.unpack(data, trusted=True)
+        try:
+            message = protocol.unpack(data, trusted=True)
+        except protocol.ProtocolError as exc:
+            raise self._confused(f"sent a malformed frame ({exc})") from None
         if not isinstance(message, dict):
-            raise ChildDied("child sent a malformed frame")
+            raise self._confused("sent a frame that is not a map")
         return message
+
+    def _confused(self, what: str) -> ChildConfused:
+        self.kill()
+        return ChildConfused(f"the process running the task {what}; it was replaced")
 
     async def run(
         self,
@@ -71,13 +119,17 @@ class Child:
         on_progress: Callable[[float, str], None],
         attempt: int = 0,
     ) -> dict[str, Any]:
-        """Run one task; returns the result frame or raises ChildDied."""
+        """Run one task; returns its result frame or raises ChildDied (ChildConfused)."""
         if self.process is None or self.process.returncode is not None:
             await self.start()
         assert self.process is not None and self.process.stdin is not None
+        self.seq += 1
+        seq = self.seq
         frame = protocol.pack(
             {
+                "kind": "run",
                 "task": task_id,
+                "seq": seq,
                 "attempt": attempt,
                 "function": payload.get("function"),
                 "args": payload.get("args", []),
@@ -92,9 +144,27 @@ class Child:
             raise ChildDied(f"the process running the task exited with code {code}") from exc
         while True:
             message = await self._read()
-            if message.get("type") == "progress":
-                on_progress(float(message.get("fraction", 0.0)), str(message.get("message", "")))
+            kind = message.get("kind")
+            if message.get("task") != task_id or message.get("seq") != seq:
+                raise self._confused(
+                    f"sent a {kind!r} frame for task {message.get('task')!r} "
+                    f"(request {message.get('seq')!r}) while running {task_id} "
+                    f"(request {seq})"
+                )
+            if kind == "progress":
+                fraction, text = message.get("fraction"), message.get("message", "")
+                if (
+                    isinstance(fraction, (int, float))
+                    and not isinstance(fraction, bool)
+                    and math.isfinite(fraction)
+                    and isinstance(text, str)
+                ):
+                    on_progress(min(1.0, max(0.0, float(fraction))), text)
+                else:
+                    log.warning("task %s: dropped a malformed progress report", task_id)
                 continue
+            if kind != "result":
+                raise self._confused(f"sent a frame of kind {kind!r} while running {task_id}")
             return message
 
     def interrupt(self) -> None:
@@ -104,18 +174,57 @@ class Child:
                 self.process.send_signal(signal.SIGUSR1)
 
     def kill(self) -> None:
+        """Kill the child and its process group (the rest follows once it is gone)."""
         if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
 
-    async def close(self) -> None:
-        """Ask the child to leave (end of its stdin), killing it if it lingers."""
-        if self.process is None or self.process.returncode is not None:
-            return
-        if self.process.stdin is not None:
-            self.process.stdin.close()
-        try:
-            await asyncio.wait_for(self.process.wait(), 2.0)
-        except TimeoutError:
+    async def stop(self) -> None:
+        """Kill the child (if still there) and wait until what it left is ended too."""
+        if self.process is not None and self.process.returncode is None:
             self.kill()
             await self.process.wait()
+        if self._reaper is not None:
+            with contextlib.suppress(Exception):
+                await self._reaper
+            self._reaper = None
+
+    async def close(self) -> None:
+        """Ask the child to leave (end of its stdin), killing it if it lingers."""
+        if self.process is None:
+            return
+        if self.process.returncode is None:
+            if self.process.stdin is not None:
+                self.process.stdin.close()
+            try:
+                await asyncio.wait_for(self.process.wait(), 2.0)
+            except TimeoutError:
+                self.kill()
+        await self.stop()
+
+
+async def _exited(process: asyncio.subprocess.Process) -> None:
+    """Return once ``process`` has exited, whoever still holds its pipes."""
+    try:
+        descriptor = os.pidfd_open(process.pid)
+    except ProcessLookupError:
+        return
+    except (AttributeError, OSError):  # no pidfd (not Linux, or an old kernel): poll
+        while process.returncode is None:
+            await asyncio.sleep(0.1)
+        return
+    loop = asyncio.get_running_loop()
+    gone = loop.create_future()
+
+    def on_exit() -> None:
+        if not gone.done():
+            gone.set_result(None)
+
+    loop.add_reader(descriptor, on_exit)
+    try:
+        await gone
+    finally:
+        loop.remove_reader(descriptor)
+        os.close(descriptor)
