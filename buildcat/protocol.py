@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import msgpack
@@ -24,6 +25,8 @@ MAX_BODY_BYTES = 32 * 1024 * 1024
 MAX_DEPTH = 64
 #: Most tasks one job may have.
 MAX_TASKS_PER_JOB = 1_000_000
+#: The integers msgpack carries (a JSON body may hold any): larger is refused as malformed.
+MIN_INT, MAX_INT = -(2**63), 2**64 - 1
 
 
 def pack(value: Any) -> bytes:
@@ -60,7 +63,7 @@ def decode(data: bytes, content_type: str) -> Any:
     """Decode a body sent as msgpack or JSON."""
     if content_type == JSON:
         try:
-            value = json.loads(data)
+            value = json.loads(data, parse_constant=_no_constant, parse_float=_finite_float)
         except RecursionError:
             raise ProtocolError(f"body nested deeper than {MAX_DEPTH} levels") from None
         except ValueError as exc:
@@ -71,16 +74,51 @@ def decode(data: bytes, content_type: str) -> Any:
 
 
 def check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
-    """Refuse structures nested deeper than ``limit`` (iteratively: no recursion to blow)."""
-    stack: list[tuple[Any, int]] = [(value, 0)]
+    """Refuse structures nested deeper than ``limit`` and integers msgpack cannot carry
+    (iteratively: no recursion to blow), so a decoded body always encodes again."""
+    stack: list[tuple[Any, int, Any]] = [(value, 0, None)]
     while stack:
-        item, depth = stack.pop()
+        item, depth, where = stack.pop()
         if depth > limit:
             raise ProtocolError(f"body nested deeper than {limit} levels")
         if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
+            if depth == 0:
+                stack.extend((v, 1, k) for k, v in item.items())
+            else:
+                stack.extend((v, depth + 1, where) for v in item.values())
         elif isinstance(item, list | tuple):
-            stack.extend((v, depth + 1) for v in item)
+            stack.extend((v, depth + 1, where) for v in item)
+        elif isinstance(item, int) and not MIN_INT <= item <= MAX_INT:
+            field = f" (in {where!r})" if isinstance(where, str) else ""
+            raise ProtocolError(f"an integer in the body does not fit in 64 bits{field}")
+
+
+def check_finite(value: Any, name: str) -> None:
+    """Refuse NaN and infinities anywhere in ``value``, and map keys that are not strings
+    (what JSON views of it could not show), naming the field ``name``."""
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ProtocolError(f"{name!r} holds {item!r}: only finite numbers are accepted")
+        if isinstance(item, dict):
+            for key in item:
+                if not isinstance(key, str):
+                    raise ProtocolError(f"{name!r} has a key that is not a string: {key!r}")
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+
+
+def _no_constant(text: str) -> Any:
+    raise ProtocolError(f"{text} is not a number: only finite numbers are accepted")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ProtocolError(f"{text} does not fit in a float: only finite numbers are accepted")
+    return value
 
 
 def _json_default(value: Any) -> Any:
