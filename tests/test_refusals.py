@@ -299,3 +299,46 @@ def test_a_nan_progress_never_reaches_the_json_api(farm: Farm) -> None:
         assert strict_json(farm, f"/jobs/{job}")["progress"] == expected
         strict_json(farm, "/jobs")
         strict_json(farm, f"/tasks/{task}")
+
+
+# ---- what one request may add to the journal is bounded ----------------------------------------
+
+
+def journal_size(farm: Farm) -> int:
+    return (farm.root / ".buildcat" / "journal.bin").stat().st_size
+
+
+@pytest.mark.parametrize("action", ["cancel", "pause", "resume", "retry", "unblock"])
+def test_a_huge_worker_field_is_refused_and_never_journaled(farm: Farm, action: str) -> None:
+    """The dashboard's cookie may send these: 6 bodies of 30 MB grew the journal by 180 MB."""
+    job = submit(farm, 1)
+    before = journal_size(farm)
+    huge = {"worker": "w" * 1_000_000}
+    status, reply = call(farm, "POST", f"/jobs/{job}/{action}", huge, content_type=MSGPACK)
+    assert journal_size(farm) == before
+    assert status == 400, reply
+    assert "'worker' must be a worker name of at most 256 characters" in reply["error"]
+    # A name that fits is still not journaled, except by unblock, which needs it.
+    status, reply = call(farm, "POST", f"/jobs/{job}/pause", {"worker": "w" * 256})
+    assert status == 200, reply
+    assert journal_size(farm) - before < 200
+
+
+def test_a_report_journals_only_the_tail_of_a_huge_log(farm: Farm) -> None:
+    submit(farm, 1)
+    worker = register(farm)
+    status, reply = call(farm, "POST", f"/workers/{worker}/lease", {"want": 1}, accept=MSGPACK)
+    task = reply["tasks"][0]["id"]
+    before = journal_size(farm)
+    text = "x" * 5_000_000 + "the end\n"
+    done = [{"id": task, "ok": True, "result": 1, "log": text, "traceback": text}]
+    status, reply = call(
+        farm, "POST", f"/workers/{worker}/report", {"done": done}, content_type=MSGPACK
+    )
+    assert status == 200 and reply["accepted"] == [task], reply
+    assert journal_size(farm) - before < 64 * 1024
+    status, view = call(farm, "GET", f"/tasks/{task}")
+    assert view["log"].endswith("the end\n")
+    restart(farm)
+    status, view = call(farm, "GET", f"/tasks/{task}")
+    assert view["state"] == "done" and view["log"].endswith("the end\n")
