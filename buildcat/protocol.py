@@ -49,14 +49,42 @@ def unpack(data: bytes, trusted: bool = False) -> Any:
     return value
 
 
-def encode(value: Any, content_type: str) -> bytes:
-    """Encode for the given content type (msgpack unless JSON was asked for)."""
+def encode(value: Any, content_type: str, *, exact: bool = True) -> bytes:
+    """Encode for the given content type (msgpack unless JSON was asked for).
+
+    ``exact=False`` is for views a person or a browser reads: JSON that is always valid
+    (NaN and infinities become ``null``, map keys that are not strings become text)
+    instead of a refusal. Anything handed to a program to act on is encoded exactly."""
     if content_type == JSON:
         try:
-            return json.dumps(value, default=_json_default).encode()
+            return json.dumps(value, default=_json_default, allow_nan=exact).encode()
         except (TypeError, ValueError) as exc:
+            if exact:
+                raise ProtocolError(f"cannot encode as JSON: {exc}") from exc
+        try:
+            return json.dumps(_displayable(value), default=_json_default).encode()
+        except (TypeError, ValueError, RecursionError) as exc:
             raise ProtocolError(f"cannot encode as JSON: {exc}") from exc
     return pack(value)
+
+
+def _displayable(value: Any) -> Any:
+    """``value`` with what JSON cannot show made showable (see :func:`encode`)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {_key_text(k): _displayable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_displayable(v) for v in value]
+    return value
+
+
+def _key_text(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    if isinstance(key, bytes):
+        return key.decode("utf-8", "replace")
+    return json.dumps(_displayable(key), default=_json_default)
 
 
 def decode(data: bytes, content_type: str) -> Any:

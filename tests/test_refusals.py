@@ -120,6 +120,7 @@ def test_a_lease_reply_that_cannot_be_encoded_leaves_the_task_queued(farm: Farm)
     assert [(t["state"], t["attempts"], t["worker"]) for t in tasks["tasks"]] == [
         ("queued", 0, None)
     ]
+    assert call(farm, "GET", f"/jobs/{job}")[1]["state"] == "queued"
     # Heartbeats of that worker hold nothing; a worker speaking msgpack takes it.
     status, reply = call(farm, "POST", f"/workers/{worker}/report", {})
     assert status == 200, reply
@@ -342,3 +343,25 @@ def test_a_report_journals_only_the_tail_of_a_huge_log(farm: Farm) -> None:
     restart(farm)
     status, view = call(farm, "GET", f"/tasks/{task}")
     assert view["state"] == "done" and view["log"].endswith("the end\n")
+
+
+def test_json_views_of_results_json_cannot_carry_are_valid_json(farm: Farm) -> None:
+    """A result may hold anything msgpack carries; the JSON views show it (bytes keys as
+    text, NaN as null) instead of answering 500."""
+    job = submit(farm, 1)
+    worker = register(farm)
+    status, reply = call(farm, "POST", f"/workers/{worker}/lease", {"want": 1}, accept=MSGPACK)
+    task = reply["tasks"][0]["id"]
+    result = {b"raw": float("nan"), 7: [float("inf")], "fine": 1}
+    done = [{"id": task, "ok": True, "result": result}]
+    status, reply = call(
+        farm, "POST", f"/workers/{worker}/report", {"done": done}, content_type=MSGPACK
+    )
+    assert status == 200 and reply["accepted"] == [task], reply
+    expected = {"raw": None, "7": [None], "fine": 1}
+    assert strict_json(farm, f"/jobs/{job}/results")["results"] == [expected]
+    assert strict_json(farm, f"/tasks/{task}")["result"] == expected
+    # Asked for msgpack, the result comes back exactly.
+    status, reply = call(farm, "GET", f"/jobs/{job}/results", accept=MSGPACK)
+    assert reply["results"][0][b"raw"] != reply["results"][0][b"raw"]  # NaN
+    assert reply["results"][0][7] == [float("inf")]

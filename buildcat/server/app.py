@@ -93,6 +93,7 @@ class _Waiter:
     worker_id: str
     want: int
     future: asyncio.Future[list[Task]]
+    can_send: Callable[[Task], bool] | None = None
 
 
 class Farm:
@@ -240,7 +241,7 @@ class Farm:
             if waiter.future.done():
                 continue
             try:
-                tasks = self.scheduler.lease(waiter.worker_id, waiter.want, now)
+                tasks = self.scheduler.lease(waiter.worker_id, waiter.want, now, waiter.can_send)
             except SchedulerError:
                 waiter.future.set_result([])
                 continue
@@ -308,18 +309,25 @@ def _farm(request: web.Request) -> Farm:
 
 
 def _reply(request: web.Request, value: Any, status: int = 200) -> web.Response:
+    """A view: JSON replies are always valid JSON (NaN shows as null, see protocol.encode)."""
     try:
-        return _encoded_reply(request, value, status)
+        return _encoded_reply(request, value, status, exact=False)
     except ProtocolError as exc:
         raise web.HTTPInternalServerError(reason="cannot encode reply") from exc
 
 
-def _encoded_reply(request: web.Request, value: Any, status: int = 200) -> web.Response:
+def _encoded_reply(
+    request: web.Request, value: Any, status: int = 200, *, exact: bool = True
+) -> web.Response:
     """The reply in the format the request accepts; raises ProtocolError if it cannot be."""
-    accept = request.headers.get("Accept", "")
-    content_type = protocol.MSGPACK if protocol.MSGPACK in accept else protocol.JSON
-    body = protocol.encode(value, content_type)
+    content_type = _reply_type(request)
+    body = protocol.encode(value, content_type, exact=exact)
     return web.Response(body=body, status=status, content_type=content_type)
+
+
+def _reply_type(request: web.Request) -> str:
+    accept = request.headers.get("Accept", "")
+    return protocol.MSGPACK if protocol.MSGPACK in accept else protocol.JSON
 
 
 def _error(request: web.Request, status: int, message: str) -> web.Response:
@@ -820,13 +828,26 @@ async def lease(request: web.Request) -> web.Response:
         raise ProtocolError(f"'want' must be between 0 and {MAX_WANT}")
     wait = min(max(wait, 0.0), MAX_WAIT_SECONDS)
     now = time.time()
-    tasks = farm.scheduler.lease(worker_id, want, now)
+    # Workers read msgpack, which carries every payload; a JSON reader (curl, a script) is
+    # not handed a task JSON cannot carry (bytes map keys): it stays queued, untouched.
+    unsendable: list[str] = []
+
+    def can_send(task: Task) -> bool:
+        try:
+            protocol.encode(_task_message(farm, task), protocol.JSON)
+        except ProtocolError as exc:
+            unsendable.append(f"{task.id} ({exc})")
+            return False
+        return True
+
+    sendable = None if _reply_type(request) == protocol.MSGPACK else can_send
+    tasks = farm.scheduler.lease(worker_id, want, now, sendable)
     if tasks:
         farm.record("lease", now, worker_id, [task.id for task in tasks])
         farm.after_change()
-    elif want > 0 and wait > 0:
+    elif want > 0 and wait > 0 and not unsendable:
         future: asyncio.Future[list[Task]] = asyncio.get_running_loop().create_future()
-        farm.waiters.append(_Waiter(worker_id, want, future))
+        farm.waiters.append(_Waiter(worker_id, want, future, sendable))
         try:
             tasks = await asyncio.wait_for(asyncio.shield(future), wait)
         except TimeoutError:
@@ -843,6 +864,13 @@ async def lease(request: web.Request) -> web.Response:
         finally:
             if not future.done():
                 future.cancel()
+    if not tasks and unsendable:
+        return _error(
+            request,
+            406,
+            f"task {unsendable[0]} cannot be sent as JSON: ask for {protocol.MSGPACK}, "
+            "as workers do",
+        )
     reply: dict[str, Any] = {"tasks": [_task_message(farm, task) for task in tasks]}
     if farm.stopping:
         reply["stopping"] = True  # the worker need not wonder why the next call fails

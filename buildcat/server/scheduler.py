@@ -11,7 +11,7 @@ import bisect
 import math
 import secrets
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -512,8 +512,16 @@ class Scheduler:
 
     # ---- leases -----------------------------------------------------------------------
 
-    def lease(self, worker_id: str, want: int, now: float) -> list[Task]:
-        """Hand up to ``want`` ready tasks to a worker: priority first, FIFO within it."""
+    def lease(
+        self,
+        worker_id: str,
+        want: int,
+        now: float,
+        can_send: Callable[[Task], bool] | None = None,
+    ) -> list[Task]:
+        """Hand up to ``want`` ready tasks to a worker: priority first, FIFO within it.
+        A task ``can_send`` refuses (it cannot be sent in the format the worker reads)
+        keeps its place, untouched."""
         worker = self.touch(worker_id, now)
         granted: list[Task] = []
         if want <= 0 or self.ready_total <= 0:
@@ -528,6 +536,9 @@ class Scheduler:
                 task = job.tasks[index]
                 if task.failed_on and not self.may_take(worker, task):
                     deferred.append(index)  # keeps its place for a worker that has not failed it
+                    continue
+                if can_send is not None and not can_send(task):
+                    deferred.append(index)
                     continue
                 self._grant(task, worker, now)
                 granted.append(task)
