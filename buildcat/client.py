@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import itertools
 import os
+import pwd
 import secrets
 import socket
 import ssl
@@ -672,7 +673,15 @@ def _function_spec(function: str | Callable[..., Any]) -> str:
 
 
 def _owner() -> str:
+    """``login@host``: the terminal's login, else $USER, else the name the OS has for this
+    process's user (tmux, systemd and containers often set no $USER)."""
     try:
-        return f"{os.getlogin()}@{socket.gethostname()}"
+        login = os.getlogin()
     except OSError:
-        return f"{os.environ.get('USER', 'unknown')}@{socket.gethostname()}"
+        login = os.environ.get("USER", "")
+    if not login:
+        try:
+            login = pwd.getpwuid(os.getuid()).pw_name
+        except KeyError:  # a uid with no passwd entry (some containers)
+            login = f"uid{os.getuid()}"
+    return f"{login}@{socket.gethostname()}"

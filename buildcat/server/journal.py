@@ -270,7 +270,7 @@ class Journal:
         self.written = 0  # events settled: on disk, or refused
         self.appended = 0  # events appended
         self._writer: asyncio.Task[None] | None = None
-        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._waiting: deque[tuple[int, asyncio.Future[None], Callable[[], None] | None]] = deque()
         #: Why the last write failed (cleared by the next one that succeeds).
         self.failed: str | None = None
         #: Why nothing is ever written again (see :class:`JournalGone`).
@@ -280,20 +280,25 @@ class Journal:
         self._attempted: int | None = None
 
     def append(self, *event: Any) -> None:
+        """Encode (raises ProtocolError before anything is appended) and buffer an event."""
         record = encode(list(event))
         self.appended += 1
         if self.gone is None:
             self.buffer.append(record)
 
-    async def commit(self) -> None:
-        """Wait until every event appended so far is written and fsynced."""
+    async def commit(self, then: Callable[[], None] | None = None) -> None:
+        """Wait until every event appended so far is written and fsynced. ``then`` runs the
+        moment they are (in the order of the events, whether or not the caller still waits),
+        and never when they cannot be: a change applied by ``then`` is never ahead of disk."""
         target = self.appended
         if target <= self.written:
+            if then is not None:
+                then()
             return
         if self.gone is not None:
             raise JournalError(self.gone)
         future = asyncio.get_running_loop().create_future()
-        self._waiting.append((target, future))
+        self._waiting.append((target, future, then))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write())
         await future
@@ -338,7 +343,12 @@ class Journal:
     def _settle(self, count: int, error: str | None) -> None:
         self.written = max(self.written, count)
         while self._waiting and self._waiting[0][0] <= count:
-            _, future = self._waiting.popleft()
+            _, future, then = self._waiting.popleft()
+            if error is None and then is not None:
+                try:
+                    then()
+                except Exception:  # a bug: the writer must go on for the other requests
+                    log.exception("journal: applying a written change failed")
             if not future.done():
                 if error is None:
                     future.set_result(None)

@@ -8,10 +8,11 @@ waiting workers when :attr:`Scheduler.ready_total` says there is work.
 from __future__ import annotations
 
 import bisect
+import math
 import secrets
 from array import array
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -242,6 +243,11 @@ class Worker:
         }
 
 
+def is_task_index(text: str) -> bool:
+    """``"12"`` is; ``"²"``, ``"-1"``, ``"٣"`` and a 5,000-digit number are not."""
+    return 0 < len(text) <= 9 and text.isascii() and text.isdigit()
+
+
 def requirement_met(requirement: str, capabilities: dict[str, str]) -> bool:
     """``"gpu"`` needs the capability; ``"blender>=4.5"`` also needs that version or newer."""
     name, sep, wanted = requirement.partition(">=")
@@ -318,22 +324,7 @@ class Scheduler:
         key: str = "",
         digest: str = "",
     ) -> Job:
-        if not tasks:
-            raise SchedulerError("a job needs at least one task")
-        if key and key in self.submit_keys:
-            raise Conflict(f"submit key {key!r} already made job {self.submit_keys[key]}")
-        attempts = self.default_max_attempts if max_attempts is None else max_attempts
-        if attempts < 1:
-            raise SchedulerError("max_attempts must be at least 1")
-        if timeout is not None and not timeout > 0:
-            raise SchedulerError("timeout must be a positive number of seconds")
-        for index, spec in enumerate(tasks):
-            for dep in spec.depends:
-                if not isinstance(dep, int) or not 0 <= dep < index:
-                    raise SchedulerError(
-                        f"task {index} depends on {dep!r}: a task may depend only on "
-                        "tasks listed before it"
-                    )
+        attempts = self.check_submit(tasks, max_attempts, timeout, key)
         self._seq += 1
         job = Job(
             id=job_id or secrets.token_hex(4),
@@ -375,6 +366,33 @@ class Scheduler:
         self._changed.add(job.id)
         return job
 
+    def check_submit(
+        self,
+        tasks: list[TaskSpec],
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        key: str = "",
+    ) -> int:
+        """Raise what :meth:`submit` would refuse, changing nothing; returns the attempts
+        the job gets."""
+        if not tasks:
+            raise SchedulerError("a job needs at least one task")
+        if key and key in self.submit_keys:
+            raise Conflict(f"submit key {key!r} already made job {self.submit_keys[key]}")
+        attempts = self.default_max_attempts if max_attempts is None else max_attempts
+        if attempts < 1:
+            raise SchedulerError("max_attempts must be at least 1")
+        if timeout is not None and not timeout > 0:
+            raise SchedulerError("timeout must be a positive number of seconds")
+        for index, spec in enumerate(tasks):
+            for dep in spec.depends:
+                if isinstance(dep, bool) or not isinstance(dep, int) or not 0 <= dep < index:
+                    raise SchedulerError(
+                        f"task {index} depends on {dep!r}: a task may depend only on "
+                        "tasks listed before it"
+                    )
+        return attempts
+
     def submitted(self, key: str, digest: str) -> Job | None:
         """The job an earlier submit with this idempotency key made, if any; the same key
         with another request is refused (409)."""
@@ -398,15 +416,18 @@ class Scheduler:
     def task(self, task_id: str) -> Task:
         job_id, _, index = task_id.rpartition(".")
         job = self.job(job_id) if job_id else None
-        if job is None or not index.isdigit() or int(index) >= len(job.tasks):
-            raise NotFound(f"no task {task_id!r}")
+        if job is None or not is_task_index(index) or int(index) >= len(job.tasks):
+            raise NotFound(f"no task {task_id[:80]!r}")
         return job.tasks[int(index)]
+
+    def check_priority(self, job: Job) -> None:
+        if job.state in FINAL_JOB_STATES:
+            raise SchedulerError(f"job {job.id} is {job.state}: its priority no longer matters")
 
     def set_priority(self, job_id: str, priority: int) -> Job:
         """Move an unfinished job up or down the queue (higher runs first)."""
         job = self.job(job_id)
-        if job.state in FINAL_JOB_STATES:
-            raise SchedulerError(f"job {job.id} is {job.state}: its priority no longer matters")
+        self.check_priority(job)
         if job.priority != priority:
             self._deactivate(job)
             job.priority = priority
@@ -498,8 +519,16 @@ class Scheduler:
 
     # ---- leases -----------------------------------------------------------------------
 
-    def lease(self, worker_id: str, want: int, now: float) -> list[Task]:
-        """Hand up to ``want`` ready tasks to a worker: priority first, FIFO within it."""
+    def lease(
+        self,
+        worker_id: str,
+        want: int,
+        now: float,
+        can_send: Callable[[Task], bool] | None = None,
+    ) -> list[Task]:
+        """Hand up to ``want`` ready tasks to a worker: priority first, FIFO within it.
+        A task ``can_send`` refuses (it cannot be sent in the format the worker reads)
+        keeps its place, untouched."""
         worker = self.touch(worker_id, now)
         granted: list[Task] = []
         if want <= 0 or self.ready_total <= 0:
@@ -514,6 +543,9 @@ class Scheduler:
                 task = job.tasks[index]
                 if task.failed_on and not self.may_take(worker, task):
                     deferred.append(index)  # keeps its place for a worker that has not failed it
+                    continue
+                if can_send is not None and not can_send(task):
+                    deferred.append(index)
                     continue
                 self._grant(task, worker, now)
                 granted.append(task)
@@ -589,9 +621,20 @@ class Scheduler:
             for other in self.workers.values()
         )
 
+    def check_unblock(self, job: Job, worker_name: str | None) -> None:
+        """A worker named to unblock must be one the job blocked (or counts failures of)."""
+        if worker_name is not None and not (
+            worker_name in job.blocked or worker_name in job.failures_by_worker
+        ):
+            blocked = ", ".join(sorted(job.blocked)) or "none"
+            raise SchedulerError(
+                f"worker {worker_name[:80]!r} is not blocked from job {job.id} (blocked: {blocked})"
+            )
+
     def unblock(self, job_id: str, worker_name: str | None = None) -> Job:
         """Let blocked workers (or one of them) take the job's tasks again."""
         job = self.job(job_id)
+        self.check_unblock(job, worker_name)
         if worker_name is None:
             job.blocked.clear()
             job.failures_by_worker.clear()
@@ -601,13 +644,20 @@ class Scheduler:
         self._changed.add(job.id)
         return job
 
-    def retry(self, job_id: str, now: float) -> Job:
-        """Run a failed or cancelled job's unfinished tasks again, with fresh attempts."""
-        job = self.job(job_id)
+    def check_retry(self, job: Job) -> None:
         if job.state not in (JobState.FAILED, JobState.CANCELLED):
             raise SchedulerError(
                 f"job {job.id} is {job.state}: only failed or cancelled jobs retry"
             )
+
+    def retry(self, job_id: str, now: float) -> Job:
+        """Run a failed or cancelled job's unfinished tasks again, with fresh attempts; the
+        job's blocklist is cleared too (else a job whose every worker is blocked retries
+        into nothing)."""
+        job = self.job(job_id)
+        self.check_retry(job)
+        job.blocked.clear()
+        job.failures_by_worker.clear()
         for task in job.tasks:
             if task.state in (TaskState.FAILED, TaskState.CANCELLED):
                 self._set_state(task, TaskState.QUEUED)
@@ -631,10 +681,13 @@ class Scheduler:
         self._changed.add(job.id)
         return job
 
-    def progress(self, worker_id: str, task_id: str, fraction: float, message: str) -> None:
+    def progress(self, worker_id: str, task_id: str, fraction: float | None, message: str) -> None:
+        """A running task's progress; a fraction of None (not a finite number) keeps the
+        last one, so NaN never reaches a view."""
         task = self.task(task_id)
         if task.state is TaskState.LEASED and task.worker == worker_id:
-            task.progress = min(max(float(fraction), 0.0), 1.0)
+            if fraction is not None and math.isfinite(fraction):
+                task.progress = min(max(float(fraction), 0.0), 1.0)
             task.progress_message = message[:200]
             self._changed.add(task.job.id)
 
