@@ -10,14 +10,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import http.client
+import json
 import logging
 import os
 import secrets
 import ssl
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
-from buildcat.errors import FarmError
+from buildcat.errors import ConnectionFailed, FarmError
 from buildcat.root import state_dir
 
 log = logging.getLogger(__name__)
@@ -147,6 +150,138 @@ def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
         reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
         raise FarmError(f"cannot load the TLS certificate {cert} and key {key}: {reason}") from None
     return context
+
+
+class WrongCertificate(ConnectionFailed):
+    """The server's certificate is not the one the farm root names: not this farm."""
+
+
+#: Beside the secret: whether the farm speaks TLS and which certificate it shows. Members
+#: read it from the root, never from the (unauthenticated) zeroconf advert.
+TLS_RECORD_FILE = "tls.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Transport:
+    """How a member talks to its farm: TLS or not, and the certificate it must show."""
+
+    tls: bool
+    #: SHA-256 (hex) of the server's certificate (DER); empty: none pinned.
+    fingerprint: str = ""
+
+
+def certificate_fingerprint(cert: Path) -> str:
+    """SHA-256 of the first (leaf) certificate of a PEM chain: what a browser calls the
+    certificate's fingerprint, and what the server shows in the TLS handshake."""
+    text = cert.read_text(encoding="ascii", errors="replace")
+    end = "-----END CERTIFICATE-----"
+    start = text.find("-----BEGIN CERTIFICATE-----")
+    if start < 0 or end not in text[start:]:
+        raise FarmError(f"the TLS certificate {cert} holds no PEM certificate")
+    pem = text[start : text.index(end, start) + len(end)] + "\n"
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
+
+
+def tls_record_path(root: str | os.PathLike[str]) -> Path:
+    return state_dir(root) / TLS_RECORD_FILE
+
+
+def write_tls_record(root: str | os.PathLike[str], fingerprint: str | None) -> None:
+    """Say in the root whether this farm speaks TLS (``fingerprint``) or not (``None``).
+
+    Kept when the server stops: an impostor that shows up while the server is down must
+    not talk a member into plain HTTP either. Written whole (temporary name, rename)."""
+    path = tls_record_path(root)
+    record = {"tls": fingerprint is not None, "sha256": fingerprint or ""}
+    temporary = path.with_name(f".{TLS_RECORD_FILE}.{os.getpid()}.tmp")
+    try:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            json.dump(record, handle)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise FarmError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def read_tls_record(root: str | os.PathLike[str]) -> Transport | None:
+    """What the root says of the farm's TLS; ``None`` when it says nothing (a server older
+    than this record, or a host that cannot read the root)."""
+    path = tls_record_path(root)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return None
+    except (OSError, ValueError) as exc:
+        raise FarmError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    fingerprint = record.get("sha256") if isinstance(record, dict) else None
+    if not isinstance(fingerprint, str) or (record.get("tls") is True) != bool(fingerprint):
+        raise FarmError(f"{path} is damaged: delete it and restart the farm server")
+    return Transport(tls=bool(fingerprint), fingerprint=fingerprint.lower())
+
+
+def choose_transport(
+    root: str | os.PathLike[str], *, tls: bool, plain_asked: bool, where: str
+) -> Transport:
+    """How to talk to the farm at ``where``: TLS when the root says the farm speaks it,
+    whatever an advert or a bare ``--host`` says, pinned to the root's certificate.
+
+    ``tls`` is what the address or the advert asks for; ``plain_asked`` is true for an
+    address written ``http://``, which the root's record then refuses. Never downgrades:
+    without a record the asked transport is used as before."""
+    record = read_tls_record(root)
+    if record is None or not record.tls:
+        return Transport(tls=tls)
+    if plain_asked:
+        raise FarmError(
+            f"the farm root says this farm speaks TLS ({tls_record_path(root)}): refusing to "
+            f"send the farm secret in clear text to {where}; give the host as https://…"
+        )
+    return record
+
+
+def check_certificate(der: bytes | None, transport: Transport, where: str) -> None:
+    """Refuse a server whose certificate is not the one the root names."""
+    if not transport.fingerprint:
+        return
+    shown = hashlib.sha256(der or b"").hexdigest()
+    if not hmac.compare_digest(shown, transport.fingerprint):
+        raise WrongCertificate(
+            f"{where} shows a TLS certificate (sha256 {shown[:16]}…) that is not this farm's "
+            f"(the root names {transport.fingerprint[:16]}…): not sending the farm secret"
+        )
+
+
+class PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """An HTTPS connection that checks the certificate against the root's record right
+    after the handshake, before a single header (the secret among them) is sent."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float,
+        context: ssl.SSLContext,
+        transport: Transport,
+    ) -> None:
+        super().__init__(host, port, timeout=timeout, context=context)
+        self.transport = transport
+
+    def connect(self) -> None:
+        super().connect()
+        sock = self.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            check_certificate(sock.getpeercert(binary_form=True), self.transport,
+                              f"{self.host}:{self.port}")  # fmt: skip
+        except WrongCertificate:
+            self.close()
+            raise
 
 
 def client_ssl_context(ca: Path | None = None) -> ssl.SSLContext:

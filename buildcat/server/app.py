@@ -914,9 +914,15 @@ async def _serve(
     config: ServerConfig, ready: Callable[[str, int, str], None] | None, holder: StateLock | None
 ) -> None:
     context = None
+    fingerprint = None
     if config.tls_cert is not None and config.tls_key is not None:
         context = auth.server_ssl_context(config.tls_cert, config.tls_key)
+        fingerprint = auth.certificate_fingerprint(config.tls_cert)
     app = create_app(config)
+    try:  # members read the farm's TLS from here, never from the advert
+        auth.write_tls_record(config.root, fingerprint)
+    except FarmError as exc:
+        log.warning("%s: members fall back to what the advert or address says of TLS", exc)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5)
     await runner.setup()
     site = web.TCPSite(
