@@ -11,12 +11,14 @@ import contextlib
 import hashlib
 import hmac
 import http.client
+import io
 import json
 import logging
 import os
 import secrets
 import ssl
 import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,12 +95,105 @@ def read_secret(path: Path) -> str:
     return check_token(text, str(path))
 
 
+#: Tasks of a worker given ``--token`` find the secret in this file, not in their
+#: environment: a job that prints ``os.environ`` shows a path, not the secret.
+TOKEN_FILE_ENV = "FARM_TOKEN_FILE"
+
+
 def load_token(root: str | os.PathLike[str], token: str | None = None) -> str:
-    """A client's or worker's secret: ``token`` (or FARM_TOKEN), else the root's file."""
+    """A client's or worker's secret: ``token`` (or FARM_TOKEN), else the file named by
+    FARM_TOKEN_FILE (inside a task), else the root's file."""
     given = token or os.environ.get("FARM_TOKEN")
     if given:
         return check_token(given, "--token/FARM_TOKEN")
+    named = os.environ.get(TOKEN_FILE_ENV)
+    if named:
+        return read_secret(Path(named))
     return read_secret(secret_path(root))
+
+
+def write_token_file(token: str) -> Path:
+    """A private copy of ``token`` for a worker's tasks (a folder of its own, 0700; the
+    file 0600); :func:`remove_token_file` takes it away."""
+    folder = Path(tempfile.mkdtemp(prefix="buildcat-worker-"))
+    path = folder / SECRET_FILE
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(token + "\n")
+    return path
+
+
+def remove_token_file(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()
+
+
+# ---- keeping the secret out of what people read --------------------------------------------
+
+#: What the secret becomes in logs, errors and everything the dashboard cookie reads.
+REDACTED = "[farm secret]"
+
+
+def redact(text: str, secret: str) -> str:
+    return text.replace(secret, REDACTED) if secret and secret in text else text
+
+
+def redact_bytes(data: bytes, secret: str) -> bytes:
+    """The secret masked in any bytes (msgpack, JSON, text, an image), length kept, so
+    the framing of what carries it stays valid."""
+    raw = secret.encode()
+    if not raw or raw not in data:
+        return data
+    mask = REDACTED.encode().ljust(len(raw), b"*")[: len(raw)]
+    return data.replace(raw, mask)
+
+
+_task_secret: list[str] = []
+
+
+def task_secret() -> str:
+    """The secret as a task process knows it, to keep it out of the task's log; empty
+    when this process cannot read one."""
+    if not _task_secret:
+        try:
+            _task_secret.append(load_token(os.environ.get("BUILDCAT_ROOT") or os.getcwd()))
+        except FarmError:
+            _task_secret.append("")
+    return _task_secret[0]
+
+
+class RedactingWriter:
+    """A text stream that writes everything but the secret (even when the secret comes
+    split across writes: a tail that could begin it waits for the next write)."""
+
+    def __init__(self, stream: io.TextIOBase | io.TextIOWrapper, secret: str) -> None:
+        self.stream = stream
+        self.secret = secret
+        self.held = ""
+
+    def write(self, text: str) -> int:
+        if not self.secret:
+            return self.stream.write(text)
+        pending = redact(self.held + text, self.secret)
+        keep = 0
+        for size in range(min(len(self.secret) - 1, len(pending)), 0, -1):
+            if self.secret.startswith(pending[-size:]):
+                keep = size
+                break
+        self.held = pending[len(pending) - keep :] if keep else ""
+        self.stream.write(pending[: len(pending) - keep])
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.held:
+            self.stream.write(self.held)
+            self.held = ""
+        self.stream.close()
 
 
 def authorization(token: str) -> str:

@@ -854,3 +854,72 @@ def test_bytes_that_are_no_text_in_the_secret_or_cookie_answer_401(
         assert status.split()[1] == expected, (path, status)
     assert farm.client().ping()  # still serving
     assert "Traceback" not in farm.log_text("server")
+
+
+LEAKY_JOBS = """
+import os
+import pathlib
+
+
+def dump_environment():
+    print(dict(os.environ))
+    return dict(os.environ)
+
+
+def leak_the_secret(_):
+    secret = pathlib.Path(os.environ["BUILDCAT_ROOT"], ".buildcat", "secret").read_text().strip()
+    print("the secret is", secret[:10], end="", flush=True)  # split across two writes
+    print(secret[10:], flush=True)
+    raise RuntimeError(f"it was {secret}")
+"""
+
+
+def dashboard_cookie(farm: Farm) -> dict[str, str]:
+    link = farm.cli("dashboard").stdout.strip()
+    status, _, headers = fetch(farm.port, "GET", link.split(str(farm.port), 1)[1], {})
+    assert status == 303
+    return {"Cookie": headers["Set-Cookie"].split(";")[0]}
+
+
+def test_a_job_that_prints_its_environment_shows_the_dashboard_no_secret(
+    jobs_farm: Farm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker given the secret as FARM_TOKEN (as `farm worker --token` is) runs a job that
+    prints and returns os.environ, and one that prints the secret and raises with it. The
+    tasks' environment names a file, not the secret; the logs say ``[farm secret]``; and
+    nothing the dashboard cookie can read holds the secret."""
+    farm = jobs_farm
+    secret = (farm.root / ".buildcat" / "secret").read_text().strip()
+    (farm.root / "leaky.py").write_text(LEAKY_JOBS)
+    monkeypatch.setenv("FARM_TOKEN", secret)
+    farm.start_worker("--no-blender", "--slots", "2")
+    client = farm.client()
+    dumped = client.submit("leaky:dump_environment")
+    leaked = client.map("leaky:leak_the_secret", [0], max_attempts=1)
+    fanned = client.submit("farm_jobs:fan_out", [2, 3])  # a task still reaches its farm
+    (environment,) = dumped.results()
+    assert "FARM_TOKEN" not in environment and "FARM_TOKEN_FILE" in environment
+    assert secret not in repr(environment)
+    with pytest.raises(buildcat.JobFailed):
+        leaked.wait(timeout=60)
+    assert fanned.results() == [[4, 9]]
+
+    cookie = dashboard_cookie(farm)
+    (leaked_task,) = client.job(leaked.id).tasks()
+    assert "[farm secret]" in client.task(leaked_task["id"])["log"]
+    read = []
+    for job in (dumped, leaked, fanned):
+        read.append(fetch(farm.port, "GET", f"{API}/jobs/{job.id}", cookie))
+        read.append(fetch(farm.port, "GET", f"{API}/jobs/{job.id}/tasks", cookie))
+        for task in client.job(job.id).tasks():
+            read.append(fetch(farm.port, "GET", f"{API}/tasks/{task['id']}", cookie))
+    for path in (f"{API}/jobs", f"{API}/workers", f"{API}/events", "/metrics"):
+        read.append(fetch(farm.port, "GET", path, cookie))
+    assert [status for status, _, _ in read] == [200] * len(read)
+    assert any(b"[farm secret]" in body for _, body, _ in read)  # the log was read
+    for _, body, _ in read:
+        assert secret.encode() not in body
+    farm.stop()
+    for path in (farm.root / ".buildcat").rglob("*"):
+        if path.is_file() and path.name != "secret":
+            assert secret.encode() not in path.read_bytes(), path

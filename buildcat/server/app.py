@@ -329,7 +329,15 @@ async def auth_middleware(
     """Every request carries the farm secret, or nothing runs (the body is not even read).
 
     The dashboard's cookie opens the routes it needs; the page itself is public."""
-    if not web_ui.access(request, _farm(request).secret):
+    secret = _farm(request).secret
+    access = web_ui.access(request, secret)
+    if access == "dashboard":
+        # The cookie reads and steers; whatever a job wrote, it never reads the secret.
+        response = await handler(request)
+        if isinstance(response, web.Response) and isinstance(response.body, bytes):
+            response.body = auth.redact_bytes(response.body, secret)
+        return response
+    if not access:
         response = _error(
             request,
             401,
@@ -739,9 +747,10 @@ async def report(request: web.Request) -> web.Response:
                 _get(item, "id", str, ""),
                 ok,
                 item.get("result"),
-                _get(item, "error", str, "" if ok else "task failed"),
-                _get(item, "traceback", str, ""),
-                _get(item, "log", str, ""),
+                # A task that prints the secret (an environment dump) never stores it.
+                auth.redact(_get(item, "error", str, "" if ok else "task failed"), farm.secret),
+                auth.redact(_get(item, "traceback", str, ""), farm.secret),
+                auth.redact(_get(item, "log", str, ""), farm.secret),
                 (
                     float(started_at) if _finite(started_at) else None,
                     float(seconds) if _finite(seconds) and 0 <= seconds < 1e9 else None,

@@ -186,7 +186,8 @@ async def events(request: web.Request) -> web.StreamResponse:
             if data != sent:  # heartbeats and lease renewals alone change nothing shown
                 sent = data
                 message = f'{data[:-1]},"time":{moment}}}'
-                await response.write(f"event: update\ndata: {message}\n\n".encode())
+                update = f"event: update\ndata: {message}\n\n".encode()
+                await response.write(auth.redact_bytes(update, farm.secret))
             try:
                 await asyncio.wait_for(changed.wait(), HEARTBEAT_SECONDS)
             except TimeoutError:

@@ -602,8 +602,10 @@ class Agent:
             # A job that submits more work reaches this worker's farm the same way.
             "FARM_HOST": self.url,
         }
-        if self.config.token:
-            env["FARM_TOKEN"] = self.config.token
+        token_file = None
+        if self.config.token:  # a path in the tasks' environment, never the secret itself
+            token_file = auth.write_token_file(self.config.token)
+            env[auth.TOKEN_FILE_ENV] = str(token_file)
         if self.config.tls_ca:
             env["FARM_TLS_CA"] = str(self.config.tls_ca)
         self.session = self.new_session()
@@ -640,6 +642,8 @@ class Agent:
             for child in self.children:
                 await child.close()
             await self.session.close()
+            if token_file is not None:
+                auth.remove_token_file(token_file)
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
 

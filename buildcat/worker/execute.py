@@ -34,7 +34,9 @@ class Child:
         return self.process.pid if self.process else None
 
     async def start(self) -> None:
-        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        # The worker's own FARM_TOKEN stays with the worker: tasks get FARM_TOKEN_FILE.
+        inherited = {key: value for key, value in os.environ.items() if key != "FARM_TOKEN"}
+        env = {**inherited, **self.env, "PYTHONUNBUFFERED": "1"}
         self.process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
