@@ -424,7 +424,15 @@ async def auth_middleware(
     """Every request carries the farm secret, or nothing runs (the body is not even read).
 
     The dashboard's cookie opens the routes it needs; the page itself is public."""
-    if not web_ui.access(request, _farm(request).secret):
+    secret = _farm(request).secret
+    access = web_ui.access(request, secret)
+    if access == "dashboard":
+        # The cookie reads and steers; whatever a job wrote, it never reads the secret.
+        response = await handler(request)
+        if isinstance(response, web.Response) and isinstance(response.body, bytes):
+            response.body = auth.redact_bytes(response.body, secret)
+        return response
+    if not access:
         response = _error(
             request,
             401,
@@ -914,10 +922,13 @@ async def report(request: web.Request) -> web.Response:
                 _task_id(item),
                 ok,
                 item.get("result"),
-                # What is journaled stays bounded; a task's log keeps its tail anyway.
-                _get(item, "error", str, "" if ok else "task failed")[:MAX_ERROR_CHARS],
-                _get(item, "traceback", str, "")[-MAX_TRACEBACK_CHARS:],
-                _get(item, "log", str, "")[-LOG_TAIL_CHARS:],
+                # What is journaled stays bounded (a task's log keeps its tail anyway), and a
+                # task that prints the secret (an environment dump) never stores it.
+                auth.redact(_get(item, "error", str, "" if ok else "task failed"), farm.secret)[
+                    :MAX_ERROR_CHARS
+                ],
+                auth.redact(_get(item, "traceback", str, ""), farm.secret)[-MAX_TRACEBACK_CHARS:],
+                auth.redact(_get(item, "log", str, ""), farm.secret)[-LOG_TAIL_CHARS:],
                 (
                     float(started_at) if _finite(started_at) else None,
                     float(seconds) if _finite(seconds) and 0 <= seconds < 1e9 else None,
@@ -1090,9 +1101,15 @@ async def _serve(
     config: ServerConfig, ready: Callable[[str, int, str], None] | None, holder: StateLock | None
 ) -> None:
     context = None
+    fingerprint = None
     if config.tls_cert is not None and config.tls_key is not None:
         context = auth.server_ssl_context(config.tls_cert, config.tls_key)
+        fingerprint = auth.certificate_fingerprint(config.tls_cert)
     app = create_app(config)
+    try:  # members read the farm's TLS from here, never from the advert
+        auth.write_tls_record(config.root, fingerprint)
+    except FarmError as exc:
+        log.warning("%s: members fall back to what the advert or address says of TLS", exc)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5)
     await runner.setup()
     site = web.TCPSite(

@@ -250,7 +250,8 @@ class Overview:
         if document == self._document:  # heartbeats and lease renewals change nothing shown
             return
         self._document = document
-        self.message = f'event: update\ndata: {document[:-1]},"time":{time.time()}}}\n\n'.encode()
+        message = f'event: update\ndata: {document[:-1]},"time":{time.time()}}}\n\n'.encode()
+        self.message = auth.redact_bytes(message, farm.secret)  # what the cookie reads
         self.version += 1
         self.published.set()
         self.published = asyncio.Event()
