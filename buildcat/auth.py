@@ -164,18 +164,17 @@ def task_secret() -> str:
     return _task_secret[0]
 
 
-class RedactingWriter:
-    """A text stream that writes everything but the secret (even when the secret comes
-    split across writes: a tail that could begin it waits for the next write)."""
+class Redactor:
+    """Text with the secret masked, fed in pieces: the secret is caught even when it
+    comes split across pieces (a tail that could begin it waits for the next piece)."""
 
-    def __init__(self, stream: io.TextIOBase | io.TextIOWrapper, secret: str) -> None:
-        self.stream = stream
+    def __init__(self, secret: str) -> None:
         self.secret = secret
         self.held = ""
 
-    def write(self, text: str) -> int:
+    def feed(self, text: str) -> str:
         if not self.secret:
-            return self.stream.write(text)
+            return text
         pending = redact(self.held + text, self.secret)
         keep = 0
         for size in range(min(len(self.secret) - 1, len(pending)), 0, -1):
@@ -183,16 +182,32 @@ class RedactingWriter:
                 keep = size
                 break
         self.held = pending[len(pending) - keep :] if keep else ""
-        self.stream.write(pending[: len(pending) - keep])
+        return pending[: len(pending) - keep]
+
+    def end(self) -> str:
+        """What is still held back (no secret can follow it any more)."""
+        held, self.held = self.held, ""
+        return held
+
+
+class RedactingWriter:
+    """A text stream that writes everything but the secret (see :class:`Redactor`)."""
+
+    def __init__(self, stream: io.TextIOBase | io.TextIOWrapper, secret: str) -> None:
+        self.stream = stream
+        self.redactor = Redactor(secret)
+
+    def write(self, text: str) -> int:
+        self.stream.write(self.redactor.feed(text))
         return len(text)
 
     def flush(self) -> None:
         self.stream.flush()
 
     def close(self) -> None:
-        if self.held:
-            self.stream.write(self.held)
-            self.held = ""
+        held = self.redactor.end()
+        if held:
+            self.stream.write(held)
         self.stream.close()
 
 

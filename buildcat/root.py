@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import cast
 
 from buildcat.errors import PathError
 
@@ -61,13 +60,10 @@ def state_dir(root: str | os.PathLike[str]) -> Path:
 def open_private_log(path: str) -> io.TextIOWrapper:
     """Open a task log (``<root>/.buildcat/logs/JOB/TASK.log``) to append to, private to the
     farm's user like the secret: the folders it creates 0700, the file 0600. Line-buffered,
-    so ``farm logs --follow`` sees each line as it is printed. The farm secret never
-    reaches it: a task that prints it writes ``[farm secret]``."""
-    from buildcat import auth  # auth needs this module
-
+    so ``farm logs --follow`` sees each line as it is printed. What writes to it keeps the
+    farm secret out (:class:`buildcat.auth.Redactor`)."""
     folder = os.path.dirname(path)
     os.makedirs(os.path.dirname(folder), mode=0o700, exist_ok=True)  # .../logs
     os.makedirs(folder, mode=0o700, exist_ok=True)  # the job's own
     descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    stream = os.fdopen(descriptor, "a", buffering=1, encoding="utf-8", errors="replace")
-    return cast(io.TextIOWrapper, auth.RedactingWriter(stream, auth.task_secret()))
+    return os.fdopen(descriptor, "a", buffering=1, encoding="utf-8", errors="replace")
