@@ -6,6 +6,7 @@ import contextlib
 import math
 import os
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,19 +107,23 @@ def _warn(text: str) -> None:
 #: Processes a job keeps running between tasks on purpose (a warm Blender): the child
 #: ends everything else a task leaves behind.
 _kept_processes: set[int] = set()
+_kept_guard = threading.Lock()  # a warm Blender is closed from its reaper thread
 
 
 def keep_process(pid: int) -> None:
     """Let a process outlive the task that started it (it serves later tasks)."""
-    _kept_processes.add(pid)
+    with _kept_guard:
+        _kept_processes.add(pid)
 
 
 def release_process(pid: int) -> None:
-    _kept_processes.discard(pid)
+    with _kept_guard:
+        _kept_processes.discard(pid)
 
 
 def kept_processes() -> frozenset[int]:
-    return frozenset(_kept_processes)
+    with _kept_guard:
+        return frozenset(_kept_processes)
 
 
 def path(relative: str) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from buildcat import root as farm_root
-from buildcat.errors import FarmError
+from buildcat.errors import FarmError, PathError
 
 
 def split_spec(spec: Any) -> tuple[str, str]:
@@ -71,6 +72,48 @@ def _fresh(module_name: str) -> bool:
     return recorded is None or recorded == _mtime(getattr(module, "__file__", None))
 
 
+def _locations(name: str) -> list[str]:
+    """Where importing ``name`` would read files from (the module and each package on
+    the way), found without running any of their code."""
+    found: list[str] = []
+    search: list[str] | None = None  # sys.path
+    parts = name.split(".")
+    for index in range(len(parts)):
+        full = ".".join(parts[: index + 1])
+        loaded = sys.modules.get(full)
+        spec = getattr(loaded, "__spec__", None) if loaded is not None else None
+        if spec is None:
+            try:
+                spec = importlib.machinery.PathFinder.find_spec(full, search)
+            except (ImportError, ValueError, OSError):
+                spec = None
+        if spec is None:
+            break  # not a file on a path: the import itself says what is wrong
+        if spec.origin and spec.has_location:
+            found.append(spec.origin)
+        search = list(spec.submodule_search_locations or [])
+        found.extend(search)
+    return found
+
+
+def check_no_symlink_escape(module_name: str, root: str | Path) -> None:
+    """Refuse a module found under the root whose file (or a package folder on the way)
+    is a symlink that leads out of it, as ``path/in/root.py:function`` is refused."""
+    lexical_root = os.path.abspath(root)
+    real_root = os.path.realpath(root)
+    for location in _locations(module_name):
+        lexical = os.path.abspath(location)
+        if os.path.commonpath([lexical, lexical_root]) != lexical_root:
+            continue  # an installed module, not one under the root
+        real = os.path.realpath(location)
+        if os.path.commonpath([real, real_root]) != real_root:
+            shown = os.path.relpath(lexical, lexical_root)
+            raise PathError(
+                f"module {module_name!r} escapes the farm root through a symlink "
+                f"({shown} leads to {real})"
+            )
+
+
 def load_function(spec: str, root: str | Path) -> Callable[..., Any]:
     """Import the function a task names, on this worker, under this worker's root."""
     target, name = split_spec(spec)
@@ -93,6 +136,8 @@ def load_function(spec: str, root: str | Path) -> Callable[..., Any]:
                 del sys.modules[module_name]
                 raise
     else:
+        if target not in sys.modules:
+            check_no_symlink_escape(target, root)  # before any code of the module runs
         module = importlib.import_module(target)
         if target not in _root_files:  # once per module: resolving paths is not free
             file = getattr(module, "__file__", None)
@@ -101,6 +146,7 @@ def load_function(spec: str, root: str | Path) -> Callable[..., Any]:
         if file is not None:
             current = _mtime(file) or 0.0
             if _loaded_mtimes.setdefault(target, current) != current:
+                check_no_symlink_escape(target, root)
                 module = importlib.reload(module)
                 _loaded_mtimes[target] = current
     function = getattr(module, name, None)
