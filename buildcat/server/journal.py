@@ -8,7 +8,10 @@ damage anywhere else stops the server (:class:`JournalDamaged`) unless it was st
 ``--salvage``, which sets the damaged bytes aside and replays every intact record.
 
 A write that fails (disk full) is undone (the file is cut back to its last whole record)
-and answered 503; the next write that succeeds ends that state by itself. A journal that is
+and answered 503; the next write that succeeds ends that state by itself. A change is
+applied only once its record is written (:meth:`Journal.commit` ``then``), so a failed
+write drops it whole; records of what had happened already (a lease handed out) stay
+buffered for the next write. A journal that is
 no longer at its path, or that someone else wrote to, is never written again.
 """
 
