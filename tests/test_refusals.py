@@ -365,3 +365,29 @@ def test_json_views_of_results_json_cannot_carry_are_valid_json(farm: Farm) -> N
     status, reply = call(farm, "GET", f"/jobs/{job}/results", accept=MSGPACK)
     assert reply["results"][0][b"raw"] != reply["results"][0][b"raw"]  # NaN
     assert reply["results"][0][7] == [float("inf")]
+
+
+def test_a_report_refused_503_by_a_failing_journal_changes_no_task(farm: Farm) -> None:
+    """The worker keeps what the server did not acknowledge and reports it again: the task
+    must still be its, leased, not done in memory only (and run again after a restart)."""
+    journal = farm.root / ".buildcat" / "journal.bin"
+    job = submit(farm, 1, 2)
+    worker = register(farm)
+    status, reply = call(farm, "POST", f"/workers/{worker}/lease", {"want": 2}, accept=MSGPACK)
+    first, second = (task["id"] for task in reply["tasks"])
+    assert farm.server is not None
+    prlimit_fsize(farm.server.pid, str(journal.stat().st_size + 100))
+    done = [
+        {"id": first, "ok": True, "result": "x" * 1000},
+        {"id": second, "ok": False, "error": "broke"},
+    ]
+    status, reply = call(farm, "POST", f"/workers/{worker}/report", {"done": done})
+    assert status == 503, reply
+    _, tasks = call(farm, "GET", f"/jobs/{job}/tasks")
+    assert [(t["state"], t["failures"]) for t in tasks["tasks"]] == [("leased", 0), ("leased", 0)]
+    prlimit_fsize(farm.server.pid, "unlimited")
+    status, reply = call(farm, "POST", f"/workers/{worker}/report", {"done": done})
+    assert status == 200 and reply["accepted"] == [first, second], reply
+    restart(farm)
+    _, tasks = call(farm, "GET", f"/jobs/{job}/tasks")
+    assert [(t["state"], t["failures"]) for t in tasks["tasks"]] == [("done", 0), ("queued", 1)]

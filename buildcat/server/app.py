@@ -33,6 +33,7 @@ from buildcat.root import state_dir
 from buildcat.server import snapshot
 from buildcat.server import web as web_ui
 from buildcat.server.journal import Journal, JournalError, recover
+from buildcat.server.journal import encode as journal_record
 from buildcat.server.lock import StateLock
 from buildcat.server.scheduler import (
     FINAL_JOB_STATES,
@@ -181,10 +182,15 @@ class Farm:
         changes nothing. ``apply`` runs the moment the event is durable, in journal order,
         even when the request is gone by then; what it raises (the queue moved on since the
         request was checked: replay skips the event the same way) is raised here."""
+        return await self.change_all([event], apply)
+
+    async def change_all(self, events: list[tuple[Any, ...]], apply: Callable[[], T]) -> T:
+        """:meth:`change` for a request that makes several events (all or none)."""
         if self.journal is None:
             result = apply()
             self.after_change()
             return result
+        records = [journal_record(list(event)) for event in events]  # all encode, or none
         outcome: list[tuple[bool, Any]] = []
 
         def then() -> None:
@@ -193,11 +199,12 @@ class Farm:
             except SchedulerError as exc:
                 outcome.append((False, exc))
             except Exception as exc:
-                log.exception("applying %s failed", event[0])
+                log.exception("applying %s failed", events[0][0])
                 outcome.append((False, exc))
             self.after_change()
 
-        self.journal.append(*event)
+        for record in records:
+            self.journal.append_record(record)
         await self.journal.commit(then)
         ok, value = outcome[0]
         if not ok:
@@ -953,44 +960,65 @@ async def report(request: web.Request) -> web.Response:
 
     scheduler = farm.scheduler
     now = time.time()
-    scheduler.touch(worker_id, now)
-    accepted: list[str] = []
+    scheduler.touch(worker_id, now)  # a heartbeat, whatever else happens
+    for task_id, fraction, message in progress:  # kept in memory only: never journaled
+        with contextlib.suppress(NotFound):
+            scheduler.progress(worker_id, task_id, fraction, message)
+    # What would be recorded is journaled first and applied once on disk (Farm.change): a
+    # refused report (503) leaves every task as it was, for the worker to report again.
+    events: list[tuple[Any, ...]] = []
+    entries: list[tuple[str, bool, Any, str, str, str, tuple[float | None, float | None]]] = []
     discarded: list[str] = []
     for task_id, ok, result, error, traceback, log_text, timing in done:
         try:
-            if ok:
-                recorded = scheduler.complete(worker_id, task_id, result, now, log_text, *timing)
-                if recorded:
-                    farm.record("complete", now, worker_id, task_id, result, log_text, *timing)
-            else:
-                recorded = scheduler.fail(
-                    worker_id, task_id, error, traceback, now, log_text, True, *timing
-                )
-                if recorded:
-                    farm.record(
-                        "fail", now, worker_id, task_id, error, traceback, log_text, *timing
-                    )
-                    log.warning("task %s failed on %s: %s", task_id, worker_id, error)
+            counts = (
+                scheduler.can_complete(task_id) if ok else scheduler.can_fail(worker_id, task_id)
+            )
         except NotFound:
-            recorded = False
-        (accepted if recorded else discarded).append(task_id)
-    for task_id, fraction, message in progress:
-        with contextlib.suppress(NotFound):
-            scheduler.progress(worker_id, task_id, fraction, message)
+            counts = False
+        if not counts:
+            discarded.append(task_id)
+            continue
+        if ok:
+            events.append(("complete", now, worker_id, task_id, result, log_text, *timing))
+        else:
+            events.append(("fail", now, worker_id, task_id, error, traceback, log_text, *timing))
+        entries.append((task_id, ok, result, error, traceback, log_text, timing))
     if released:
-        scheduler.release(worker_id, released, now)
-        farm.record("release", now, worker_id, released)
-    farm.after_change()
-    if done or released:
-        await farm.commit()  # the worker forgets what we acknowledge
-    return _reply(
-        request,
-        {
-            "accepted": accepted,
-            "discarded": discarded,
-            "cancel": scheduler.take_cancellations(worker_id),
-        },
-    )
+        events.append(("release", now, worker_id, released))
+
+    def apply() -> tuple[list[str], list[str]]:
+        accepted: list[str] = []
+        late: list[str] = []
+        for task_id, ok, result, error, traceback, log_text, timing in entries:
+            try:
+                if ok:
+                    recorded = scheduler.complete(
+                        worker_id, task_id, result, now, log_text, *timing
+                    )
+                else:
+                    recorded = scheduler.fail(
+                        worker_id, task_id, error, traceback, now, log_text, True, *timing
+                    )
+                    if recorded:
+                        log.warning("task %s failed on %s: %s", task_id, worker_id, error)
+            except NotFound:
+                recorded = False
+            (accepted if recorded else late).append(task_id)
+        if released:
+            with contextlib.suppress(NotFound):  # the worker left meanwhile: nothing it held
+                scheduler.release(worker_id, released, now)
+        return accepted, late
+
+    if events:
+        accepted, late = await farm.change_all(events, apply)
+    else:
+        accepted, late = [], []
+    try:
+        cancel = scheduler.take_cancellations(worker_id)
+    except NotFound:
+        cancel = []
+    return _reply(request, {"accepted": accepted, "discarded": discarded + late, "cancel": cancel})
 
 
 @routes.post(f"{API}/workers/{{worker}}/watch")

@@ -691,6 +691,16 @@ class Scheduler:
             task.progress_message = message[:200]
             self._changed.add(task.job.id)
 
+    def can_complete(self, task_id: str) -> bool:
+        """Whether :meth:`complete` would record a result for the task now (raises
+        NotFound for an unknown task)."""
+        return self.task(task_id).state not in FINAL_TASK_STATES
+
+    def can_fail(self, worker_id: str, task_id: str) -> bool:
+        """Whether :meth:`fail` would record this worker's failed run of the task now."""
+        task = self.task(task_id)
+        return task.state is TaskState.LEASED and task.worker == worker_id
+
     def complete(
         self,
         worker_id: str,
