@@ -226,6 +226,27 @@ def main() -> None:
     help="Start despite damage inside the journal: set the damaged bytes aside in a file "
     "of their own and replay every intact record.",
 )
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(min=0.05),
+    default=10.0,
+    show_default=True,
+    help="Seconds a new connection has to send a whole request header.",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0.05),
+    default=60.0,
+    show_default=True,
+    help="Seconds a connection may sit with no request before it is closed.",
+)
+@click.option(
+    "--max-unauthenticated",
+    type=click.IntRange(min=1),
+    default=128,
+    show_default=True,
+    help="Connections one address may hold before showing the farm secret.",
+)
 @log_level_option
 def server(
     bind: str,
@@ -241,6 +262,9 @@ def server(
     snapshot_every: int,
     state_dir: Path | None,
     salvage: bool,
+    header_timeout: float,
+    idle_timeout: float,
+    max_unauthenticated: int,
     log_level: str,
 ) -> None:
     """Run the farm server (the task queue)."""
@@ -264,6 +288,9 @@ def server(
         tls_cert=tls_cert,
         tls_key=tls_key,
         salvage=salvage,
+        header_timeout=header_timeout,
+        idle_timeout=idle_timeout,
+        max_unauthenticated=max_unauthenticated,
     )
     if name:
         config.name = name

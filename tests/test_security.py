@@ -923,3 +923,40 @@ def test_a_job_that_prints_its_environment_shows_the_dashboard_no_secret(
     for path in (farm.root / ".buildcat").rglob("*"):
         if path.is_file() and path.name != "secret":
             assert secret.encode() not in path.read_bytes(), path
+
+
+def test_a_fifo_named_as_a_frame_costs_a_thumbnail_not_a_submit(jobs_farm: Farm) -> None:
+    """A task result names a FIFO as its output. Twenty dashboards asking for the
+    thumbnail get an error each (only regular files are opened), and a submit meanwhile
+    answers at once: its journal write never waits behind a thumbnail."""
+    farm = jobs_farm
+    (farm.root / "frames").mkdir()
+    os.mkfifo(farm.root / "frames" / "fifo.png")
+    (farm.root / "fifo_job.py").write_text(
+        "def fifo_frame():\n    return {'outputs': ['frames/fifo.png']}\n"
+    )
+    farm.start_worker("--no-blender")
+    client = farm.client()
+    job = client.submit("fifo_job:fifo_frame")
+    job.wait(timeout=60)
+    answers: list[tuple[int, bytes]] = []
+
+    def ask() -> None:
+        status, body, _ = fetch(farm.port, "GET", f"{API}/jobs/{job.id}/thumbnail",
+                                secret_header(farm.root))  # fmt: skip
+        answers.append((status, body))
+
+    askers = [threading.Thread(target=ask) for _ in range(20)]
+    for asker in askers:
+        asker.start()
+    with buildcat.connect("127.0.0.1", farm.port, farm.root, timeout=10) as quick:
+        submitted = quick.map("farm_jobs:square", [5])
+        assert submitted.results() == [25]
+    for asker in askers:
+        asker.join(30)
+    assert len(answers) == 20
+    for status, body in answers:
+        assert status in (404, 503), status
+        if status == 404:
+            assert b"not a regular file" in body
+    assert "Traceback" not in farm.log_text("server")

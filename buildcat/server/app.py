@@ -30,7 +30,7 @@ from buildcat import auth, jobs, protocol
 from buildcat.discovery import Advertiser, advertised_addresses
 from buildcat.errors import FarmError, ProtocolError
 from buildcat.root import state_dir
-from buildcat.server import snapshot
+from buildcat.server import connections, snapshot
 from buildcat.server import web as web_ui
 from buildcat.server.journal import Journal, JournalError, recover
 from buildcat.server.journal import encode as journal_record
@@ -87,6 +87,12 @@ class ServerConfig:
     tls_key: Path | None = None
     #: Set damage inside the journal aside and replay the rest, instead of refusing to start.
     salvage: bool = False
+    #: Seconds a new connection has to bring a whole request header (then 401 or served).
+    header_timeout: float = connections.DEFAULT_HEADER_TIMEOUT
+    #: Seconds a member's connection may sit with no request before it is closed.
+    idle_timeout: float = connections.DEFAULT_IDLE_TIMEOUT
+    #: Connections one IP address may hold before showing the secret or the cookie.
+    max_unauthenticated: int = connections.DEFAULT_PER_PEER
 
 
 @dataclass(slots=True, eq=False)
@@ -433,6 +439,9 @@ async def auth_middleware(
     The dashboard's cookie opens the routes it needs; the page itself is public."""
     secret = _farm(request).secret
     access = web_ui.access(request, secret)
+    guard = request.app.get(connections.GUARD_KEY)
+    if access not in ("", "public") and guard is not None:
+        guard.authenticated(request.protocol)  # no longer counts against its peer's cap
     if access == "dashboard":
         # The cookie reads and steers; whatever a job wrote, it never reads the secret.
         response = await handler(request)
@@ -464,8 +473,10 @@ async def errors_middleware(
         return _error(request, 503, f"the server cannot record changes: {exc}")
     except FarmError as exc:
         return _error(request, 400, str(exc))
-    except web.HTTPNotFound:
-        return _error(request, 404, f"no such route: {request.method} {request.path}")
+    except web.HTTPNotFound as exc:
+        found = exc.reason != "Not Found"  # a route that says what it did not find
+        reason = exc.reason if found else f"no such route: {request.method} {request.path}"
+        return _error(request, 404, reason)
     except web.HTTPRequestEntityTooLarge:
         return _error(
             request,
@@ -1070,7 +1081,11 @@ async def unregister(request: web.Request) -> web.Response:
 def create_app(config: ServerConfig) -> web.Application:
     """Build the application (tests can use it without sockets)."""
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware], client_max_size=protocol.MAX_BODY_BYTES
+        middlewares=[connections.connection_middleware, errors_middleware, auth_middleware],
+        client_max_size=protocol.MAX_BODY_BYTES,
+    )
+    app[connections.GUARD_KEY] = connections.ConnectionGuard(
+        config.header_timeout, config.idle_timeout, config.max_unauthenticated
     )
     farm = Farm(config)
     app[FARM_KEY] = farm
@@ -1133,13 +1148,26 @@ async def _serve(
     if config.tls_cert is not None and config.tls_key is not None:
         context = auth.server_ssl_context(config.tls_cert, config.tls_key)
         fingerprint = auth.certificate_fingerprint(config.tls_cert)
+    before, after = connections.raise_open_files_limit()
+    if after > before:
+        log.info("open-files limit raised from %d to %d", before, after)
+    connections.install_repeat_filter()
     app = create_app(config)
     try:  # members read the farm's TLS from here, never from the advert
         auth.write_tls_record(config.root, fingerprint)
     except FarmError as exc:
         log.warning("%s: members fall back to what the advert or address says of TLS", exc)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5)
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,
+        access_log=None,
+        shutdown_timeout=5,
+        keepalive_timeout=config.idle_timeout,
+    )
     await runner.setup()
+    guard = app[connections.GUARD_KEY]
+    assert runner.server is not None
+    guard.install(runner.server)
     site = web.TCPSite(
         runner, config.bind, config.port, backlog=4096, reuse_address=True, ssl_context=context
     )
@@ -1193,4 +1221,5 @@ async def _serve(
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await advertising
             await advertiser.close()
+        await guard.close()
         await runner.cleanup()

@@ -9,11 +9,16 @@ may read the farm and steer jobs but not submit work or act as a worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import json
 import logging
 import math
+import os
+import queue
 import re
+import stat
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -414,6 +419,97 @@ def _last_frame(job: Any) -> str | None:
     return best[1] if best else None
 
 
+class ThumbnailError(Exception):
+    """The frame a task named cannot be shown: its reason, for the answer."""
+
+
+#: Thumbnails read files that task results name (whatever a job says), so they read in
+#: threads of their own, never the loop's shared pool the journal's fsyncs use: a FIFO or
+#: a hung NFS file costs a thumbnail thread, never a submit.
+THUMBNAIL_THREADS = 2
+#: Reads waiting or running at once; beyond that a thumbnail answers 503 at once.
+THUMBNAIL_QUEUE = 16
+THUMBNAIL_TIMEOUT = 5.0
+MAX_THUMBNAIL_BYTES = 64 * 1024 * 1024
+
+
+def read_regular_file(path: Path, limit: int = MAX_THUMBNAIL_BYTES) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes. Opened
+    without blocking and checked on the open descriptor: a FIFO, a device or a socket is
+    refused without waiting for a writer, and nothing can swap the file in between."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ThumbnailError(f"cannot open it: {exc.strerror}") from None
+    with os.fdopen(descriptor, "rb") as handle:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            raise ThumbnailError("it is not a regular file")
+        if info.st_size > limit:
+            raise ThumbnailError(f"it is larger than {limit:,} bytes")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ThumbnailError(f"it is larger than {limit:,} bytes")
+    return data
+
+
+class ThumbnailReader:
+    """A few daemon threads and a bounded queue: a read stuck in the kernel holds one
+    thread (and does not hold up the server's exit); once every place is taken, new
+    thumbnails are refused at once instead of queueing behind it."""
+
+    def __init__(self, threads: int = THUMBNAIL_THREADS, places: int = THUMBNAIL_QUEUE) -> None:
+        self.places = threading.BoundedSemaphore(places)
+        self.work: queue.SimpleQueue[tuple[Path, asyncio.Future[bytes]]] = queue.SimpleQueue()
+        for number in range(threads):
+            threading.Thread(
+                target=self._run, name=f"buildcat-thumbnail-{number}", daemon=True
+            ).start()
+
+    def _run(self) -> None:
+        while True:
+            path, future = self.work.get()
+            loop = future.get_loop()
+            try:
+                outcome: bytes | BaseException = read_regular_file(path)
+            except BaseException as exc:  # handed to the request, which words it
+                outcome = exc
+            finally:
+                self.places.release()
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(_settle, future, outcome)
+
+    async def read(self, path: Path, timeout: float = THUMBNAIL_TIMEOUT) -> bytes:
+        if not self.places.acquire(blocking=False):
+            raise web.HTTPServiceUnavailable(reason="thumbnails are busy: try again shortly")
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.work.put((path, future))
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            raise web.HTTPGatewayTimeout(
+                reason=f"reading the frame took more than {timeout:g}s"
+            ) from None
+
+
+def _settle(future: asyncio.Future[bytes], outcome: bytes | BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+_reader: list[ThumbnailReader] = []
+
+
+def thumbnail_reader() -> ThumbnailReader:
+    if not _reader:
+        _reader.append(ThumbnailReader())
+    return _reader[0]
+
+
 async def thumbnail(request: web.Request) -> web.StreamResponse:
     farm = _farm(request)
     job = farm.scheduler.job(request.match_info["job"])
@@ -422,9 +518,9 @@ async def thumbnail(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound(reason=f"job {job.id} has no finished frame a browser can show")
     try:
         path = resolve(farm.config.root, relative)
-        body = await asyncio.to_thread(path.read_bytes)
-    except (FarmError, OSError):
-        raise web.HTTPNotFound(reason=f"the frame {relative} is not readable") from None
+        body = await thumbnail_reader().read(path)
+    except (FarmError, ThumbnailError) as exc:
+        raise web.HTTPNotFound(reason=f"the frame {relative} is not readable: {exc}") from None
     return web.Response(
         body=body,
         content_type=IMAGE_TYPES[path.suffix.lower()],
