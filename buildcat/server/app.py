@@ -646,7 +646,7 @@ def _job_view(farm: Farm, job_id: str) -> dict[str, Any]:
     view["waiting"] = _unmet(farm, job) if job.state not in FINAL_JOB_STATES else ""
     if "frames" in job.meta:
         view["frames"] = _frame_counts(job)
-    return view
+    return web_ui.showable(view)  # one job's odd data (an older journal's) never fails a list
 
 
 def _frame_counts(job: Job) -> dict[str, int]:

@@ -25,6 +25,10 @@ DEFAULT_MAX_ATTEMPTS = 3
 #: A worker that fails this many tasks of one job is blocked from that job.
 DEFAULT_BLOCK_AFTER = 3
 LOG_TAIL_CHARS = 16_384
+#: Workers that left stay listed (``offline``) until this many have left after them, or
+#: the server restarts: a farm whose workers come and go under new names (``host-pid``)
+#: keeps a bounded list.
+DEPARTED_WORKERS_KEPT = 100
 
 
 class JobState(StrEnum):
@@ -290,6 +294,8 @@ class Scheduler:
         self.default_max_attempts = default_max_attempts
         self.jobs: dict[str, Job] = {}
         self.workers: dict[str, Worker] = {}
+        #: Offline workers still listed, the longest gone first (see DEPARTED_WORKERS_KEPT).
+        self._departed: dict[str, Worker] = {}
         #: Idempotency keys of submits -> the job each made.
         self.submit_keys: dict[str, str] = {}
         self.ready_total = 0
@@ -492,6 +498,7 @@ class Scheduler:
         # A worker that comes back under its name replaces its offline record.
         for stale in [w for w in self.workers.values() if w.name == name and not w.online]:
             del self.workers[stale.id]
+            self._departed.pop(stale.id, None)
         self.workers[worker.id] = worker
         return worker
 
@@ -505,8 +512,17 @@ class Scheduler:
         """A worker leaves: whatever it still holds goes back to the queue."""
         worker = self.worker(worker_id)
         returned = self._requeue_all(worker.leased, now)
-        worker.online = False
+        self._depart(worker)
         return returned
+
+    def _depart(self, worker: Worker) -> None:
+        """Mark a worker offline; the oldest offline records beyond the kept number go."""
+        worker.online = False
+        self._departed[worker.id] = worker
+        while len(self._departed) > DEPARTED_WORKERS_KEPT:
+            oldest = next(iter(self._departed))
+            del self._departed[oldest]
+            self.workers.pop(oldest, None)
 
     def touch(self, worker_id: str, now: float) -> Worker:
         """Any word from a worker extends the leases of everything it holds."""
@@ -591,7 +607,11 @@ class Scheduler:
         self._requeue_all([self.task(task_id) for task_id in task_ids], now)
 
     def restarted(self, now: float) -> None:
-        """After a replay: every worker and lease gets a full lease timeout to be heard from."""
+        """After a replay: every worker and lease gets a full lease timeout to be heard from;
+        workers that had left are forgotten."""
+        for gone in [w.id for w in self.workers.values() if not w.online]:
+            del self.workers[gone]
+        self._departed.clear()
         for worker in self.workers.values():
             worker.last_seen = now
         for task in self._leased:
@@ -838,9 +858,13 @@ class Scheduler:
             if worker is not None:
                 self._tell_cancel(worker, task.id)  # after fail(), which clears old notices
         returned = self._requeue_all([t for t in self._leased if t.lease_expires_at <= now], now)
-        for worker in self.workers.values():
-            if worker.online and now - worker.last_seen > self.lease_timeout and not worker.leased:
-                worker.online = False
+        silent = [
+            worker
+            for worker in self.workers.values()
+            if worker.online and now - worker.last_seen > self.lease_timeout and not worker.leased
+        ]
+        for worker in sorted(silent, key=lambda w: w.last_seen):
+            self._depart(worker)
         return returned
 
     # ---- events for the HTTP layer -------------------------------------------------------

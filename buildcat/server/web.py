@@ -328,7 +328,7 @@ def _encode_view(view: dict[str, Any], what: str) -> str:
     """One job's or worker's part of the overview; values JSON cannot carry (NaN, a
     non-text key, something nested too deep) are replaced, and the part says so."""
     try:
-        return json.dumps(view, default=str, allow_nan=False, separators=(",", ":"))
+        return json.dumps(view, default=_as_text, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError, RecursionError) as exc:
         log.debug("dashboard: %s has values JSON cannot carry: %s", what, exc)
         plain = _plain(view, 0)
@@ -336,12 +336,41 @@ def _encode_view(view: dict[str, Any], what: str) -> str:
         return json.dumps(plain, allow_nan=False, separators=(",", ":"))
 
 
+def showable(view: dict[str, Any]) -> dict[str, Any]:
+    """A job's API view as it is when JSON (strict: no NaN) and msgpack both carry it;
+    otherwise a copy with the odd values replaced and a ``display_error`` saying so, so
+    one job's data never fails a reply that lists others."""
+    try:
+        json.dumps(view, allow_nan=False, default=_text_of_bytes)
+        protocol.pack(view)
+    except (TypeError, ValueError, RecursionError, FarmError) as exc:
+        plain = _plain(view, 0)
+        plain["display_error"] = f"shown in part: some of its values are not JSON ({exc})"[:300]
+        return plain
+    return view
+
+
+def _as_text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _text_of_bytes(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
 def _plain(value: Any, depth: int) -> Any:
-    """``value`` with only what JSON carries: text keys, finite numbers, lists, maps."""
+    """``value`` with only what JSON and msgpack carry: text keys, finite floats, 64-bit
+    integers, lists, maps (deeper than 32 levels is cut)."""
     if depth > 32:
         return "…"
-    if isinstance(value, str | bool | int) or value is None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if -(2**63) <= value < 2**64 else str(value)
+    if isinstance(value, str | bool) or value is None:
         return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
