@@ -223,11 +223,6 @@ class Farm:
             if job_id not in self.scheduler.jobs and job_id not in self.reserved_ids:
                 return job_id
 
-    async def commit(self) -> None:
-        """Answer only once what the request changed is on disk."""
-        if self.journal is not None:
-            await self.journal.commit()
-
     # ---- waking ------------------------------------------------------------------------
 
     def after_change(self) -> None:
