@@ -142,3 +142,14 @@ def test_the_overview_follows_new_results_without_walking_every_task() -> None:
         assert abs(view["progress"] - (done + 0.5) / 2_000) < 1e-9
         scheduler.complete(worker.id, task.id, {"outputs": ["x.exr"]}, 3.0 + step)
     assert CountedTasks.walks == 0
+
+
+def test_a_worker_holding_many_tasks_lists_the_first_twenty_and_counts_the_rest() -> None:
+    scheduler = Scheduler()
+    job = scheduler.submit([TaskSpec({"function": "f"}) for _ in range(30)], 0.0)
+    worker = scheduler.register("w", 2, {}, 0.0)
+    scheduler.lease(worker.id, 30, 0.0)  # prefetched: a worker of short tasks holds many
+    farm = SimpleNamespace(scheduler=scheduler, config=SimpleNamespace(name="t"))
+    [shown] = json.loads(Overview().document(farm))["workers"]  # type: ignore[arg-type]
+    assert shown["holding"] == 30
+    assert [task["id"] for task in shown["current"]] == [f"{job.id}.{n}" for n in range(20)]

@@ -49,6 +49,8 @@ RECENT_JOBS = 50
 #: Live updates go out at most this often, however busy the farm.
 UPDATE_INTERVAL = 0.3
 HEARTBEAT_SECONDS = 15.0
+#: Tasks listed for each worker in a live update (``holding`` counts them all).
+CURRENT_SHOWN = 20
 #: Thumbnails are served for these formats only (what a browser shows).
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 ASSET_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css",
@@ -316,11 +318,16 @@ class Overview:
 
 
 def _worker_view(worker: Any) -> dict[str, Any]:
+    """A worker as the lists show it: the first tasks it holds, not every one it has
+    prefetched (hundreds, for short tasks), so an update's size stays bounded."""
     view: dict[str, Any] = worker.to_dict()
+    del view["tasks"]
+    first = heapq.nsmallest(CURRENT_SHOWN, worker.leased, key=lambda t: (t.job.seq, t.index))
     view["current"] = [
         {"id": task.id, "label": task.payload.get("label", ""), "progress": task.progress}
-        for task in sorted(worker.leased, key=lambda t: t.id)
+        for task in first
     ]
+    view["holding"] = len(worker.leased)
     return view
 
 

@@ -151,9 +151,11 @@ function renderWorkers(workers) {
 }
 
 function workerRow(worker) {
+  const more = (worker.holding || 0) - worker.current.length;
   const current = worker.current.length
     ? worker.current.map((task) =>
         `${task.id}${task.label ? ` (${task.label})` : ""} ${Math.round(task.progress * 100)}%`).join(", ")
+      + (more > 0 ? ` and ${more} more` : "")
     : "-";
   const capabilities = Object.entries(worker.capabilities)
     .map(([name, version]) => (version ? `${name} ${version}` : name)).join(", ");
