@@ -78,7 +78,9 @@ class Server:
             "jobs": jobs,
             "tasks": {job["id"]: self.get(f"/jobs/{job['id']}/tasks")["tasks"] for job in jobs},
             "results": {job["id"]: self.get(f"/jobs/{job['id']}/results") for job in jobs},
-            "workers": self.get("/workers")["workers"],
+            # Departed workers are listed until a restart forgets them (docs/concepts.md);
+            # one going offline still changes the digest, by leaving this list.
+            "workers": [w for w in self.get("/workers")["workers"] if w["state"] != "offline"],
         }
         return json.dumps(_without(state, EPHEMERAL), sort_keys=True)
 
