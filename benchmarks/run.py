@@ -1,6 +1,6 @@
 """buildcat against its peers, in one run on this machine: prints a table, writes JSON.
 
-    python benchmarks/run.py [--quick] [--json FILE] [--skip rq,scale,blender]
+    python benchmarks/run.py [--quick] [--json FILE] [--skip rq,scale,dashboards,blender]
 
 1. No-op tasks through `farm` (server + K worker processes) and the same workload on
    RQ + Redis (Debian's redis-server, started and stopped here; RQ's no-fork
@@ -9,7 +9,9 @@
 2. Scale: 2,000 simulated workers (one asyncio load generator, one connection each)
    long-poll one server; a 2,000-task job arrives; when does each worker get its task,
    and how much memory does the server hold.
-3. Blender: a 24-frame 64x64 Cycles scene (16 samples) rendered by the farm with one
+3. Dashboards: the same no-op throughput with no event stream open and with 20 open
+   (a dashboard each), while a paused 200,000-task job waits in the queue.
+4. Blender: a 24-frame 64x64 Cycles scene (16 samples) rendered by the farm with one
    worker and chunk size 1, against one `blender -b scene.blend -a` on the same file;
    and the farm again with Blender started per task (BUILDCAT_BLENDER_WARM=0).
 """
@@ -31,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,6 +47,8 @@ from buildcat.blender import build_demo_scene, find_blender
 
 HERE = Path(__file__).resolve().parent
 SCALE_WORKERS = 2_000
+DASHBOARDS = 20
+BACKLOG_TASKS = 200_000
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -335,7 +340,119 @@ async def _scale(port: int, token: str, count: int) -> dict[str, Any]:
     }
 
 
-# ---- 3. Blender ------------------------------------------------------------------------------
+# ---- 3. open dashboards ----------------------------------------------------------------------
+
+
+def dashboards(tasks: int, workers: int, rounds: int, viewers: int, backlog: int) -> dict[str, Any]:
+    """No-op throughput with 0 and with ``viewers`` event streams open, in one run, with a
+    paused ``backlog``-task job queued (what each update has to describe)."""
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-dash-") as folder,
+        # No snapshot of the big queue in the middle of a round: its pause is not the
+        # dashboards' cost (README, restart figures), and it would land in one phase only.
+        farm(
+            Path(folder), workers, "--no-blender", server_args=("--snapshot-every", "100000000")
+        ) as (client, port, server_pid),
+    ):
+        # No worker meets it, so none starts it before the pause.
+        waiting = client.map(
+            "buildcat.jobs.builtin:noop", range(backlog), requires=["bench-nobody"], name="backlog"
+        )
+        waiting.pause()
+        client.map("buildcat.jobs.builtin:noop", range(500)).wait(timeout=60)  # warm up
+
+        def rate(cpu: list[float]) -> float:
+            """Tasks per second; appends the server's CPU microseconds per task to ``cpu``
+            (a figure other load on the machine leaves alone)."""
+            used = _cpu_seconds(server_pid)
+            started = time.perf_counter()
+            client.map("buildcat.jobs.builtin:noop", range(tasks)).wait(timeout=1800)
+            elapsed = time.perf_counter() - started
+            cpu.append((_cpu_seconds(server_pid) - used) / tasks * 1e6)
+            return tasks / elapsed
+
+        closed, opened, received = [], [], 0
+        cpu_closed: list[float] = []
+        cpu_opened: list[float] = []
+        for _ in range(rounds):  # alternating, so a drift of the machine hits both alike
+            closed.append(rate(cpu_closed))
+            with _EventStreams(port, auth.load_token(Path(folder)), viewers) as streams:
+                opened.append(rate(cpu_opened))
+                received += streams.bytes_received()
+    alone, watched = statistics.median(closed), statistics.median(opened)
+    return {
+        "viewers": viewers,
+        "backlog": backlog,
+        "throughput_0": alone,
+        "throughput_open": watched,
+        "ratio": watched / alone,
+        "rounds_0": [round(r) for r in closed],
+        "rounds_open": [round(r) for r in opened],
+        "server_cpu_us_0": statistics.median(cpu_closed),
+        "server_cpu_us_open": statistics.median(cpu_opened),
+        "stream_mb": received / 2**20,
+    }
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _EventStreams:
+    """``count`` dashboards' event streams, read (and thrown away) on a thread of their own."""
+
+    def __init__(self, port: int, token: str, count: int) -> None:
+        self.url = f"http://127.0.0.1:{port}{protocol.API_PREFIX}/events"
+        self.headers = {"Authorization": auth.authorization(token)}
+        self.count = count
+        self.updates = [0] * count
+        self.received = [0] * count
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.future: Any = None
+
+    def __enter__(self) -> _EventStreams:
+        self.thread.start()
+        self.future = asyncio.run_coroutine_threadsafe(self._read_all(), self.loop)
+        wait_until(lambda: all(self.updates) or self.future.done(), 120, "dashboards connecting")
+        if self.future.done():
+            self.future.result()  # raises what stopped them
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+        self.loop.close()
+
+    def bytes_received(self) -> int:
+        return sum(self.received)
+
+    async def _stop(self) -> None:
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def _read_all(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=None)
+        async with aiohttp.ClientSession(headers=self.headers, timeout=timeout) as session:
+            await asyncio.gather(*(self._read(session, n) for n in range(self.count)))
+
+    async def _read(self, session: aiohttp.ClientSession, number: int) -> None:
+        async with session.get(self.url) as response:
+            if response.status != 200:
+                raise SystemExit(f"benchmark: the event stream answered HTTP {response.status}")
+            async for line in response.content:
+                self.received[number] += len(line)
+                if line.startswith(b"event: update"):
+                    self.updates[number] += 1
+
+
+# ---- 4. Blender ------------------------------------------------------------------------------
 
 
 def blender_runs(cold: bool) -> dict[str, Any]:
@@ -411,13 +528,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--latency-samples", type=int, default=300)
     parser.add_argument("--scale-workers", type=int, default=SCALE_WORKERS)
-    parser.add_argument("--skip", default="", help="comma-separated: rq, scale, blender, cold")
+    parser.add_argument("--dashboards", type=int, default=DASHBOARDS, help="open event streams")
+    parser.add_argument("--backlog", type=int, default=BACKLOG_TASKS, help="paused job's tasks")
+    parser.add_argument(
+        "--skip", default="", help="comma-separated: rq, scale, dashboards, blender, cold"
+    )
     parser.add_argument("--quick", action="store_true", help="smaller runs, no cold Blender")
     parser.add_argument("--json", type=Path, default=HERE / "results.json")
     args = parser.parse_args()
     skip = {part.strip() for part in args.skip.split(",") if part.strip()}
     if args.quick:
         args.tasks, args.rounds, args.latency_samples = 2_000, 1, 100
+        args.backlog = min(args.backlog, 20_000)
         skip.add("cold")
 
     results: dict[str, Any] = {
@@ -442,6 +564,11 @@ def main() -> None:
     if "scale" not in skip:
         print(f"{args.scale_workers} simulated workers ...", file=sys.stderr)
         results["scale"] = scale(args.scale_workers)
+    if "dashboards" not in skip:
+        print(f"no-op tasks with 0 and {args.dashboards} dashboards open ...", file=sys.stderr)
+        results["dashboards"] = dashboards(
+            args.tasks, args.workers, args.rounds, args.dashboards, args.backlog
+        )
     if "blender" not in skip:
         print("Blender, 24 frames ...", file=sys.stderr)
         results["blender"] = blender_runs(cold="cold" not in skip)
@@ -547,6 +674,40 @@ def table(results: dict[str, Any]) -> list[list[str]]:
                 "",
                 "< 300 MB",
                 verdict(scale_["server_peak_mb"] < 300),
+            ]
+        )
+    dash = results.get("dashboards")
+    if dash:
+        backlog = f"{dash['backlog']:,}-task paused job queued"
+        rows.append(
+            [
+                f"no-op throughput, 0 dashboards open ({backlog})",
+                f"{dash['throughput_0']:,.0f}/s",
+                "",
+                "",
+                "",
+                "",
+            ]
+        )
+        rows.append(
+            [
+                f"  same, {dash['viewers']} dashboards open",
+                f"{dash['throughput_open']:,.0f}/s",
+                "",
+                f"{dash['ratio']:.2f}x",
+                ">= 0.9x",
+                verdict(dash["ratio"] >= 0.9),
+            ]
+        )
+        rows.append(
+            [
+                "  server CPU per task, 0 / "
+                f"{dash['viewers']} dashboards open ({dash['stream_mb']:.1f} MB sent)",
+                f"{dash['server_cpu_us_0']:.0f} / {dash['server_cpu_us_open']:.0f} µs",
+                "",
+                f"{dash['server_cpu_us_open'] / dash['server_cpu_us_0']:.2f}x",
+                "",
+                "",
             ]
         )
     blender = results.get("blender")

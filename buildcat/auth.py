@@ -10,14 +10,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import http.client
+import io
+import json
 import logging
 import os
 import secrets
 import ssl
 import stat
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
-from buildcat.errors import FarmError
+from buildcat.errors import ConnectionFailed, FarmError
 from buildcat.root import state_dir
 
 log = logging.getLogger(__name__)
@@ -90,12 +95,120 @@ def read_secret(path: Path) -> str:
     return check_token(text, str(path))
 
 
+#: Tasks of a worker given ``--token`` find the secret in this file, not in their
+#: environment: a job that prints ``os.environ`` shows a path, not the secret.
+TOKEN_FILE_ENV = "FARM_TOKEN_FILE"
+
+
 def load_token(root: str | os.PathLike[str], token: str | None = None) -> str:
-    """A client's or worker's secret: ``token`` (or FARM_TOKEN), else the root's file."""
+    """A client's or worker's secret: ``token`` (or FARM_TOKEN), else the file named by
+    FARM_TOKEN_FILE (inside a task), else the root's file."""
     given = token or os.environ.get("FARM_TOKEN")
     if given:
         return check_token(given, "--token/FARM_TOKEN")
+    named = os.environ.get(TOKEN_FILE_ENV)
+    if named:
+        return read_secret(Path(named))
     return read_secret(secret_path(root))
+
+
+def write_token_file(token: str) -> Path:
+    """A private copy of ``token`` for a worker's tasks (a folder of its own, 0700; the
+    file 0600); :func:`remove_token_file` takes it away."""
+    folder = Path(tempfile.mkdtemp(prefix="buildcat-worker-"))
+    path = folder / SECRET_FILE
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(token + "\n")
+    return path
+
+
+def remove_token_file(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()
+
+
+# ---- keeping the secret out of what people read --------------------------------------------
+
+#: What the secret becomes in logs, errors and everything the dashboard cookie reads.
+REDACTED = "[farm secret]"
+
+
+def redact(text: str, secret: str) -> str:
+    return text.replace(secret, REDACTED) if secret and secret in text else text
+
+
+def redact_bytes(data: bytes, secret: str) -> bytes:
+    """The secret masked in any bytes (msgpack, JSON, text, an image), length kept, so
+    the framing of what carries it stays valid."""
+    raw = secret.encode()
+    if not raw or raw not in data:
+        return data
+    mask = REDACTED.encode().ljust(len(raw), b"*")[: len(raw)]
+    return data.replace(raw, mask)
+
+
+_task_secret: list[str] = []
+
+
+def task_secret() -> str:
+    """The secret as a task process knows it, to keep it out of the task's log; empty
+    when this process cannot read one."""
+    if not _task_secret:
+        try:
+            _task_secret.append(load_token(os.environ.get("BUILDCAT_ROOT") or os.getcwd()))
+        except FarmError:
+            _task_secret.append("")
+    return _task_secret[0]
+
+
+class Redactor:
+    """Text with the secret masked, fed in pieces: the secret is caught even when it
+    comes split across pieces (a tail that could begin it waits for the next piece)."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+        self.held = ""
+
+    def feed(self, text: str) -> str:
+        if not self.secret:
+            return text
+        pending = redact(self.held + text, self.secret)
+        keep = 0
+        for size in range(min(len(self.secret) - 1, len(pending)), 0, -1):
+            if self.secret.startswith(pending[-size:]):
+                keep = size
+                break
+        self.held = pending[len(pending) - keep :] if keep else ""
+        return pending[: len(pending) - keep]
+
+    def end(self) -> str:
+        """What is still held back (no secret can follow it any more)."""
+        held, self.held = self.held, ""
+        return held
+
+
+class RedactingWriter:
+    """A text stream that writes everything but the secret (see :class:`Redactor`)."""
+
+    def __init__(self, stream: io.TextIOBase | io.TextIOWrapper, secret: str) -> None:
+        self.stream = stream
+        self.redactor = Redactor(secret)
+
+    def write(self, text: str) -> int:
+        self.stream.write(self.redactor.feed(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def close(self) -> None:
+        held = self.redactor.end()
+        if held:
+            self.stream.write(held)
+        self.stream.close()
 
 
 def authorization(token: str) -> str:
@@ -116,16 +229,23 @@ def dashboard_key(token: str) -> str:
     return hmac.new(token.encode(), b"buildcat dashboard", hashlib.sha256).hexdigest()[:32]
 
 
+def _raw(text: str) -> bytes:
+    """The bytes a header or cookie came as: aiohttp decodes them with surrogateescape, so
+    ``\\xff`` arrives as a lone surrogate that a plain ``encode()`` cannot take (a 500)."""
+    return text.encode("utf-8", "surrogateescape")
+
+
 def dashboard_key_matches(given: str, token: str) -> bool:
-    return hmac.compare_digest(given.encode(), dashboard_key(token).encode())
+    return hmac.compare_digest(_raw(given), dashboard_key(token).encode())
 
 
 def token_matches(header: str | None, secret: str) -> bool:
-    """Whether an ``Authorization`` header carries ``secret``; constant time."""
+    """Whether an ``Authorization`` header carries ``secret``; constant time, and any bytes
+    at all (not UTF-8, not ASCII) are simply not the secret."""
     scheme, _, given = (header or "").partition(" ")
     if scheme.lower() != "bearer":
         given = ""
-    return hmac.compare_digest(given.strip().encode(), secret.encode())
+    return hmac.compare_digest(_raw(given.strip()), secret.encode())
 
 
 # ---- TLS ----------------------------------------------------------------------------------
@@ -140,6 +260,138 @@ def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
         reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
         raise FarmError(f"cannot load the TLS certificate {cert} and key {key}: {reason}") from None
     return context
+
+
+class WrongCertificate(ConnectionFailed):
+    """The server's certificate is not the one the farm root names: not this farm."""
+
+
+#: Beside the secret: whether the farm speaks TLS and which certificate it shows. Members
+#: read it from the root, never from the (unauthenticated) zeroconf advert.
+TLS_RECORD_FILE = "tls.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Transport:
+    """How a member talks to its farm: TLS or not, and the certificate it must show."""
+
+    tls: bool
+    #: SHA-256 (hex) of the server's certificate (DER); empty: none pinned.
+    fingerprint: str = ""
+
+
+def certificate_fingerprint(cert: Path) -> str:
+    """SHA-256 of the first (leaf) certificate of a PEM chain: what a browser calls the
+    certificate's fingerprint, and what the server shows in the TLS handshake."""
+    text = cert.read_text(encoding="ascii", errors="replace")
+    end = "-----END CERTIFICATE-----"
+    start = text.find("-----BEGIN CERTIFICATE-----")
+    if start < 0 or end not in text[start:]:
+        raise FarmError(f"the TLS certificate {cert} holds no PEM certificate")
+    pem = text[start : text.index(end, start) + len(end)] + "\n"
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
+
+
+def tls_record_path(root: str | os.PathLike[str]) -> Path:
+    return state_dir(root) / TLS_RECORD_FILE
+
+
+def write_tls_record(root: str | os.PathLike[str], fingerprint: str | None) -> None:
+    """Say in the root whether this farm speaks TLS (``fingerprint``) or not (``None``).
+
+    Kept when the server stops: an impostor that shows up while the server is down must
+    not talk a member into plain HTTP either. Written whole (temporary name, rename)."""
+    path = tls_record_path(root)
+    record = {"tls": fingerprint is not None, "sha256": fingerprint or ""}
+    temporary = path.with_name(f".{TLS_RECORD_FILE}.{os.getpid()}.tmp")
+    try:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            json.dump(record, handle)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise FarmError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def read_tls_record(root: str | os.PathLike[str]) -> Transport | None:
+    """What the root says of the farm's TLS; ``None`` when it says nothing (a server older
+    than this record, or a host that cannot read the root)."""
+    path = tls_record_path(root)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return None
+    except (OSError, ValueError) as exc:
+        raise FarmError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    fingerprint = record.get("sha256") if isinstance(record, dict) else None
+    if not isinstance(fingerprint, str) or (record.get("tls") is True) != bool(fingerprint):
+        raise FarmError(f"{path} is damaged: delete it and restart the farm server")
+    return Transport(tls=bool(fingerprint), fingerprint=fingerprint.lower())
+
+
+def choose_transport(
+    root: str | os.PathLike[str], *, tls: bool, plain_asked: bool, where: str
+) -> Transport:
+    """How to talk to the farm at ``where``: TLS when the root says the farm speaks it,
+    whatever an advert or a bare ``--host`` says, pinned to the root's certificate.
+
+    ``tls`` is what the address or the advert asks for; ``plain_asked`` is true for an
+    address written ``http://``, which the root's record then refuses. Never downgrades:
+    without a record the asked transport is used as before."""
+    record = read_tls_record(root)
+    if record is None or not record.tls:
+        return Transport(tls=tls)
+    if plain_asked:
+        raise FarmError(
+            f"the farm root says this farm speaks TLS ({tls_record_path(root)}): refusing to "
+            f"send the farm secret in clear text to {where}; give the host as https://…"
+        )
+    return record
+
+
+def check_certificate(der: bytes | None, transport: Transport, where: str) -> None:
+    """Refuse a server whose certificate is not the one the root names."""
+    if not transport.fingerprint:
+        return
+    shown = hashlib.sha256(der or b"").hexdigest()
+    if not hmac.compare_digest(shown, transport.fingerprint):
+        raise WrongCertificate(
+            f"{where} shows a TLS certificate (sha256 {shown[:16]}…) that is not this farm's "
+            f"(the root names {transport.fingerprint[:16]}…): not sending the farm secret"
+        )
+
+
+class PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """An HTTPS connection that checks the certificate against the root's record right
+    after the handshake, before a single header (the secret among them) is sent."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float,
+        context: ssl.SSLContext,
+        transport: Transport,
+    ) -> None:
+        super().__init__(host, port, timeout=timeout, context=context)
+        self.transport = transport
+
+    def connect(self) -> None:
+        super().connect()
+        sock = self.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            check_certificate(sock.getpeercert(binary_form=True), self.transport,
+                              f"{self.host}:{self.port}")  # fmt: skip
+        except WrongCertificate:
+            self.close()
+            raise
 
 
 def client_ssl_context(ca: Path | None = None) -> ssl.SSLContext:

@@ -226,6 +226,27 @@ def main() -> None:
     help="Start despite damage inside the journal: set the damaged bytes aside in a file "
     "of their own and replay every intact record.",
 )
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(min=0.05),
+    default=10.0,
+    show_default=True,
+    help="Seconds a new connection has to send a whole request header.",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0.05),
+    default=60.0,
+    show_default=True,
+    help="Seconds a connection may sit with no request before it is closed.",
+)
+@click.option(
+    "--max-unauthenticated",
+    type=click.IntRange(min=1),
+    default=128,
+    show_default=True,
+    help="Connections one address may hold before showing the farm secret.",
+)
 @log_level_option
 def server(
     bind: str,
@@ -241,6 +262,9 @@ def server(
     snapshot_every: int,
     state_dir: Path | None,
     salvage: bool,
+    header_timeout: float,
+    idle_timeout: float,
+    max_unauthenticated: int,
     log_level: str,
 ) -> None:
     """Run the farm server (the task queue)."""
@@ -264,6 +288,9 @@ def server(
         tls_cert=tls_cert,
         tls_key=tls_key,
         salvage=salvage,
+        header_timeout=header_timeout,
+        idle_timeout=idle_timeout,
+        max_unauthenticated=max_unauthenticated,
     )
     if name:
         config.name = name
@@ -758,12 +785,15 @@ def _job_action(action: str) -> click.Command:
     def command(client: Client, job_id: str) -> None:
         view = getattr(client.job(job_id), action)()
         click.echo(f"{view['id']} {view['state']}")
+        if view.get("unblocked"):  # a retry clears the job's blocklist
+            click.echo(f"blocklist cleared: {', '.join(view['unblocked'])} may take it again")
 
     command.__doc__ = {
         "cancel": "Cancel a job: queued tasks are dropped, running ones stopped.",
         "pause": "Stop dispatching a job's tasks (running ones finish).",
         "resume": "Dispatch a paused job's tasks again.",
-        "retry": "Run a failed or cancelled job's unfinished tasks again, with fresh attempts.",
+        "retry": "Run a failed or cancelled job's unfinished tasks again, with fresh attempts\n"
+        "(its blocklist is cleared: every worker may take it again).",
     }[action]
     return main.command(action)(command)
 
@@ -805,12 +835,14 @@ def logs(client: Client, target: str, follow: bool) -> None:
 @client_options
 def unblock(client: Client, job_id: str, worker: str | None) -> None:
     """Let workers blocked from a job (after failing it repeatedly) take its tasks again."""
-    view = client.job(job_id).unblock(worker)
+    view = client.job(job_id).unblock(worker)  # a worker the job never blocked: an error
+    unblocked = ", ".join(view.get("unblocked", [])) or "none"
     blocked = ", ".join(view["blocked"]) or "none"
-    click.echo(f"{view['id']} {view['state']}, blocked workers: {blocked}")
+    click.echo(f"{view['id']} {view['state']}, blocked workers: {blocked} (unblocked: {unblocked})")
 
 
-@main.command()
+# ignore_unknown_options: a negative priority (-5) is a value, not an option.
+@main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("job_id")
 @click.argument("priority", type=click.IntRange(-1_000_000, 1_000_000))
 @client_options

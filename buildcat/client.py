@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import itertools
 import os
+import pwd
 import secrets
 import socket
 import ssl
@@ -69,6 +70,9 @@ class Client:
         self.host: str | None = None
         self.port = port or protocol.DEFAULT_PORT
         self.tls = self.tls_ca is not None
+        #: ``http://`` written out: refused when the root says the farm speaks TLS.
+        self._plain_asked = (host or "").strip().lower().startswith("http://")
+        self._transport: auth.Transport | None = None
         if host:
             self.host, self.port, tls = protocol.split_address(host, port)
             self.tls = self.tls or tls
@@ -103,6 +107,12 @@ class Client:
             found = discovery.find_farm(self.farm, farm_id=auth.farm_id(self.token))
             self.host, self.port = found.host, found.port
             self.tls = self.tls or found.tls
+        if self._transport is None:  # TLS as the root says, never as an advert says
+            self._transport = auth.choose_transport(
+                self.root, tls=self.tls, plain_asked=self._plain_asked,
+                where=f"{self.host}:{self.port}",
+            )  # fmt: skip
+            self.tls = self._transport.tls
 
     @property
     def token(self) -> str:
@@ -207,11 +217,13 @@ class Client:
             self._locate()
             assert self.host is not None
             if self.tls:
-                self._connection = http.client.HTTPSConnection(
+                assert self._transport is not None
+                self._connection = auth.PinnedHTTPSConnection(
                     self.host,
                     self.port,
                     timeout=self.timeout,
                     context=auth.client_ssl_context(self.tls_ca),
+                    transport=self._transport,
                 )
             else:
                 self._connection = http.client.HTTPConnection(
@@ -672,7 +684,15 @@ def _function_spec(function: str | Callable[..., Any]) -> str:
 
 
 def _owner() -> str:
+    """``login@host``: the terminal's login, else $USER, else the name the OS has for this
+    process's user (tmux, systemd and containers often set no $USER)."""
     try:
-        return f"{os.getlogin()}@{socket.gethostname()}"
+        login = os.getlogin()
     except OSError:
-        return f"{os.environ.get('USER', 'unknown')}@{socket.gethostname()}"
+        login = os.environ.get("USER", "")
+    if not login:
+        try:
+            login = pwd.getpwuid(os.getuid()).pw_name
+        except KeyError:  # a uid with no passwd entry (some containers)
+            login = f"uid{os.getuid()}"
+    return f"{login}@{socket.gethostname()}"

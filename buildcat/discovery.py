@@ -212,8 +212,9 @@ def browse(
 ) -> list[FoundFarm]:
     """Listen for farms for up to ``timeout`` seconds.
 
-    Returns as soon as the farm named ``wanted`` (or, with no name, the farm whose id is
-    ``farm_id``) answers; with neither it listens the whole time, as ``farm discover`` does.
+    Returns as soon as the farm named ``wanted`` whose id is ``farm_id`` answers (either
+    may be missing, not both); with neither it listens the whole time, as ``farm discover``
+    does.
     """
     names: queue.Queue[str] = queue.Queue()
 
@@ -246,8 +247,8 @@ def browse(
             if farm is None:
                 continue
             farms[name] = farm
-            if (wanted is not None and farm.name == wanted) or (
-                wanted is None and farm_id and farm.farm_id == farm_id
+            if (wanted is None or farm.name == wanted) and (
+                (farm_id and farm.farm_id == farm_id) or (wanted is not None and not farm_id)
             ):
                 break
         browser.cancel()
@@ -272,7 +273,14 @@ def find_farm(
                 f"no farm named {wanted!r} answered on the LAN within {timeout:g}s "
                 f"(heard: {heard}); give --host, or check the name with `farm discover`"
             )
-        return matching[0]
+        # A name is anyone's to advertise: the farm must also use our secret.
+        ours = [farm for farm in matching if not farm_id or farm.farm_id == farm_id]
+        if not ours:
+            raise NoFarmFound(
+                f"a farm named {wanted!r} answers but does not use this root's farm secret: "
+                "check --root (or --token), or give --host"
+            )
+        return ours[0]
     if not farms:
         raise NoFarmFound(
             f"no farm server answered on the LAN within {timeout:g}s: start `farm server`, "

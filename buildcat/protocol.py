@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import msgpack
@@ -24,6 +25,8 @@ MAX_BODY_BYTES = 32 * 1024 * 1024
 MAX_DEPTH = 64
 #: Most tasks one job may have.
 MAX_TASKS_PER_JOB = 1_000_000
+#: The integers msgpack carries (a JSON body may hold any): larger is refused as malformed.
+MIN_INT, MAX_INT = -(2**63), 2**64 - 1
 
 
 def pack(value: Any) -> bytes:
@@ -46,21 +49,49 @@ def unpack(data: bytes, trusted: bool = False) -> Any:
     return value
 
 
-def encode(value: Any, content_type: str) -> bytes:
-    """Encode for the given content type (msgpack unless JSON was asked for)."""
+def encode(value: Any, content_type: str, *, exact: bool = True) -> bytes:
+    """Encode for the given content type (msgpack unless JSON was asked for).
+
+    ``exact=False`` is for views a person or a browser reads: JSON that is always valid
+    (NaN and infinities become ``null``, map keys that are not strings become text)
+    instead of a refusal. Anything handed to a program to act on is encoded exactly."""
     if content_type == JSON:
         try:
-            return json.dumps(value, default=_json_default).encode()
+            return json.dumps(value, default=_json_default, allow_nan=exact).encode()
         except (TypeError, ValueError) as exc:
+            if exact:
+                raise ProtocolError(f"cannot encode as JSON: {exc}") from exc
+        try:
+            return json.dumps(_displayable(value), default=_json_default).encode()
+        except (TypeError, ValueError, RecursionError) as exc:
             raise ProtocolError(f"cannot encode as JSON: {exc}") from exc
     return pack(value)
+
+
+def _displayable(value: Any) -> Any:
+    """``value`` with what JSON cannot show made showable (see :func:`encode`)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {_key_text(k): _displayable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_displayable(v) for v in value]
+    return value
+
+
+def _key_text(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    if isinstance(key, bytes):
+        return key.decode("utf-8", "replace")
+    return json.dumps(_displayable(key), default=_json_default)
 
 
 def decode(data: bytes, content_type: str) -> Any:
     """Decode a body sent as msgpack or JSON."""
     if content_type == JSON:
         try:
-            value = json.loads(data)
+            value = json.loads(data, parse_constant=_no_constant, parse_float=_finite_float)
         except RecursionError:
             raise ProtocolError(f"body nested deeper than {MAX_DEPTH} levels") from None
         except ValueError as exc:
@@ -71,16 +102,51 @@ def decode(data: bytes, content_type: str) -> Any:
 
 
 def check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
-    """Refuse structures nested deeper than ``limit`` (iteratively: no recursion to blow)."""
-    stack: list[tuple[Any, int]] = [(value, 0)]
+    """Refuse structures nested deeper than ``limit`` and integers msgpack cannot carry
+    (iteratively: no recursion to blow), so a decoded body always encodes again."""
+    stack: list[tuple[Any, int, Any]] = [(value, 0, None)]
     while stack:
-        item, depth = stack.pop()
+        item, depth, where = stack.pop()
         if depth > limit:
             raise ProtocolError(f"body nested deeper than {limit} levels")
         if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
+            if depth == 0:
+                stack.extend((v, 1, k) for k, v in item.items())
+            else:
+                stack.extend((v, depth + 1, where) for v in item.values())
         elif isinstance(item, list | tuple):
-            stack.extend((v, depth + 1) for v in item)
+            stack.extend((v, depth + 1, where) for v in item)
+        elif isinstance(item, int) and not MIN_INT <= item <= MAX_INT:
+            field = f" (in {where!r})" if isinstance(where, str) else ""
+            raise ProtocolError(f"an integer in the body does not fit in 64 bits{field}")
+
+
+def check_finite(value: Any, name: str) -> None:
+    """Refuse NaN and infinities anywhere in ``value``, and map keys that are not strings
+    (what JSON views of it could not show), naming the field ``name``."""
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ProtocolError(f"{name!r} holds {item!r}: only finite numbers are accepted")
+        if isinstance(item, dict):
+            for key in item:
+                if not isinstance(key, str):
+                    raise ProtocolError(f"{name!r} has a key that is not a string: {key!r}")
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+
+
+def _no_constant(text: str) -> Any:
+    raise ProtocolError(f"{text} is not a number: only finite numbers are accepted")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ProtocolError(f"{text} does not fit in a float: only finite numbers are accepted")
+    return value
 
 
 def _json_default(value: Any) -> Any:

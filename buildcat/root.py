@@ -60,7 +60,8 @@ def state_dir(root: str | os.PathLike[str]) -> Path:
 def open_private_log(path: str) -> io.TextIOWrapper:
     """Open a task log (``<root>/.buildcat/logs/JOB/TASK.log``) to append to, private to the
     farm's user like the secret: the folders it creates 0700, the file 0600. Line-buffered,
-    so ``farm logs --follow`` sees each line as it is printed."""
+    so ``farm logs --follow`` sees each line as it is printed. What writes to it keeps the
+    farm secret out (:class:`buildcat.auth.Redactor`)."""
     folder = os.path.dirname(path)
     os.makedirs(os.path.dirname(folder), mode=0o700, exist_ok=True)  # .../logs
     os.makedirs(folder, mode=0o700, exist_ok=True)  # the job's own

@@ -25,7 +25,12 @@ def test_benchmark_runs_and_reports_every_section(tmp_path: Path) -> None:
     assert figures["scale"]["workers"] == 200
     assert 0 < figures["scale"]["dispatch_p50_ms"] <= figures["scale"]["dispatch_all_ms"]
     assert figures["scale"]["server_peak_mb"] > 0
+    dashboards = figures["dashboards"]
+    assert dashboards["viewers"] == 20 and dashboards["backlog"] == 20_000
+    assert dashboards["throughput_0"] > 0 and dashboards["throughput_open"] > 0
+    assert dashboards["stream_mb"] > 0  # the 20 streams did receive their updates
     table = done.stdout
     assert "no-op throughput (2,000 tasks, 2 workers)" in table
     assert "(RQ)" in table and "200 workers: dispatch p99" in table
+    assert "no-op throughput, 0 dashboards open" in table and "20 dashboards open" in table
     assert "machine: " in table

@@ -6,12 +6,16 @@ from __future__ import annotations
 import http.client
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import buildcat
+from buildcat import launch
+from buildcat.root import state_dir
+from buildcat.server.journal import encode as journal_encode
 from tests.conftest import Farm, secret_header, wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -193,6 +197,49 @@ def test_the_retry_button_runs_a_failed_job_again_until_done(
     assert row.locator('button[data-action="retry"]').count() == 0
     # The open log follows the task's new run.
     log.filter(has_text="next attempt at markers/flaky: fine").wait_for(timeout=30_000)
+
+
+def _no_nan(text: str) -> float:
+    raise AssertionError(f"{text} is not JSON")
+
+
+def test_one_jobs_bad_data_never_stops_the_dashboard_or_the_job_list(
+    jobs_farm: Farm, browser: object
+) -> None:
+    farm = jobs_farm
+    client = farm.client()
+    good = client.map("farm_jobs:square", [3, 4], name="good")  # no worker yet: queued
+    # A job whose meta JSON cannot carry, as an older release could have journaled it
+    # (today's submit refuses it): a NaN, a bytes key, both nested.
+    assert farm.server is not None
+    launch.stop(farm.server)
+    bad_meta = {"fps": float("nan"), b"raw": 1, "nested": {b"k": [float("inf")]}}
+    specs = [[{"function": "farm_jobs:square", "args": [5]}, []]]
+    event = ["submit", time.time(), "badbad00", specs, "bad", "python", 0, [], 3, "", bad_meta,
+             None]  # fmt: skip
+    with (state_dir(farm.root) / "journal.bin").open("ab") as journal:
+        journal.write(journal_encode(event))
+    farm.start_server(port=farm.port)
+
+    status, body, _ = request(farm.port, "GET", "/api/v1/jobs", secret_header(farm.root))
+    assert status == 200, body
+    listed = {job["id"]: job for job in json.loads(body, parse_constant=_no_nan)["jobs"]}
+    assert set(listed) == {good.id, "badbad00"}
+    assert "display_error" in listed["badbad00"] and "display_error" not in listed[good.id]
+    assert listed["badbad00"]["meta"]["fps"] is None and listed["badbad00"]["meta"]["raw"] == 1
+    assert {job["id"] for job in client.jobs()} == {good.id, "badbad00"}  # msgpack too
+
+    page = browser.new_page()  # type: ignore[attr-defined]
+    page.goto(dashboard_link(farm))
+    bad_row = page.locator('tr[data-job="badbad00"]')
+    bad_row.filter(has_text="shown in part").wait_for(timeout=30_000)
+    good_row = page.locator(f'tr[data-job="{good.id}"]')
+    good_row.locator('[data-field="state"]').filter(has_text="queued").wait_for(timeout=30_000)
+    # The stream goes on: the good job runs and the page shows it done, live.
+    farm.start_worker("--no-blender")
+    assert good.results() == [9, 16]
+    good_row.locator('[data-field="state"]').filter(has_text="done").wait_for(timeout=30_000)
+    assert page.locator("#live").inner_text() == "live"
 
 
 def request(

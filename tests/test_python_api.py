@@ -81,7 +81,9 @@ def test_unblock_lets_a_blocked_worker_take_the_job_again(jobs_farm: Farm) -> No
         assert job.tasks()[0]["state"] == "queued"
         assert "farm unblock" in job.status()["waiting"]
 
-    assert first.unblock("someone-else")["blocked"] == ["flaky"]  # another name: no change
+    with pytest.raises(buildcat.RequestRejected, match="'someone-else' is not blocked"):
+        first.unblock("someone-else")  # a worker the job never blocked: an error, no change
+    assert first.status()["blocked"] == ["flaky"]
     assert first.unblock("flaky")["blocked"] == []
     assert first.wait(60)["state"] == "done"
     assert first.results() == [4]

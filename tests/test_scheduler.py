@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from buildcat.server.scheduler import (
+    DEPARTED_WORKERS_KEPT,
     FINAL_JOB_STATES,
     FINAL_TASK_STATES,
     Job,
@@ -956,6 +957,29 @@ def test_a_worker_back_under_its_name_replaces_its_offline_record() -> None:
     names = sorted((w.name, w.online) for w in scheduler.workers.values())
     assert names == [("render-01", True), ("render-02", True)]
     assert again.id in scheduler.workers
+
+
+def test_departed_workers_are_listed_up_to_a_bound_and_forgotten_at_restart() -> None:
+    scheduler = Scheduler(lease_timeout=10)
+    stays = scheduler.register("stays", 1, {}, now=0.0)
+    kept = DEPARTED_WORKERS_KEPT
+    # Workers named host-pid come and go: each leaves a new offline record.
+    for n in range(kept + 50):
+        worker = scheduler.register(f"left-{n}", 1, {}, now=float(n))
+        scheduler.unregister(worker.id, now=float(n) + 0.5)
+    silent = [scheduler.register(f"silent-{n}", 1, {}, now=500.0 + n) for n in range(5)]
+    scheduler.touch(stays.id, now=520.0)
+    scheduler.expire(now=520.0)  # the silent ones go offline, the oldest leavers drop out
+    offline = [w.name for w in scheduler.workers.values() if not w.online]
+    assert len(offline) == kept
+    expected = {f"left-{n}" for n in range(55, kept + 50)} | {w.name for w in silent}
+    assert set(offline) == expected
+    assert scheduler.workers[stays.id].online
+    # One that left comes back under its name: its record is replaced, not counted twice.
+    scheduler.register("left-149", 1, {}, now=530.0)
+    assert sorted(w.name for w in scheduler.workers.values()).count("left-149") == 1
+    scheduler.restarted(now=600.0)
+    assert sorted(w.name for w in scheduler.workers.values()) == ["left-149", "stays"]
 
 
 def test_a_retry_prefers_an_idle_worker_that_has_not_failed_it(farm: Scheduler) -> None:

@@ -6,13 +6,17 @@ import http.client
 import itertools
 import json
 import multiprocessing
+import os
 import re
+import secrets
 import selectors
 import shutil
+import socket
 import ssl
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from importlib import resources
@@ -413,7 +417,11 @@ def test_two_servers_starting_at_once_on_a_fresh_root_agree_on_one_secret(tmp_pa
             assert status_of(port, "GET", f"{API}/ping", {"Authorization": "Bearer x"}) == 401
         created = [log.read_text().count("created the farm secret") for log in logs]
         assert sorted(created) == [0, 1]  # one created it, the other read it
-        assert [entry.name for entry in (root / ".buildcat").iterdir()] == ["secret"]
+        # No temporary left; beside the secret, the record of the farm's TLS (none here).
+        assert sorted(entry.name for entry in (root / ".buildcat").iterdir()) == [
+            "secret",
+            "tls.json",
+        ]
     finally:
         for process, _ in servers:
             launch.stop(process)
@@ -519,7 +527,16 @@ def test_tls_refuses_an_untrusted_certificate_and_plain_http(
     assert untrusted.returncode == 1
     assert "certificate" in untrusted.stderr and "--tls-ca" in untrusted.stderr
     assert untrusted.stderr.strip().count("\n") == 0
-    plain = farm.cli("status", FARM_HOST="127.0.0.1")
+    # A bare host is spoken to in TLS: the root says the farm speaks it.
+    bare = farm.cli("status", FARM_HOST="127.0.0.1")
+    assert bare.returncode == 1 and "--tls-ca" in bare.stderr
+    # A host that cannot read the root's record (the secret given as FARM_TOKEN) gets a hint.
+    elsewhere = farm.root.parent / "no-root-here"
+    elsewhere.mkdir()
+    token = (farm.root / ".buildcat" / "secret").read_text().strip()
+    plain = farm.cli(
+        "status", FARM_HOST="127.0.0.1", BUILDCAT_ROOT=str(elsewhere), FARM_TOKEN=token
+    )
     assert plain.returncode == 1
     assert "if it speaks TLS, give the host as https://" in plain.stderr
     # The server is still fine for those who do it right.
@@ -528,6 +545,180 @@ def test_tls_refuses_an_untrusted_certificate_and_plain_http(
     connection.request("GET", "/api/v1/ping", headers=secret_header(farm.root))
     assert connection.getresponse().status == 200
     connection.close()
+
+
+class Impostor:
+    """A server on loopback that advertises a farm's public id (and a name) with zeroconf
+    and records every byte members send it: plain HTTP, or TLS with a certificate of its
+    own (``context``). It answers nothing useful."""
+
+    def __init__(self, name: str, farm_id: str, context: ssl.SSLContext | None = None) -> None:
+        from zeroconf import IPVersion, ServiceInfo, Zeroconf
+
+        from buildcat.discovery import SERVICE_TYPE
+
+        self.received: list[bytes] = []
+        self.connections = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.context = context
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+        self.zeroconf = Zeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
+        properties = {"name": name, "version": buildcat.__version__, "api": "1",
+                      "tls": "1" if context else "0", "id": farm_id}  # fmt: skip
+        self.info = ServiceInfo(
+            SERVICE_TYPE, f"{name}.{SERVICE_TYPE}", port=self.port, properties=properties,
+            server="impostor.local.", parsed_addresses=["127.0.0.1"],
+        )  # fmt: skip
+        self.zeroconf.register_service(self.info)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._record, args=(connection,), daemon=True).start()
+
+    def _record(self, connection: socket.socket) -> None:
+        data = b""
+        try:
+            connection.settimeout(2)
+            if self.context is not None:
+                connection = self.context.wrap_socket(connection, server_side=True)
+            while b"\r\n\r\n" not in data and (chunk := connection.recv(65536)):
+                data += chunk
+            connection.sendall(b"HTTP/1.1 503 Nope\r\nContent-Length: 0\r\n\r\n")
+        except OSError:
+            pass
+        finally:  # a TLS hello to a plain server never ends in a blank line
+            self.received.append(data)
+            connection.close()
+
+    def close(self) -> None:
+        self.zeroconf.unregister_service(self.info)
+        self.zeroconf.close()
+        self.listener.close()
+
+
+def _members_meet_an_impostor(
+    farm: Farm, name: str, secret: str, env: dict[str, str], context: ssl.SSLContext | None
+) -> bytes:
+    """Three workers and three clients (found by discovery, by --farm NAME, by a bare
+    --host) meet the impostor; returns every byte it received from them."""
+    impostor = Impostor(name, auth.farm_id(secret), context)
+    ways = [[], ["--farm", name], ["--host", f"127.0.0.1:{impostor.port}"]]
+    try:
+        started = [
+            subprocess.Popen(
+                launch.farm_command(
+                    "worker",
+                    "--root",
+                    str(farm.root),
+                    "--no-blender",
+                    "--name",
+                    f"w{index}",
+                    *extra,
+                ),
+                stdout=farm._log(f"w{index}"),
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+            for index, extra in enumerate(ways)
+        ]
+        farm.workers += started
+        clients = [
+            subprocess.run(
+                [sys.executable, "-m", "buildcat", "status", *extra],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=60,
+            )
+            for extra in ways
+        ]
+        # Every one of the 6 found the impostor and tried it (a TLS hello, at least).
+        wait_for(lambda: len(impostor.received) >= 6, 60)
+        for client in clients:
+            assert client.returncode == 1, client.stdout
+            assert client.stderr.count("\n") == 1, client.stderr
+        launch.stop_all(started)
+    finally:
+        impostor.close()
+    return b"".join(impostor.received)
+
+
+def test_a_member_never_downgrades_to_an_impostor_advertising_the_farm(tmp_path: Path) -> None:
+    """The farm speaks TLS; an impostor on the LAN advertises its id with tls=0 (then with
+    a certificate the same CA signed). Members that trust the CA through the system store
+    (no --tls-ca) read the farm's TLS and certificate from the root, so the secret never
+    reaches the impostor: not by discovery, not with --farm NAME, not with a bare --host."""
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1", "localhost")
+    cert, key, ca = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    certificate.private_key_and_cert_chain_pem.write_to_path(str(cert))
+    certificate.private_key_pem.write_to_path(str(key))
+    authority.cert_pem.write_to_path(str(ca))
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "farm_jobs.py").write_text((HERE / "farm_jobs.py").read_text())
+    farm = Farm(root=root, logs=tmp_path / "logs")
+    farm.start_server("--tls-cert", str(cert), "--tls-key", str(key))  # not advertised
+    secret = (root / ".buildcat" / "secret").read_text().strip()
+    name = f"real-farm-{secrets.token_hex(3)}"
+    trusting = {**os.environ, "SSL_CERT_FILE": str(ca), "FARM_MDNS_INTERFACES": "127.0.0.1",
+                "FARM_DISCOVERY_TIMEOUT": "3", "BUILDCAT_ROOT": str(root)}  # fmt: skip
+    for key_name in ("FARM_HOST", "FARM_PORT", "FARM_NAME", "FARM_TOKEN", "FARM_TLS_CA"):
+        trusting.pop(key_name, None)
+    forged = authority.issue_cert("127.0.0.1", "localhost")  # CA-signed, not the farm's
+    impostor_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    forged.configure_cert(impostor_tls)
+    try:
+        for context in (None, impostor_tls):
+            received = _members_meet_an_impostor(farm, name, secret, trusting, context)
+            assert secret.encode() not in received
+            assert b"Authorization" not in received and b"Bearer" not in received
+        # A member that names the host with no scheme speaks TLS to it all the same.
+        env_client = subprocess.run(
+            [sys.executable, "-m", "buildcat", "status", "--json", "--host",
+             f"127.0.0.1:{farm.port}"],
+            capture_output=True, text=True, env=trusting, timeout=60,
+        )  # fmt: skip
+        assert env_client.returncode == 0, env_client.stderr
+        # And a worker so told runs the farm's work, its certificate pin checked.
+        farm.workers.append(
+            subprocess.Popen(
+                launch.farm_command(
+                    "worker",
+                    "--root",
+                    str(root),
+                    "--no-blender",
+                    "--host",
+                    f"127.0.0.1:{farm.port}",
+                    "--name",
+                    "member",
+                ),
+                stdout=farm._log("member"),
+                stderr=subprocess.STDOUT,
+                env=trusting,
+            )
+        )
+        job = subprocess.run(
+            [sys.executable, "-m", "buildcat", "submit", "python", "farm_jobs:square", "7",
+             "--wait", "--host", f"127.0.0.1:{farm.port}"],
+            capture_output=True, text=True, env=trusting, timeout=120,
+        )  # fmt: skip
+        assert job.returncode == 0, job.stderr
+        # Written out as http://, the address is refused before anything is sent.
+        plain = subprocess.run(
+            [sys.executable, "-m", "buildcat", "status", "--host", f"http://127.0.0.1:{farm.port}"],
+            capture_output=True, text=True, env=trusting, timeout=60,
+        )  # fmt: skip
+        assert plain.returncode == 1 and "refusing to send the farm secret" in plain.stderr
+    finally:
+        farm.stop()
 
 
 def test_server_refuses_half_a_tls_setup(tmp_path: Path) -> None:
@@ -628,3 +819,144 @@ def test_a_task_submits_work_to_its_own_farm(jobs_farm: Farm) -> None:
     parent = jobs_farm.client().submit("farm_jobs:fan_out", [2, 3])
     assert parent.results() == [[4, 9]]
     assert len(jobs_farm.client().jobs()) == 2
+
+
+# ---- hostile bytes, connections and files ---------------------------------------------------
+
+
+def raw_request(port: int, request: bytes, timeout: float = 30.0) -> bytes:
+    """Send ``request`` as given (any bytes at all) and read the whole answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
+        connection.sendall(request)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"Authorization: Bearer \xff\xfe",
+        b"Authorization: \xff",
+        b"Cookie: buildcat_dashboard=\xff",
+        b"Cookie: \xff\xfe=\xff",
+    ],
+)
+def test_bytes_that_are_no_text_in_the_secret_or_cookie_answer_401(
+    farm: Farm, header: bytes
+) -> None:
+    for path in (f"{API}/jobs".encode(), b"/metrics", b"/", b"/login?key=%ff%fe"):
+        head = b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n" + header
+        answer = raw_request(farm.port, head + b"\r\nConnection: close\r\n\r\n")
+        status = answer.split(b"\r\n", 1)[0]
+        expected = b"200" if path == b"/" else b"401"
+        assert status.split()[1] == expected, (path, status)
+    assert farm.client().ping()  # still serving
+    assert "Traceback" not in farm.log_text("server")
+
+
+LEAKY_JOBS = """
+import os
+import pathlib
+
+
+def dump_environment():
+    print(dict(os.environ))
+    return dict(os.environ)
+
+
+def leak_the_secret(_):
+    secret = pathlib.Path(os.environ["BUILDCAT_ROOT"], ".buildcat", "secret").read_text().strip()
+    print("the secret is", secret[:10], end="", flush=True)  # split across two writes
+    print(secret[10:], flush=True)
+    raise RuntimeError(f"it was {secret}")
+"""
+
+
+def dashboard_cookie(farm: Farm) -> dict[str, str]:
+    link = farm.cli("dashboard").stdout.strip()
+    status, _, headers = fetch(farm.port, "GET", link.split(str(farm.port), 1)[1], {})
+    assert status == 303
+    return {"Cookie": headers["Set-Cookie"].split(";")[0]}
+
+
+def test_a_job_that_prints_its_environment_shows_the_dashboard_no_secret(
+    jobs_farm: Farm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker given the secret as FARM_TOKEN (as `farm worker --token` is) runs a job that
+    prints and returns os.environ, and one that prints the secret and raises with it. The
+    tasks' environment names a file, not the secret; the logs say ``[farm secret]``; and
+    nothing the dashboard cookie can read holds the secret."""
+    farm = jobs_farm
+    secret = (farm.root / ".buildcat" / "secret").read_text().strip()
+    (farm.root / "leaky.py").write_text(LEAKY_JOBS)
+    monkeypatch.setenv("FARM_TOKEN", secret)
+    farm.start_worker("--no-blender", "--slots", "2")
+    client = farm.client()
+    dumped = client.submit("leaky:dump_environment")
+    leaked = client.map("leaky:leak_the_secret", [0], max_attempts=1)
+    fanned = client.submit("farm_jobs:fan_out", [2, 3])  # a task still reaches its farm
+    (environment,) = dumped.results()
+    assert "FARM_TOKEN" not in environment and "FARM_TOKEN_FILE" in environment
+    assert secret not in repr(environment)
+    with pytest.raises(buildcat.JobFailed):
+        leaked.wait(timeout=60)
+    assert fanned.results() == [[4, 9]]
+
+    cookie = dashboard_cookie(farm)
+    (leaked_task,) = client.job(leaked.id).tasks()
+    assert "[farm secret]" in client.task(leaked_task["id"])["log"]
+    read = []
+    for job in (dumped, leaked, fanned):
+        read.append(fetch(farm.port, "GET", f"{API}/jobs/{job.id}", cookie))
+        read.append(fetch(farm.port, "GET", f"{API}/jobs/{job.id}/tasks", cookie))
+        for task in client.job(job.id).tasks():
+            read.append(fetch(farm.port, "GET", f"{API}/tasks/{task['id']}", cookie))
+    for path in (f"{API}/jobs", f"{API}/workers", f"{API}/events", "/metrics"):
+        read.append(fetch(farm.port, "GET", path, cookie))
+    assert [status for status, _, _ in read] == [200] * len(read)
+    assert any(b"[farm secret]" in body for _, body, _ in read)  # the log was read
+    for _, body, _ in read:
+        assert secret.encode() not in body
+    farm.stop()
+    for path in (farm.root / ".buildcat").rglob("*"):
+        if path.is_file() and path.name != "secret":
+            assert secret.encode() not in path.read_bytes(), path
+
+
+def test_a_fifo_named_as_a_frame_costs_a_thumbnail_not_a_submit(jobs_farm: Farm) -> None:
+    """A task result names a FIFO as its output. Twenty dashboards asking for the
+    thumbnail get an error each (only regular files are opened), and a submit meanwhile
+    answers at once: its journal write never waits behind a thumbnail."""
+    farm = jobs_farm
+    (farm.root / "frames").mkdir()
+    os.mkfifo(farm.root / "frames" / "fifo.png")
+    (farm.root / "fifo_job.py").write_text(
+        "def fifo_frame():\n    return {'outputs': ['frames/fifo.png']}\n"
+    )
+    farm.start_worker("--no-blender")
+    client = farm.client()
+    job = client.submit("fifo_job:fifo_frame")
+    job.wait(timeout=60)
+    answers: list[tuple[int, bytes]] = []
+
+    def ask() -> None:
+        status, body, _ = fetch(farm.port, "GET", f"{API}/jobs/{job.id}/thumbnail",
+                                secret_header(farm.root))  # fmt: skip
+        answers.append((status, body))
+
+    askers = [threading.Thread(target=ask) for _ in range(20)]
+    for asker in askers:
+        asker.start()
+    with buildcat.connect("127.0.0.1", farm.port, farm.root, timeout=10) as quick:
+        submitted = quick.map("farm_jobs:square", [5])
+        assert submitted.results() == [25]
+    for asker in askers:
+        asker.join(30)
+    assert len(answers) == 20
+    for status, body in answers:
+        assert status in (404, 503), status
+        if status == 404:
+            assert b"not a regular file" in body
+    assert "Traceback" not in farm.log_text("server")

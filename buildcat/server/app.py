@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import re
+import secrets
 import signal
 import socket
 import time
@@ -20,7 +21,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from aiohttp import web
 
@@ -29,12 +30,14 @@ from buildcat import auth, jobs, protocol
 from buildcat.discovery import Advertiser, advertised_addresses
 from buildcat.errors import FarmError, ProtocolError
 from buildcat.root import state_dir
-from buildcat.server import snapshot
+from buildcat.server import connections, snapshot
 from buildcat.server import web as web_ui
 from buildcat.server.journal import Journal, JournalError, recover
+from buildcat.server.journal import encode as journal_record
 from buildcat.server.lock import StateLock
 from buildcat.server.scheduler import (
     FINAL_JOB_STATES,
+    LOG_TAIL_CHARS,
     Job,
     JobState,
     NotFound,
@@ -48,10 +51,21 @@ from buildcat.server.scheduler import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_WAIT_SECONDS = 60.0
 MAX_TASKS_PER_JOB = 1_000_000
 MAX_WANT = 1024
+#: Bounds of request fields (docs/http-api.md): what is journaled stays small.
+MAX_PRIORITY = 1_000_000
+MAX_ATTEMPTS = 1000
+MAX_NAME = 256
+MAX_JOB_NAME = 1024
+MAX_REQUIRES = 64
+MAX_CAPABILITIES = 256
+MAX_INFO_BYTES = 64 * 1024
+MAX_ERROR_CHARS = 4096
+MAX_TRACEBACK_CHARS = 65_536
 
 
 @dataclass(slots=True)
@@ -73,6 +87,12 @@ class ServerConfig:
     tls_key: Path | None = None
     #: Set damage inside the journal aside and replay the rest, instead of refusing to start.
     salvage: bool = False
+    #: Seconds a new connection has to bring a whole request header (then 401 or served).
+    header_timeout: float = connections.DEFAULT_HEADER_TIMEOUT
+    #: Seconds a member's connection may sit with no request before it is closed.
+    idle_timeout: float = connections.DEFAULT_IDLE_TIMEOUT
+    #: Connections one IP address may hold before showing the secret or the cookie.
+    max_unauthenticated: int = connections.DEFAULT_PER_PEER
 
 
 @dataclass(slots=True, eq=False)
@@ -80,6 +100,7 @@ class _Waiter:
     worker_id: str
     want: int
     future: asyncio.Future[list[Task]]
+    can_send: Callable[[Task], bool] | None = None
 
 
 class Farm:
@@ -97,6 +118,9 @@ class Farm:
         self.compact_waiters_at = 64
         self.job_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self.watchers: dict[str, asyncio.Future[None]] = {}
+        #: Submits being written to the journal: their job ids, and by idempotency key.
+        self.reserved_ids: set[str] = set()
+        self.submitting: dict[str, asyncio.Future[Job]] = {}
         self.started_at = time.time()
         #: Open dashboard event streams, and the event that tells them the farm changed.
         self.listeners = 0
@@ -158,10 +182,46 @@ class Farm:
         if self.journal is not None:
             self.journal.append(*event)
 
-    async def commit(self) -> None:
-        """Answer only once what the request changed is on disk."""
-        if self.journal is not None:
-            await self.journal.commit()
+    async def change(self, event: tuple[Any, ...], apply: Callable[[], T]) -> T:
+        """Journal first, change second: encode ``event`` (ProtocolError, a 400), wait until
+        it is on disk (JournalError, a 503), and only then ``apply`` it, so a refused request
+        changes nothing. ``apply`` runs the moment the event is durable, in journal order,
+        even when the request is gone by then; what it raises (the queue moved on since the
+        request was checked: replay skips the event the same way) is raised here."""
+        return await self.change_all([event], apply)
+
+    async def change_all(self, events: list[tuple[Any, ...]], apply: Callable[[], T]) -> T:
+        """:meth:`change` for a request that makes several events (all or none)."""
+        if self.journal is None:
+            result = apply()
+            self.after_change()
+            return result
+        records = [journal_record(list(event)) for event in events]  # all encode, or none
+        outcome: list[tuple[bool, Any]] = []
+
+        def then() -> None:
+            try:
+                outcome.append((True, apply()))
+            except SchedulerError as exc:
+                outcome.append((False, exc))
+            except Exception as exc:
+                log.exception("applying %s failed", events[0][0])
+                outcome.append((False, exc))
+            self.after_change()
+
+        for record in records:
+            self.journal.append_record(record)
+        await self.journal.commit(then)
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return cast(T, value)
+
+    def new_job_id(self) -> str:
+        while True:
+            job_id = secrets.token_hex(4)
+            if job_id not in self.scheduler.jobs and job_id not in self.reserved_ids:
+                return job_id
 
     # ---- waking ------------------------------------------------------------------------
 
@@ -198,7 +258,7 @@ class Farm:
             if waiter.future.done():
                 continue
             try:
-                tasks = self.scheduler.lease(waiter.worker_id, waiter.want, now)
+                tasks = self.scheduler.lease(waiter.worker_id, waiter.want, now, waiter.can_send)
             except SchedulerError:
                 waiter.future.set_result([])
                 continue
@@ -266,13 +326,25 @@ def _farm(request: web.Request) -> Farm:
 
 
 def _reply(request: web.Request, value: Any, status: int = 200) -> web.Response:
-    accept = request.headers.get("Accept", "")
-    content_type = protocol.MSGPACK if protocol.MSGPACK in accept else protocol.JSON
+    """A view: JSON replies are always valid JSON (NaN shows as null, see protocol.encode)."""
     try:
-        body = protocol.encode(value, content_type)
+        return _encoded_reply(request, value, status, exact=False)
     except ProtocolError as exc:
         raise web.HTTPInternalServerError(reason="cannot encode reply") from exc
+
+
+def _encoded_reply(
+    request: web.Request, value: Any, status: int = 200, *, exact: bool = True
+) -> web.Response:
+    """The reply in the format the request accepts; raises ProtocolError if it cannot be."""
+    content_type = _reply_type(request)
+    body = protocol.encode(value, content_type, exact=exact)
     return web.Response(body=body, status=status, content_type=content_type)
+
+
+def _reply_type(request: web.Request) -> str:
+    accept = request.headers.get("Accept", "")
+    return protocol.MSGPACK if protocol.MSGPACK in accept else protocol.JSON
 
 
 def _error(request: web.Request, status: int, message: str) -> web.Response:
@@ -315,7 +387,29 @@ def _get(body: dict[str, Any], key: str, kind: type | tuple[type, ...], default:
 
 
 def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value)
+    try:
+        return isinstance(value, int | float) and math.isfinite(value)
+    except OverflowError:  # an int no float holds
+        return False
+
+
+def _bounded(body: dict[str, Any], key: str, default: Any, low: int, high: int) -> Any:
+    """An optional integer field that must lie between ``low`` and ``high``."""
+    value = _get(body, key, (int, type(None)), default)
+    if value is None:
+        return None
+    if isinstance(value, float) or not low <= value <= high:
+        raise ProtocolError(f"{key!r} must be a whole number between {low} and {high}")
+    return value
+
+
+def _text(body: dict[str, Any], key: str, default: str, limit: int = MAX_NAME) -> str:
+    """A free-text field, refused (not cut) beyond ``limit`` characters: the journal keeps
+    every accepted change whole."""
+    value = _get(body, key, str, default)
+    if len(value) > limit:
+        raise ProtocolError(f"{key!r} is longer than {limit} characters")
+    return str(value)
 
 
 def _query_float(request: web.Request, key: str, default: float) -> float:
@@ -338,7 +432,18 @@ async def auth_middleware(
     """Every request carries the farm secret, or nothing runs (the body is not even read).
 
     The dashboard's cookie opens the routes it needs; the page itself is public."""
-    if not web_ui.access(request, _farm(request).secret):
+    secret = _farm(request).secret
+    access = web_ui.access(request, secret)
+    guard = request.app.get(connections.GUARD_KEY)
+    if access not in ("", "public") and guard is not None:
+        guard.authenticated(request.protocol)  # no longer counts against its peer's cap
+    if access == "dashboard":
+        # The cookie reads and steers; whatever a job wrote, it never reads the secret.
+        response = await handler(request)
+        if isinstance(response, web.Response) and isinstance(response.body, bytes):
+            response.body = auth.redact_bytes(response.body, secret)
+        return response
+    if not access:
         response = _error(
             request,
             401,
@@ -363,8 +468,10 @@ async def errors_middleware(
         return _error(request, 503, f"the server cannot record changes: {exc}")
     except FarmError as exc:
         return _error(request, 400, str(exc))
-    except web.HTTPNotFound:
-        return _error(request, 404, f"no such route: {request.method} {request.path}")
+    except web.HTTPNotFound as exc:
+        found = exc.reason != "Not Found"  # a route that says what it did not find
+        reason = exc.reason if found else f"no such route: {request.method} {request.path}"
+        return _error(request, 404, reason)
     except web.HTTPRequestEntityTooLarge:
         return _error(
             request,
@@ -407,6 +514,15 @@ async def ping(request: web.Request) -> web.Response:
 
 
 _SUBMIT_KEY = re.compile(r"[A-Za-z0-9_-]{8,64}")
+#: JOB.INDEX: what a worker may name in a report (job ids are ours: short, plain).
+_TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\.[0-9]{1,9}")
+
+
+def _task_id(item: dict[str, Any]) -> str:
+    task_id = _get(item, "id", str, "")
+    if not _TASK_ID.fullmatch(task_id):
+        raise ProtocolError(f"{task_id[:80]!r} is not a task id (JOB.N)")
+    return str(task_id)
 
 
 @routes.post(f"{API}/jobs")
@@ -422,11 +538,14 @@ async def submit(request: web.Request) -> web.Response:
         if key
         else ""
     )
+    while key in farm.submitting:  # the same submit, still being written: wait for it
+        with contextlib.suppress(Exception):
+            await asyncio.shield(farm.submitting[key])
     earlier = farm.scheduler.submitted(key, digest)
     if earlier is not None:
         log.info("job %s: the same submit again (key %s)", earlier.id, key)
         return _reply(request, {"id": earlier.id, "tasks": len(earlier.tasks), "again": True})
-    kind = _get(body, "kind", str, "python")
+    kind = _text(body, "kind", "python")
     raw_tasks = _get(body, "tasks", list, [])
     common = _get(body, "common", dict, {})
     if not raw_tasks:
@@ -445,37 +564,58 @@ async def submit(request: web.Request) -> web.Response:
             raise FarmError(f"task {index}: {exc}") from None
         specs.append(TaskSpec(payload=payload, depends=depends))
     requires = _get(body, "requires", list, [])
-    if not all(isinstance(r, str) for r in requires):
-        raise ProtocolError("'requires' must be a list of strings")
-    max_attempts = body.get("max_attempts")
-    if max_attempts is not None:
-        max_attempts = _get(body, "max_attempts", int, None)
+    if len(requires) > MAX_REQUIRES or not all(
+        isinstance(r, str) and len(r) <= MAX_NAME for r in requires
+    ):
+        raise ProtocolError(
+            f"'requires' must be a list of at most {MAX_REQUIRES} strings of at most "
+            f"{MAX_NAME} characters"
+        )
+    max_attempts = _bounded(body, "max_attempts", None, 1, MAX_ATTEMPTS)
     meta = _get(body, "meta", dict, {})
+    protocol.check_finite(meta, "meta")
     timeout = body.get("timeout")
     if timeout is not None:
         timeout = float(_get(body, "timeout", (int, float), None))
-    job = farm.scheduler.submit(
-        specs,
-        time.time(),
-        name=_get(body, "name", str, ""),
-        kind=kind,
-        priority=_get(body, "priority", int, 0),
-        requires=requires,
-        max_attempts=max_attempts,
-        owner=_get(body, "owner", str, ""),
-        meta={**meta, "common": common},
-        timeout=timeout,
-        key=key,
-        digest=digest,
-    )
-    farm.record(
-        "submit", job.created_at, job.id, [[t.payload, t.depends] for t in specs], job.name,
-        kind, job.priority, job.requires, job.max_attempts, job.owner, job.meta, job.timeout,
-        key, digest,
+        if not math.isfinite(timeout):
+            raise ProtocolError("'timeout' must be a finite number of seconds")
+    priority = _bounded(body, "priority", 0, -MAX_PRIORITY, MAX_PRIORITY)
+    name = _text(body, "name", "", MAX_JOB_NAME)
+    owner = _text(body, "owner", "")
+    scheduler = farm.scheduler
+    attempts = scheduler.check_submit(specs, max_attempts, timeout, key)
+    now = time.time()
+    job_id = farm.new_job_id()
+    meta = {**meta, "common": common}
+    requires = sorted(set(requires))
+    event = (
+        "submit", now, job_id, [[t.payload, t.depends] for t in specs], name, kind, priority,
+        requires, attempts, owner, meta, timeout, key, digest,
     )  # fmt: skip
+
+    def apply() -> Job:
+        return scheduler.submit(
+            specs, now, name=name, kind=kind, priority=priority, requires=requires,
+            max_attempts=attempts, owner=owner, meta=meta, job_id=job_id, timeout=timeout,
+            key=key, digest=digest,
+        )  # fmt: skip
+
+    # Written first, queued once on disk; the request going away does not stop it halfway.
+    pending = asyncio.ensure_future(farm.change(event, apply))
+    farm.reserved_ids.add(job_id)
+    if key:
+        farm.submitting[key] = pending
+
+    def done(_: asyncio.Future[Job]) -> None:
+        farm.reserved_ids.discard(job_id)
+        if farm.submitting.get(key) is pending:
+            del farm.submitting[key]
+        if not pending.cancelled():
+            pending.exception()  # retrieved: the request (if still there) reports it
+
+    pending.add_done_callback(done)
+    job = await asyncio.shield(pending)
     log.info("job %s submitted: %s, %d task(s)", job.id, job.name or kind, len(job.tasks))
-    farm.after_change()  # workers may start on it while the journal is written
-    await farm.commit()
     return _reply(request, {"id": job.id, "tasks": len(job.tasks)}, status=201)
 
 
@@ -501,7 +641,7 @@ def _job_view(farm: Farm, job_id: str) -> dict[str, Any]:
     view["waiting"] = _unmet(farm, job) if job.state not in FINAL_JOB_STATES else ""
     if "frames" in job.meta:
         view["frames"] = _frame_counts(job)
-    return view
+    return web_ui.showable(view)  # one job's odd data (an older journal's) never fails a list
 
 
 def _frame_counts(job: Job) -> dict[str, int]:
@@ -510,21 +650,10 @@ def _frame_counts(job: Job) -> dict[str, int]:
     done: set[Any] = set()
     every: set[Any] = set()
     for task in job.tasks:
-        if task.dependents:
-            continue
-        payload = task.payload
-        kwargs = payload.get("kwargs")
-        frames = payload.get("frames") or (
-            kwargs.get("frames") if isinstance(kwargs, dict) else None
-        )
-        if frames is None and "frame" in payload:
-            frames = [payload["frame"]]
-        if not isinstance(frames, list):
-            continue
-        hashable = [frame for frame in frames if isinstance(frame, int | str)]
-        every.update(hashable)
+        frames = web_ui.final_frames(task)
+        every.update(frames)
         if task.state is TaskState.DONE:
-            done.update(hashable)
+            done.update(frames)
     return {"done": len(done), "total": len(every)}
 
 
@@ -596,24 +725,34 @@ async def job_action(request: web.Request) -> web.Response:
     job_id = request.match_info["job"]
     action = request.match_info["action"]
     body = await _body(request)
+    worker = body.get("worker")
+    if worker is not None and (not isinstance(worker, str) or len(worker) > MAX_NAME):
+        raise ProtocolError(f"'worker' must be a worker name of at most {MAX_NAME} characters")
+    scheduler = farm.scheduler
+    job = scheduler.job(job_id)
+    now = time.time()
+    unblocked = sorted(job.blocked)
+    apply: Callable[[], Any]
     if action == "cancel":
-        farm.scheduler.cancel(job_id, time.time())
+        apply = lambda: scheduler.cancel(job_id, now)  # noqa: E731
     elif action == "pause":
-        farm.scheduler.pause(job_id)
+        apply = lambda: scheduler.pause(job_id)  # noqa: E731
     elif action == "resume":
-        farm.scheduler.resume(job_id)
+        apply = lambda: scheduler.resume(job_id)  # noqa: E731
     elif action == "retry":
-        farm.scheduler.retry(job_id, time.time())
+        scheduler.check_retry(job)
+        apply = lambda: scheduler.retry(job_id, now)  # noqa: E731
     else:
-        worker = body.get("worker")
-        if worker is not None and not isinstance(worker, str):
-            raise ProtocolError("'worker' must be a worker name")
-        farm.scheduler.unblock(job_id, worker)
-    farm.record(action, time.time(), job_id, body.get("worker"))
+        scheduler.check_unblock(job, worker)
+        unblocked = [worker] if worker is not None else unblocked
+        apply = lambda: scheduler.unblock(job_id, worker)  # noqa: E731
+    # Only unblock needs a worker; no other action journals what the body holds.
+    await farm.change((action, now, job_id, worker if action == "unblock" else None), apply)
     log.info("job %s: %s", job_id, action)
-    farm.after_change()
-    await farm.commit()
-    return _reply(request, _job_view(farm, job_id))
+    view = _job_view(farm, job_id)
+    if action in ("retry", "unblock"):
+        view["unblocked"] = unblocked
+    return _reply(request, view)
 
 
 @routes.post(f"{API}/jobs/{{job}}/priority")
@@ -622,14 +761,16 @@ async def job_priority(request: web.Request) -> web.Response:
     farm = _farm(request)
     job_id = request.match_info["job"]
     body = await _body(request)
-    priority = _get(body, "priority", int, None)
-    if not -1_000_000 <= priority <= 1_000_000:
-        raise ProtocolError("'priority' must be between -1000000 and 1000000")
-    farm.scheduler.set_priority(job_id, priority)
-    farm.record("priority", time.time(), job_id, priority)
+    if body.get("priority") is None:
+        raise ProtocolError("'priority' must be a number")
+    priority = _bounded(body, "priority", None, -MAX_PRIORITY, MAX_PRIORITY)
+    scheduler = farm.scheduler
+    scheduler.check_priority(scheduler.job(job_id))
+    await farm.change(
+        ("priority", time.time(), job_id, priority),
+        lambda: scheduler.set_priority(job_id, priority),
+    )
     log.info("job %s: priority %d", job_id, priority)
-    farm.after_change()
-    await farm.commit()
     return _reply(request, _job_view(farm, job_id))
 
 
@@ -644,23 +785,32 @@ async def register(request: web.Request) -> web.Response:
     farm = _farm(request)
     body = await _body(request)
     capabilities = _get(body, "capabilities", dict, {})
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in capabilities.items()):
-        raise ProtocolError("'capabilities' must map names to version strings")
+    if len(capabilities) > MAX_CAPABILITIES or not all(
+        isinstance(k, str) and isinstance(v, str) and len(k) <= MAX_NAME and len(v) <= MAX_NAME
+        for k, v in capabilities.items()
+    ):
+        raise ProtocolError(
+            f"'capabilities' must map at most {MAX_CAPABILITIES} names to version strings "
+            f"(each at most {MAX_NAME} characters)"
+        )
     slots = _get(body, "slots", int, 1)
     if not 1 <= slots <= 1024:
         raise ProtocolError("'slots' must be between 1 and 1024")
-    worker = farm.scheduler.register(
-        name=_get(body, "name", str, "worker")[:200],
-        slots=slots,
-        capabilities=capabilities,
-        now=time.time(),
-        info=_get(body, "info", dict, {}),
+    info = _get(body, "info", dict, {})
+    protocol.check_finite(info, "info")
+    if len(protocol.pack(info)) > MAX_INFO_BYTES:
+        raise ProtocolError(f"'info' is larger than {MAX_INFO_BYTES} bytes")
+    name = _get(body, "name", str, "worker")[:200]
+    now = time.time()
+    worker_id = f"w-{secrets.token_hex(4)}"
+    while worker_id in farm.scheduler.workers:
+        worker_id = f"w-{secrets.token_hex(4)}"
+    worker = await farm.change(
+        ("register", now, worker_id, name, slots, capabilities, info),
+        lambda: farm.scheduler.register(
+            name, slots, capabilities, now, info=info, worker_id=worker_id
+        ),
     )
-    farm.record(
-        "register", worker.registered_at, worker.id, worker.name, worker.slots,
-        worker.capabilities, worker.info,
-    )  # fmt: skip
-    await farm.commit()
     log.info("worker %s (%s) joined with %d slot(s)", worker.name, worker.id, worker.slots)
     return _reply(
         request,
@@ -698,15 +848,28 @@ async def lease(request: web.Request) -> web.Response:
         raise ProtocolError(f"'want' must be between 0 and {MAX_WANT}")
     wait = min(max(wait, 0.0), MAX_WAIT_SECONDS)
     now = time.time()
-    tasks = farm.scheduler.lease(worker_id, want, now)
+    # Workers read msgpack, which carries every payload; a JSON reader (curl, a script) is
+    # not handed a task JSON cannot carry (bytes map keys): it stays queued, untouched.
+    unsendable: list[str] = []
+
+    def can_send(task: Task) -> bool:
+        try:
+            protocol.encode(_task_message(farm, task), protocol.JSON)
+        except ProtocolError as exc:
+            unsendable.append(f"{task.id} ({exc})")
+            return False
+        return True
+
+    sendable = None if _reply_type(request) == protocol.MSGPACK else can_send
+    tasks = farm.scheduler.lease(worker_id, want, now, sendable)
     if tasks:
         farm.record("lease", now, worker_id, [task.id for task in tasks])
         farm.after_change()
-    elif want > 0 and wait > 0:
+    elif want > 0 and wait > 0 and not unsendable:
         future: asyncio.Future[list[Task]] = asyncio.get_running_loop().create_future()
         if len(farm.waiters) >= farm.compact_waiters_at:  # amortised: drop finished ones
             farm.compact_waiters_at = max(64, 2 * len(farm.live_waiters()))
-        farm.waiters.append(_Waiter(worker_id, want, future))
+        farm.waiters.append(_Waiter(worker_id, want, future, sendable))
         try:
             tasks = await asyncio.wait_for(asyncio.shield(future), wait)
         except TimeoutError:
@@ -723,10 +886,31 @@ async def lease(request: web.Request) -> web.Response:
         finally:
             if not future.done():
                 future.cancel()
+    if not tasks and unsendable:
+        return _error(
+            request,
+            406,
+            f"task {unsendable[0]} cannot be sent as JSON: ask for {protocol.MSGPACK}, "
+            "as workers do",
+        )
     reply: dict[str, Any] = {"tasks": [_task_message(farm, task) for task in tasks]}
     if farm.stopping:
         reply["stopping"] = True  # the worker need not wonder why the next call fails
-    return _reply(request, reply)
+    try:
+        return _encoded_reply(request, reply)
+    except ProtocolError as exc:
+        # Never leased to a worker that was not told: they go back, their attempts unspent.
+        ids = [task.id for task in tasks]
+        with contextlib.suppress(SchedulerError):
+            farm.scheduler.release(worker_id, ids, time.time())
+            farm.record("release", time.time(), worker_id, ids)
+        farm.after_change()
+        return _error(
+            request,
+            406,
+            f"the task(s) {', '.join(ids)} cannot be sent in the format asked for ({exc}): "
+            f"ask for {protocol.MSGPACK}, as workers do",
+        )
 
 
 @routes.post(f"{API}/workers/{{worker}}/report")
@@ -748,12 +932,16 @@ async def report(request: web.Request) -> web.Response:
         started_at = _get(item, "started_at", (int, float, type(None)), None)
         done.append(
             (
-                _get(item, "id", str, ""),
+                _task_id(item),
                 ok,
                 item.get("result"),
-                _get(item, "error", str, "" if ok else "task failed"),
-                _get(item, "traceback", str, ""),
-                _get(item, "log", str, ""),
+                # What is journaled stays bounded (a task's log keeps its tail anyway), and a
+                # task that prints the secret (an environment dump) never stores it.
+                auth.redact(_get(item, "error", str, "" if ok else "task failed"), farm.secret)[
+                    :MAX_ERROR_CHARS
+                ],
+                auth.redact(_get(item, "traceback", str, ""), farm.secret)[-MAX_TRACEBACK_CHARS:],
+                auth.redact(_get(item, "log", str, ""), farm.secret)[-LOG_TAIL_CHARS:],
                 (
                     float(started_at) if _finite(started_at) else None,
                     float(seconds) if _finite(seconds) and 0 <= seconds < 1e9 else None,
@@ -764,57 +952,79 @@ async def report(request: web.Request) -> web.Response:
     for item in _get(body, "progress", list, []):
         if not isinstance(item, dict):
             raise ProtocolError("each 'progress' entry must be a map")
+        fraction = _get(item, "fraction", (int, float), 0.0)
         progress.append(
             (
-                _get(item, "id", str, ""),
-                float(_get(item, "fraction", (int, float), 0.0)),
+                _task_id(item),
+                float(fraction) if _finite(fraction) else None,  # NaN never reaches a view
                 _get(item, "message", str, ""),
             )
         )
     released = _get(body, "release", list, [])
-    if not all(isinstance(task_id, str) for task_id in released):
+    if not all(isinstance(task_id, str) and _TASK_ID.fullmatch(task_id) for task_id in released):
         raise ProtocolError("'release' must be a list of task ids")
 
     scheduler = farm.scheduler
     now = time.time()
-    scheduler.touch(worker_id, now)
-    accepted: list[str] = []
+    scheduler.touch(worker_id, now)  # a heartbeat, whatever else happens
+    for task_id, fraction, message in progress:  # kept in memory only: never journaled
+        with contextlib.suppress(NotFound):
+            scheduler.progress(worker_id, task_id, fraction, message)
+    # What would be recorded is journaled first and applied once on disk (Farm.change): a
+    # refused report (503) leaves every task as it was, for the worker to report again.
+    events: list[tuple[Any, ...]] = []
+    entries: list[tuple[str, bool, Any, str, str, str, tuple[float | None, float | None]]] = []
     discarded: list[str] = []
     for task_id, ok, result, error, traceback, log_text, timing in done:
         try:
-            if ok:
-                recorded = scheduler.complete(worker_id, task_id, result, now, log_text, *timing)
-                if recorded:
-                    farm.record("complete", now, worker_id, task_id, result, log_text, *timing)
-            else:
-                recorded = scheduler.fail(
-                    worker_id, task_id, error, traceback, now, log_text, True, *timing
-                )
-                if recorded:
-                    farm.record(
-                        "fail", now, worker_id, task_id, error, traceback, log_text, *timing
-                    )
-                    log.warning("task %s failed on %s: %s", task_id, worker_id, error)
+            counts = (
+                scheduler.can_complete(task_id) if ok else scheduler.can_fail(worker_id, task_id)
+            )
         except NotFound:
-            recorded = False
-        (accepted if recorded else discarded).append(task_id)
-    for task_id, fraction, message in progress:
-        with contextlib.suppress(NotFound):
-            scheduler.progress(worker_id, task_id, fraction, message)
+            counts = False
+        if not counts:
+            discarded.append(task_id)
+            continue
+        if ok:
+            events.append(("complete", now, worker_id, task_id, result, log_text, *timing))
+        else:
+            events.append(("fail", now, worker_id, task_id, error, traceback, log_text, *timing))
+        entries.append((task_id, ok, result, error, traceback, log_text, timing))
     if released:
-        scheduler.release(worker_id, released, now)
-        farm.record("release", now, worker_id, released)
-    farm.after_change()
-    if done or released:
-        await farm.commit()  # the worker forgets what we acknowledge
-    return _reply(
-        request,
-        {
-            "accepted": accepted,
-            "discarded": discarded,
-            "cancel": scheduler.take_cancellations(worker_id),
-        },
-    )
+        events.append(("release", now, worker_id, released))
+
+    def apply() -> tuple[list[str], list[str]]:
+        accepted: list[str] = []
+        late: list[str] = []
+        for task_id, ok, result, error, traceback, log_text, timing in entries:
+            try:
+                if ok:
+                    recorded = scheduler.complete(
+                        worker_id, task_id, result, now, log_text, *timing
+                    )
+                else:
+                    recorded = scheduler.fail(
+                        worker_id, task_id, error, traceback, now, log_text, True, *timing
+                    )
+                    if recorded:
+                        log.warning("task %s failed on %s: %s", task_id, worker_id, error)
+            except NotFound:
+                recorded = False
+            (accepted if recorded else late).append(task_id)
+        if released:
+            with contextlib.suppress(NotFound):  # the worker left meanwhile: nothing it held
+                scheduler.release(worker_id, released, now)
+        return accepted, late
+
+    if events:
+        accepted, late = await farm.change_all(events, apply)
+    else:
+        accepted, late = [], []
+    try:
+        cancel = scheduler.take_cancellations(worker_id)
+    except NotFound:
+        cancel = []
+    return _reply(request, {"accepted": accepted, "discarded": discarded + late, "cancel": cancel})
 
 
 @routes.post(f"{API}/workers/{{worker}}/watch")
@@ -850,14 +1060,13 @@ async def watch(request: web.Request) -> web.Response:
 @routes.delete(f"{API}/workers/{{worker}}")
 async def unregister(request: web.Request) -> web.Response:
     farm = _farm(request)
+    worker_id = request.match_info["worker"]
+    farm.scheduler.worker(worker_id)  # an unknown worker: 404, nothing journaled
     now = time.time()
-    returned = farm.scheduler.unregister(request.match_info["worker"], now)
-    farm.record("unregister", now, request.match_info["worker"])
-    await farm.commit()
-    log.info(
-        "worker %s left; %d task(s) back in the queue", request.match_info["worker"], len(returned)
+    returned = await farm.change(
+        ("unregister", now, worker_id), lambda: farm.scheduler.unregister(worker_id, now)
     )
-    farm.after_change()
+    log.info("worker %s left; %d task(s) back in the queue", worker_id, len(returned))
     return _reply(request, {"returned": [task.id for task in returned]})
 
 
@@ -867,7 +1076,11 @@ async def unregister(request: web.Request) -> web.Response:
 def create_app(config: ServerConfig) -> web.Application:
     """Build the application (tests can use it without sockets)."""
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware], client_max_size=protocol.MAX_BODY_BYTES
+        middlewares=[connections.connection_middleware, errors_middleware, auth_middleware],
+        client_max_size=protocol.MAX_BODY_BYTES,
+    )
+    app[connections.GUARD_KEY] = connections.ConnectionGuard(
+        config.header_timeout, config.idle_timeout, config.max_unauthenticated
     )
     farm = Farm(config)
     app[FARM_KEY] = farm
@@ -926,11 +1139,30 @@ async def _serve(
     config: ServerConfig, ready: Callable[[str, int, str], None] | None, holder: StateLock | None
 ) -> None:
     context = None
+    fingerprint = None
     if config.tls_cert is not None and config.tls_key is not None:
         context = auth.server_ssl_context(config.tls_cert, config.tls_key)
+        fingerprint = auth.certificate_fingerprint(config.tls_cert)
+    before, after = connections.raise_open_files_limit()
+    if after > before:
+        log.info("open-files limit raised from %d to %d", before, after)
+    connections.install_repeat_filter()
     app = create_app(config)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5)
+    try:  # members read the farm's TLS from here, never from the advert
+        auth.write_tls_record(config.root, fingerprint)
+    except FarmError as exc:
+        log.warning("%s: members fall back to what the advert or address says of TLS", exc)
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,
+        access_log=None,
+        shutdown_timeout=5,
+        keepalive_timeout=config.idle_timeout,
+    )
     await runner.setup()
+    guard = app[connections.GUARD_KEY]
+    assert runner.server is not None
+    guard.install(runner.server)
     site = web.TCPSite(
         runner, config.bind, config.port, backlog=4096, reuse_address=True, ssl_context=context
     )
@@ -984,4 +1216,5 @@ async def _serve(
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await advertising
             await advertiser.close()
+        await guard.close()
         await runner.cleanup()

@@ -8,7 +8,10 @@ damage anywhere else stops the server (:class:`JournalDamaged`) unless it was st
 ``--salvage``, which sets the damaged bytes aside and replays every intact record.
 
 A write that fails (disk full) is undone (the file is cut back to its last whole record)
-and answered 503; the next write that succeeds ends that state by itself. A journal that is
+and answered 503; the next write that succeeds ends that state by itself. A change is
+applied only once its record is written (:meth:`Journal.commit` ``then``), so a failed
+write drops it whole; records of what had happened already (a lease handed out) stay
+buffered for the next write. A journal that is
 no longer at its path, or that someone else wrote to, is never written again.
 """
 
@@ -267,10 +270,13 @@ class Journal:
         except OSError as exc:
             raise JournalError(f"cannot open the journal {path}: {exc.strerror}") from None
         self.buffer: list[bytes] = []
+        #: For each buffered record: a fact (applied already, so kept through a failed write
+        #: for the next one) or a change still waiting on this write (dropped with it).
+        self._facts: list[bool] = []
         self.written = 0  # events settled: on disk, or refused
         self.appended = 0  # events appended
         self._writer: asyncio.Task[None] | None = None
-        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._waiting: deque[tuple[int, asyncio.Future[None], Callable[[], None] | None]] = deque()
         #: Why the last write failed (cleared by the next one that succeeds).
         self.failed: str | None = None
         #: Why nothing is ever written again (see :class:`JournalGone`).
@@ -280,20 +286,32 @@ class Journal:
         self._attempted: int | None = None
 
     def append(self, *event: Any) -> None:
-        record = encode(list(event))
+        """Encode (raises ProtocolError before anything is appended) and buffer an event
+        that has happened already (a lease handed out): a write that fails keeps it for the
+        next one, so the file never misses what the server's memory holds."""
+        self.append_record(encode(list(event)), fact=True)
+
+    def append_record(self, record: bytes, fact: bool = False) -> None:
+        """Buffer an event :func:`encode` made; one that is not a ``fact`` is a change
+        applied only once written (:meth:`commit` ``then``), dropped if the write fails."""
         self.appended += 1
         if self.gone is None:
             self.buffer.append(record)
+            self._facts.append(fact)
 
-    async def commit(self) -> None:
-        """Wait until every event appended so far is written and fsynced."""
+    async def commit(self, then: Callable[[], None] | None = None) -> None:
+        """Wait until every event appended so far is written and fsynced. ``then`` runs the
+        moment they are (in the order of the events, whether or not the caller still waits),
+        and never when they cannot be: a change applied by ``then`` is never ahead of disk."""
         target = self.appended
         if target <= self.written:
+            if then is not None:
+                then()
             return
         if self.gone is not None:
             raise JournalError(self.gone)
         future = asyncio.get_running_loop().create_future()
-        self._waiting.append((target, future))
+        self._waiting.append((target, future, then))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write())
         await future
@@ -314,7 +332,8 @@ class Journal:
 
     async def _write(self) -> None:
         while self.buffer and self.gone is None:
-            chunk, self.buffer = b"".join(self.buffer), []
+            records, facts = self.buffer, self._facts
+            chunk, self.buffer, self._facts = b"".join(records), [], []
             count = self.appended
             try:
                 await asyncio.to_thread(self._sync_write, chunk)
@@ -329,6 +348,10 @@ class Journal:
                     )
                 self.failed = message
                 self._settle(count, message)
+                kept = [record for record, fact in zip(records, facts, strict=True) if fact]
+                self.buffer[:0], self._facts[:0] = kept, [True] * len(kept)
+                if len(self.buffer) == len(kept):
+                    return  # only facts left: tried again with the next change's write
                 continue
             if self.failed is not None:
                 log.warning("journal: writes succeed again; changes are accepted")
@@ -338,7 +361,12 @@ class Journal:
     def _settle(self, count: int, error: str | None) -> None:
         self.written = max(self.written, count)
         while self._waiting and self._waiting[0][0] <= count:
-            _, future = self._waiting.popleft()
+            _, future, then = self._waiting.popleft()
+            if error is None and then is not None:
+                try:
+                    then()
+                except Exception:  # a bug: the writer must go on for the other requests
+                    log.exception("journal: applying a written change failed")
             if not future.done():
                 if error is None:
                     future.set_result(None)
@@ -351,7 +379,7 @@ class Journal:
         if self.gone is not None:
             return
         self.gone = reason
-        self.buffer = []
+        self.buffer, self._facts = [], []
         log.error(
             "journal: %s: every change is refused (503) from now on; what was acknowledged "
             "lives on in this server's memory only: stop it, put the state folder right and "
@@ -456,7 +484,7 @@ class Journal:
             fsync_folder(self.path.parent)
         except OSError as exc:
             log.warning("journal: cannot fsync %s: %s", self.path.parent, exc.strerror)
-        self.buffer = []
+        self.buffer, self._facts = [], []
         self.written = self.appended
         return result
 
@@ -464,7 +492,7 @@ class Journal:
         if self.buffer and self.gone is None:
             with contextlib.suppress(OSError, JournalError):  # unacknowledged: may be lost
                 self._sync_write(b"".join(self.buffer))
-                self.buffer = []
+                self.buffer, self._facts = [], []
         os.close(self.fd)
 
 

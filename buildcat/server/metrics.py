@@ -48,7 +48,9 @@ class Histogram:
         yield f"{name}_count {self.count}"
 
 
-def render(scheduler: Scheduler, *, started_at: float, version: str) -> str:
+def render(
+    scheduler: Scheduler, *, started_at: float, version: str, streams: int = 0, overviews: int = 0
+) -> str:
     """The whole exposition, one family after another."""
     from buildcat.server.scheduler import JobState, TaskState, WorkerState
 
@@ -82,6 +84,14 @@ def render(scheduler: Scheduler, *, started_at: float, version: str) -> str:
     out.append(
         f"buildcat_worker_slots {sum(w.slots for w in scheduler.workers.values() if w.online)}"
     )
+    family("buildcat_dashboard_streams", "gauge", "Open dashboard event streams.")
+    out.append(f"buildcat_dashboard_streams {streams}")
+    family(
+        "buildcat_dashboard_overviews_total",
+        "counter",
+        "Dashboard overviews made: one per update for every open stream together.",
+    )
+    out.append(f"buildcat_dashboard_overviews_total {overviews}")
     family(
         "buildcat_dispatch_latency_seconds",
         "histogram",

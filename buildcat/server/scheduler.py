@@ -8,9 +8,11 @@ waiting workers when :attr:`Scheduler.ready_total` says there is work.
 from __future__ import annotations
 
 import bisect
+import math
 import secrets
+from array import array
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -23,6 +25,10 @@ DEFAULT_MAX_ATTEMPTS = 3
 #: A worker that fails this many tasks of one job is blocked from that job.
 DEFAULT_BLOCK_AFTER = 3
 LOG_TAIL_CHARS = 16_384
+#: Workers that left stay listed (``offline``) until this many have left after them, or
+#: the server restarts: a farm whose workers come and go under new names (``host-pid``)
+#: keeps a bounded list.
+DEPARTED_WORKERS_KEPT = 100
 
 
 class JobState(StrEnum):
@@ -162,6 +168,9 @@ class Job:
     #: that request: the same submit sent again finds this job instead of making another.
     submit_key: str = ""
     submit_digest: str = ""
+    #: Indices of the tasks in the order they finished done (a task done stays done), so
+    #: a reader can follow new results without scanning every task.
+    done_order: array[int] = field(default_factory=lambda: array("L"))
 
     @property
     def order_key(self) -> tuple[int, int]:
@@ -171,10 +180,13 @@ class Job:
     def count(self, state: TaskState, delta: int) -> None:
         self.counts[state] = self.counts.get(state, 0) + delta
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, running_progress: float | None = None) -> dict[str, Any]:
+        """``running_progress``: the summed progress of the leased tasks, when the caller
+        knows it (:meth:`Scheduler.running_progress`); otherwise every task is looked at."""
         total = len(self.tasks)
         done = self.counts.get(TaskState.DONE, 0)
-        running_progress = sum(t.progress for t in self.tasks if t.state is TaskState.LEASED)
+        if running_progress is None:
+            running_progress = sum(t.progress for t in self.tasks if t.state is TaskState.LEASED)
         return {
             "id": self.id,
             "name": self.name,
@@ -235,6 +247,11 @@ class Worker:
         }
 
 
+def is_task_index(text: str) -> bool:
+    """``"12"`` is; ``"²"``, ``"-1"``, ``"٣"`` and a 5,000-digit number are not."""
+    return 0 < len(text) <= 9 and text.isascii() and text.isdigit()
+
+
 def requirement_met(requirement: str, capabilities: dict[str, str]) -> bool:
     """``"gpu"`` needs the capability; ``"blender>=4.5"`` also needs that version or newer."""
     name, sep, wanted = requirement.partition(">=")
@@ -277,6 +294,8 @@ class Scheduler:
         self.default_max_attempts = default_max_attempts
         self.jobs: dict[str, Job] = {}
         self.workers: dict[str, Worker] = {}
+        #: Offline workers still listed, the longest gone first (see DEPARTED_WORKERS_KEPT).
+        self._departed: dict[str, Worker] = {}
         #: Idempotency keys of submits -> the job each made.
         self.submit_keys: dict[str, str] = {}
         self.ready_total = 0
@@ -311,22 +330,7 @@ class Scheduler:
         key: str = "",
         digest: str = "",
     ) -> Job:
-        if not tasks:
-            raise SchedulerError("a job needs at least one task")
-        if key and key in self.submit_keys:
-            raise Conflict(f"submit key {key!r} already made job {self.submit_keys[key]}")
-        attempts = self.default_max_attempts if max_attempts is None else max_attempts
-        if attempts < 1:
-            raise SchedulerError("max_attempts must be at least 1")
-        if timeout is not None and not timeout > 0:
-            raise SchedulerError("timeout must be a positive number of seconds")
-        for index, spec in enumerate(tasks):
-            for dep in spec.depends:
-                if not isinstance(dep, int) or not 0 <= dep < index:
-                    raise SchedulerError(
-                        f"task {index} depends on {dep!r}: a task may depend only on "
-                        "tasks listed before it"
-                    )
+        attempts = self.check_submit(tasks, max_attempts, timeout, key)
         self._seq += 1
         job = Job(
             id=job_id or secrets.token_hex(4),
@@ -368,6 +372,33 @@ class Scheduler:
         self._changed.add(job.id)
         return job
 
+    def check_submit(
+        self,
+        tasks: list[TaskSpec],
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        key: str = "",
+    ) -> int:
+        """Raise what :meth:`submit` would refuse, changing nothing; returns the attempts
+        the job gets."""
+        if not tasks:
+            raise SchedulerError("a job needs at least one task")
+        if key and key in self.submit_keys:
+            raise Conflict(f"submit key {key!r} already made job {self.submit_keys[key]}")
+        attempts = self.default_max_attempts if max_attempts is None else max_attempts
+        if attempts < 1:
+            raise SchedulerError("max_attempts must be at least 1")
+        if timeout is not None and not timeout > 0:
+            raise SchedulerError("timeout must be a positive number of seconds")
+        for index, spec in enumerate(tasks):
+            for dep in spec.depends:
+                if isinstance(dep, bool) or not isinstance(dep, int) or not 0 <= dep < index:
+                    raise SchedulerError(
+                        f"task {index} depends on {dep!r}: a task may depend only on "
+                        "tasks listed before it"
+                    )
+        return attempts
+
     def submitted(self, key: str, digest: str) -> Job | None:
         """The job an earlier submit with this idempotency key made, if any; the same key
         with another request is refused (409)."""
@@ -391,15 +422,18 @@ class Scheduler:
     def task(self, task_id: str) -> Task:
         job_id, _, index = task_id.rpartition(".")
         job = self.job(job_id) if job_id else None
-        if job is None or not index.isdigit() or int(index) >= len(job.tasks):
-            raise NotFound(f"no task {task_id!r}")
+        if job is None or not is_task_index(index) or int(index) >= len(job.tasks):
+            raise NotFound(f"no task {task_id[:80]!r}")
         return job.tasks[int(index)]
+
+    def check_priority(self, job: Job) -> None:
+        if job.state in FINAL_JOB_STATES:
+            raise SchedulerError(f"job {job.id} is {job.state}: its priority no longer matters")
 
     def set_priority(self, job_id: str, priority: int) -> Job:
         """Move an unfinished job up or down the queue (higher runs first)."""
         job = self.job(job_id)
-        if job.state in FINAL_JOB_STATES:
-            raise SchedulerError(f"job {job.id} is {job.state}: its priority no longer matters")
+        self.check_priority(job)
         if job.priority != priority:
             self._deactivate(job)
             job.priority = priority
@@ -464,6 +498,7 @@ class Scheduler:
         # A worker that comes back under its name replaces its offline record.
         for stale in [w for w in self.workers.values() if w.name == name and not w.online]:
             del self.workers[stale.id]
+            self._departed.pop(stale.id, None)
         self.workers[worker.id] = worker
         return worker
 
@@ -477,8 +512,17 @@ class Scheduler:
         """A worker leaves: whatever it still holds goes back to the queue."""
         worker = self.worker(worker_id)
         returned = self._requeue_all(worker.leased, now)
-        worker.online = False
+        self._depart(worker)
         return returned
+
+    def _depart(self, worker: Worker) -> None:
+        """Mark a worker offline; the oldest offline records beyond the kept number go."""
+        worker.online = False
+        self._departed[worker.id] = worker
+        while len(self._departed) > DEPARTED_WORKERS_KEPT:
+            oldest = next(iter(self._departed))
+            del self._departed[oldest]
+            self.workers.pop(oldest, None)
 
     def touch(self, worker_id: str, now: float) -> Worker:
         """Any word from a worker extends the leases of everything it holds."""
@@ -491,8 +535,16 @@ class Scheduler:
 
     # ---- leases -----------------------------------------------------------------------
 
-    def lease(self, worker_id: str, want: int, now: float) -> list[Task]:
-        """Hand up to ``want`` ready tasks to a worker: priority first, FIFO within it."""
+    def lease(
+        self,
+        worker_id: str,
+        want: int,
+        now: float,
+        can_send: Callable[[Task], bool] | None = None,
+    ) -> list[Task]:
+        """Hand up to ``want`` ready tasks to a worker: priority first, FIFO within it.
+        A task ``can_send`` refuses (it cannot be sent in the format the worker reads)
+        keeps its place, untouched."""
         worker = self.touch(worker_id, now)
         granted: list[Task] = []
         if want <= 0 or self.ready_total <= 0:
@@ -507,6 +559,9 @@ class Scheduler:
                 task = job.tasks[index]
                 if task.failed_on and not self.may_take(worker, task):
                     deferred.append(index)  # keeps its place for a worker that has not failed it
+                    continue
+                if can_send is not None and not can_send(task):
+                    deferred.append(index)
                     continue
                 self._grant(task, worker, now)
                 granted.append(task)
@@ -552,7 +607,11 @@ class Scheduler:
         self._requeue_all([self.task(task_id) for task_id in task_ids], now)
 
     def restarted(self, now: float) -> None:
-        """After a replay: every worker and lease gets a full lease timeout to be heard from."""
+        """After a replay: every worker and lease gets a full lease timeout to be heard from;
+        workers that had left are forgotten."""
+        for gone in [w.id for w in self.workers.values() if not w.online]:
+            del self.workers[gone]
+        self._departed.clear()
         for worker in self.workers.values():
             worker.last_seen = now
         for task in self._leased:
@@ -582,9 +641,20 @@ class Scheduler:
             for other in self.workers.values()
         )
 
+    def check_unblock(self, job: Job, worker_name: str | None) -> None:
+        """A worker named to unblock must be one the job blocked (or counts failures of)."""
+        if worker_name is not None and not (
+            worker_name in job.blocked or worker_name in job.failures_by_worker
+        ):
+            blocked = ", ".join(sorted(job.blocked)) or "none"
+            raise SchedulerError(
+                f"worker {worker_name[:80]!r} is not blocked from job {job.id} (blocked: {blocked})"
+            )
+
     def unblock(self, job_id: str, worker_name: str | None = None) -> Job:
         """Let blocked workers (or one of them) take the job's tasks again."""
         job = self.job(job_id)
+        self.check_unblock(job, worker_name)
         if worker_name is None:
             job.blocked.clear()
             job.failures_by_worker.clear()
@@ -594,13 +664,20 @@ class Scheduler:
         self._changed.add(job.id)
         return job
 
-    def retry(self, job_id: str, now: float) -> Job:
-        """Run a failed or cancelled job's unfinished tasks again, with fresh attempts."""
-        job = self.job(job_id)
+    def check_retry(self, job: Job) -> None:
         if job.state not in (JobState.FAILED, JobState.CANCELLED):
             raise SchedulerError(
                 f"job {job.id} is {job.state}: only failed or cancelled jobs retry"
             )
+
+    def retry(self, job_id: str, now: float) -> Job:
+        """Run a failed or cancelled job's unfinished tasks again, with fresh attempts; the
+        job's blocklist is cleared too (else a job whose every worker is blocked retries
+        into nothing)."""
+        job = self.job(job_id)
+        self.check_retry(job)
+        job.blocked.clear()
+        job.failures_by_worker.clear()
         for task in job.tasks:
             if task.state in (TaskState.FAILED, TaskState.CANCELLED):
                 self._set_state(task, TaskState.QUEUED)
@@ -624,12 +701,25 @@ class Scheduler:
         self._changed.add(job.id)
         return job
 
-    def progress(self, worker_id: str, task_id: str, fraction: float, message: str) -> None:
+    def progress(self, worker_id: str, task_id: str, fraction: float | None, message: str) -> None:
+        """A running task's progress; a fraction of None (not a finite number) keeps the
+        last one, so NaN never reaches a view."""
         task = self.task(task_id)
         if task.state is TaskState.LEASED and task.worker == worker_id:
-            task.progress = min(max(float(fraction), 0.0), 1.0)
+            if fraction is not None and math.isfinite(fraction):
+                task.progress = min(max(float(fraction), 0.0), 1.0)
             task.progress_message = message[:200]
             self._changed.add(task.job.id)
+
+    def can_complete(self, task_id: str) -> bool:
+        """Whether :meth:`complete` would record a result for the task now (raises
+        NotFound for an unknown task)."""
+        return self.task(task_id).state not in FINAL_TASK_STATES
+
+    def can_fail(self, worker_id: str, task_id: str) -> bool:
+        """Whether :meth:`fail` would record this worker's failed run of the task now."""
+        task = self.task(task_id)
+        return task.state is TaskState.LEASED and task.worker == worker_id
 
     def complete(
         self,
@@ -768,9 +858,13 @@ class Scheduler:
             if worker is not None:
                 self._tell_cancel(worker, task.id)  # after fail(), which clears old notices
         returned = self._requeue_all([t for t in self._leased if t.lease_expires_at <= now], now)
-        for worker in self.workers.values():
-            if worker.online and now - worker.last_seen > self.lease_timeout and not worker.leased:
-                worker.online = False
+        silent = [
+            worker
+            for worker in self.workers.values()
+            if worker.online and now - worker.last_seen > self.lease_timeout and not worker.leased
+        ]
+        for worker in sorted(silent, key=lambda w: w.last_seen):
+            self._depart(worker)
         return returned
 
     # ---- events for the HTTP layer -------------------------------------------------------
@@ -783,6 +877,14 @@ class Scheduler:
     def take_finished(self) -> list[Job]:
         finished, self._finished = self._finished, []
         return finished
+
+    def running_progress(self) -> dict[str, float]:
+        """Summed progress of each job's leased tasks, by job id: a pass over the leases,
+        not over every task."""
+        sums: dict[str, float] = {}
+        for task in self._leased:
+            sums[task.job.id] = sums.get(task.job.id, 0.0) + task.progress
+        return sums
 
     def take_changed(self) -> set[str]:
         changed, self._changed = self._changed, set()
@@ -802,6 +904,8 @@ class Scheduler:
         job.count(task.state, -1)
         job.count(state, 1)
         task.state = state
+        if state is TaskState.DONE:
+            job.done_order.append(task.index)
         self._changed.add(job.id)
 
     def _unlease(self, task: Task) -> None:

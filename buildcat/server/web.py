@@ -9,10 +9,19 @@ may read the farm and steer jobs but not submit work or act as a worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
 import json
+import logging
+import math
+import os
+import queue
 import re
+import stat
+import threading
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,10 +33,12 @@ from buildcat import auth, protocol
 from buildcat.errors import FarmError
 from buildcat.root import resolve
 from buildcat.server import metrics
-from buildcat.server.scheduler import FINAL_JOB_STATES, TaskState
+from buildcat.server.scheduler import FINAL_JOB_STATES, Job, Task, TaskState
 
 if TYPE_CHECKING:
     from buildcat.server.app import Farm
+
+log = logging.getLogger(__name__)
 
 API = protocol.API_PREFIX
 COOKIE = "buildcat_dashboard"
@@ -38,6 +49,8 @@ RECENT_JOBS = 50
 #: Live updates go out at most this often, however busy the farm.
 UPDATE_INTERVAL = 0.3
 HEARTBEAT_SECONDS = 15.0
+#: Tasks listed for each worker in a live update (``holding`` counts them all).
+CURRENT_SHOWN = 20
 #: Thumbnails are served for these formats only (what a browser shows).
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 ASSET_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css",
@@ -131,42 +144,261 @@ _LOGIN_ERROR = '<p class="error">That link is not this farm\'s: get a fresh one.
 # ---- live updates ---------------------------------------------------------------------------
 
 
-def overview(farm: Farm) -> dict[str, Any]:
-    """Everything the dashboard's lists show, in one document."""
-    from buildcat.server.app import _job_view
+def final_frames(task: Task) -> list[Any]:
+    """The frames a task finishes, for the frame counts: none for a task others wait for
+    (a tile or a sample split is a part of a frame; its stitch or merge finishes it)."""
+    if task.dependents:
+        return []
+    payload = task.payload
+    kwargs = payload.get("kwargs")
+    frames = payload.get("frames") or (kwargs.get("frames") if isinstance(kwargs, dict) else None)
+    if frames is None and "frame" in payload:
+        frames = [payload["frame"]]
+    if not isinstance(frames, list):
+        return []
+    return [frame for frame in frames if isinstance(frame, int | str)]
 
-    scheduler = farm.scheduler
-    jobs = list(scheduler.jobs.values())
-    active = [job for job in jobs if job.state not in FINAL_JOB_STATES]
-    finished = [job for job in jobs if job.state in FINAL_JOB_STATES]
-    finished.sort(key=lambda job: job.finished_at or 0, reverse=True)
-    shown = sorted(active, key=lambda job: job.order_key) + finished[:RECENT_JOBS]
-    views = []
-    for job in shown:
-        view = _job_view(farm, job.id)
-        view.pop("traceback", None)
-        view["thumbnail"] = _last_frame(job) is not None
-        views.append(view)
-    workers = []
-    for worker in sorted(scheduler.workers.values(), key=lambda w: w.name):
-        view = worker.to_dict()
-        view["current"] = [
-            {"id": task.id, "label": task.payload.get("label", ""), "progress": task.progress}
-            for task in sorted(worker.leased, key=lambda t: t.id)
+
+@dataclass(slots=True, eq=False)
+class _JobSummary:
+    """What the lists show of a job that depends on its tasks (frames done, whether it has
+    a frame to show), brought up to date from the tasks finished since the last look
+    (``Job.done_order``) rather than a pass over every task on every update."""
+
+    counts_frames: bool
+    frames_total: int = 0
+    frames_done: set[Any] = field(default_factory=set)
+    last_frame: str | None = None
+    seen: int = 0
+
+    @classmethod
+    def of(cls, job: Job) -> _JobSummary:
+        """The one full pass, when the dashboard first sees the job."""
+        summary = cls(counts_frames="frames" in job.meta)
+        if summary.counts_frames:
+            every: set[Any] = set()
+            for task in job.tasks:
+                frames = final_frames(task)
+                every.update(frames)
+                if task.state is TaskState.DONE:
+                    summary.frames_done.update(frames)
+            summary.frames_total = len(every)
+        summary.last_frame = _last_frame(job)
+        summary.seen = len(job.done_order)
+        return summary
+
+    def update(self, job: Job) -> None:
+        order = job.done_order
+        for index in order[self.seen :]:
+            task = job.tasks[index]
+            if self.counts_frames:
+                self.frames_done.update(final_frames(task))
+            path = _image_output(task)
+            if path is not None:
+                self.last_frame = path
+        self.seen = len(order)
+
+
+class Overview:
+    """The dashboard's lists, for every open event stream at once: made at most once per
+    update tick and encoded once, however many people watch, at a cost that follows the
+    jobs, workers and leases shown and the tasks finished since the last tick, never the
+    number of tasks queued. One job or worker that cannot be encoded is shown with its
+    odd values replaced (and says so); it never stops the stream."""
+
+    def __init__(self) -> None:
+        #: Open event streams, and overviews made since the server started (``/metrics``).
+        self.streams = 0
+        self.computed = 0
+        #: The latest ``update`` event, and its number (streams send each number once).
+        self.message = b""
+        self.version = 0
+        self.published = asyncio.Event()
+        self._document = ""
+        self._summaries: dict[str, _JobSummary] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._failed = False
+
+    def join(self, farm: Farm) -> None:
+        self.streams += 1
+        farm.listeners += 1
+        if self._task is None:
+            changed = farm.update_event  # before the overview: no change slips between
+            self.publish(farm)
+            self._task = asyncio.create_task(self._run(farm, changed))
+
+    def leave(self, farm: Farm) -> None:
+        self.streams -= 1
+        farm.listeners -= 1
+        if self.streams == 0 and self._task is not None:
+            self._task.cancel()
+            self._task = None
+            self._document = ""
+            self.message = b""
+
+    async def _run(self, farm: Farm, changed: asyncio.Event) -> None:
+        while True:
+            await changed.wait()
+            await asyncio.sleep(UPDATE_INTERVAL)  # many changes, one update
+            changed = farm.update_event
+            self.publish(farm)
+
+    def publish(self, farm: Farm) -> None:
+        """Make the overview; if anything shown changed, it becomes the next message."""
+        self.computed += 1
+        try:
+            document = self.document(farm)
+        except Exception:
+            if not self._failed:  # a bug, not a job's data: say it once, keep the last update
+                log.exception("dashboard: the overview could not be made")
+            self._failed = True
+            return
+        self._failed = False
+        if document == self._document:  # heartbeats and lease renewals change nothing shown
+            return
+        self._document = document
+        message = f'event: update\ndata: {document[:-1]},"time":{time.time()}}}\n\n'.encode()
+        self.message = auth.redact_bytes(message, farm.secret)  # what the cookie reads
+        self.version += 1
+        self.published.set()
+        self.published = asyncio.Event()
+
+    def document(self, farm: Farm) -> str:
+        """Everything the dashboard's lists show, as one JSON document (without its time)."""
+        scheduler = farm.scheduler
+        jobs = scheduler.jobs
+        for gone in [job_id for job_id in self._summaries if job_id not in jobs]:
+            del self._summaries[gone]
+        active = [job for job in jobs.values() if job.state not in FINAL_JOB_STATES]
+        finished = [job for job in jobs.values() if job.state in FINAL_JOB_STATES]
+        recent = heapq.nlargest(RECENT_JOBS, finished, key=lambda job: job.finished_at or 0)
+        shown = sorted(active, key=lambda job: job.order_key) + recent
+        running = scheduler.running_progress()
+        job_parts = [self._job(farm, job, running.get(job.id, 0.0)) for job in shown]
+        worker_parts = [
+            _encode_view(_worker_view(worker), f"worker {worker.name!r}")
+            for worker in sorted(scheduler.workers.values(), key=lambda w: w.name)
         ]
-        workers.append(view)
-    return {
-        "farm": {"name": farm.config.name, "version": buildcat.__version__},
-        "time": time.time(),
-        "jobs": views,
-        "more_jobs": max(0, len(finished) - RECENT_JOBS),
-        "workers": workers,
-    }
+        head = {"name": str(farm.config.name), "version": buildcat.__version__}
+        return (
+            f'{{"farm":{json.dumps(head)},"jobs":[{",".join(job_parts)}],'
+            f'"more_jobs":{max(0, len(finished) - RECENT_JOBS)},'
+            f'"workers":[{",".join(worker_parts)}]}}'
+        )
+
+    def _job(self, farm: Farm, job: Job, running_progress: float) -> str:
+        from buildcat.server.app import _unmet
+
+        try:
+            summary = self._summaries.get(job.id)
+            if summary is None:
+                summary = self._summaries[job.id] = _JobSummary.of(job)
+            else:
+                summary.update(job)
+            view = job.to_dict(running_progress=running_progress)
+            view.pop("traceback", None)
+            meta = view["meta"]
+            view["meta"] = (
+                {k: v for k, v in meta.items() if k != "common"} if isinstance(meta, dict) else meta
+            )
+            view["waiting"] = _unmet(farm, job) if job.state not in FINAL_JOB_STATES else ""
+            if summary.counts_frames:
+                view["frames"] = {"done": len(summary.frames_done), "total": summary.frames_total}
+            view["thumbnail"] = summary.last_frame is not None
+        except Exception as exc:  # a job whose records cannot even be read: show what is sure
+            log.debug("dashboard: job %s cannot be shown", job.id, exc_info=True)
+            view = {
+                "id": job.id, "name": str(job.name), "kind": str(job.kind),
+                "state": str(job.state), "priority": 0, "owner": "", "created_at": None,
+                "started_at": None, "finished_at": None, "total": len(job.tasks),
+                "tasks": {}, "progress": 0.0, "meta": {}, "error": "", "waiting": "",
+                "thumbnail": False, "display_error": f"this job cannot be shown: {exc!r}"[:300],
+            }  # fmt: skip
+        return _encode_view(view, f"job {job.id}")
+
+
+def _worker_view(worker: Any) -> dict[str, Any]:
+    """A worker as the lists show it: the first tasks it holds, not every one it has
+    prefetched (hundreds, for short tasks), so an update's size stays bounded."""
+    view: dict[str, Any] = worker.to_dict()
+    del view["tasks"]
+    first = heapq.nsmallest(CURRENT_SHOWN, worker.leased, key=lambda t: (t.job.seq, t.index))
+    view["current"] = [
+        {"id": task.id, "label": task.payload.get("label", ""), "progress": task.progress}
+        for task in first
+    ]
+    view["holding"] = len(worker.leased)
+    return view
+
+
+def _encode_view(view: dict[str, Any], what: str) -> str:
+    """One job's or worker's part of the overview; values JSON cannot carry (NaN, a
+    non-text key, something nested too deep) are replaced, and the part says so."""
+    try:
+        return json.dumps(view, default=_as_text, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError) as exc:
+        log.debug("dashboard: %s has values JSON cannot carry: %s", what, exc)
+        plain = _plain(view, 0)
+        plain["display_error"] = f"shown in part: some of its values are not JSON ({exc})"[:300]
+        return json.dumps(plain, allow_nan=False, separators=(",", ":"))
+
+
+def showable(view: dict[str, Any]) -> dict[str, Any]:
+    """A job's API view as it is when JSON (strict: no NaN) and msgpack both carry it;
+    otherwise a copy with the odd values replaced and a ``display_error`` saying so, so
+    one job's data never fails a reply that lists others."""
+    try:
+        json.dumps(view, allow_nan=False, default=_text_of_bytes)
+        protocol.pack(view)
+    except (TypeError, ValueError, RecursionError, FarmError) as exc:
+        plain = _plain(view, 0)
+        plain["display_error"] = f"shown in part: some of its values are not JSON ({exc})"[:300]
+        return plain
+    return view
+
+
+def _as_text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _text_of_bytes(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _plain(value: Any, depth: int) -> Any:
+    """``value`` with only what JSON and msgpack carry: text keys, finite floats, 64-bit
+    integers, lists, maps (deeper than 32 levels is cut)."""
+    if depth > 32:
+        return "…"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if -(2**63) <= value < 2**64 else str(value)
+    if isinstance(value, str | bool) or value is None:
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {_key(key): _plain(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(item, depth + 1) for item in value]
+    return str(value)
+
+
+def _key(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    if isinstance(key, bytes):
+        return key.decode("utf-8", "replace")
+    return str(key)
 
 
 async def events(request: web.Request) -> web.StreamResponse:
     """Server-sent events: an ``update`` with the overview whenever the farm changes."""
     farm = _farm(request)
+    overview = request.app[OVERVIEW_KEY]
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -175,46 +407,143 @@ async def events(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
-    farm.listeners += 1
-    sent = ""
+    overview.join(farm)
+    sent = 0
     try:
         while True:
-            changed = farm.update_event
-            document = overview(farm)
-            moment = document.pop("time")
-            data = json.dumps(document, default=str, separators=(",", ":"))
-            if data != sent:  # heartbeats and lease renewals alone change nothing shown
-                sent = data
-                message = f'{data[:-1]},"time":{moment}}}'
-                await response.write(f"event: update\ndata: {message}\n\n".encode())
+            published = overview.published
+            if overview.version != sent and overview.message:
+                sent = overview.version
+                await response.write(overview.message)  # the same bytes for every viewer
+                continue
             try:
-                await asyncio.wait_for(changed.wait(), HEARTBEAT_SECONDS)
+                await asyncio.wait_for(published.wait(), HEARTBEAT_SECONDS)
             except TimeoutError:
                 await response.write(b": still here\n\n")
-                continue
-            await asyncio.sleep(UPDATE_INTERVAL)  # many changes, one update
     finally:
-        farm.listeners -= 1
+        overview.leave(farm)
+
+
+OVERVIEW_KEY = web.AppKey("overview", Overview)
 
 
 # ---- thumbnails and metrics ---------------------------------------------------------------
+
+
+def _image_output(task: Task) -> str | None:
+    """The root-relative path of a done task's last output, if a browser can show it."""
+    if task.state is not TaskState.DONE or not isinstance(task.result, dict):
+        return None
+    outputs = task.result.get("outputs")
+    if not isinstance(outputs, list) or not outputs:
+        return None
+    path = outputs[-1]
+    if isinstance(path, str) and Path(path).suffix.lower() in IMAGE_TYPES:
+        return path
+    return None
 
 
 def _last_frame(job: Any) -> str | None:
     """The root-relative path of the job's most recently finished image a browser can show."""
     best: tuple[float, str] | None = None
     for task in job.tasks:
-        if task.state is not TaskState.DONE or not isinstance(task.result, dict):
-            continue
-        outputs = task.result.get("outputs")
-        if not isinstance(outputs, list) or not outputs:
-            continue
-        path = outputs[-1]
-        if isinstance(path, str) and Path(path).suffix.lower() in IMAGE_TYPES:
+        path = _image_output(task)
+        if path is not None:
             when = task.finished_at or 0.0
             if best is None or when >= best[0]:
                 best = (when, path)
     return best[1] if best else None
+
+
+class ThumbnailError(Exception):
+    """The frame a task named cannot be shown: its reason, for the answer."""
+
+
+#: Thumbnails read files that task results name (whatever a job says), so they read in
+#: threads of their own, never the loop's shared pool the journal's fsyncs use: a FIFO or
+#: a hung NFS file costs a thumbnail thread, never a submit.
+THUMBNAIL_THREADS = 2
+#: Reads waiting or running at once; beyond that a thumbnail answers 503 at once.
+THUMBNAIL_QUEUE = 16
+THUMBNAIL_TIMEOUT = 5.0
+MAX_THUMBNAIL_BYTES = 64 * 1024 * 1024
+
+
+def read_regular_file(path: Path, limit: int = MAX_THUMBNAIL_BYTES) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes. Opened
+    without blocking and checked on the open descriptor: a FIFO, a device or a socket is
+    refused without waiting for a writer, and nothing can swap the file in between."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ThumbnailError(f"cannot open it: {exc.strerror}") from None
+    with os.fdopen(descriptor, "rb") as handle:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            raise ThumbnailError("it is not a regular file")
+        if info.st_size > limit:
+            raise ThumbnailError(f"it is larger than {limit:,} bytes")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ThumbnailError(f"it is larger than {limit:,} bytes")
+    return data
+
+
+class ThumbnailReader:
+    """A few daemon threads and a bounded queue: a read stuck in the kernel holds one
+    thread (and does not hold up the server's exit); once every place is taken, new
+    thumbnails are refused at once instead of queueing behind it."""
+
+    def __init__(self, threads: int = THUMBNAIL_THREADS, places: int = THUMBNAIL_QUEUE) -> None:
+        self.places = threading.BoundedSemaphore(places)
+        self.work: queue.SimpleQueue[tuple[Path, asyncio.Future[bytes]]] = queue.SimpleQueue()
+        for number in range(threads):
+            threading.Thread(
+                target=self._run, name=f"buildcat-thumbnail-{number}", daemon=True
+            ).start()
+
+    def _run(self) -> None:
+        while True:
+            path, future = self.work.get()
+            loop = future.get_loop()
+            try:
+                outcome: bytes | BaseException = read_regular_file(path)
+            except BaseException as exc:  # handed to the request, which words it
+                outcome = exc
+            finally:
+                self.places.release()
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(_settle, future, outcome)
+
+    async def read(self, path: Path, timeout: float = THUMBNAIL_TIMEOUT) -> bytes:
+        if not self.places.acquire(blocking=False):
+            raise web.HTTPServiceUnavailable(reason="thumbnails are busy: try again shortly")
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.work.put((path, future))
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            raise web.HTTPGatewayTimeout(
+                reason=f"reading the frame took more than {timeout:g}s"
+            ) from None
+
+
+def _settle(future: asyncio.Future[bytes], outcome: bytes | BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+_reader: list[ThumbnailReader] = []
+
+
+def thumbnail_reader() -> ThumbnailReader:
+    if not _reader:
+        _reader.append(ThumbnailReader())
+    return _reader[0]
 
 
 async def thumbnail(request: web.Request) -> web.StreamResponse:
@@ -225,9 +554,9 @@ async def thumbnail(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound(reason=f"job {job.id} has no finished frame a browser can show")
     try:
         path = resolve(farm.config.root, relative)
-        body = await asyncio.to_thread(path.read_bytes)
-    except (FarmError, OSError):
-        raise web.HTTPNotFound(reason=f"the frame {relative} is not readable") from None
+        body = await thumbnail_reader().read(path)
+    except (FarmError, ThumbnailError) as exc:
+        raise web.HTTPNotFound(reason=f"the frame {relative} is not readable: {exc}") from None
     return web.Response(
         body=body,
         content_type=IMAGE_TYPES[path.suffix.lower()],
@@ -237,7 +566,14 @@ async def thumbnail(request: web.Request) -> web.StreamResponse:
 
 async def metrics_text(request: web.Request) -> web.StreamResponse:
     farm = _farm(request)
-    text = metrics.render(farm.scheduler, started_at=farm.started_at, version=buildcat.__version__)
+    overview = request.app[OVERVIEW_KEY]
+    text = metrics.render(
+        farm.scheduler,
+        started_at=farm.started_at,
+        version=buildcat.__version__,
+        streams=overview.streams,
+        overviews=overview.computed,
+    )
     return web.Response(
         text=text, content_type="text/plain", charset="utf-8", headers={"X-Format": "0.0.4"}
     )
@@ -250,6 +586,7 @@ def _farm(request: web.Request) -> Farm:
 
 
 def add_routes(app: web.Application) -> None:
+    app[OVERVIEW_KEY] = Overview()
     app.router.add_get("/", index)
     app.router.add_get("/login", login)
     app.router.add_get("/dashboard/{name}", asset)

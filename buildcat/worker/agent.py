@@ -122,6 +122,13 @@ class Agent:
             "Authorization": auth.authorization(token),
         }
         self.ssl: ssl.SSLContext | bool = True
+        #: The farm's TLS as the root says (never as an advert says), and the certificate
+        #: pin the session's connector checks before anything is sent.
+        self.transport = auth.Transport(tls=False)
+        self.plain_asked = (config.host or "").strip().lower().startswith("http://")
+        self.asked: tuple[str, int, bool] = ("", 0, False)
+        self.session_pin = ""
+        self._closing: set[asyncio.Task[None]] = set()
         if config.host is not None:
             host, port, tls = protocol.split_address(config.host, config.port)
             self.set_server(host, port, tls or config.tls_ca is not None)
@@ -152,10 +159,24 @@ class Agent:
     # ---- HTTP ---------------------------------------------------------------------------
 
     def set_server(self, host: str, port: int, tls: bool) -> None:
+        self.asked = (host, port, tls)
+        self.transport = auth.choose_transport(
+            self.config.root, tls=tls, plain_asked=self.plain_asked, where=f"{host}:{port}"
+        )
+        tls = self.transport.tls
         self.url = f"{'https' if tls else 'http'}://{host}:{port}"
         self.base = self.url + protocol.API_PREFIX
         if tls:
             self.ssl = auth.client_ssl_context(self.config.tls_ca)
+
+    def new_session(self) -> aiohttp.ClientSession:
+        """A session whose connector checks the root's certificate pin (with the CA check
+        each request makes), so a wrong server gets no header at all."""
+        self.session_pin = self.transport.fingerprint
+        pin = aiohttp.Fingerprint(bytes.fromhex(self.session_pin)) if self.session_pin else True
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=8, force_close=False, ssl=pin)
+        )
 
     async def locate(self, timeout: float | None = None) -> bool:
         """Find the farm on the LAN; ``True`` when the address changed."""
@@ -170,6 +191,11 @@ class Agent:
 
     async def call(self, method: str, path: str, body: Any = None, timeout: float = 30) -> Any:
         assert self.session is not None
+        if self.session_pin != self.transport.fingerprint:  # the farm's certificate changed
+            old, self.session = self.session, self.new_session()
+            closing = asyncio.create_task(old.close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
         data = protocol.pack(body) if body is not None else None
         try:
             async with self.session.request(
@@ -182,6 +208,14 @@ class Agent:
             ) as response:
                 payload = await response.read()
                 status = response.status
+        except aiohttp.ServerFingerprintMismatch:
+            pinned = self.transport.fingerprint
+            with contextlib.suppress(FarmError):
+                self.set_server(*self.asked)  # a restarted server may have a new certificate
+            raise ServerGone(
+                f"{self.url} shows a TLS certificate that is not this farm's (the root "
+                f"names sha256 {pinned[:16]}…): not sending the farm secret"
+            ) from None
         except aiohttp.ClientConnectorCertificateError as exc:
             raise FarmError(
                 f"the TLS certificate of {self.url} is not trusted "
@@ -628,13 +662,13 @@ class Agent:
             # A job that submits more work reaches this worker's farm the same way.
             "FARM_HOST": self.url,
         }
-        if self.config.token:
-            env["FARM_TOKEN"] = self.config.token
+        token_file = None
+        if self.config.token:  # a path in the tasks' environment, never the secret itself
+            token_file = auth.write_token_file(self.config.token)
+            env[auth.TOKEN_FILE_ENV] = str(token_file)
         if self.config.tls_ca:
             env["FARM_TLS_CA"] = str(self.config.tls_ca)
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=8, force_close=False)
-        )
+        self.session = self.new_session()
         self.children = [Child(env) for _ in range(self.config.slots)]
         try:
             await asyncio.gather(*(child.start() for child in self.children), self.find_blender())
@@ -668,6 +702,8 @@ class Agent:
             for child in self.children:
                 await child.close()
             await self.session.close()
+            if token_file is not None:
+                auth.remove_token_file(token_file)
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
 

@@ -54,8 +54,10 @@ class Child:
         """Start the process (ending one still there, and whatever it left running)."""
         await self.stop()
         self.token = secrets.token_hex(8)
+        # The worker's own FARM_TOKEN stays with the worker: tasks get FARM_TOKEN_FILE.
+        inherited = {key: value for key, value in os.environ.items() if key != "FARM_TOKEN"}
         env = {
-            **os.environ,
+            **inherited,
             **self.env,
             "PYTHONUNBUFFERED": "1",
             processes.TOKEN_VARIABLE: self.token,

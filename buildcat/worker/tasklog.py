@@ -17,6 +17,7 @@ import re
 from collections import deque
 from typing import BinaryIO
 
+from buildcat import auth
 from buildcat.errors import FarmError
 from buildcat.root import open_private_log
 
@@ -66,12 +67,15 @@ class TaskLog(io.TextIOBase):
         self._left_out = 0
         self._capped = False
         self._lost = ""
+        self._redactor: auth.Redactor | None = None
 
     def start(self, path: str | None, header: str) -> None:
         self.path, self.header = path, header
         self._written = self._held_bytes = self._left_out = 0
         self._held.clear()
         self._capped = False
+        # A task that prints the secret (an environment dump) writes [farm secret].
+        self._redactor = auth.Redactor(auth.task_secret())
 
     @property
     def _head_bytes(self) -> int:
@@ -82,10 +86,17 @@ class TaskLog(io.TextIOBase):
         return self.max_bytes - self._head_bytes
 
     def write(self, text: str) -> int:
+        if self._redactor is None:
+            self._redactor = auth.Redactor(auth.task_secret())
+        self._write(self._redactor.feed(text))
+        return len(text)
+
+    def _write(self, text: str) -> None:
+        if not text:
+            return
         self._remember(text)
         if self.path is not None:
             self._log(text.encode("utf-8", "replace"))
-        return len(text)
 
     def _remember(self, text: str) -> None:
         self.parts.append(text)
@@ -184,6 +195,8 @@ class TaskLog(io.TextIOBase):
 
     def take(self) -> str:
         """End the task's log: write the held tail, close the file, return the tail."""
+        if self._redactor is not None:
+            self._write(self._redactor.end())
         self._finish_file()
         self._close_quietly()
         self._held.clear()

@@ -108,21 +108,31 @@ function renderJobs(jobs) {
   body.replaceChildren();
   $("#no-jobs").hidden = jobs.length > 0;
   for (const job of jobs) {
-    const { elapsed, eta } = timing(job);
-    const title = el("td", {}, el("strong", {}, job.name || job.kind), " ",
-      el("span", { class: "muted" }, job.id));
-    if (job.waiting) title.append(el("div", { class: "muted" }, `waiting: ${job.waiting}`));
-    const row = el("tr", {
-      class: `job${state.selected === job.id ? " selected" : ""}`,
-      dataset: { job: job.id },
-      onclick: () => select(job.id),
-    }, title, el("td", {}, badge(job.state)), el("td", {}, progressBar(job)),
-       el("td", {}, priority(job)), el("td", {}, job.owner || "-"),
-       el("td", { dataset: { field: "elapsed" } }, seconds(elapsed)),
-       el("td", { dataset: { field: "eta" } }, eta === null ? "-" : seconds(eta)),
-       el("td", {}, actions(job)));
-    body.append(row);
+    try {
+      body.append(jobRow(job));
+    } catch (error) {  // one odd job never blanks the page for the others
+      body.append(el("tr", { class: "job", dataset: { job: String(job.id) } },
+        el("td", { colspan: "8", class: "error" }, `job ${job.id}: cannot be shown (${error})`)));
+    }
   }
+}
+
+function jobRow(job) {
+  const { elapsed, eta } = timing(job);
+  const title = el("td", {}, el("strong", {}, job.name || job.kind), " ",
+    el("span", { class: "muted" }, job.id));
+  if (job.waiting) title.append(el("div", { class: "muted" }, `waiting: ${job.waiting}`));
+  if (job.display_error) title.append(el("div", { class: "error" }, job.display_error));
+  const row = el("tr", {
+    class: `job${state.selected === job.id ? " selected" : ""}`,
+    dataset: { job: job.id },
+    onclick: () => select(job.id),
+  }, title, el("td", {}, badge(job.state)), el("td", {}, progressBar(job)),
+     el("td", {}, priority(job)), el("td", {}, job.owner || "-"),
+     el("td", { dataset: { field: "elapsed" } }, seconds(elapsed)),
+     el("td", { dataset: { field: "eta" } }, eta === null ? "-" : seconds(eta)),
+     el("td", {}, actions(job)));
+  return row;
 }
 
 function renderWorkers(workers) {
@@ -131,21 +141,32 @@ function renderWorkers(workers) {
   $("#no-workers").hidden = workers.length > 0;
   state.workers = new Map(workers.map((worker) => [worker.id, worker]));
   for (const worker of workers) {
-    const current = worker.current.length
-      ? worker.current.map((task) =>
-          `${task.id}${task.label ? ` (${task.label})` : ""} ${Math.round(task.progress * 100)}%`).join(", ")
-      : "-";
-    const capabilities = Object.entries(worker.capabilities)
-      .map(([name, version]) => (version ? `${name} ${version}` : name)).join(", ");
-    body.append(el("tr", { dataset: { worker: worker.name } },
-      el("td", {}, worker.name, el("div", { class: "muted" }, worker.info.hostname || "")),
-      el("td", {}, badge(worker.state)),
-      el("td", { dataset: { field: "current" } }, current),
-      el("td", {}, `${seconds(Math.max(0, now() - worker.last_seen))} ago`),
-      el("td", {}, String(worker.slots)),
-      el("td", {}, capabilities || "-"),
-      el("td", {}, `${worker.tasks_done} / ${worker.tasks_failed}`)));
+    try {
+      body.append(workerRow(worker));
+    } catch (error) {
+      body.append(el("tr", { dataset: { worker: String(worker.name) } },
+        el("td", { colspan: "7", class: "error" }, `worker ${worker.name}: cannot be shown (${error})`)));
+    }
   }
+}
+
+function workerRow(worker) {
+  const more = (worker.holding || 0) - worker.current.length;
+  const current = worker.current.length
+    ? worker.current.map((task) =>
+        `${task.id}${task.label ? ` (${task.label})` : ""} ${Math.round(task.progress * 100)}%`).join(", ")
+      + (more > 0 ? ` and ${more} more` : "")
+    : "-";
+  const capabilities = Object.entries(worker.capabilities)
+    .map(([name, version]) => (version ? `${name} ${version}` : name)).join(", ");
+  return el("tr", { dataset: { worker: worker.name } },
+    el("td", {}, worker.name, el("div", { class: "muted" }, worker.info.hostname || "")),
+    el("td", {}, badge(worker.state)),
+    el("td", { dataset: { field: "current" } }, current),
+    el("td", {}, `${seconds(Math.max(0, now() - worker.last_seen))} ago`),
+    el("td", {}, String(worker.slots)),
+    el("td", {}, capabilities || "-"),
+    el("td", {}, `${worker.tasks_done} / ${worker.tasks_failed}`));
 }
 
 async function renderDetail(job) {
