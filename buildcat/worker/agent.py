@@ -381,6 +381,7 @@ class Agent:
                 self.wake_reporter.set()
                 return
             if tasks:
+                tasks = self.drop_duplicates(tasks)
                 keep, give_back = self.take_prefetch(tasks)
                 self.queue.extend(keep)
                 self.wake_runners.set()
@@ -390,6 +391,26 @@ class Agent:
             elif self.config.exit_when_idle and self.idle() and not self.outbox:
                 self.begin_drain("no work left (--exit-when-idle)")
                 return
+
+    def drop_duplicates(self, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Leave out tasks this worker already runs or holds: the server hands a task out
+        again once its lease ran out (this worker was stopped, or cut off), and may hand
+        it to this worker under its new registration. The run under way reports for it;
+        one already cancelled here goes back to the server to be leased afresh."""
+        queued = {message["id"] for message in self.queue}
+        fresh = []
+        for task in tasks:
+            task_id = task["id"]
+            entry = self.running.get(task_id)
+            if entry is not None and entry.cancelled:
+                self.to_release.append(task_id)
+                self.wake_reporter.set()
+            elif entry is not None or task_id in queued:
+                log.info("task %s is already running here; its run reports for it", task_id)
+            else:
+                fresh.append(task)
+                queued.add(task_id)
+        return fresh
 
     async def runner(self, child: Child) -> None:
         while True:
@@ -447,7 +468,8 @@ class Agent:
                        "traceback": ""}  # fmt: skip
             await child.start()
         finally:
-            del self.running[task_id]
+            if self.running.get(task_id) is entry:
+                del self.running[task_id]
             self.progress.pop(task_id, None)
         elapsed = time.monotonic() - entry.started_at
         outcome["started_at"] = started_at
