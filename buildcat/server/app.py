@@ -98,6 +98,9 @@ class Farm:
             if config.token
             else auth.ensure_secret(config.root)
         )
+        self.dashboard_salt = web_ui.load_dashboard_salt(config.root)
+        #: The port the server listens on (known once bound): names the dashboard cookie.
+        self.port = config.port
         self.scheduler = Scheduler(lease_timeout=config.lease_timeout)
         self.waiters: deque[_Waiter] = deque()
         self.job_waiters: dict[str, list[asyncio.Future[None]]] = {}
@@ -336,7 +339,7 @@ async def auth_middleware(
 
     The dashboard's cookie opens the routes it needs; the page itself is public."""
     secret = _farm(request).secret
-    access = web_ui.access(request, secret)
+    access = web_ui.access(request, _farm(request))
     guard = request.app.get(connections.GUARD_KEY)
     if access not in ("", "public") and guard is not None:
         guard.authenticated(request.protocol)  # no longer counts against its peer's cap
@@ -973,6 +976,7 @@ async def _serve(
     server = site._server
     sockets = getattr(server, "sockets", None) or []
     port = sockets[0].getsockname()[1] if sockets else config.port
+    app[FARM_KEY].port = port
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     journal = app[FARM_KEY].journal
@@ -1003,7 +1007,7 @@ async def _serve(
             addresses = advertiser.addresses if advertiser else advertised_addresses(host)
             host = (addresses or ["127.0.0.1"])[0]
         scheme = "https" if context is not None else "http"
-        ready(config.bind, port, web_ui.dashboard_url(scheme, host, port, app[FARM_KEY].secret))
+        ready(config.bind, port, web_ui.dashboard_url(scheme, host, port, app[FARM_KEY]))
     try:
         await stop.wait()
     finally:
