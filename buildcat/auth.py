@@ -150,6 +150,29 @@ def redact_bytes(data: bytes, secret: str) -> bytes:
     return data.replace(raw, mask)
 
 
+class RedactingFilter(logging.Filter):
+    """Masks the secret in every record a handler writes (a task's error, as it raised it)."""
+
+    def __init__(self, secret: str) -> None:
+        super().__init__()
+        self.secret = secret
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self.secret in message:
+            record.msg, record.args = redact(message, self.secret), None
+        if record.exc_text and self.secret in record.exc_text:
+            record.exc_text = redact(record.exc_text, self.secret)
+        return True
+
+
+def redact_logs(secret: str) -> None:
+    """Keep the secret out of this process's log: on every handler of the root logger."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter(secret))
+
+
 _task_secret: list[str] = []
 
 

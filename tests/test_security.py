@@ -935,6 +935,9 @@ def test_a_job_that_prints_its_environment_shows_the_dashboard_no_secret(
     for _, body, _ in read:
         assert secret.encode() not in body
     farm.stop()
+    for name in ("server", "worker-1"):  # the processes' own logs too
+        assert secret not in farm.log_text(name), name
+    assert "it was [farm secret]" in farm.log_text("worker-1")
     for path in (farm.root / ".buildcat").rglob("*"):
         if path.is_file() and path.name != "secret":
             assert secret.encode() not in path.read_bytes(), path
