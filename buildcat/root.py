@@ -70,4 +70,5 @@ def open_private_log(path: str) -> io.TextIOWrapper:
     os.makedirs(folder, mode=0o700, exist_ok=True)  # the job's own
     descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     stream = os.fdopen(descriptor, "a", buffering=1, encoding="utf-8", errors="replace")
+    # It writes, flushes and closes like the file it wraps: all a task log is asked to do.
     return cast(io.TextIOWrapper, auth.RedactingWriter(stream, auth.task_secret()))
