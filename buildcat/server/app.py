@@ -98,7 +98,8 @@ class Farm:
             if config.token
             else auth.ensure_secret(config.root)
         )
-        self.dashboard_salt = web_ui.load_dashboard_salt(config.root)
+        #: The salt of the dashboard's keys: read (or made) when the server starts serving.
+        self.dashboard_salt = ""
         #: The port the server listens on (known once bound): names the dashboard cookie.
         self.port = config.port
         self.scheduler = Scheduler(lease_timeout=config.lease_timeout)
@@ -950,6 +951,7 @@ async def _serve(
         log.info("open-files limit raised from %d to %d", before, after)
     connections.install_repeat_filter()
     app = create_app(config)
+    app[FARM_KEY].dashboard_salt = web_ui.load_dashboard_salt(config.root)
     try:  # members read the farm's TLS from here, never from the advert
         auth.write_tls_record(config.root, fingerprint)
     except FarmError as exc:
