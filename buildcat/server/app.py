@@ -973,6 +973,7 @@ async def _serve(
     try:
         await site.start()
     except OSError as exc:
+        await guard.close()
         await runner.cleanup()
         raise FarmError(f"cannot listen on {config.bind}:{config.port}: {exc.strerror}") from None
     server = site._server
