@@ -2,8 +2,10 @@
 ``/metrics``. The page is static (no build step); it reads the same JSON API as scripts.
 
 A browser logs in once with the dashboard link (``/login?key=…``, printed by the server
-and by ``farm dashboard``); the key, derived from the farm secret, becomes a cookie that
-may read the farm and steer jobs but not submit work or act as a worker.
+and by ``farm dashboard``); the key, derived from the farm secret and a revocable salt,
+buys a cookie of its own (neither the key nor the secret) that may read the farm and
+steer jobs but not submit work or act as a worker. Everything the cookie reads has the
+secret masked; thumbnails read only regular files, in threads of their own.
 """
 
 from __future__ import annotations
