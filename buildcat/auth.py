@@ -3,6 +3,10 @@
 The server keeps a random secret in ``<root>/.buildcat/secret`` (mode 0600); clients and
 workers read it from their own path to the root and send it with every request as
 ``Authorization: Bearer``. ``--token`` / ``FARM_TOKEN`` give it directly instead.
+Beside it, also members-only: ``tls.json`` (whether the farm speaks TLS, and its
+certificate's fingerprint: never taken from the network) and ``dashboard`` (the salt of
+the dashboard's keys, which a revoke replaces). And the ways the secret is kept out of
+what people read: task environments, logs, and everything the dashboard cookie reads.
 """
 
 from __future__ import annotations
