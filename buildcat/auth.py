@@ -3,6 +3,10 @@
 The server keeps a random secret in ``<root>/.buildcat/secret`` (mode 0600); clients and
 workers read it from their own path to the root and send it with every request as
 ``Authorization: Bearer``. ``--token`` / ``FARM_TOKEN`` give it directly instead.
+Beside it, also members-only: ``tls.json`` (whether the farm speaks TLS, and its
+certificate's fingerprint: never taken from the network) and ``dashboard`` (the salt of
+the dashboard's keys, which a revoke replaces). And the ways the secret is kept out of
+what people read: task environments, logs, and everything the dashboard cookie reads.
 """
 
 from __future__ import annotations
@@ -150,6 +154,29 @@ def redact_bytes(data: bytes, secret: str) -> bytes:
     return data.replace(raw, mask)
 
 
+class RedactingFilter(logging.Filter):
+    """Masks the secret in every record a handler writes (a task's error, as it raised it)."""
+
+    def __init__(self, secret: str) -> None:
+        super().__init__()
+        self.secret = secret
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self.secret in message:
+            record.msg, record.args = redact(message, self.secret), None
+        if record.exc_text and self.secret in record.exc_text:
+            record.exc_text = redact(record.exc_text, self.secret)
+        return True
+
+
+def redact_logs(secret: str) -> None:
+    """Keep the secret out of this process's log: on every handler of the root logger."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter(secret))
+
+
 _task_secret: list[str] = []
 
 
@@ -221,12 +248,23 @@ def farm_id(token: str) -> str:
     return hashlib.sha256(b"buildcat farm id\0" + token.encode()).hexdigest()[:16]
 
 
-def dashboard_key(token: str) -> str:
-    """The key in the dashboard's login link: derived from the secret, not the secret.
+# ---- the dashboard ---------------------------------------------------------------------------
+
+#: Beside the secret: the random salt of the dashboard's keys. ``farm dashboard --revoke``
+#: replaces it (every link and every browser's cookie dies; the secret stays).
+DASHBOARD_SALT_FILE = "dashboard"
+#: How long a browser's dashboard cookie lasts (checked by the server, not only the browser).
+SESSION_SECONDS = 30 * 24 * 3600
+
+
+def dashboard_key(token: str, salt: str = "") -> str:
+    """The key in the dashboard's login link: derived from the secret and the revocable
+    salt, never the secret, and never the cookie a browser then holds.
 
     It opens the dashboard (read, cancel, pause, resume, retry, priority) but cannot
     submit work or act as a worker, so a shared link never runs code on the farm."""
-    return hmac.new(token.encode(), b"buildcat dashboard", hashlib.sha256).hexdigest()[:32]
+    message = b"buildcat dashboard" + (b"\0" + salt.encode() if salt else b"")
+    return hmac.new(token.encode(), message, hashlib.sha256).hexdigest()[:32]
 
 
 def _raw(text: str) -> bytes:
@@ -235,8 +273,77 @@ def _raw(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-def dashboard_key_matches(given: str, token: str) -> bool:
-    return hmac.compare_digest(_raw(given), dashboard_key(token).encode())
+def dashboard_key_matches(given: str, token: str, salt: str = "") -> bool:
+    return hmac.compare_digest(_raw(given), dashboard_key(token, salt).encode())
+
+
+def session_cookie(token: str, salt: str, expires: int) -> str:
+    """A browser's dashboard cookie: ``EXPIRES.MAC``. Good for the dashboard of this farm
+    until ``expires`` (or a revoke); it is not the login key, not the secret, and neither
+    can be had from it, so a cookie that leaks opens nothing but this dashboard."""
+    message = f"buildcat dashboard session\0{salt}\0{expires}".encode()
+    return f"{expires}.{hmac.new(token.encode(), message, hashlib.sha256).hexdigest()[:32]}"
+
+
+def session_cookie_valid(value: str, token: str, salt: str, now: float) -> bool:
+    expires_text, _, _ = value.partition(".")
+    if not (expires_text.isascii() and expires_text.isdigit() and len(expires_text) <= 12):
+        return False
+    expires = int(expires_text)
+    if expires <= now:
+        return False
+    return hmac.compare_digest(_raw(value), session_cookie(token, salt, expires).encode())
+
+
+def dashboard_salt_path(root: str | os.PathLike[str]) -> Path:
+    return state_dir(root) / DASHBOARD_SALT_FILE
+
+
+def ensure_dashboard_salt(root: str | os.PathLike[str]) -> str:
+    """The salt of the dashboard's keys, made on first start (0600, beside the secret)."""
+    path = dashboard_salt_path(root)
+    with contextlib.suppress(FileNotFoundError):
+        return _read_salt(path)
+    new_dashboard_salt(root, replace=False)
+    return _read_salt(path)  # two servers starting at once agree on the one linked first
+
+
+def new_dashboard_salt(root: str | os.PathLike[str], *, replace: bool = True) -> str:
+    """A fresh salt, written whole (temporary name, fsync, then rename, or with
+    ``replace=False`` a link that never replaces one already there) before it is used."""
+    path = dashboard_salt_path(root)
+    salt = secrets.token_urlsafe(16)
+    temporary = path.with_name(f".{DASHBOARD_SALT_FILE}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(salt + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        if replace:
+            os.replace(temporary, path)
+        else:
+            with contextlib.suppress(FileExistsError):
+                os.link(temporary, path)
+    except OSError as exc:
+        raise FarmError(f"cannot write {path}: {exc.strerror}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+    return salt
+
+
+def _read_salt(path: Path) -> str:
+    try:
+        salt = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FarmError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not salt or not salt.isascii() or not salt.isprintable():
+        raise FarmError(f"{path} is damaged: delete it (every browser logs in again)")
+    return salt
 
 
 def token_matches(header: str | None, secret: str) -> bool:

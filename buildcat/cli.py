@@ -893,11 +893,20 @@ def perf(client: Client, job_id: str, as_json: bool) -> None:
 
 @main.command()
 @click.option("--open", "open_browser", is_flag=True, help="Open it in a browser too.")
+@click.option(
+    "--revoke",
+    is_flag=True,
+    help="Make a new key: every browser is logged out and old links stop working "
+    "(the farm secret is unchanged).",
+)
 @client_options
-def dashboard(client: Client, open_browser: bool) -> None:
+def dashboard(client: Client, open_browser: bool, revoke: bool) -> None:
     """Print the link that logs a browser into the farm's live dashboard."""
-    url = client.dashboard_url()
-    client.request("GET", "/ping")  # the link is only worth printing if the farm answers
+    if revoke:
+        url = client.revoke_dashboard()
+        click.echo("every browser is logged out and old links are dead; the new link:", err=True)
+    else:
+        url = client.dashboard_url()
     click.echo(url)
     if open_browser:
         import webbrowser

@@ -538,7 +538,14 @@ class Client:
 
     def dashboard_url(self) -> str:
         """The link that logs a browser into this farm's dashboard."""
-        return f"{self.address}/login?key={auth.dashboard_key(self.token)}"
+        reply = self.request("GET", "/dashboard")
+        return f"{self.address}/login?key={reply['key']}"
+
+    def revoke_dashboard(self) -> str:
+        """A new dashboard key: every login link and every browser's cookie stops working
+        (the farm secret stays). Returns the new login link."""
+        reply = self.request("POST", "/dashboard/revoke", {})
+        return f"{self.address}/login?key={reply['key']}"
 
     def worker_info(self, timeout: float | None = 60.0) -> dict[str, Any]:
         """What one worker reports about itself (host, platform, Python, root, slots)."""

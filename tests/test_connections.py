@@ -158,3 +158,38 @@ def test_running_out_of_open_files_is_logged_once_and_the_server_recovers(bare: 
     log = bare.log_text("server")
     assert log.count("out of system resource") <= 2, log.count("out of system resource")
     assert log.count("Too many open files") <= 2
+
+
+def test_thumbnail_reads_that_hang_hold_their_own_threads_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A read stuck in the kernel (a hung NFS file): each request gets 504 after its
+    timeout, once every place is taken the next get 503 at once, and the event loop's
+    own thread pool (the journal's) is as free as before."""
+    import asyncio
+    import threading
+
+    from aiohttp import web as aiohttp_web
+
+    from buildcat.server import web
+
+    release = threading.Event()
+
+    def hung(path: Path, limit: int = 0) -> bytes:
+        release.wait(60)
+        return b""
+
+    monkeypatch.setattr(web, "read_regular_file", hung)
+
+    async def main() -> None:
+        reader = web.ThumbnailReader(threads=2, places=4)
+        asked = [reader.read(Path("frame.png"), timeout=0.3) for _ in range(6)]
+        answers = await asyncio.gather(*asked, return_exceptions=True)
+        assert sorted(type(answer).__name__ for answer in answers) == [
+            *[aiohttp_web.HTTPGatewayTimeout.__name__] * 4,
+            *[aiohttp_web.HTTPServiceUnavailable.__name__] * 2,
+        ]
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: 7), 10) == 7
+        release.set()
+
+    asyncio.run(main())

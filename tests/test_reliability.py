@@ -189,11 +189,9 @@ def test_state_dir_holds_the_journal_and_no_journal_forgets_everything(tmp_path:
         forgotten = client.submit("farm_jobs:square", 8)
         assert [j["id"] for j in client.jobs()] == [forgotten.id]
         kill_server(farm)
-        # Only what members read there: the secret and whether the farm speaks TLS.
-        assert sorted(p.name for p in (farm.root / ".buildcat").iterdir()) == [
-            "secret",
-            "tls.json",
-        ]
+        # No journal: only the secret and what members read beside it (dashboard salt, TLS).
+        state = sorted(p.name for p in (farm.root / ".buildcat").iterdir())
+        assert state == ["dashboard", "secret", "tls.json"]
         farm.start_server("--no-journal", port=farm.port)
         assert farm.client().jobs() == []
     finally:

@@ -31,9 +31,12 @@ from buildcat import auth, launch
 from buildcat.protocol import API_PREFIX as API
 from buildcat.server.app import ServerConfig, create_app
 from buildcat.server.app import routes as api_routes
+from tests import test_dashboard
 from tests.conftest import Farm, secret_header, unused_port, wait_for
 
 HERE = Path(__file__).parent
+#: Debian's Chromium driven by Playwright, as the dashboard's own tests use it.
+browser = test_dashboard.browser
 LOGIN_PAGE = resources.files("buildcat.server").joinpath("dashboard", "login.html").read_bytes()
 
 
@@ -174,17 +177,23 @@ def test_every_route_answers_401_without_the_right_secret(farm: Farm, tmp_path: 
         assert ("GET", f"/dashboard/{name}") in paths, name
     assert len(routes) >= 40
 
+    cookie = f"buildcat_dashboard_{farm.port}"
+    salt = (farm.root / ".buildcat" / "dashboard").read_text().strip()
+    login_key = auth.dashboard_key(token, salt)
     wrong_credentials: list[dict[str, str]] = [
         {},
         {"Authorization": "Bearer " + "x" * 43},
         {"Authorization": f"Basic {token}"},
         {"Authorization": f"Bearer {token[:-1]}"},
         {"Authorization": f"Bearer {token}x"},
-        {"Cookie": "buildcat_dashboard=" + "0" * 32},
-        {"Cookie": f"buildcat_dashboard={token}"},  # the secret is not the dashboard key
+        {"Cookie": f"{cookie}=" + "0" * 32},
+        {"Cookie": f"{cookie}={token}"},  # the secret is not the dashboard cookie
+        {"Cookie": f"{cookie}={login_key}"},  # nor is the login link's key
+        {"Cookie": f"{cookie}=9999999999.{login_key}"},
+        {"Cookie": f"buildcat_dashboard={login_key}"},  # as older releases set it
     ]
     never_shown = [job.id.encode(), worker["id"].encode(), b"member-worker", farm_name.encode()]
-    never_shown += [token.encode(), auth.dashboard_key(token).encode(), b"\x89PNG", b"event:"]
+    never_shown += [token.encode(), login_key.encode(), b"\x89PNG", b"event:"]
     protected = [(m, r, p) for m, r, p in routes if (m, r) not in PUBLIC_ROUTES]
     assert len(protected) >= 30
     for method, _, path in protected:
@@ -226,7 +235,7 @@ def test_every_route_answers_401_without_the_right_secret(farm: Farm, tmp_path: 
             assert status == 200 and body == LOGIN_PAGE
         else:  # /login without a key
             assert status == 401 and b"not this farm's" in body
-    for key in ("0" * 32, token, auth.dashboard_key(token)[:-1]):
+    for key in ("0" * 32, token, login_key[:-1], auth.dashboard_key(token)):
         status, body, headers = fetch(farm.port, "GET", f"/login?key={key}", {})
         assert status == 401 and "Set-Cookie" not in headers
         assert not any(secret in body for secret in never_shown)
@@ -417,11 +426,16 @@ def test_two_servers_starting_at_once_on_a_fresh_root_agree_on_one_secret(tmp_pa
             assert status_of(port, "GET", f"{API}/ping", {"Authorization": "Bearer x"}) == 401
         created = [log.read_text().count("created the farm secret") for log in logs]
         assert sorted(created) == [0, 1]  # one created it, the other read it
-        # No temporary left; beside the secret, the record of the farm's TLS (none here).
+        # No temporary left; beside the secret, the dashboard's salt and the farm's TLS.
         assert sorted(entry.name for entry in (root / ".buildcat").iterdir()) == [
+            "dashboard",
             "secret",
             "tls.json",
         ]
+        # And on one dashboard salt: both print the same link.
+        keys = {json.loads(fetch(port, "GET", f"{API}/dashboard", members)[1])["key"]
+                for _, port in servers}  # fmt: skip
+        assert len(keys) == 1, keys
     finally:
         for process, _ in servers:
             launch.stop(process)
@@ -839,7 +853,7 @@ def raw_request(port: int, request: bytes, timeout: float = 30.0) -> bytes:
     [
         b"Authorization: Bearer \xff\xfe",
         b"Authorization: \xff",
-        b"Cookie: buildcat_dashboard=\xff",
+        b"Cookie: buildcat_dashboard_PORT=\xff",
         b"Cookie: \xff\xfe=\xff",
     ],
 )
@@ -847,7 +861,8 @@ def test_bytes_that_are_no_text_in_the_secret_or_cookie_answer_401(
     farm: Farm, header: bytes
 ) -> None:
     for path in (f"{API}/jobs".encode(), b"/metrics", b"/", b"/login?key=%ff%fe"):
-        head = b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n" + header
+        named = header.replace(b"PORT", str(farm.port).encode())  # the farm's own cookie
+        head = b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n" + named
         answer = raw_request(farm.port, head + b"\r\nConnection: close\r\n\r\n")
         status = answer.split(b"\r\n", 1)[0]
         expected = b"200" if path == b"/" else b"401"
@@ -920,6 +935,9 @@ def test_a_job_that_prints_its_environment_shows_the_dashboard_no_secret(
     for _, body, _ in read:
         assert secret.encode() not in body
     farm.stop()
+    for name in ("server", "worker-1"):  # the processes' own logs too
+        assert secret not in farm.log_text(name), name
+    assert "it was [farm secret]" in farm.log_text("worker-1")
     for path in (farm.root / ".buildcat").rglob("*"):
         if path.is_file() and path.name != "secret":
             assert secret.encode() not in path.read_bytes(), path
@@ -960,3 +978,106 @@ def test_a_fifo_named_as_a_frame_costs_a_thumbnail_not_a_submit(jobs_farm: Farm)
         if status == 404:
             assert b"not a regular file" in body
     assert "Traceback" not in farm.log_text("server")
+
+
+class OtherService:
+    """Another web service on the farm's host, on a port of its own: it records the Cookie
+    header every request brings and serves a page whose script reports document.cookie."""
+
+    PAGE = b"<script>fetch('/report?seen=' + encodeURIComponent(document.cookie))</script>"
+
+    def __init__(self) -> None:
+        import http.server
+
+        self.cookies: list[str] = []
+        self.seen_by_script: list[str] = []
+        service = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                from urllib.parse import parse_qs, urlsplit
+
+                service.cookies.append(self.headers.get("Cookie", ""))
+                query = parse_qs(urlsplit(self.path).query, keep_blank_values=True)
+                if "seen" in query:
+                    service.seen_by_script.append(query["seen"][0])
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.end_headers()
+                self.wfile.write(self.PAGE if self.path == "/" else b"")
+
+            PAGE = OtherService.PAGE
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_the_dashboard_cookie_is_no_key_elsewhere_and_revoke_logs_every_browser_out(
+    jobs_farm: Farm, browser: Any
+) -> None:
+    """Cookies ignore ports: a browser logged into the dashboard sends its cookie to every
+    service on the farm's host. That service's scripts cannot read it (HttpOnly), what its
+    server receives is neither the login key nor the secret and opens nothing but this
+    dashboard, and `farm dashboard --revoke` ends it (and every link) at once, the farm
+    secret unchanged."""
+    farm = jobs_farm
+    secret_file = farm.root / ".buildcat" / "secret"
+    secret = secret_file.read_text().strip()
+    job = farm.client().map("farm_jobs:square", [2])  # no worker: it stays queued
+    link = farm.cli("dashboard").stdout.strip()
+    login_key = link.rsplit("key=", 1)[1]
+    status, _, headers = fetch(farm.port, "GET", link.split(str(farm.port), 1)[1], {})
+    assert status == 303
+    set_cookie = headers["Set-Cookie"]
+    name = set_cookie.partition("=")[0]
+    assert name == f"buildcat_dashboard_{farm.port}"  # one per farm on the host
+    for attribute in ("HttpOnly", "SameSite=Strict", "Path=/"):
+        assert attribute in set_cookie, set_cookie
+    other = OtherService()
+    page = browser.new_page()
+    try:
+        page.goto(link)
+        page.goto(f"http://127.0.0.1:{other.port}/")
+        wait_for(lambda: other.seen_by_script, 30)
+        assert other.seen_by_script == [""]  # the other port's script reads no cookie
+        received = other.cookies[0]  # ... but its server gets it: what cookies cannot promise
+        assert received.startswith(f"{name}=")
+        value = received.split("=", 1)[1].split(";")[0]
+        assert login_key not in received and secret not in received
+        # What it opens: this dashboard, nothing else.
+        cookie = {"Cookie": f"{name}={value}"}
+        assert fetch(farm.port, "GET", f"/login?key={value}", {})[0] == 401
+        assert (
+            fetch(farm.port, "GET", f"{API}/jobs", {"Authorization": f"Bearer {value}"})[0] == 401
+        )
+        assert fetch(farm.port, "GET", f"{API}/jobs", cookie)[0] == 200
+        assert fetch(farm.port, "GET", f"{API}/dashboard", cookie)[0] == 401  # no new links
+        assert fetch(farm.port, "POST", f"{API}/dashboard/revoke", cookie)[0] == 401
+
+        revoked = farm.cli("dashboard", "--revoke")
+        assert revoked.returncode == 0, revoked.stderr
+        assert "logged out" in revoked.stderr
+        new_link = revoked.stdout.strip()
+        assert new_link.startswith(f"http://127.0.0.1:{farm.port}/login?key=")
+        assert new_link != link
+        # Every browser is out at once, and the old link is dead.
+        assert fetch(farm.port, "GET", f"{API}/jobs", cookie)[0] == 401
+        assert fetch(farm.port, "GET", "/", cookie)[1] == LOGIN_PAGE
+        page.goto(f"http://127.0.0.1:{farm.port}/")
+        assert "login?key=" in page.content()  # the browser got the login page
+        assert fetch(farm.port, "GET", link.split(str(farm.port), 1)[1], {})[0] == 401
+        # The farm secret is as it was; members and the new link work.
+        assert secret_file.read_text().strip() == secret
+        assert farm.client().job(job.id).status()["state"] == "queued"
+        assert fetch(farm.port, "GET", new_link.split(str(farm.port), 1)[1], {})[0] == 303
+    finally:
+        page.close()
+        other.close()

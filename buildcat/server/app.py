@@ -113,6 +113,10 @@ class Farm:
             if config.token
             else auth.ensure_secret(config.root)
         )
+        #: The salt of the dashboard's keys: read (or made) when the server starts serving.
+        self.dashboard_salt = ""
+        #: The port the server listens on (known once bound): names the dashboard cookie.
+        self.port = config.port
         self.scheduler = Scheduler(lease_timeout=config.lease_timeout)
         self.waiters: deque[_Waiter] = deque()
         self.compact_waiters_at = 64
@@ -433,7 +437,7 @@ async def auth_middleware(
 
     The dashboard's cookie opens the routes it needs; the page itself is public."""
     secret = _farm(request).secret
-    access = web_ui.access(request, secret)
+    access = web_ui.access(request, _farm(request))
     guard = request.app.get(connections.GUARD_KEY)
     if access not in ("", "public") and guard is not None:
         guard.authenticated(request.protocol)  # no longer counts against its peer's cap
@@ -1148,6 +1152,7 @@ async def _serve(
         log.info("open-files limit raised from %d to %d", before, after)
     connections.install_repeat_filter()
     app = create_app(config)
+    app[FARM_KEY].dashboard_salt = web_ui.load_dashboard_salt(config.root)
     try:  # members read the farm's TLS from here, never from the advert
         auth.write_tls_record(config.root, fingerprint)
     except FarmError as exc:
@@ -1169,11 +1174,13 @@ async def _serve(
     try:
         await site.start()
     except OSError as exc:
+        await guard.close()
         await runner.cleanup()
         raise FarmError(f"cannot listen on {config.bind}:{config.port}: {exc.strerror}") from None
     server = site._server
     sockets = getattr(server, "sockets", None) or []
     port = sockets[0].getsockname()[1] if sockets else config.port
+    app[FARM_KEY].port = port
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     journal = app[FARM_KEY].journal
@@ -1204,7 +1211,7 @@ async def _serve(
             addresses = advertiser.addresses if advertiser else advertised_addresses(host)
             host = (addresses or ["127.0.0.1"])[0]
         scheme = "https" if context is not None else "http"
-        ready(config.bind, port, web_ui.dashboard_url(scheme, host, port, app[FARM_KEY].secret))
+        ready(config.bind, port, web_ui.dashboard_url(scheme, host, port, app[FARM_KEY]))
     try:
         await stop.wait()
     finally:

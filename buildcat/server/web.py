@@ -2,8 +2,10 @@
 ``/metrics``. The page is static (no build step); it reads the same JSON API as scripts.
 
 A browser logs in once with the dashboard link (``/login?key=…``, printed by the server
-and by ``farm dashboard``); the key, derived from the farm secret, becomes a cookie that
-may read the farm and steer jobs but not submit work or act as a worker.
+and by ``farm dashboard``); the key, derived from the farm secret and a revocable salt,
+buys a cookie of its own (neither the key nor the secret) that may read the farm and
+steer jobs but not submit work or act as a worker. Everything the cookie reads has the
+secret masked; thumbnails read only regular files, in threads of their own.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import math
 import os
 import queue
 import re
+import secrets
 import stat
 import threading
 import time
@@ -41,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 API = protocol.API_PREFIX
+#: The dashboard cookie's name, followed by the farm's port (one per farm on a host).
 COOKIE = "buildcat_dashboard"
 #: Header every dashboard POST carries: a cross-site form cannot set it.
 CSRF_HEADER = "X-Buildcat-Dashboard"
@@ -65,19 +69,40 @@ _PUBLIC = re.compile(r"^/(|login|dashboard/[A-Za-z0-9_.-]+)$")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def dashboard_url(scheme: str, host: str, port: int, secret: str) -> str:
-    return f"{scheme}://{host}:{port}/login?key={auth.dashboard_key(secret)}"
+def dashboard_url(scheme: str, host: str, port: int, farm: Farm) -> str:
+    key = auth.dashboard_key(farm.secret, farm.dashboard_salt)
+    return f"{scheme}://{host}:{port}/login?key={key}"
 
 
-def access(request: web.Request, secret: str) -> str:
+def cookie_name(farm: Farm) -> str:
+    """One cookie per farm on a host: cookies ignore ports, so two farms' dashboards on
+    one host must not overwrite (or be sent) each other's under one name."""
+    return f"{COOKIE}_{farm.port}"
+
+
+def load_dashboard_salt(root: Path) -> str:
+    try:
+        return auth.ensure_dashboard_salt(root)
+    except FarmError as exc:  # a root the server cannot write: this run only
+        log.warning("%s: dashboard links and cookies last until the server stops", exc)
+        return secrets.token_urlsafe(16)
+
+
+def _cookie_valid(request: web.Request, farm: Farm) -> bool:
+    value = request.cookies.get(cookie_name(farm), "")
+    return bool(value) and auth.session_cookie_valid(
+        value, farm.secret, farm.dashboard_salt, time.time()
+    )
+
+
+def access(request: web.Request, farm: Farm) -> str:
     """``"member"`` (the farm secret), ``"dashboard"`` (the cookie), ``"public"`` or ``""``."""
-    if auth.token_matches(request.headers.get("Authorization"), secret):
+    if auth.token_matches(request.headers.get("Authorization"), farm.secret):
         return "member"
     path = request.path
     if request.method in ("GET", "HEAD") and _PUBLIC.match(path):
         return "public"
-    cookie = request.cookies.get(COOKIE, "")
-    if cookie and auth.dashboard_key_matches(cookie, secret):
+    if _cookie_valid(request, farm):
         if request.method in ("GET", "HEAD") and _COOKIE_GET.match(path):
             return "dashboard"
         if (
@@ -97,7 +122,7 @@ def _asset(name: str) -> bytes:
 
 
 async def index(request: web.Request) -> web.StreamResponse:
-    if not auth.dashboard_key_matches(request.cookies.get(COOKIE, ""), _farm(request).secret):
+    if not _cookie_valid(request, _farm(request)):
         return web.Response(text=_asset("login.html").decode(), content_type="text/html")
     return web.Response(
         body=_asset("index.html"),
@@ -119,23 +144,46 @@ async def asset(request: web.Request) -> web.StreamResponse:
 async def login(request: web.Request) -> web.StreamResponse:
     farm = _farm(request)
     key = request.query.get("key", "")
-    if not auth.dashboard_key_matches(key, farm.secret):
+    if not auth.dashboard_key_matches(key, farm.secret, farm.dashboard_salt):
         return web.Response(
             status=401,
             text=_asset("login.html").decode().replace("<!--error-->", _LOGIN_ERROR),
             content_type="text/html",
         )
     response = web.HTTPSeeOther("/")
+    expires = int(time.time()) + auth.SESSION_SECONDS
     response.set_cookie(
-        COOKIE,
-        key,
-        httponly=True,
-        samesite="Strict",
+        cookie_name(farm),
+        auth.session_cookie(farm.secret, farm.dashboard_salt, expires),
+        httponly=True,  # no script reads it, this page's or another port's
+        samesite="Strict",  # no other site's page sends it
         secure=request.secure,
-        max_age=30 * 24 * 3600,
+        max_age=auth.SESSION_SECONDS,
         path="/",
     )
     raise response
+
+
+async def dashboard_link(request: web.Request) -> web.StreamResponse:
+    """Members only: the key of the dashboard's login link (``farm dashboard``)."""
+    from buildcat.server.app import _reply
+
+    farm = _farm(request)
+    key = auth.dashboard_key(farm.secret, farm.dashboard_salt)
+    return _reply(request, {"key": key, "cookie": cookie_name(farm)})
+
+
+async def revoke_dashboard(request: web.Request) -> web.StreamResponse:
+    """Members only: a new salt, so every login link and every browser's cookie stops
+    working at once; the farm secret stays as it is (``farm dashboard --revoke``)."""
+    from buildcat.server.app import _body, _reply
+
+    farm = _farm(request)
+    await _body(request)  # a body that is not a map refuses, and changes nothing
+    farm.dashboard_salt = auth.new_dashboard_salt(farm.config.root)
+    log.warning("dashboard revoked: every login link and browser cookie is dead")
+    key = auth.dashboard_key(farm.secret, farm.dashboard_salt)
+    return _reply(request, {"key": key, "cookie": cookie_name(farm)})
 
 
 _LOGIN_ERROR = '<p class="error">That link is not this farm\'s: get a fresh one.</p>'
@@ -593,3 +641,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(f"{API}/events", events)
     app.router.add_get(f"{API}/jobs/{{job}}/thumbnail", thumbnail)
     app.router.add_get("/metrics", metrics_text)
+    app.router.add_get(f"{API}/dashboard", dashboard_link)
+    app.router.add_post(f"{API}/dashboard/revoke", revoke_dashboard)

@@ -115,6 +115,7 @@ class Agent:
         self.url = self.base = ""
         self.discovered = config.host is None
         token = auth.load_token(config.root, config.token)
+        auth.redact_logs(token)  # a task's error may quote the secret it printed
         self.farm_id = auth.farm_id(token)
         self.headers = {
             "Accept": protocol.MSGPACK,
