@@ -468,6 +468,9 @@ async def events(request: web.Request) -> web.StreamResponse:
                 await asyncio.wait_for(published.wait(), HEARTBEAT_SECONDS)
             except TimeoutError:
                 await response.write(b": still here\n\n")
+    except ConnectionResetError:
+        # The viewer left between the connection's loss and this handler's cancellation.
+        return response
     finally:
         overview.leave(farm)
 
