@@ -43,8 +43,11 @@ class ProgressDisplay:
             filled = int(fraction * self.width)
             bar = "#" * filled + "." * (self.width - filled)
             line = f"\r[{bar}] {text}"
-            self.stream.write(line + " " * max(0, len(self.last_line) - len(line)))
+            padding = " " * max(0, len(self.last_line) - len(line))
+            # Known before it is written: the "\r" flushes it to the terminal at once, and a
+            # Ctrl-C right then must still find a bar for close() to end with its newline.
             self.last_line = line
+            self.stream.write(line + padding)
             self.stream.flush()
         elif text != self.last_line and (
             done != self.last_done or status.get("state") in ("done", "failed", "cancelled")
