@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import hmac
 import http.client
-import io
 import json
 import logging
 import os
@@ -215,27 +214,6 @@ class Redactor:
         """What is still held back (no secret can follow it any more)."""
         held, self.held = self.held, ""
         return held
-
-
-class RedactingWriter:
-    """A text stream that writes everything but the secret (see :class:`Redactor`)."""
-
-    def __init__(self, stream: io.TextIOBase | io.TextIOWrapper, secret: str) -> None:
-        self.stream = stream
-        self.redactor = Redactor(secret)
-
-    def write(self, text: str) -> int:
-        self.stream.write(self.redactor.feed(text))
-        return len(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-    def close(self) -> None:
-        held = self.redactor.end()
-        if held:
-            self.stream.write(held)
-        self.stream.close()
 
 
 def authorization(token: str) -> str:

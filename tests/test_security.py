@@ -489,8 +489,9 @@ def test_a_new_secret_logs_every_browser_out(jobs_farm: Farm) -> None:
 # ---- TLS ------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def tls_farm(tmp_path: Path) -> Iterator[tuple[Farm, Path]]:
+def start_tls_farm(tmp_path: Path) -> tuple[Farm, Path, trustme.CA]:
+    """A farm serving HTTPS (not advertised) with a certificate from a new CA: the farm,
+    the CA's certificate file and the CA itself."""
     authority = trustme.CA()
     certificate = authority.issue_cert("127.0.0.1", "localhost")
     cert, key, ca = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
@@ -504,6 +505,12 @@ def tls_farm(tmp_path: Path) -> Iterator[tuple[Farm, Path]]:
     (root / "farm_jobs.py").write_text((HERE / "farm_jobs.py").read_text())
     farm = Farm(root=root, logs=tmp_path / "logs")
     farm.start_server("--tls-cert", str(cert), "--tls-key", str(key))
+    return farm, ca, authority
+
+
+@pytest.fixture
+def tls_farm(tmp_path: Path) -> Iterator[tuple[Farm, Path]]:
+    farm, ca, _ = start_tls_farm(tmp_path)
     yield farm, ca
     farm.stop()
 
@@ -669,17 +676,8 @@ def test_a_member_never_downgrades_to_an_impostor_advertising_the_farm(tmp_path:
     a certificate the same CA signed). Members that trust the CA through the system store
     (no --tls-ca) read the farm's TLS and certificate from the root, so the secret never
     reaches the impostor: not by discovery, not with --farm NAME, not with a bare --host."""
-    authority = trustme.CA()
-    certificate = authority.issue_cert("127.0.0.1", "localhost")
-    cert, key, ca = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
-    certificate.private_key_and_cert_chain_pem.write_to_path(str(cert))
-    certificate.private_key_pem.write_to_path(str(key))
-    authority.cert_pem.write_to_path(str(ca))
-    root = tmp_path / "root"
-    root.mkdir()
-    (root / "farm_jobs.py").write_text((HERE / "farm_jobs.py").read_text())
-    farm = Farm(root=root, logs=tmp_path / "logs")
-    farm.start_server("--tls-cert", str(cert), "--tls-key", str(key))  # not advertised
+    farm, ca, authority = start_tls_farm(tmp_path)
+    root = farm.root
     secret = (root / ".buildcat" / "secret").read_text().strip()
     name = f"real-farm-{secrets.token_hex(3)}"
     trusting = {**os.environ, "SSL_CERT_FILE": str(ca), "FARM_MDNS_INTERFACES": "127.0.0.1",
