@@ -501,6 +501,7 @@ API = protocol.API_PREFIX
 @routes.get(f"{API}/ping")
 async def ping(request: web.Request) -> web.Response:
     farm = _farm(request)
+    waiting = farm.live_waiters()
     return _reply(
         request,
         {
@@ -511,8 +512,8 @@ async def ping(request: web.Request) -> web.Response:
             "lease_timeout": farm.config.lease_timeout,
             # Workers with a lease request parked on the server right now, each counted
             # once however many requests it has parked; and those requests.
-            "waiting_workers": len({waiter.worker_id for waiter in farm.live_waiters()}),
-            "waiting_requests": len(farm.live_waiters()),
+            "waiting_workers": len({waiter.worker_id for waiter in waiting}),
+            "waiting_requests": len(waiting),
         },
     )
 
