@@ -582,14 +582,14 @@ def _pair(text: str | None, what: str) -> tuple[int, int] | None:
     default=None,
     metavar="PATTERN",
     help="Output path relative to the root, # for frame digits "
-    "[default: renders/<scene name>/frame_####].",
+    "[default: renders/<file name>/<scene name>/frame_####].",
 )
 @click.option(
     "--format",
     "file_format",
-    default="PNG",
-    show_default=True,
+    default=None,
     type=click.Choice(["PNG", "JPEG", "OPEN_EXR"], case_sensitive=False),
+    help="Output format [default: PNG; a scene set to a movie format is refused without it].",
 )
 @click.option("--engine", type=click.Choice(["cycles", "eevee", "workbench"]), default=None)
 @click.option("--samples", type=click.IntRange(min=1), default=None)
@@ -621,6 +621,11 @@ def _pair(text: str | None, what: str) -> tuple[int, int] | None:
     help="Render every task on this Blender (4.5 means any 4.5.x) "
     "[default: the first worker's to take a task].",
 )
+@click.option(
+    "--allow-missing",
+    is_flag=True,
+    help="Render even if files the scene uses are missing or outside the root (see farm check).",
+)
 @job_options
 @client_options
 def submit_blender(
@@ -639,6 +644,7 @@ def submit_blender(
     sample_split: int | None,
     requires: str,
     blender_version: str | None,
+    allow_missing: bool,
     priority: int,
     name: str,
     max_attempts: int | None,
@@ -652,7 +658,7 @@ def submit_blender(
         frames,
         chunk=chunk,
         output=output,
-        format=file_format.upper(),
+        format=file_format.upper() if file_format else None,
         engine=engine,
         samples=samples,
         resolution=_pair(resolution, "--resolution"),
@@ -660,6 +666,7 @@ def submit_blender(
         scene_name=scene_name,
         tiles=_pair(tiles, "--tiles"),
         sample_split=sample_split,
+        allow_missing=allow_missing,
         priority=priority,
         name=name,
         max_attempts=max_attempts,
@@ -668,6 +675,33 @@ def submit_blender(
         blender_version=blender_version,
     )
     _submitted(job, as_json, wait)
+
+
+@main.command()
+@click.argument("scene")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@root_option
+def check(scene: str, as_json: bool, root: Path) -> None:
+    """List every file SCENE (a .blend) depends on, through linked libraries too.
+
+    Each is relative, absolute, outside the root or missing; exits 1 when any file is
+    missing or outside the root (what `farm submit blender` refuses).
+    """
+    from buildcat.blender import blendfile
+
+    report = blendfile.check_assets(blendfile.locate_blend(scene, root), root)
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        rows = [[a.status, a.kind, a.path, a.used_by, a.resolved] for a in report.assets]
+        if rows:
+            click.echo(table(["STATUS", "KIND", "PATH", "USED BY", "ON THIS MACHINE"], rows))
+        click.echo(f"{report.blend}: {blendfile.summary(report)}")
+    if report.problems:
+        click.echo(
+            f"farm: error: {len(report.problems)} file(s) missing or outside the root", err=True
+        )
+        sys.exit(1)
 
 
 # ---- watching and steering ----------------------------------------------------------------------

@@ -310,7 +310,7 @@ class Client:
         *,
         chunk: int = 1,
         output: str | None = None,
-        format: str = "PNG",
+        format: str | None = None,
         engine: str | None = None,
         samples: int | None = None,
         resolution: tuple[int, int] | None = None,
@@ -318,6 +318,7 @@ class Client:
         scene_name: str | None = None,
         tiles: tuple[int, int] | None = None,
         sample_split: int | None = None,
+        allow_missing: bool = False,
         priority: int = 0,
         name: str = "",
         max_attempts: int | None = None,
@@ -327,13 +328,17 @@ class Client:
     ) -> Job:
         """Render a .blend (root-relative) on the farm's Blender workers.
 
-        ``frames`` defaults to the scene's own range (read with a Blender on this machine).
+        ``frames`` defaults to the range of the scene named by ``scene_name`` (else the
+        file's active scene), read from the file (blendfile.read_blend). A scene or camera
+        the file lacks, a movie output without ``format``, and missing files or files
+        outside the root (unless ``allow_missing``) are refused here.
         Tasks go only to workers whose Blender is at least the version that saved the file,
         and that have every capability in ``requires`` (``gpu``, ``blender==4.5``). Every
         task renders on one Blender version: ``blender_version`` ("4.5", "4.5.15") pins it,
         else the job takes the version of the first worker that leases one of its tasks.
         """
         from buildcat import blender as blender_support
+        from buildcat.blender import blendfile
         from buildcat.jobs import blender as blender_jobs
 
         relative = check_relative(scene)
@@ -348,18 +353,30 @@ class Client:
             raise FarmError(f"{relative} is not a .blend file")
         needs = [f"blender>={saved_with}", *_blender_pin(blender_version, saved_with, relative)]
         needs += [r.strip() for r in requires if r.strip()]
-        if format not in blender_jobs.FORMATS:
+        if format is not None and format not in blender_jobs.FORMATS:
             raise FarmError(f"format must be one of {', '.join(blender_jobs.FORMATS)}")
         if engine is not None and engine not in blender_jobs.ENGINES:
             raise FarmError(f"engine must be one of {', '.join(blender_jobs.ENGINES)}")
+        # The file's own scenes, cameras and output, read without Blender where BAT can.
+        target = blendfile.read_blend(path).scene(scene_name)
+        if camera is not None and camera not in target.cameras:
+            known = ", ".join(repr(c) for c in target.cameras) or "none"
+            raise FarmError(
+                f"no camera named {camera!r} in scene {target.name!r} (cameras: {known})"
+            )
+        if format is None and target.output.is_movie:
+            raise FarmError(
+                f"scene {target.name!r} writes a movie ({target.output.file_format}): "
+                "render frames (PNG/EXR), then make a video; or pass --format"
+            )
+        if not allow_missing:
+            assets = blendfile.check_assets(path, self.root)
+            if assets.problems:
+                raise FarmError(assets.refusal())
         if frames is None:
-            local = blender_support.find_blender()
-            if local is None:
-                raise FarmError(
-                    "give --frames: no Blender on this machine to read the scene's frame range"
-                )
-            info = blender_support.scene_info(local, path)
-            frames = f"{info['frame_start']}-{info['frame_end']}:{info['frame_step']}"
+            frames = target.frames
+        output = output or blender_jobs.default_output(relative, target.name)
+        file_format = format or "PNG"
         settings: dict[str, Any] = {}
         for key, value in (
             ("engine", engine),
@@ -370,6 +387,8 @@ class Client:
         ):
             if value is not None:
                 settings[key] = value
+        if allow_missing:  # the worker's own check (blender/assets.py) lets them through too
+            settings["allow_missing"] = True
         numbers = parse_frames(frames)
         # Every limit is checked before the tasks are built: an absurd job is one line at once.
         count = blender_jobs.check_render_size(
@@ -387,7 +406,7 @@ class Client:
                 some,
                 chunk=chunk,
                 output=output,
-                file_format=format,
+                file_format=file_format,
                 settings=settings,
                 tiles=tiles,
                 sample_split=sample_split,
@@ -411,8 +430,8 @@ class Client:
             meta={
                 "scene": relative,
                 "frames": frames,
-                "output": output or blender_jobs.default_output(relative),
-                "format": format,
+                "output": output,
+                "format": file_format,
                 "blend_version": saved_with,
             },
         )

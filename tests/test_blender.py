@@ -75,10 +75,10 @@ def test_frames_in_chunks_on_two_workers(blender_farm: Farm) -> None:
     tasks = job.tasks()
     assert len(tasks) == 3
     assert [t["label"] for t in tasks] == ["frames 1-2", "frames 3-4", "frames 5-6"]
-    frames = sorted((blender_farm.root / "renders" / "spin").glob("frame_*.png"))
+    frames = sorted((blender_farm.root / "renders" / "spin" / "Scene").glob("frame_*.png"))
     assert [f.name for f in frames] == [f"frame_{n:04d}.png" for n in range(1, 7)]
     assert all(png_size(f) == (48, 32) for f in frames)
-    assert not list((blender_farm.root / "renders" / "spin").glob(".buildcat-tmp-*"))
+    assert not list((blender_farm.root / "renders" / "spin" / "Scene").glob(".buildcat-tmp-*"))
     log = blender_farm.cli("logs", f"{job_id}.0").stdout
     assert "Fra:1" in log
     assert "Saved: '" in log
@@ -427,7 +427,7 @@ def test_one_blender_renders_every_task_then_leaves(
     assert hows == ["starting", *(f"reusing (render {n})" for n in range(2, 7))]
     [pid] = {line[2] for line in lines if line}  # one Blender process rendered all six
     assert all("Fra:" in log and "Saved: '" in log for log in logs)
-    assert len(list((blender_farm.root / "renders" / "spin").glob("frame_*.png"))) == 6
+    assert len(list((blender_farm.root / "renders" / "spin" / "Scene").glob("frame_*.png"))) == 6
     # With no task for BUILDCAT_BLENDER_IDLE_SECONDS it exits, giving its memory back.
     wait_for(lambda: gone(int(pid)), timeout=60)
     assert not warm_blenders(worker)
@@ -477,5 +477,5 @@ def test_a_blender_that_dies_is_replaced_and_its_task_retried(blender_farm: Farm
     [task] = job.tasks()
     assert task["state"] == "done" and task["attempts"] == 2 and task["failures"] == 1
     assert "Blender stopped (exit code -9) during the render" in task["error"]
-    assert (blender_farm.root / "renders" / "spin" / "frame_0002.png").stat().st_size > 0
+    assert (blender_farm.root / "renders" / "spin" / "Scene" / "frame_0002.png").stat().st_size > 0
     assert warm_blenders(worker) not in ([], [first])

@@ -184,7 +184,7 @@ def test_a_submit_without_frames_renders_the_scenes_own_range(blender_farm: Farm
     assert by_binary.returncode == 0, by_binary.stderr
     assert by_bpy.returncode == 0, by_bpy.stderr
     farm = blender_farm.client()
-    for submitted, folder in ((by_binary, "renders/range"), (by_bpy, "bpy")):
+    for submitted, folder in ((by_binary, "renders/range/Scene"), (by_bpy, "bpy")):
         job = farm.job(json.loads(submitted.stdout)["id"])
         job.wait(timeout=300)
         assert [t["label"] for t in job.tasks()] == ["frames 2", "frames 4", "frames 6"]
@@ -214,7 +214,7 @@ def test_blender_warm_0_starts_a_blender_for_each_task(
     # Nothing but the worker's child processes is left below it: no warm Blender.
     left = descendants(worker.pid).values()
     assert all("buildcat.worker.child" in command for command in left), left
-    frames = [read_png(blender_farm.root / "renders" / "spin" / f"frame_{n:04d}.png")
+    frames = [read_png(blender_farm.root / "renders" / "spin" / "Scene" / f"frame_{n:04d}.png")
               for n in (1, 2, 3)]  # fmt: skip
     assert all(frame[:2] == (16, 16) for frame in frames)
     assert len({bytes(frame[2]) for frame in frames}) == 3  # the cube moves: three pictures

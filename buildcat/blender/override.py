@@ -17,6 +17,8 @@ imports this file and calls :func:`apply`. All JSON keys are optional:
 - ``border``: ``[xmin, ymin, xmax, ymax]`` fractions of the frame, y = 0 at the bottom;
   the image keeps the full size (no crop), pixels outside the border stay empty
 - ``denoise``: true or false turns Cycles denoising on or off; absent leaves the scene's choice
+- ``allow_missing``: render even when files the scene uses are missing (dependencies.py);
+  without it such a task stops before the first frame, naming the files
 
 Cycles denoising needs OpenImageDenoise; where this Blender lacks it (Debian's build), it is
 turned off with a note instead of failing every frame.
@@ -30,6 +32,7 @@ import sys
 import bpy
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import dependencies
 from script_support import ScriptError, read_settings, run
 
 PREFIX = "buildcat: "
@@ -53,6 +56,7 @@ KEYS = {
     "split_count",
     "border",
     "denoise",
+    "allow_missing",
 }
 
 
@@ -233,6 +237,7 @@ def apply(settings: dict) -> list[str]:
     if engine == "CYCLES" and _denoising_on(scene) and not has_openimagedenoise():
         scene.cycles.use_denoising = False
         note(NO_DENOISER)
+    dependencies.refuse_missing(settings)  # a magenta frame must never pass as done
     return notes
 
 

@@ -4,9 +4,11 @@ line on stdin, renders it, answers on stdout; Blender starts once, not once per 
 
 Binary: ``blender -b --python-exit-code 1 --python warm.py``; bpy module: ``python warm.py``.
 A request has the keys of bpy_render.py (``blend``, ``frames``, ``output``,
-``settings``). The .blend is opened again only when the file, its modification time or
-the settings differ from the last request's, so the frames of one job reuse the loaded
-scene (and Cycles its loaded kernels). Blender's own output (``Fra:`` lines, ``Saved:``)
+``settings``). The .blend is opened again only when the file or the settings differ from
+the last request's, or when the .blend or any file it uses (linked libraries, images,
+caches, sounds, fonts, volumes: dependencies.py) changed since it was loaded, so the
+frames of one job reuse the loaded scene (and Cycles its loaded kernels) and a later job
+never renders stale data. Blender's own output (``Fra:`` lines, ``Saved:``)
 goes to stdout as usual; each request ends with one line::
 
     BUILDCAT-DONE ["/abs/frame_0001.png", ...]
@@ -26,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bpy
 import bpy_render
+import dependencies
 import override
 from script_support import ScriptError, sigint_ends_the_bpy_module
 
@@ -34,7 +37,8 @@ ERROR = "BUILDCAT-ERROR "
 
 
 def serve() -> None:
-    loaded = None  # (blend, mtime, settings) of the scene as it is now
+    loaded = None  # (blend, settings) of the scene as it is now
+    stamps: dict = {}  # modification times of the .blend and every file it uses, at load
     print("BUILDCAT-READY", flush=True)
     for line in sys.stdin:
         if not line.strip():
@@ -42,10 +46,16 @@ def serve() -> None:
         try:
             request = json.loads(line)
             blend, frames, output, settings = bpy_render.read_job(["", json.dumps(request)])
-            key = (blend, os.stat(blend).st_mtime_ns, json.dumps(settings, sort_keys=True))
-            if key != loaded:
+            key = (blend, json.dumps(settings, sort_keys=True))
+            changed = dependencies.changed(stamps) if key == loaded else []
+            if changed:
+                print(f"buildcat: reloading: changed since loaded: {', '.join(changed)}")
+            if key != loaded or changed:
                 loaded = None  # a failure half-way must not leave a scene taken for clean
+                # Stamped before opening: an edit while Blender reads the file is seen next time.
+                main_file = dependencies.stamp(blend)
                 bpy.ops.wm.open_mainfile(filepath=blend)
+                stamps = {**dependencies.stamps(), blend: main_file}
                 override.apply(settings)
                 loaded = key
             written = render_loaded(frames, output, settings)

@@ -60,11 +60,36 @@ class RenderFailed(FarmError):
     """Blender failed, or did not write every frame it was asked for."""
 
 
+class MissingFiles(RenderFailed):
+    """Blender cannot find files the scene uses (blender/dependencies.py): the job's own
+    fault, the same on every worker, so retrying elsewhere cannot help."""
+
+
+#: How blender/dependencies.py starts its error.
+MISSING_FILES = "missing files: "
+_SCRIPT_ERROR = "buildcat: error: "
+
+
+def _failure(reason: str) -> RenderFailed:
+    """The RenderFailed for a reason Blender gave; MissingFiles where files are missing."""
+    if reason.startswith(MISSING_FILES):
+        return MissingFiles(reason)
+    return RenderFailed(reason)
+
+
 # ---- planning (client side, pure) ----------------------------------------------------------
 
 
-def default_output(scene: str) -> str:
-    return f"renders/{PurePosixPath(scene).stem}/frame_####"
+def default_output(scene: str, scene_name: str | None = None) -> str:
+    """``renders/<file stem>/<scene name>/frame_####``: two scenes of one file never share."""
+    stem = PurePosixPath(scene).stem
+    if scene_name is None:
+        return f"renders/{stem}/frame_####"
+    # A '#' would become frame digits and a '/' a folder; such characters become '_'.
+    safe = re.sub(r"[^\w.\- ]", "_", scene_name).strip() or "_"
+    if safe in (".", ".."):
+        safe = "_"
+    return f"renders/{stem}/{safe}/frame_####"
 
 
 def frame_path(pattern: str, frame: int, extension: str) -> str:
@@ -419,7 +444,7 @@ class WarmBlender:
             if not reason:
                 code = self.process.wait()
                 reason = f"Blender stopped (exit code {code}) during the render; see the log"
-        raise RenderFailed(reason)
+        raise _failure(reason)
 
     def stop(self) -> None:
         """SIGINT, then SIGKILL after CANCEL_GRACE_SECONDS."""
@@ -573,8 +598,17 @@ def _render_once(
             "--", json.dumps(settings),
         ]  # fmt: skip
     print(f"buildcat: {' '.join(command[:3])} ... frames {format_frames(frames)}")
-    code = run_process(command, progress.feed)
+    errors: list[str] = []
+
+    def feed(line: str) -> None:
+        if line.startswith(_SCRIPT_ERROR):  # the scripts' one-line reason (script_support)
+            errors.append(line.removeprefix(_SCRIPT_ERROR))
+        progress.feed(line)
+
+    code = run_process(command, feed)
     if code != 0:
+        if errors:
+            raise _failure(errors[-1])
         raise RenderFailed(f"Blender exited with code {code}; see the task log")
 
 
