@@ -20,7 +20,7 @@ from PIL import Image
 
 from buildcat import launch
 from buildcat.errors import FarmError
-from buildcat.server import journal, snapshot
+from buildcat.server import journal, outputs, snapshot
 from buildcat.server.scheduler import Scheduler, TaskSpec, requirement_met
 from tests.blender_support import BINARY, HAS_BPY, needs_binary, needs_bpy
 from tests.conftest import Farm, wait_for
@@ -154,6 +154,21 @@ def test_the_held_version_survives_journal_replay_and_snapshot() -> None:
     assert [t.id for t in restored.lease("w34", 2, 3.0)] == ["j1.1", "j1.2"]
 
 
+def test_frames_claimed_by_pattern_without_extension_and_parts() -> None:
+    tiled = [({"output": "a/f_####", "frames": [3]}, []), ({"output": "a/f_####", "frame": 3}, [0])]
+    assert outputs.claimed_frames("blender", tiled, {}) == {("a/f_", 4, ""): [3]}
+    assert outputs.pattern_key("./a/f_####.PNG") == ("a/f_", 4, "")
+    assert outputs.pattern_key("a/f_##_beauty.exr") == ("a/f_", 2, "_beauty")
+    assert outputs.claimed_frames("python", tiled, {}) == {}
+    claims = outputs.OutputClaims()
+    claims.claim("j1", {("a/f_", 4, ""): [1, 2, 3]})
+    assert claims.conflict({("a/f_", 4, ""): [4, 5]}, lambda job: True) is None
+    assert claims.conflict({("a/f_", 4, ""): [5, 3]}, lambda job: True) == ("j1", "a/f_0003")
+    assert claims.conflict({("a/f_", 4, ""): [3]}, lambda job: True, "j1") is None
+    assert claims.conflict({("a/f_", 4, ""): [3]}, lambda job: False) is None  # j1 finished
+    assert claims.by_job == {} and claims.by_pattern == {}
+
+
 # ---- both Blenders online at once (real farm, real Blender) ----------------------------------
 
 
@@ -172,9 +187,12 @@ def test_every_task_of_a_job_runs_on_one_version(two_blenders: Farm, plain_frame
         status = two_blenders.client().job(job_id).status()
         assert status["blender_version"] == version
         plain = plain_frames["frames"](version)
+        other = plain_frames["frames"](BPY_VERSION if version.startswith("3.") else "3.4")
         for number in numbers:
             farm_frame = pixels(two_blenders.root / folder / f"f_{number:04d}.png")
             assert max_difference(farm_frame, plain[number - 1]) == 0, (job_id, number)
+            # The other Blender renders this scene visibly otherwise (mean 7.5, max 102 here).
+            assert max_difference(farm_frame, other[number - 1]) > 16
         shown = two_blenders.cli("status", job_id).stdout
         assert f"blender: {version} (every task of the job)" in shown
 

@@ -167,9 +167,9 @@ class Farm:
                 if job.state not in FINAL_JOB_STATES:
                     self.outputs.claim(job.id, self.job_outputs(job))
 
-    def job_outputs(self, job: Job) -> list[str]:
-        """The frame files a job writes (see :mod:`buildcat.server.outputs`)."""
-        return outputs.claimed_paths(
+    def job_outputs(self, job: Job) -> dict[outputs.Pattern, list[int]]:
+        """The frames a job writes, by output pattern (see :mod:`buildcat.server.outputs`)."""
+        return outputs.claimed_frames(
             job.kind, ((t.payload, t.depends) for t in job.tasks), job.meta.get("common") or {}
         )
 
@@ -180,9 +180,9 @@ class Farm:
             return job_id in self.reserved_ids
         return job.state not in FINAL_JOB_STATES
 
-    def check_outputs(self, paths: list[str], job_id: str = "") -> None:
+    def check_outputs(self, claims: dict[outputs.Pattern, list[int]], job_id: str = "") -> None:
         """Refuse (409) a job that would write frames an unfinished other job writes."""
-        clash = self.outputs.conflict(paths, self.output_writer, job_id)
+        clash = self.outputs.conflict(claims, self.output_writer, job_id)
         if clash is not None:
             other, path = clash
             raise Conflict(
@@ -626,7 +626,7 @@ async def submit(request: web.Request) -> web.Response:
     owner = _text(body, "owner", "")
     scheduler = farm.scheduler
     attempts = scheduler.check_submit(specs, max_attempts, timeout, key)
-    claimed = outputs.claimed_paths(kind, ((t.payload, t.depends) for t in specs), common)
+    claimed = outputs.claimed_frames(kind, ((t.payload, t.depends) for t in specs), common)
     farm.check_outputs(claimed)
     now = time.time()
     job_id = farm.new_job_id()

@@ -1,89 +1,136 @@
 """The frames each unfinished render job writes, so a second job never writes over them.
 
-A job claims the file of every frame it finishes: its output pattern with the frame put in
-(Blender's ``#`` rule), without the image extension, so ``shot/f_####`` in PNG and in EXR,
-or ``shot/f_####.png``, are the same frames. Tiles and sample-split parts are not claimed
-(they live in the job's own parts folder beside the frames); their stitch or merge is.
+A job claims every frame it finishes under its output pattern: the pattern is split where
+Blender puts the frame number (the last run of ``#``, else 4 digits at the end) and its
+image extension is dropped, so ``shot/f_####`` in PNG and in EXR, or ``shot/f_####.png``,
+claim the same frames. Tiles and sample-split parts are not claimed (they live in the
+job's own parts folder); their stitch or merge claims the frame.
 """
 
 from __future__ import annotations
 
 import posixpath
+import re
+from array import array
 from collections.abc import Callable, Iterable
 from typing import Any
-
-from buildcat.jobs.blender import frame_path
 
 #: Kinds of job whose tasks write frames named by an ``output`` pattern.
 CLAIMING_KINDS = frozenset({"blender"})
 _EXTENSIONS = (".png", ".jpg", ".jpeg", ".exr", ".tif", ".tiff", ".bmp", ".tga", ".webp")
+_HASHES = re.compile(r"#+")
+
+#: A pattern as (text before the frame number, its digits, text after without extension).
+Pattern = tuple[str, int, str]
 
 
-def claimed_paths(
+def pattern_key(pattern: str) -> Pattern:
+    """``"shot/./f_####.png"`` -> ("shot/f_", 4, "")."""
+    pattern = posixpath.normpath(pattern)
+    runs = list(_HASHES.finditer(pattern))
+    if not runs:
+        return pattern, 4, ""
+    last = runs[-1]
+    suffix = pattern[last.end() :]
+    lowered = suffix.lower()
+    for extension in _EXTENSIONS:
+        if lowered.endswith(extension):
+            suffix = suffix[: -len(extension)]
+            break
+    return pattern[: last.start()], len(last[0]), suffix
+
+
+def frame_name(key: Pattern, frame: int) -> str:
+    """The file a frame is written to, without its extension: ``shot/f_0003``."""
+    prefix, digits, suffix = key
+    return f"{prefix}{frame:0{digits}d}{suffix}"
+
+
+def claimed_frames(
     kind: str, tasks: Iterable[tuple[dict[str, Any], list[int]]], common: dict[str, Any]
-) -> list[str]:
-    """The frame files (root-relative, no extension) a job's tasks finish, given each task's
-    payload and the tasks it depends on; none for a kind that writes no frames."""
+) -> dict[Pattern, list[int]]:
+    """The frames a job's tasks finish, by output pattern, given each task's payload and
+    the tasks it depends on; none for a kind that writes no frames."""
     if kind not in CLAIMING_KINDS:
-        return []
+        return {}
     listed = list(tasks)
     awaited = {dep for _, depends in listed for dep in depends}
-    paths: list[str] = []
+    keys: dict[str, Pattern] = {}
+    claims: dict[Pattern, list[int]] = {}
     for index, (payload, _) in enumerate(listed):
         if index in awaited:
             continue  # a part of a frame: its stitch or merge claims the frame
-        merged = {**common, **payload}
+        merged = {**common, **payload} if common else payload
         pattern = merged.get("output")
         frames = merged.get("frames")
         if frames is None and "frame" in merged:
             frames = [merged["frame"]]
         if not isinstance(pattern, str) or not isinstance(frames, list):
             continue
-        pattern = posixpath.normpath(pattern)
-        for frame in frames:
-            if isinstance(frame, int) and not isinstance(frame, bool):
-                paths.append(_stem(frame_path(pattern, frame, "")))
-    return paths
+        key = keys.get(pattern)
+        if key is None:
+            key = keys[pattern] = pattern_key(pattern)
+        claims.setdefault(key, []).extend(
+            f for f in frames if isinstance(f, int) and not isinstance(f, bool)
+        )
+    return claims
 
 
-def _stem(path: str) -> str:
-    lowered = path.lower()
-    for extension in _EXTENSIONS:
-        if lowered.endswith(extension):
-            return path[: -len(extension)]
-    return path
+def _first_common(ours: array[int], theirs: array[int]) -> int | None:
+    """A frame in both sorted arrays, or None."""
+    if not ours or not theirs or ours[-1] < theirs[0] or theirs[-1] < ours[0]:
+        return None
+    small, large = (ours, theirs) if len(ours) <= len(theirs) else (theirs, ours)
+    wanted = set(small)
+    for frame in large:
+        if frame in wanted:
+            return frame
+    return None
 
 
 class OutputClaims:
-    """Which unfinished job writes each frame file."""
+    """Which unfinished jobs write which frames of each output pattern."""
 
     def __init__(self) -> None:
-        self.by_path: dict[str, str] = {}
-        self.by_job: dict[str, list[str]] = {}
+        self.by_pattern: dict[Pattern, dict[str, array[int]]] = {}
+        self.by_job: dict[str, list[Pattern]] = {}
 
     def conflict(
-        self, paths: Iterable[str], alive: Callable[[str], bool], job_id: str = ""
+        self,
+        claims: dict[Pattern, list[int]],
+        alive: Callable[[str], bool],
+        job_id: str = "",
     ) -> tuple[str, str] | None:
-        """(other job, path) for the first path an unfinished other job claims, else None.
-        A claim of a job that has finished (``alive`` says no) is dropped on the way."""
-        for path in paths:
-            owner = self.by_path.get(path)
-            if owner is None or owner == job_id:
+        """(other job, frame file) for a frame an unfinished other job also writes, else
+        None. The claims of a job that has finished (``alive`` says no) go on the way."""
+        for key, frames in claims.items():
+            holders = self.by_pattern.get(key)
+            if not holders:
                 continue
-            if alive(owner):
-                return owner, path
-            self.release(owner)
+            ours = array("q", sorted(set(frames)))
+            for owner, theirs in list(holders.items()):
+                if owner == job_id:
+                    continue
+                if not alive(owner):
+                    self.release(owner)
+                    continue
+                common = _first_common(ours, theirs)
+                if common is not None:
+                    return owner, frame_name(key, common)
         return None
 
-    def claim(self, job_id: str, paths: list[str]) -> None:
-        if not paths:
-            return
+    def claim(self, job_id: str, claims: dict[Pattern, list[int]]) -> None:
         self.release(job_id)
-        self.by_job[job_id] = paths
-        for path in paths:
-            self.by_path[path] = job_id
+        if not claims:
+            return
+        for key, frames in claims.items():
+            self.by_pattern.setdefault(key, {})[job_id] = array("q", sorted(set(frames)))
+        self.by_job[job_id] = list(claims)
 
     def release(self, job_id: str) -> None:
-        for path in self.by_job.pop(job_id, ()):
-            if self.by_path.get(path) == job_id:
-                del self.by_path[path]
+        for key in self.by_job.pop(job_id, ()):
+            holders = self.by_pattern.get(key)
+            if holders is not None:
+                holders.pop(job_id, None)
+                if not holders:
+                    del self.by_pattern[key]
