@@ -387,7 +387,7 @@ class Client:
         ):
             if value is not None:
                 settings[key] = value
-        if allow_missing:  # the worker's own check (blender/assets.py) lets them through too
+        if allow_missing:  # the worker's own check (blender/dependencies.py) too
             settings["allow_missing"] = True
         numbers = parse_frames(frames)
         # Every limit is checked before the tasks are built: an absurd job is one line at once.

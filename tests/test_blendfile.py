@@ -129,13 +129,28 @@ def test_without_frames_the_named_scene_gives_the_range(scenes_farm: Farm) -> No
     assert active["output"] == "renders/scenes/Alt/frame_####"
 
 
+#: A `blender` that answers --version like Debian's 3.4.1 and crashes on anything else,
+#: as Blender 3.4.1 crashed reading a 4.5 file (issue 13: exit code -11).
+CRASHING_BLENDER = """#!/bin/sh
+if [ "$1" = "--version" ]; then echo "Blender 3.4.1"; exit 0; fi
+kill -SEGV $$
+"""
+
+
 @needs_binary
 @needs_bpy
-def test_a_newer_file_without_frames_needs_no_blender_that_opens_it(scenes_farm: Farm) -> None:
-    """A 4.5 file, and `blender` on PATH is 3.4: the range is read without starting it."""
+def test_a_newer_file_without_frames_needs_no_blender_that_opens_it(
+    scenes_farm: Farm, tmp_path: Path
+) -> None:
+    """A 4.5 file, and the local `blender` is a 3.4 that crashes on it: the range is read
+    from the file, without starting that Blender."""
     build(BPY, SCENES, scenes_farm.root / "shots" / "scenes.blend")
-    meta = _meta(scenes_farm, _submit(scenes_farm, "--scene", "Main", BLENDER=BINARY or ""))
-    assert meta["frames"] == "1-10:1"  # before: "Blender 3.4.1 could not read ... (-11)"
+    crashing = tmp_path / "blender"
+    crashing.write_text(CRASHING_BLENDER)
+    crashing.chmod(0o755)
+    meta = _meta(scenes_farm, _submit(scenes_farm, "--scene", "Main", BLENDER=str(crashing)))
+    # Before: "Blender 3.4.1 (binary .../blender) could not read ... (exit code -11)".
+    assert meta["frames"] == "1-10:1"
     assert meta["blend_version"] == "4.5"
 
 

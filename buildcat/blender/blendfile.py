@@ -17,6 +17,8 @@ from typing import Any
 from buildcat.errors import FarmError
 
 log = logging.getLogger(__name__)
+# BAT logs a warning for each missing library it cannot follow; check_assets reports them.
+logging.getLogger("blender_asset_tracer").setLevel(logging.ERROR)
 
 #: Blender's ``R_IMF_IMTYPE_*`` codes (DNA_scene_types.h) by the ``file_format`` name of
 #: its Python API. H264, XVID and THEORA are old movie codes Blender reads as FFMPEG.
