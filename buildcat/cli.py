@@ -606,6 +606,13 @@ def _pair(text: str | None, what: str) -> tuple[int, int] | None:
     default=None,
     help="Render each Cycles frame as N seeds with 1/N of the samples, averaged.",
 )
+@click.option(
+    "--enable-autoexec",
+    is_flag=True,
+    default=False,
+    help="Let the .blend's Python run (drivers, scripts), like blender -y: only for files "
+    "you trust.",
+)
 @job_options
 @client_options
 def submit_blender(
@@ -622,6 +629,7 @@ def submit_blender(
     scene_name: str | None,
     tiles: str | None,
     sample_split: int | None,
+    enable_autoexec: bool,
     priority: int,
     name: str,
     max_attempts: int | None,
@@ -643,6 +651,7 @@ def submit_blender(
         scene_name=scene_name,
         tiles=_pair(tiles, "--tiles"),
         sample_split=sample_split,
+        enable_autoexec=enable_autoexec,
         priority=priority,
         name=name,
         max_attempts=max_attempts,

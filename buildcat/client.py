@@ -32,7 +32,7 @@ from buildcat.errors import (
 from buildcat.frames import chunk_frames, format_frames, parse_frames
 from buildcat.jobs.python import split_spec
 from buildcat.perf import job_perf
-from buildcat.root import check_relative, resolve
+from buildcat.root import relative_in_root, resolve
 
 FINAL_STATES = ("done", "failed", "cancelled")
 #: A submit whose reply may have been lost is sent again (with the same idempotency key,
@@ -318,12 +318,17 @@ class Client:
         scene_name: str | None = None,
         tiles: tuple[int, int] | None = None,
         sample_split: int | None = None,
+        enable_autoexec: bool = False,
         priority: int = 0,
         name: str = "",
         max_attempts: int | None = None,
         timeout: float | None = None,
     ) -> Job:
-        """Render a .blend (root-relative) on the farm's Blender workers.
+        """Render a .blend (root-relative, or an absolute path inside the root) on the
+        farm's Blender workers.
+
+        ``enable_autoexec`` lets the file's Python run (drivers, scripts), like Blender's
+        ``-y``: a trust decision about the file, off by default.
 
         ``frames`` defaults to the scene's own range (read with a Blender on this machine).
         Tasks go only to workers whose Blender is at least the version that saved the file.
@@ -331,7 +336,7 @@ class Client:
         from buildcat import blender as blender_support
         from buildcat.jobs import blender as blender_jobs
 
-        relative = check_relative(scene)
+        relative = relative_in_root(self.root, scene)
         path = resolve(self.root, relative)
         if not path.is_file():
             raise FarmError(
@@ -360,6 +365,7 @@ class Client:
             ("resolution", list(resolution) if resolution else None),
             ("camera", camera),
             ("scene", scene_name),
+            ("autoexec", True if enable_autoexec else None),
         ):
             if value is not None:
                 settings[key] = value

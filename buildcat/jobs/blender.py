@@ -26,8 +26,8 @@ from typing import Any
 
 from buildcat import launch
 from buildcat import root as farm_root
-from buildcat.blender import BPY, SCRIPTS, BlenderInstall
-from buildcat.errors import FarmError, LimitError
+from buildcat.blender import BPY, SCRIPTS, BlenderInstall, blend_file_version
+from buildcat.errors import FarmError, JobFault, LimitError
 from buildcat.frames import chunk_frames, format_frames
 from buildcat.jobs import context
 from buildcat.protocol import MAX_TASKS_PER_JOB
@@ -54,10 +54,25 @@ _FRAME = re.compile(r"Fra:\s*(\d+)")
 _CYCLES_SAMPLE = re.compile(r"Sample (\d+)/(\d+)")
 _EEVEE_SAMPLE = re.compile(r"Rendering (\d+) / (\d+) samples")
 _SAVED = re.compile(r"Saved: '(.+)'")
+#: Blender's own error lines (``Error: Cannot read file ...``), but the memory report some
+#: builds print at every exit.
+_BLENDER_ERROR = re.compile(r"^(?:Error|ERROR)\b[: ]\s*(?!Not freed memory)(.+)")
+#: How the scripts inside Blender say why they stopped (script_support.py).
+SCRIPT_ERROR = "buildcat: error: "
+SCRIPT_JOB_ERROR = "buildcat: job error: "
 
 
 class RenderFailed(FarmError):
     """Blender failed, or did not write every frame it was asked for."""
+
+    #: The message is the whole reason (Blender's own words): the task reports it without
+    #: a traceback through buildcat's code.
+    complete_reason = True
+
+
+class SceneFault(RenderFailed, JobFault):
+    """The job is wrong for its file (no such scene or camera, not a .blend): every worker
+    would fail it, so the job fails at its first attempt and no worker is blamed."""
 
 
 # ---- planning (client side, pure) ----------------------------------------------------------
@@ -246,6 +261,8 @@ def validate_payload(payload: dict[str, Any]) -> None:
         settings = payload.get("settings", {})
         if not isinstance(settings, dict):
             raise FarmError("'settings' must be a map")
+        if not isinstance(settings.get("autoexec", False), bool):
+            raise FarmError("'autoexec' must be true or false")
         if settings.get("format", "PNG") not in FORMATS:
             raise FarmError(f"format must be one of {', '.join(FORMATS)}")
         if settings.get("engine") not in (None, *ENGINES):
@@ -344,9 +361,19 @@ class _Progress:
         self.saved = 0
         self.current: int | None = None
         self.last_report = 0.0
+        #: Why Blender stopped, in its own (or our script's) words: the last such line.
+        self.reason = ""
+        self.job_fault = False
 
     def feed(self, line: str) -> None:
         print(line)
+        if line.startswith((SCRIPT_ERROR, SCRIPT_JOB_ERROR)):
+            self.job_fault = line.startswith(SCRIPT_JOB_ERROR)
+            self.reason = line.split(": ", 2)[-1]
+            return
+        error = _BLENDER_ERROR.match(line)
+        if error and not self.reason:
+            self.reason = error[1].strip()
         if _SAVED.search(line):
             self.saved += 1
             self._report(f"saved {self.saved} of {len(self.frames)} frame(s)", force=True)
@@ -394,6 +421,7 @@ class WarmBlender:
         """Send one request; pass Blender's output on; return the paths it wrote."""
         assert self.process.stdin is not None and self.process.stdout is not None
         reason = ""
+        job_fault = False
         with self.lock:
             try:
                 self.process.stdin.write(json.dumps(request) + "\n")
@@ -404,11 +432,12 @@ class WarmBlender:
                         self.last_used = time.monotonic()
                         self.renders += 1
                         return list(json.loads(line.removeprefix("BUILDCAT-DONE ")))
-                    if line.startswith("BUILDCAT-ERROR "):
+                    if line.startswith(("BUILDCAT-ERROR ", "BUILDCAT-JOB-ERROR ")):
                         # warm.py caught it and is ready for the next request: keep it.
                         self.last_used = time.monotonic()
-                        reason = line.removeprefix("BUILDCAT-ERROR ")
-                        on_line(f"buildcat: error: {reason}")
+                        kind, _, reason = line.partition(" ")
+                        job_fault = kind == "BUILDCAT-JOB-ERROR"
+                        on_line(f"{SCRIPT_JOB_ERROR if job_fault else SCRIPT_ERROR}{reason}")
                         break
                     if line != "BUILDCAT-READY":
                         on_line(line)
@@ -422,6 +451,8 @@ class WarmBlender:
             if not reason:
                 code = self.process.wait()
                 reason = f"Blender stopped (exit code {code}) during the render; see the log"
+        if job_fault:
+            raise SceneFault(reason)
         raise RenderFailed(reason)
 
     def stop(self) -> None:
@@ -521,6 +552,12 @@ def _render(task: dict[str, Any], blender: BlenderInstall) -> dict[str, Any]:
     scene = farm_root.resolve(ctx.root, task["scene"])
     if not scene.is_file():
         raise RenderFailed(f"scene {task['scene']} does not exist under the farm root {ctx.root}")
+    try:
+        saved_with = blend_file_version(scene)
+    except OSError as exc:
+        raise RenderFailed(f"cannot read {task['scene']}: {exc.strerror or exc}") from None
+    if saved_with is None:  # changed since it was submitted: no worker could render it
+        raise SceneFault(f"{task['scene']} is not a .blend file")
     settings = dict(task.get("settings", {}))
     extension = FORMATS[settings.get("format", "PNG")]
     final_pattern = farm_root.resolve(ctx.root, task["output"])
@@ -557,19 +594,25 @@ def _render_once(
     progress: _Progress,
 ) -> None:
     """Start a Blender for this task alone (``BUILDCAT_BLENDER_WARM=0``)."""
+    request = json.dumps(
+        {"blend": str(scene), "frames": frames, "output": pattern, "settings": settings}
+    )
     if blender.kind == BPY:
+        command = [blender.path, str(SCRIPTS / "bpy_render.py"), request]
+    elif any(frame < 0 for frame in frames):
+        # -f reads '-2' as two before the end: bpy_render.py opens the file and renders
+        # the frames from Python (as a warm Blender does).
         command = [
-            blender.path,
-            str(SCRIPTS / "bpy_render.py"),
-            json.dumps(
-                {"blend": str(scene), "frames": frames, "output": pattern, "settings": settings}
-            ),
-        ]
+            blender.path, "-b", "--python-exit-code", "1",
+            "--python", str(SCRIPTS / "bpy_render.py"), "--", request,
+        ]  # fmt: skip
     else:
         # The scene to render must be chosen before --python: -f renders the one loaded.
         choose = ["-S", settings["scene"]] if settings.get("scene") else []
+        # -y/-Y before the file: its Python (drivers) runs only when the job trusts it.
+        trust = "-y" if settings.get("autoexec") is True else "-Y"
         command = [
-            blender.path, "-b", str(scene), *choose,
+            blender.path, "-b", trust, str(scene), *choose,
             "--python-exit-code", "1", "--python", str(SCRIPTS / "override.py"),
             "-o", pattern, "-F", settings.get("format", "PNG"), "-x", "1",
             "-f", ",".join(str(f) for f in frames),
@@ -578,6 +621,10 @@ def _render_once(
     print(f"buildcat: {' '.join(command[:3])} ... frames {format_frames(frames)}")
     code = run_process(command, progress.feed)
     if code != 0:
+        if progress.job_fault:
+            raise SceneFault(progress.reason)
+        if progress.reason:
+            raise RenderFailed(f"Blender exited with code {code}: {progress.reason}")
         raise RenderFailed(f"Blender exited with code {code}; see the task log")
 
 

@@ -951,6 +951,7 @@ async def report(request: web.Request) -> web.Response:
                     float(started_at) if _finite(started_at) else None,
                     float(seconds) if _finite(seconds) and 0 <= seconds < 1e9 else None,
                 ),
+                not ok and item.get("job_fault", False) is True,
             )
         )
     progress = []
@@ -978,9 +979,11 @@ async def report(request: web.Request) -> web.Response:
     # What would be recorded is journaled first and applied once on disk (Farm.change): a
     # refused report (503) leaves every task as it was, for the worker to report again.
     events: list[tuple[Any, ...]] = []
-    entries: list[tuple[str, bool, Any, str, str, str, tuple[float | None, float | None]]] = []
+    entries: list[
+        tuple[str, bool, Any, str, str, str, tuple[float | None, float | None], bool]
+    ] = []
     discarded: list[str] = []
-    for task_id, ok, result, error, traceback, log_text, timing in done:
+    for task_id, ok, result, error, traceback, log_text, timing, job_fault in done:
         try:
             counts = (
                 scheduler.can_complete(task_id) if ok else scheduler.can_fail(worker_id, task_id)
@@ -993,15 +996,19 @@ async def report(request: web.Request) -> web.Response:
         if ok:
             events.append(("complete", now, worker_id, task_id, result, log_text, *timing))
         else:
-            events.append(("fail", now, worker_id, task_id, error, traceback, log_text, *timing))
-        entries.append((task_id, ok, result, error, traceback, log_text, timing))
+            # A job fault is journaled as an eighth field (older journals have seven).
+            fault = (True,) if job_fault else ()
+            events.append(
+                ("fail", now, worker_id, task_id, error, traceback, log_text, *timing, *fault)
+            )
+        entries.append((task_id, ok, result, error, traceback, log_text, timing, job_fault))
     if released:
         events.append(("release", now, worker_id, released))
 
     def apply() -> tuple[list[str], list[str]]:
         accepted: list[str] = []
         late: list[str] = []
-        for task_id, ok, result, error, traceback, log_text, timing in entries:
+        for task_id, ok, result, error, traceback, log_text, timing, job_fault in entries:
             try:
                 if ok:
                     recorded = scheduler.complete(
@@ -1009,10 +1016,17 @@ async def report(request: web.Request) -> web.Response:
                     )
                 else:
                     recorded = scheduler.fail(
-                        worker_id, task_id, error, traceback, now, log_text, True, *timing
-                    )
+                        worker_id, task_id, error, traceback, now, log_text, True, *timing,
+                        job_fault=job_fault,
+                    )  # fmt: skip
                     if recorded:
-                        log.warning("task %s failed on %s: %s", task_id, worker_id, error)
+                        log.warning(
+                            "task %s failed on %s%s: %s",
+                            task_id,
+                            worker_id,
+                            " (the job's own fault: the job fails)" if job_fault else "",
+                            error,
+                        )
             except NotFound:
                 recorded = False
             (accepted if recorded else late).append(task_id)

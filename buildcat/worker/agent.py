@@ -456,6 +456,8 @@ class Agent:
                 "traceback": str(reply.get("traceback", "")),
                 "log": str(reply.get("log", "")),
             }
+            if not outcome["ok"] and reply.get("job_fault") is True:
+                outcome["job_fault"] = True  # the job's own fault: fail it, blame no worker
         except ChildDied as exc:
             outcome = {"id": task_id, "ok": False, "error": str(exc), "traceback": ""}
             if entry.cancelled:
