@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.blender_support import BINARY, BPY, needs_binary, needs_bpy
-from tests.conftest import Farm
+import buildcat
+from tests.blender_support import BINARY, BPY, descendants, gone, needs_binary, needs_bpy
+from tests.conftest import Farm, wait_for
 from tests.scene_builders import build_scenes, plain_render
 
 #: Every kind of worker: each Blender, kept warm between tasks or started per task.
@@ -148,3 +149,60 @@ def test_an_absolute_path_inside_the_root_is_made_relative(scene_farm: Farm) -> 
     outside = scene_farm.cli("submit", "blender", "/etc/hostname", "--frames", "1")
     assert outside.returncode != 0
     assert outside.stderr.count("\n") == 1 and "outside the farm root" in outside.stderr
+
+
+# ---- no staging or empty parts folders left behind ---------------------------------------------
+
+
+def leftovers(root: Path) -> list[str]:
+    """Staging folders and empty parts folders anywhere under the root."""
+    found = [p for p in root.rglob(".buildcat-tmp-*")]
+    found += [p for p in root.rglob(".buildcat-parts") if not any(p.iterdir())]
+    return sorted(str(p.relative_to(root)) for p in found)
+
+
+@pytest.fixture
+def spin_farm(farm: Farm, scene_file: Path) -> Iterator[Farm]:
+    (farm.root / "shots").mkdir()
+    shutil.copy(scene_file, farm.root / "shots" / "spin.blend")
+    yield farm
+
+
+@needs_binary
+def test_no_leftover_folders_after_success_failure_and_cancel(spin_farm: Farm) -> None:
+    spin_farm.start_worker("--slots", "2")
+    farm = spin_farm.client()
+    small = {"resolution": (16, 16), "samples": 1}
+    done = farm.render("shots/spin.blend", "1", tiles=(2, 1), output="ok/f_####", **small)
+    done.wait(timeout=120)
+    assert (spin_farm.root / "ok" / "f_0001.png").is_file()
+    failed = farm.render(
+        "shots/spin.blend", "1", tiles=(2, 1), output="bad/f_####", camera="Nope", **small
+    )
+    with pytest.raises(buildcat.JobFailed):
+        failed.wait(timeout=120)
+    long = farm.render("shots/spin.blend", "1-2", output="long/f_####", samples=1_000_000,
+                       resolution=(32, 32))  # fmt: skip
+    wait_for(lambda: len(leftovers(spin_farm.root / "long")) == 2, timeout=120)  # staging now
+    long.cancel()
+    wait_for(lambda: long.status()["state"] == "cancelled", timeout=60)
+    wait_for(lambda: leftovers(spin_farm.root) == [], timeout=60)
+
+
+@needs_binary
+def test_a_killed_workers_staging_folders_are_swept(spin_farm: Farm) -> None:
+    worker = spin_farm.start_worker("--name", "w1")
+    farm = spin_farm.client()
+    job = farm.render("shots/spin.blend", "1", samples=1_000_000, resolution=(32, 32))
+    staging = wait_for(lambda: leftovers(spin_farm.root), timeout=120)
+    below = descendants(worker.pid)
+    worker.kill()  # SIGKILL: its task cannot clean up
+    worker.wait()
+    wait_for(lambda: all(gone(pid) for pid in below), timeout=60)
+    assert leftovers(spin_farm.root) == staging  # left behind, the job not over yet
+    # The worker comes back (the job still running): its notes say what it left.
+    spin_farm.start_worker("--name", "w1")
+    wait_for(lambda: leftovers(spin_farm.root) != staging, timeout=60)
+    assert not any(name in leftovers(spin_farm.root) for name in staging)
+    job.cancel()
+    wait_for(lambda: leftovers(spin_farm.root) == [], timeout=60)

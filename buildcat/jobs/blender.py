@@ -49,6 +49,8 @@ CANCEL_GRACE_SECONDS = 10.0
 #: (``BUILDCAT_BLENDER_IDLE_SECONDS`` changes it).
 WARM_IDLE_SECONDS = 20.0
 PARTS_FOLDER = ".buildcat-parts"
+#: A render task's staging folder beside its outputs: ``.buildcat-tmp-<task id>-<pid>``.
+TEMPORARY_PREFIX = ".buildcat-tmp-"
 
 _FRAME = re.compile(r"Fra:\s*(\d+)")
 _CYCLES_SAMPLE = re.compile(r"Sample (\d+)/(\d+)")
@@ -539,12 +541,101 @@ def run_task(task: dict[str, Any], blender_install: str = "") -> dict[str, Any]:
 
 
 def _temporary_folder(final_dir: Path) -> Path:
-    final_dir.mkdir(parents=True, exist_ok=True)
-    name = f".buildcat-tmp-{context.current().task_id or 'task'}-{os.getpid()}"
+    name = f"{TEMPORARY_PREFIX}{context.current().task_id or 'task'}-{os.getpid()}"
     folder = final_dir / name
     shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir()
+    for attempt in range(3):
+        final_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir()
+            break
+        except FileNotFoundError:  # an empty parts folder was just swept away: again
+            if attempt == 2:
+                raise
+    _mark_staging(folder)
     return folder
+
+
+# ---- leftovers: staging folders and empty parts folders ------------------------------------
+#
+# A task removes its staging folder when it ends. One killed with its worker cannot, so each
+# staging folder is also noted under <root>/.buildcat/staging/<worker name>/ (one small file
+# each, gone with the folder): the worker sweeps its notes when it starts again, and the
+# server sweeps a job's output folders when the job ends, whoever ran it.
+
+
+def _staging_notes(root: str | os.PathLike[str], worker_name: str) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", worker_name or "worker")[:120]
+    return farm_root.state_dir(root) / "staging" / safe
+
+
+def _mark_staging(folder: Path) -> None:
+    ctx = context.current()
+    with contextlib.suppress(OSError, ValueError):
+        notes = _staging_notes(ctx.root, ctx.worker_name)
+        notes.mkdir(parents=True, exist_ok=True)
+        relative = folder.resolve().relative_to(Path(ctx.root).resolve()).as_posix()
+        (notes / folder.name).write_text(relative)
+
+
+def _unmark_staging(folder: Path) -> None:
+    ctx = context.current()
+    with contextlib.suppress(OSError):
+        (_staging_notes(ctx.root, ctx.worker_name) / folder.name).unlink()
+
+
+def _remove_staging(folder: Path) -> None:
+    """Remove a staging folder, then its parts folder if that is left empty."""
+    shutil.rmtree(folder, ignore_errors=True)
+    if folder.parent.name == PARTS_FOLDER:
+        with contextlib.suppress(OSError):  # not empty: parts other tasks still need
+            folder.parent.rmdir()
+
+
+def sweep_worker_leftovers(root: str | os.PathLike[str], worker_name: str) -> list[str]:
+    """Remove the staging folders this worker's tasks noted and never removed (the worker
+    was killed); returns them, root-relative. Run as the worker starts, before any task."""
+    notes = _staging_notes(root, worker_name)
+    swept = []
+    with contextlib.suppress(OSError):
+        for note in sorted(notes.iterdir()):
+            with contextlib.suppress(OSError, FarmError):
+                relative = farm_root.check_relative(note.read_text().strip())
+                folder = farm_root.resolve(root, relative)
+                if folder.name.startswith(TEMPORARY_PREFIX) and folder.is_dir():
+                    _remove_staging(folder)
+                    swept.append(relative)
+            with contextlib.suppress(OSError):
+                note.unlink()
+    return swept
+
+
+def sweep_job_leftovers(
+    root: str | os.PathLike[str], job_id: str, payloads: list[dict[str, Any]]
+) -> list[str]:
+    """Once a render job has ended (done, failed or cancelled): remove its tasks' staging
+    folders still beside its outputs and the parts folders left empty; returns what went."""
+    folders: set[str] = set()
+    for payload in payloads:
+        paths = [payload.get("output"), *(payload.get("parts") or [])]
+        for path in paths:
+            if isinstance(path, str) and "/" in path:
+                folders.add(path.rpartition("/")[0])
+            elif isinstance(path, str):
+                folders.add(".")
+    swept = []
+    for relative in sorted(folders):
+        with contextlib.suppress(OSError, FarmError):
+            folder = Path(root) if relative == "." else farm_root.resolve(root, relative)
+            for staging in folder.glob(f"{TEMPORARY_PREFIX}{job_id}.*"):
+                if staging.is_dir():
+                    shutil.rmtree(staging, ignore_errors=True)
+                    swept.append(staging.name)
+            if folder.name == PARTS_FOLDER:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty
+                    swept.append(relative)
+    return swept
 
 
 def _render(task: dict[str, Any], blender: BlenderInstall) -> dict[str, Any]:
@@ -582,6 +673,7 @@ def _render(task: dict[str, Any], blender: BlenderInstall) -> dict[str, Any]:
         outputs = _move_into_place(frames, pattern, final_pattern, extension)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        _unmark_staging(staging)
     return {"frames": frames, "outputs": outputs}
 
 
@@ -678,6 +770,9 @@ def _compose(task: dict[str, Any], blender: BlenderInstall) -> dict[str, Any]:
         raise RenderFailed(f"{task['step']} of frame {frame} failed (exit code {code})")
     for path in inputs:
         path.unlink(missing_ok=True)
+    for folder in {path.parent for path in inputs if path.parent.name == PARTS_FOLDER}:
+        with contextlib.suppress(OSError):  # not empty: another frame's parts are in it
+            folder.rmdir()
     output = final.relative_to(Path(ctx.root).resolve()).as_posix()
     context.progress(1.0, f"frame {frame} {task['step']}ed")
     return {"frames": [frame], "outputs": [output]}

@@ -239,6 +239,8 @@ class Farm:
                 watcher.set_result(None)
         for job in self.scheduler.take_finished():
             log.info("job %s %s", job.id, job.state)
+            if job.kind == "blender":
+                self.sweep_render_leftovers(job)
             for future in self.job_waiters.pop(job.id, []):
                 if not future.done():
                     future.set_result(None)
@@ -246,6 +248,27 @@ class Farm:
         if self.listeners:
             self.update_event.set()
             self.update_event = asyncio.Event()
+
+    def sweep_render_leftovers(self, job: Job) -> None:
+        """A render job ended: its staging folders and empty parts folders go (in a thread:
+        the root may be a slow network share)."""
+        from buildcat.jobs import blender as blender_jobs
+
+        payloads = [task.payload for task in job.tasks]
+
+        def sweep() -> None:
+            try:
+                swept = blender_jobs.sweep_job_leftovers(self.config.root, job.id, payloads)
+            except Exception:  # never let housekeeping reach the server's loop
+                log.exception("job %s: sweeping its leftover folders failed", job.id)
+                return
+            if swept:
+                log.info("job %s: removed %d leftover folder(s)", job.id, len(swept))
+
+        # No loop (a replay at start): nothing to sweep now; the folders wait for the next
+        # run of the job, or a worker's own sweep.
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().run_in_executor(None, sweep)
 
     def live_waiters(self) -> list[_Waiter]:
         """Parked lease requests still waiting; finished ones are dropped from the queue
