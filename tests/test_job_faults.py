@@ -157,3 +157,20 @@ def test_a_journaled_job_fault_replays_as_one_and_old_fail_records_still_retry()
     assert farm.jobs["k"].state is JobState.RUNNING or farm.jobs["k"].state is JobState.QUEUED
     assert farm.jobs["k"].tasks[0].state is TaskState.QUEUED  # retried, as before
     assert farm.workers["w"].tasks_failed == 1  # only the ordinary failure counts
+
+
+@pytest.mark.parametrize("warm", ["1", "0"], ids=["warm", "per-task"])
+@needs_binary
+def test_a_render_error_shows_blenders_reason_and_no_frames_of_buildcat(
+    blender_farm: Farm, warm: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BUILDCAT_BLENDER_WARM", warm)
+    damaged = blender_farm.root / "shots" / "damaged.blend"
+    damaged.write_bytes((blender_farm.root / "shots" / "spin.blend").read_bytes()[:2000])
+    blender_farm.start_worker()
+    job = blender_farm.client().render("shots/damaged.blend", "1", max_attempts=1)
+    with pytest.raises(buildcat.JobFailed, match="Failed to read blend file") as failed:
+        job.wait(timeout=120)
+    assert "buildcat/" not in failed.value.error and "Traceback" not in failed.value.error
+    assert failed.value.traceback == ""
+    assert job.tasks()[0]["traceback"] == ""

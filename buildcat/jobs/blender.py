@@ -670,7 +670,12 @@ def _render(task: dict[str, Any], blender: BlenderInstall) -> dict[str, Any]:
             warm.render(request, progress.feed)
         else:
             _render_once(blender, scene, settings, pattern, frames, progress)
-        outputs = _move_into_place(frames, pattern, final_pattern, extension)
+        try:
+            outputs = _move_into_place(frames, pattern, final_pattern, extension)
+        except RenderFailed as exc:
+            if not progress.reason:  # Blender said nothing, but wrote nothing either
+                raise
+            raise RenderFailed(f"{exc}; Blender said: {progress.reason}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         _unmark_staging(staging)
