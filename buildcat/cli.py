@@ -626,6 +626,13 @@ def _pair(text: str | None, what: str) -> tuple[int, int] | None:
     is_flag=True,
     help="Render even if files the scene uses are missing or outside the root (see farm check).",
 )
+@click.option(
+    "--enable-autoexec",
+    is_flag=True,
+    default=False,
+    help="Let the .blend's Python run (drivers, scripts), like blender -y: only for files "
+    "you trust.",
+)
 @job_options
 @client_options
 def submit_blender(
@@ -645,6 +652,7 @@ def submit_blender(
     requires: str,
     blender_version: str | None,
     allow_missing: bool,
+    enable_autoexec: bool,
     priority: int,
     name: str,
     max_attempts: int | None,
@@ -667,6 +675,7 @@ def submit_blender(
         tiles=_pair(tiles, "--tiles"),
         sample_split=sample_split,
         allow_missing=allow_missing,
+        enable_autoexec=enable_autoexec,
         priority=priority,
         name=name,
         max_attempts=max_attempts,

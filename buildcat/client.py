@@ -32,7 +32,7 @@ from buildcat.errors import (
 from buildcat.frames import chunk_frames, format_frames, parse_frames
 from buildcat.jobs.python import split_spec
 from buildcat.perf import job_perf
-from buildcat.root import check_relative, resolve
+from buildcat.root import relative_in_root, resolve
 
 FINAL_STATES = ("done", "failed", "cancelled")
 #: A submit whose reply may have been lost is sent again (with the same idempotency key,
@@ -319,6 +319,7 @@ class Client:
         tiles: tuple[int, int] | None = None,
         sample_split: int | None = None,
         allow_missing: bool = False,
+        enable_autoexec: bool = False,
         priority: int = 0,
         name: str = "",
         max_attempts: int | None = None,
@@ -326,7 +327,11 @@ class Client:
         requires: Iterable[str] = (),
         blender_version: str | None = None,
     ) -> Job:
-        """Render a .blend (root-relative) on the farm's Blender workers.
+        """Render a .blend (root-relative, or an absolute path inside the root) on the
+        farm's Blender workers.
+
+        ``enable_autoexec`` lets the file's Python run (drivers, scripts), like Blender's
+        ``-y``: a trust decision about the file, off by default.
 
         ``frames`` defaults to the range of the scene named by ``scene_name`` (else the
         file's active scene), read from the file (blendfile.read_blend). A scene or camera
@@ -341,7 +346,7 @@ class Client:
         from buildcat.blender import blendfile
         from buildcat.jobs import blender as blender_jobs
 
-        relative = check_relative(scene)
+        relative = relative_in_root(self.root, scene)
         path = resolve(self.root, relative)
         if not path.is_file():
             raise FarmError(
@@ -384,6 +389,7 @@ class Client:
             ("resolution", list(resolution) if resolution else None),
             ("camera", camera),
             ("scene", scene_name),
+            ("autoexec", True if enable_autoexec else None),
         ):
             if value is not None:
                 settings[key] = value

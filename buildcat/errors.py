@@ -61,5 +61,12 @@ class JobFailed(FarmError):
         self.traceback = traceback
 
 
+class JobFault(FarmError):
+    """Raised by a task when the job itself is wrong (a scene or camera the file lacks, a
+    .blend that is not one, input a Python job cannot use): any attempt on any worker would
+    fail the same way. The job fails at once with this reason; the task is not retried and
+    no worker is blocked or counted as failing. A job function may raise it too."""
+
+
 class JobTimeout(FarmError, TimeoutError):
     """``Job.wait`` ran past its timeout; the job goes on."""

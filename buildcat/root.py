@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -40,6 +41,22 @@ def check_relative(path: str) -> str:
     if not parts:
         raise PathError(f"path {path!r} names the farm root itself, not a file in it")
     return "/".join(parts)
+
+
+def relative_in_root(root: str | os.PathLike[str], path: str) -> str:
+    """Like :func:`check_relative`, but an absolute path on this host inside ``root`` (as
+    given, or once symlinks are resolved) is made relative to it instead of refused."""
+    if isinstance(path, str) and path and "\x00" not in path and os.path.isabs(path):
+        base = Path(root).absolute()
+        for inside, top in ((Path(path), base), (Path(path).resolve(), base.resolve())):
+            with contextlib.suppress(ValueError):
+                relative = inside.relative_to(top).as_posix()
+                if relative != ".":
+                    return check_relative(relative)
+        raise PathError(
+            f"path {path!r} is outside the farm root {base}: paths are relative to the farm root"
+        )
+    return check_relative(path)
 
 
 def resolve(root: str | os.PathLike[str], path: str) -> Path:

@@ -6,7 +6,11 @@
 - ``blend``: absolute path of the .blend
 - ``frames``: list of frame numbers
 - ``output``: absolute output pattern with ``#`` padding, like ``blender -o``
-- ``settings``: the override settings of override.py (``format`` among them)
+- ``settings``: the override settings of override.py (``format`` among them;
+  ``autoexec`` lets the file's Python drivers and scripts run, off unless true)
+
+The Blender binary runs it too (``blender -b --python bpy_render.py -- '{json}'``) where
+``-f`` cannot say the frames: it reads ``-f -2`` as "two before the end".
 
 Each frame is written where the binary would write it, and Blender prints ``Saved: 'PATH'``
 for it, as the binary does.
@@ -45,9 +49,15 @@ def read_job(argv: list[str]) -> tuple[str, list[int], str, dict]:
     return blend, frames, output, settings
 
 
+def open_blend(blend: str, settings: dict) -> None:
+    """Open ``blend``; its Python (drivers, startup scripts) runs only with ``autoexec``,
+    whatever this Blender's preferences say."""
+    bpy.ops.wm.open_mainfile(filepath=blend, use_scripts=settings.get("autoexec") is True)
+
+
 def render(blend: str, frames: list[int], output: str, settings: dict) -> list[str]:
     """Open ``blend``, apply the overrides, render ``frames``; return the written paths."""
-    bpy.ops.wm.open_mainfile(filepath=blend)
+    open_blend(blend, settings)
     override.apply(settings)
     scene = override.target_scene(settings)
     written = []

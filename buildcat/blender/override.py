@@ -5,12 +5,14 @@ Binary: ``blender -b SCENE.blend [-S NAME] --python-exit-code 1 --python overrid
 -o /abs/out/frame_#### -F PNG -x 1 -f 1,2 -- '{json}'``. With the bpy module, bpy_render.py
 imports this file and calls :func:`apply`. All JSON keys are optional:
 
-- ``scene``: scene name (the binary renders the scene chosen on its command line, so pass
-  ``-S NAME`` too; without it the script stops rather than render another scene)
+- ``scene``: scene name (run as the binary's ``--python`` script before ``-f``, the binary
+  renders the scene chosen on its command line, so pass ``-S NAME`` too; without it the
+  script stops rather than render another scene; warm.py and bpy_render.py render the
+  named scene whichever scene is active)
 - ``engine``: ``"cycles"``, ``"eevee"`` or ``"workbench"``
 - ``samples``: Cycles samples, or EEVEE render samples
 - ``resolution``: ``[width, height]`` at 100 %
-- ``camera``: camera object name
+- ``camera``: camera object name; it wins over timeline markers that bind cameras
 - ``format``: ``"PNG"`` or ``"JPEG"`` (8-bit RGB) or ``"OPEN_EXR"`` (RGBA half float)
 - ``seed``: Cycles seed, not animated
 - ``split_count``: render 1/N of the samples (one part of a sample split)
@@ -19,6 +21,11 @@ imports this file and calls :func:`apply`. All JSON keys are optional:
 - ``denoise``: true or false turns Cycles denoising on or off; absent leaves the scene's choice
 - ``allow_missing``: render even when files the scene uses are missing (dependencies.py);
   without it such a task stops before the first frame, naming the files
+- ``autoexec``: true lets the file's Python (drivers, scripts) run; read by whoever opens
+  the file (the binary's ``-y``, ``open_mainfile(use_scripts=...)``), ignored here
+
+A scene or camera the file lacks raises :class:`JobFault` (``buildcat: job error:``): the
+job is wrong, not this worker.
 
 Cycles denoising needs OpenImageDenoise; where this Blender lacks it (Debian's build), it is
 turned off with a note instead of failing every frame.
@@ -33,7 +40,7 @@ import bpy
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dependencies
-from script_support import ScriptError, read_settings, run
+from script_support import JobFault, ScriptError, read_settings, run
 
 PREFIX = "buildcat: "
 NO_DENOISER = "buildcat: this Blender has no OpenImageDenoise; denoising turned off for this task"
@@ -57,6 +64,7 @@ KEYS = {
     "border",
     "denoise",
     "allow_missing",
+    "autoexec",
 }
 
 
@@ -84,7 +92,7 @@ def target_scene(settings: dict) -> bpy.types.Scene:
     scene = bpy.data.scenes.get(name)
     if scene is None:
         known = ", ".join(repr(s.name) for s in bpy.data.scenes)
-        raise ScriptError(f"no scene named {name!r} in this file (scenes: {known})")
+        raise JobFault(f"no scene named {name!r} in this file (scenes: {known})")
     return scene
 
 
@@ -157,17 +165,9 @@ def apply(settings: dict) -> list[str]:
 
     scene = target_scene(settings)
     if "scene" in settings:
-        if bpy.context.scene != scene:
-            if in_blender_binary():
-                # -f renders the scene the command line chose; a window switch does not
-                # reach it (Blender 3.4), so refuse rather than render the wrong scene.
-                raise ScriptError(
-                    f"the Blender binary renders scene {bpy.context.scene.name!r}: "
-                    f"pass -S {scene.name!r} before --python"
-                )
-            window = bpy.context.window
-            if window is not None:
-                window.scene = scene
+        window = bpy.context.window
+        if window is not None and window.scene != scene:
+            window.scene = scene
         note(f"scene {scene.name}")
 
     engine = scene.render.engine
@@ -200,11 +200,20 @@ def apply(settings: dict) -> list[str]:
         camera = scene.objects.get(name) if isinstance(name, str) else None
         if camera is None or camera.type != "CAMERA":
             known = ", ".join(repr(o.name) for o in scene.objects if o.type == "CAMERA")
-            raise ScriptError(
+            raise JobFault(
                 f"no camera named {name!r} in scene {scene.name!r} (cameras: {known or 'none'})"
             )
         scene.camera = camera
+        # Markers that bind cameras would switch it back at every frame change: an explicit
+        # camera wins (in memory only; the file is never saved).
+        unbound = 0
+        for marker in scene.timeline_markers:
+            if marker.camera is not None:
+                marker.camera = None
+                unbound += 1
         note(f"camera {camera.name}")
+        if unbound:
+            note(f"{unbound} timeline marker(s) binding cameras ignored")
 
     if "format" in settings:
         _set_format(scene, settings["format"])
@@ -242,7 +251,16 @@ def apply(settings: dict) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
-    apply(read_settings(argv))
+    """The binary's ``--python`` script before ``-f``/``-a``: those render the scene the
+    command line chose (``-S``), so the named scene must be that one."""
+    settings = read_settings(argv)
+    scene = target_scene(settings)
+    if bpy.context.scene != scene:
+        raise ScriptError(
+            f"the Blender binary renders scene {bpy.context.scene.name!r}: "
+            f"pass -S {scene.name!r} before --python"
+        )
+    apply(settings)
 
 
 if __name__ == "__main__":

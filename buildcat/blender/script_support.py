@@ -7,6 +7,7 @@ Blender runs each script by path, so the scripts import this module from their o
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -14,6 +15,16 @@ from collections.abc import Callable
 
 class ScriptError(Exception):
     """A mistake in the settings: reported as one line, exit status 1."""
+
+    #: How :func:`run` starts its line; the worker reads the reason from it.
+    LINE = "buildcat: error: "
+
+
+class JobFault(ScriptError):
+    """The job itself is wrong (no such scene or camera in the file): every attempt on any
+    worker would fail the same way, so the worker fails the whole job at once."""
+
+    LINE = "buildcat: job error: "
 
 
 def read_settings(argv: list[str]) -> dict:
@@ -35,8 +46,25 @@ def run(main: Callable[[list[str]], object]) -> None:
     try:
         main(sys.argv)
     except ScriptError as exc:
-        print(f"buildcat: error: {exc}", file=sys.stderr, flush=True)
+        print(f"{exc.LINE}{exc}".replace("\n", " "), file=sys.stderr, flush=True)
+        leave_the_bpy_module(1)
         sys.exit(1)
+    leave_the_bpy_module(0)
+
+
+def leave_the_bpy_module(code: int) -> None:
+    """In the bpy module, end the process now, once its output is flushed.
+
+    bpy 4.5 can hang for good at interpreter exit, after its leak report, once a file's
+    Python driver has run (``--enable-autoexec``): its work is all written by then. The
+    binary quits by itself (and goes on to ``-f`` after a ``--python`` script)."""
+    import bpy
+
+    if bpy.app.binary_path:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def sigint_ends_the_bpy_module() -> None:

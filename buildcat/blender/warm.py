@@ -13,6 +13,10 @@ goes to stdout as usual; each request ends with one line::
 
     BUILDCAT-DONE ["/abs/frame_0001.png", ...]
     BUILDCAT-ERROR one line saying why
+    BUILDCAT-JOB-ERROR one line saying why the job itself is wrong (no such scene or camera)
+
+The scene a request names is rendered whichever scene the file has active
+(``render.render(scene=...)``), on the binary as in the bpy module.
 
 An empty line or end of input ends the process.
 """
@@ -26,14 +30,14 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bpy
 import bpy_render
 import dependencies
 import override
-from script_support import ScriptError, sigint_ends_the_bpy_module
+from script_support import JobFault, ScriptError, leave_the_bpy_module, sigint_ends_the_bpy_module
 
 DONE = "BUILDCAT-DONE "
 ERROR = "BUILDCAT-ERROR "
+JOB_ERROR = "BUILDCAT-JOB-ERROR "
 
 
 def serve() -> None:
@@ -54,13 +58,14 @@ def serve() -> None:
                 loaded = None  # a failure half-way must not leave a scene taken for clean
                 # Stamped before opening: an edit while Blender reads the file is seen next time.
                 main_file = dependencies.stamp(blend)
-                bpy.ops.wm.open_mainfile(filepath=blend)
+                bpy_render.open_blend(blend, settings)
                 stamps = {**dependencies.stamps(), blend: main_file}
                 override.apply(settings)
                 loaded = key
             written = render_loaded(frames, output, settings)
         except ScriptError as exc:
-            print(ERROR + str(exc).replace("\n", " "), flush=True)
+            prefix = JOB_ERROR if isinstance(exc, JobFault) else ERROR
+            print(prefix + str(exc).replace("\n", " "), flush=True)
             continue
         except Exception as exc:
             traceback.print_exc(file=sys.stdout)
@@ -81,3 +86,4 @@ def render_loaded(frames: list[int], output: str, settings: dict) -> list[str]:
 if __name__ == "__main__":
     sigint_ends_the_bpy_module()
     serve()
+    leave_the_bpy_module(0)

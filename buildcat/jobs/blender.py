@@ -26,8 +26,8 @@ from typing import Any
 
 from buildcat import launch
 from buildcat import root as farm_root
-from buildcat.blender import BPY, SCRIPTS, BlenderInstall
-from buildcat.errors import FarmError, LimitError
+from buildcat.blender import BPY, SCRIPTS, BlenderInstall, blend_file_version
+from buildcat.errors import FarmError, JobFault, LimitError
 from buildcat.frames import chunk_frames, format_frames
 from buildcat.jobs import context
 from buildcat.protocol import MAX_TASKS_PER_JOB
@@ -49,25 +49,41 @@ CANCEL_GRACE_SECONDS = 10.0
 #: (``BUILDCAT_BLENDER_IDLE_SECONDS`` changes it).
 WARM_IDLE_SECONDS = 20.0
 PARTS_FOLDER = ".buildcat-parts"
+#: A render task's staging folder beside its outputs: ``.buildcat-tmp-<task id>-<pid>``.
+TEMPORARY_PREFIX = ".buildcat-tmp-"
 
 _FRAME = re.compile(r"Fra:\s*(\d+)")
 _CYCLES_SAMPLE = re.compile(r"Sample (\d+)/(\d+)")
 _EEVEE_SAMPLE = re.compile(r"Rendering (\d+) / (\d+) samples")
 _SAVED = re.compile(r"Saved: '(.+)'")
+#: Blender's own error lines (``Error: Cannot read file ...``), but the memory report some
+#: builds print at every exit.
+_BLENDER_ERROR = re.compile(r"^(?:Error|ERROR)\b[: ]\s*(?!Not freed memory)(.+)")
+#: How the scripts inside Blender say why they stopped (script_support.py).
+SCRIPT_ERROR = "buildcat: error: "
+SCRIPT_JOB_ERROR = "buildcat: job error: "
 
 
 class RenderFailed(FarmError):
     """Blender failed, or did not write every frame it was asked for."""
 
+    #: The message is the whole reason (Blender's own words): the task reports it without
+    #: a traceback through buildcat's code.
+    complete_reason = True
 
-class MissingFiles(RenderFailed):
+
+class SceneFault(RenderFailed, JobFault):
+    """The job is wrong for its file (no such scene or camera, not a .blend): every worker
+    would fail it, so the job fails at its first attempt and no worker is blamed."""
+
+
+class MissingFiles(SceneFault):
     """Blender cannot find files the scene uses (blender/dependencies.py): the job's own
     fault, the same on every worker, so retrying elsewhere cannot help."""
 
 
 #: How blender/dependencies.py starts its error.
 MISSING_FILES = "missing files: "
-_SCRIPT_ERROR = "buildcat: error: "
 
 
 def _failure(reason: str) -> RenderFailed:
@@ -271,6 +287,8 @@ def validate_payload(payload: dict[str, Any]) -> None:
         settings = payload.get("settings", {})
         if not isinstance(settings, dict):
             raise FarmError("'settings' must be a map")
+        if not isinstance(settings.get("autoexec", False), bool):
+            raise FarmError("'autoexec' must be true or false")
         if settings.get("format", "PNG") not in FORMATS:
             raise FarmError(f"format must be one of {', '.join(FORMATS)}")
         if settings.get("engine") not in (None, *ENGINES):
@@ -369,9 +387,19 @@ class _Progress:
         self.saved = 0
         self.current: int | None = None
         self.last_report = 0.0
+        #: Why Blender stopped, in its own (or our script's) words: the last such line.
+        self.reason = ""
+        self.job_fault = False
 
     def feed(self, line: str) -> None:
         print(line)
+        if line.startswith((SCRIPT_ERROR, SCRIPT_JOB_ERROR)):
+            self.job_fault = line.startswith(SCRIPT_JOB_ERROR)
+            self.reason = line.split(": ", 2)[-1]
+            return
+        error = _BLENDER_ERROR.match(line)
+        if error and not self.reason:
+            self.reason = error[1].strip()
         if _SAVED.search(line):
             self.saved += 1
             self._report(f"saved {self.saved} of {len(self.frames)} frame(s)", force=True)
@@ -419,6 +447,7 @@ class WarmBlender:
         """Send one request; pass Blender's output on; return the paths it wrote."""
         assert self.process.stdin is not None and self.process.stdout is not None
         reason = ""
+        job_fault = False
         with self.lock:
             try:
                 self.process.stdin.write(json.dumps(request) + "\n")
@@ -429,11 +458,12 @@ class WarmBlender:
                         self.last_used = time.monotonic()
                         self.renders += 1
                         return list(json.loads(line.removeprefix("BUILDCAT-DONE ")))
-                    if line.startswith("BUILDCAT-ERROR "):
+                    if line.startswith(("BUILDCAT-ERROR ", "BUILDCAT-JOB-ERROR ")):
                         # warm.py caught it and is ready for the next request: keep it.
                         self.last_used = time.monotonic()
-                        reason = line.removeprefix("BUILDCAT-ERROR ")
-                        on_line(f"buildcat: error: {reason}")
+                        kind, _, reason = line.partition(" ")
+                        job_fault = kind == "BUILDCAT-JOB-ERROR"
+                        on_line(f"{SCRIPT_JOB_ERROR if job_fault else SCRIPT_ERROR}{reason}")
                         break
                     if line != "BUILDCAT-READY":
                         on_line(line)
@@ -447,6 +477,8 @@ class WarmBlender:
             if not reason:
                 code = self.process.wait()
                 reason = f"Blender stopped (exit code {code}) during the render; see the log"
+        if job_fault:
+            raise SceneFault(reason)
         raise _failure(reason)
 
     def stop(self) -> None:
@@ -533,12 +565,101 @@ def run_task(task: dict[str, Any], blender_install: str = "") -> dict[str, Any]:
 
 
 def _temporary_folder(final_dir: Path) -> Path:
-    final_dir.mkdir(parents=True, exist_ok=True)
-    name = f".buildcat-tmp-{context.current().task_id or 'task'}-{os.getpid()}"
+    name = f"{TEMPORARY_PREFIX}{context.current().task_id or 'task'}-{os.getpid()}"
     folder = final_dir / name
     shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir()
+    for attempt in range(3):
+        final_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir()
+            break
+        except FileNotFoundError:  # an empty parts folder was just swept away: again
+            if attempt == 2:
+                raise
+    _mark_staging(folder)
     return folder
+
+
+# ---- leftovers: staging folders and empty parts folders ------------------------------------
+#
+# A task removes its staging folder when it ends. One killed with its worker cannot, so each
+# staging folder is also noted under <root>/.buildcat/staging/<worker name>/ (one small file
+# each, gone with the folder): the worker sweeps its notes when it starts again, and the
+# server sweeps a job's output folders when the job ends, whoever ran it.
+
+
+def _staging_notes(root: str | os.PathLike[str], worker_name: str) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", worker_name or "worker")[:120]
+    return farm_root.state_dir(root) / "staging" / safe
+
+
+def _mark_staging(folder: Path) -> None:
+    ctx = context.current()
+    with contextlib.suppress(OSError, ValueError):
+        notes = _staging_notes(ctx.root, ctx.worker_name)
+        notes.mkdir(parents=True, exist_ok=True)
+        relative = folder.resolve().relative_to(Path(ctx.root).resolve()).as_posix()
+        (notes / folder.name).write_text(relative)
+
+
+def _unmark_staging(folder: Path) -> None:
+    ctx = context.current()
+    with contextlib.suppress(OSError):
+        (_staging_notes(ctx.root, ctx.worker_name) / folder.name).unlink()
+
+
+def _remove_staging(folder: Path) -> None:
+    """Remove a staging folder, then its parts folder if that is left empty."""
+    shutil.rmtree(folder, ignore_errors=True)
+    if folder.parent.name == PARTS_FOLDER:
+        with contextlib.suppress(OSError):  # not empty: parts other tasks still need
+            folder.parent.rmdir()
+
+
+def sweep_worker_leftovers(root: str | os.PathLike[str], worker_name: str) -> list[str]:
+    """Remove the staging folders this worker's tasks noted and never removed (the worker
+    was killed); returns them, root-relative. Run as the worker starts, before any task."""
+    notes = _staging_notes(root, worker_name)
+    swept = []
+    with contextlib.suppress(OSError):
+        for note in sorted(notes.iterdir()):
+            with contextlib.suppress(OSError, FarmError):
+                relative = farm_root.check_relative(note.read_text().strip())
+                folder = farm_root.resolve(root, relative)
+                if folder.name.startswith(TEMPORARY_PREFIX) and folder.is_dir():
+                    _remove_staging(folder)
+                    swept.append(relative)
+            with contextlib.suppress(OSError):
+                note.unlink()
+    return swept
+
+
+def sweep_job_leftovers(
+    root: str | os.PathLike[str], job_id: str, payloads: list[dict[str, Any]]
+) -> list[str]:
+    """Once a render job has ended (done, failed or cancelled): remove its tasks' staging
+    folders still beside its outputs and the parts folders left empty; returns what went."""
+    folders: set[str] = set()
+    for payload in payloads:
+        paths = [payload.get("output"), *(payload.get("parts") or [])]
+        for path in paths:
+            if isinstance(path, str) and "/" in path:
+                folders.add(path.rpartition("/")[0])
+            elif isinstance(path, str):
+                folders.add(".")
+    swept = []
+    for relative in sorted(folders):
+        with contextlib.suppress(OSError, FarmError):
+            folder = Path(root) if relative == "." else farm_root.resolve(root, relative)
+            for staging in folder.glob(f"{TEMPORARY_PREFIX}{job_id}.*"):
+                if staging.is_dir():
+                    shutil.rmtree(staging, ignore_errors=True)
+                    swept.append(staging.name)
+            if folder.name == PARTS_FOLDER:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty
+                    swept.append(relative)
+    return swept
 
 
 def _render(task: dict[str, Any], blender: BlenderInstall) -> dict[str, Any]:
@@ -546,6 +667,12 @@ def _render(task: dict[str, Any], blender: BlenderInstall) -> dict[str, Any]:
     scene = farm_root.resolve(ctx.root, task["scene"])
     if not scene.is_file():
         raise RenderFailed(f"scene {task['scene']} does not exist under the farm root {ctx.root}")
+    try:
+        saved_with = blend_file_version(scene)
+    except OSError as exc:
+        raise RenderFailed(f"cannot read {task['scene']}: {exc.strerror or exc}") from None
+    if saved_with is None:  # changed since it was submitted: no worker could render it
+        raise SceneFault(f"{task['scene']} is not a .blend file")
     settings = dict(task.get("settings", {}))
     extension = FORMATS[settings.get("format", "PNG")]
     final_pattern = farm_root.resolve(ctx.root, task["output"])
@@ -567,9 +694,15 @@ def _render(task: dict[str, Any], blender: BlenderInstall) -> dict[str, Any]:
             warm.render(request, progress.feed)
         else:
             _render_once(blender, scene, settings, pattern, frames, progress)
-        outputs = _move_into_place(frames, pattern, final_pattern, extension)
+        try:
+            outputs = _move_into_place(frames, pattern, final_pattern, extension)
+        except RenderFailed as exc:
+            if not progress.reason:  # Blender said nothing, but wrote nothing either
+                raise
+            raise RenderFailed(f"{exc}; Blender said: {progress.reason}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        _unmark_staging(staging)
     return {"frames": frames, "outputs": outputs}
 
 
@@ -582,36 +715,39 @@ def _render_once(
     progress: _Progress,
 ) -> None:
     """Start a Blender for this task alone (``BUILDCAT_BLENDER_WARM=0``)."""
+    request = json.dumps(
+        {"blend": str(scene), "frames": frames, "output": pattern, "settings": settings}
+    )
     if blender.kind == BPY:
+        command = [blender.path, str(SCRIPTS / "bpy_render.py"), request]
+    elif any(frame < 0 for frame in frames):
+        # -f reads '-2' as two before the end: bpy_render.py opens the file and renders
+        # the frames from Python (as a warm Blender does).
         command = [
-            blender.path,
-            str(SCRIPTS / "bpy_render.py"),
-            json.dumps(
-                {"blend": str(scene), "frames": frames, "output": pattern, "settings": settings}
-            ),
-        ]
+            blender.path, "-b", "--python-exit-code", "1",
+            "--python", str(SCRIPTS / "bpy_render.py"), "--", request,
+        ]  # fmt: skip
     else:
         # The scene to render must be chosen before --python: -f renders the one loaded.
         choose = ["-S", settings["scene"]] if settings.get("scene") else []
+        # -y/-Y before the file: its Python (drivers) runs only when the job trusts it.
+        trust = "-y" if settings.get("autoexec") is True else "-Y"
         command = [
-            blender.path, "-b", str(scene), *choose,
+            blender.path, "-b", trust, str(scene), *choose,
             "--python-exit-code", "1", "--python", str(SCRIPTS / "override.py"),
             "-o", pattern, "-F", settings.get("format", "PNG"), "-x", "1",
             "-f", ",".join(str(f) for f in frames),
             "--", json.dumps(settings),
         ]  # fmt: skip
     print(f"buildcat: {' '.join(command[:3])} ... frames {format_frames(frames)}")
-    errors: list[str] = []
-
-    def feed(line: str) -> None:
-        if line.startswith(_SCRIPT_ERROR):  # the scripts' one-line reason (script_support)
-            errors.append(line.removeprefix(_SCRIPT_ERROR))
-        progress.feed(line)
-
-    code = run_process(command, feed)
+    code = run_process(command, progress.feed)
     if code != 0:
-        if errors:
-            raise _failure(errors[-1])
+        if progress.job_fault:
+            raise SceneFault(progress.reason)
+        if progress.reason.startswith(MISSING_FILES):
+            raise MissingFiles(progress.reason)
+        if progress.reason:
+            raise RenderFailed(f"Blender exited with code {code}: {progress.reason}")
         raise RenderFailed(f"Blender exited with code {code}; see the task log")
 
 
@@ -665,6 +801,9 @@ def _compose(task: dict[str, Any], blender: BlenderInstall) -> dict[str, Any]:
         raise RenderFailed(f"{task['step']} of frame {frame} failed (exit code {code})")
     for path in inputs:
         path.unlink(missing_ok=True)
+    for folder in {path.parent for path in inputs if path.parent.name == PARTS_FOLDER}:
+        with contextlib.suppress(OSError):  # not empty: another frame's parts are in it
+            folder.rmdir()
     output = final.relative_to(Path(ctx.root).resolve()).as_posix()
     context.progress(1.0, f"frame {frame} {task['step']}ed")
     return {"frames": [frame], "outputs": [output]}

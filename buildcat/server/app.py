@@ -272,6 +272,8 @@ class Farm:
         for job in self.scheduler.take_finished():
             log.info("job %s %s", job.id, job.state)
             self.outputs.release(job.id)
+            if job.kind == "blender":
+                self.sweep_render_leftovers(job)
             for future in self.job_waiters.pop(job.id, []):
                 if not future.done():
                     future.set_result(None)
@@ -279,6 +281,27 @@ class Farm:
         if self.listeners:
             self.update_event.set()
             self.update_event = asyncio.Event()
+
+    def sweep_render_leftovers(self, job: Job) -> None:
+        """A render job ended: its staging folders and empty parts folders go (in a thread:
+        the root may be a slow network share)."""
+        from buildcat.jobs import blender as blender_jobs
+
+        payloads = [task.payload for task in job.tasks]
+
+        def sweep() -> None:
+            try:
+                swept = blender_jobs.sweep_job_leftovers(self.config.root, job.id, payloads)
+            except Exception:  # never let housekeeping reach the server's loop
+                log.exception("job %s: sweeping its leftover folders failed", job.id)
+                return
+            if swept:
+                log.info("job %s: removed %d leftover folder(s)", job.id, len(swept))
+
+        # No loop (a replay at start): nothing to sweep now; the folders wait for the next
+        # run of the job, or a worker's own sweep.
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().run_in_executor(None, sweep)
 
     def live_waiters(self) -> list[_Waiter]:
         """Parked lease requests still waiting; finished ones are dropped from the queue
@@ -1008,6 +1031,7 @@ async def report(request: web.Request) -> web.Response:
                     float(started_at) if _finite(started_at) else None,
                     float(seconds) if _finite(seconds) and 0 <= seconds < 1e9 else None,
                 ),
+                not ok and item.get("job_fault", False) is True,
             )
         )
     progress = []
@@ -1035,9 +1059,11 @@ async def report(request: web.Request) -> web.Response:
     # What would be recorded is journaled first and applied once on disk (Farm.change): a
     # refused report (503) leaves every task as it was, for the worker to report again.
     events: list[tuple[Any, ...]] = []
-    entries: list[tuple[str, bool, Any, str, str, str, tuple[float | None, float | None]]] = []
+    entries: list[
+        tuple[str, bool, Any, str, str, str, tuple[float | None, float | None], bool]
+    ] = []
     discarded: list[str] = []
-    for task_id, ok, result, error, traceback, log_text, timing in done:
+    for task_id, ok, result, error, traceback, log_text, timing, job_fault in done:
         try:
             counts = (
                 scheduler.can_complete(task_id) if ok else scheduler.can_fail(worker_id, task_id)
@@ -1050,15 +1076,19 @@ async def report(request: web.Request) -> web.Response:
         if ok:
             events.append(("complete", now, worker_id, task_id, result, log_text, *timing))
         else:
-            events.append(("fail", now, worker_id, task_id, error, traceback, log_text, *timing))
-        entries.append((task_id, ok, result, error, traceback, log_text, timing))
+            # A job fault is journaled as an eighth field (older journals have seven).
+            fault = (True,) if job_fault else ()
+            events.append(
+                ("fail", now, worker_id, task_id, error, traceback, log_text, *timing, *fault)
+            )
+        entries.append((task_id, ok, result, error, traceback, log_text, timing, job_fault))
     if released:
         events.append(("release", now, worker_id, released))
 
     def apply() -> tuple[list[str], list[str]]:
         accepted: list[str] = []
         late: list[str] = []
-        for task_id, ok, result, error, traceback, log_text, timing in entries:
+        for task_id, ok, result, error, traceback, log_text, timing, job_fault in entries:
             try:
                 if ok:
                     recorded = scheduler.complete(
@@ -1066,10 +1096,17 @@ async def report(request: web.Request) -> web.Response:
                     )
                 else:
                     recorded = scheduler.fail(
-                        worker_id, task_id, error, traceback, now, log_text, True, *timing
-                    )
+                        worker_id, task_id, error, traceback, now, log_text, True, *timing,
+                        job_fault=job_fault,
+                    )  # fmt: skip
                     if recorded:
-                        log.warning("task %s failed on %s: %s", task_id, worker_id, error)
+                        log.warning(
+                            "task %s failed on %s%s: %s",
+                            task_id,
+                            worker_id,
+                            " (the job's own fault: the job fails)" if job_fault else "",
+                            error,
+                        )
             except NotFound:
                 recorded = False
             (accepted if recorded else late).append(task_id)

@@ -633,8 +633,13 @@ def _apply(scheduler: Any, event: list[Any]) -> None:
         worker_id, task_id, result, log_text, *timing = args  # older journals: no timing
         scheduler.complete(worker_id, task_id, result, now, log_text, *timing)
     elif kind == "fail":
-        worker_id, task_id, error, traceback, log_text, *timing = args
-        scheduler.fail(worker_id, task_id, error, traceback, now, log_text, True, *timing)
+        worker_id, task_id, error, traceback, log_text, *rest = args
+        # Older journals: no timing (before perf records), no job-fault flag.
+        started_at, seconds, job_fault = [*rest, None, None, False][:3]
+        scheduler.fail(
+            worker_id, task_id, error, traceback, now, log_text, True, started_at, seconds,
+            job_fault=bool(job_fault),
+        )  # fmt: skip
     elif kind == "priority":
         scheduler.set_priority(args[0], args[1])
     elif kind == "release":

@@ -830,8 +830,14 @@ class Scheduler:
         retry: bool = True,
         started_at: float | None = None,
         seconds: float | None = None,
+        *,
+        job_fault: bool = False,
     ) -> bool:
-        """Record a failed attempt; the task is retried until the job's max_attempts."""
+        """Record a failed attempt; the task is retried until the job's max_attempts.
+
+        ``job_fault``: the job itself is wrong (the worker said so: a scene the file lacks),
+        so every attempt anywhere would fail alike. The job fails now with that reason, and
+        the failure counts against no worker (no blocklist, no other worker tried first)."""
         task = self.task(task_id)
         if task.state is not TaskState.LEASED or task.worker != worker_id:
             return False  # the attempt no longer owns the task: nothing to record
@@ -843,14 +849,14 @@ class Scheduler:
         task.log = log[-LOG_TAIL_CHARS:]
         self._timed(task, started_at, seconds)
         job = task.job
-        if worker is not None:
+        if worker is not None and not job_fault:
             worker.tasks_failed += 1
             task.failed_on.add(worker.name)
             count = job.failures_by_worker.get(worker.name, 0) + 1
             job.failures_by_worker[worker.name] = count
             if count >= self.block_after and worker.name not in job.blocked:
                 job.blocked.add(worker.name)  # this worker keeps failing this job
-        if retry and task.failures < job.max_attempts:
+        if retry and not job_fault and task.failures < job.max_attempts:
             self._set_state(task, TaskState.QUEUED)
             task.worker = None
             task.ready_at = now
@@ -861,7 +867,10 @@ class Scheduler:
             return True
         task.finished_at = now
         self._set_state(task, TaskState.FAILED)
-        job.error = f"task {task.id} failed after {task.failures} attempt(s): {error}"
+        if job_fault:
+            job.error = f"task {task.id} failed (the job's own fault, not retried): {error}"
+        else:
+            job.error = f"task {task.id} failed after {task.failures} attempt(s): {error}"
         job.traceback = traceback
         self._close_tasks(job, TaskState.CANCELLED, now)
         self._finish(job, JobState.FAILED, now)

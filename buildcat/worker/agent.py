@@ -29,6 +29,7 @@ import buildcat
 from buildcat import auth, discovery, jobs, protocol
 from buildcat.blender import BlenderInstall, find_blender
 from buildcat.errors import FarmError
+from buildcat.jobs import blender as blender_jobs
 from buildcat.worker import tasklog
 from buildcat.worker.execute import Child, ChildConfused, ChildDied
 
@@ -456,6 +457,8 @@ class Agent:
                 "traceback": str(reply.get("traceback", "")),
                 "log": str(reply.get("log", "")),
             }
+            if not outcome["ok"] and reply.get("job_fault") is True:
+                outcome["job_fault"] = True  # the job's own fault: fail it, blame no worker
         except ChildDied as exc:
             outcome = {"id": task_id, "ok": False, "error": str(exc), "traceback": ""}
             if entry.cancelled:
@@ -669,6 +672,12 @@ class Agent:
             env[auth.TOKEN_FILE_ENV] = str(token_file)
         if self.config.tls_ca:
             env["FARM_TLS_CA"] = str(self.config.tls_ca)
+        swept = await asyncio.to_thread(
+            blender_jobs.sweep_worker_leftovers, self.config.root, self.config.name
+        )
+        if swept:
+            log.info("removed %d staging folder(s) left by a killed run: %s",
+                     len(swept), ", ".join(swept[:10]))  # fmt: skip
         self.session = self.new_session()
         self.children = [Child(env) for _ in range(self.config.slots)]
         try:

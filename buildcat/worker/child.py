@@ -20,7 +20,7 @@ import traceback
 from typing import Any, BinaryIO
 
 from buildcat import protocol
-from buildcat.errors import FarmError
+from buildcat.errors import FarmError, JobFault
 from buildcat.jobs import context
 from buildcat.jobs.context import TaskCancelled
 from buildcat.jobs.python import load_function
@@ -182,6 +182,18 @@ def main() -> None:
 
 
 def failure(exc: BaseException) -> dict[str, Any]:
+    if getattr(exc, "complete_reason", False):
+        # The message says all (a render error: Blender's own reason); buildcat's frames
+        # would only hide it.
+        reply: dict[str, Any] = {"ok": False, "error": text(exc), "traceback": ""}
+    else:
+        reply = _failure_with_traceback(exc)
+    if isinstance(exc, JobFault):
+        reply["job_fault"] = True  # the scheduler fails the job now, blaming no worker
+    return reply
+
+
+def _failure_with_traceback(exc: BaseException) -> dict[str, Any]:
     return {
         "ok": False,
         "error": text(f"{type(exc).__name__}: {exc}"),
