@@ -310,7 +310,9 @@ class Client:
         *,
         chunk: int = 1,
         output: str | None = None,
-        format: str = "PNG",
+        format: str | None = None,
+        color_mode: str | None = None,
+        color_depth: str | int | None = None,
         engine: str | None = None,
         samples: int | None = None,
         resolution: tuple[int, int] | None = None,
@@ -327,6 +329,9 @@ class Client:
 
         ``frames`` defaults to the scene's own range (read with a Blender on this machine).
         Tasks go only to workers whose Blender is at least the version that saved the file.
+        Frames are written as the scene's output settings say; ``format`` (PNG, JPEG,
+        OPEN_EXR, OPEN_EXR_MULTILAYER), ``color_mode`` (BW, RGB, RGBA) and ``color_depth``
+        (8, 16, 32) change only what they name.
         """
         from buildcat import blender as blender_support
         from buildcat.jobs import blender as blender_jobs
@@ -341,8 +346,9 @@ class Client:
         saved_with = blender_support.blend_file_version(path)
         if saved_with is None:
             raise FarmError(f"{relative} is not a .blend file")
-        if format not in blender_jobs.FORMATS:
-            raise FarmError(f"format must be one of {', '.join(blender_jobs.FORMATS)}")
+        file_format, written_as = _output_options(
+            path, scene_name, output, format, color_mode, color_depth, bool(tiles or sample_split)
+        )
         if engine is not None and engine not in blender_jobs.ENGINES:
             raise FarmError(f"engine must be one of {', '.join(blender_jobs.ENGINES)}")
         if frames is None:
@@ -360,6 +366,8 @@ class Client:
             ("resolution", list(resolution) if resolution else None),
             ("camera", camera),
             ("scene", scene_name),
+            ("color_mode", color_mode),
+            ("color_depth", None if color_depth is None else str(color_depth)),
         ):
             if value is not None:
                 settings[key] = value
@@ -380,7 +388,7 @@ class Client:
                 some,
                 chunk=chunk,
                 output=output,
-                file_format=format,
+                file_format=file_format,
                 settings=settings,
                 tiles=tiles,
                 sample_split=sample_split,
@@ -405,7 +413,7 @@ class Client:
                 "scene": relative,
                 "frames": frames,
                 "output": output or blender_jobs.default_output(relative),
-                "format": format,
+                "format": written_as,
                 "blend_version": saved_with,
             },
         )
@@ -703,3 +711,40 @@ def _owner() -> str:
         except KeyError:  # a uid with no passwd entry (some containers)
             login = f"uid{os.getuid()}"
     return f"{login}@{socket.gethostname()}"
+
+
+def _output_options(
+    blend: Path,
+    scene_name: str | None,
+    output: str | None,
+    file_format: str | None,
+    color_mode: str | None,
+    color_depth: str | int | None,
+    in_parts: bool,
+) -> tuple[str | None, str]:
+    """Check a render's output options against the scene's own output settings (read from
+    the .blend without Blender); return the format to ask for (None: the scene's) and what
+    the frames will be written as, for the job's record. Raises FarmError with one line."""
+    from buildcat.blender import output_settings
+    from buildcat.jobs import blender as blender_jobs
+
+    if file_format is not None:
+        file_format = file_format.upper()
+    depth = None if color_depth is None else str(color_depth)
+    scene = output_settings.read_scene_output(blend, scene_name)
+    _, extension = output_settings.split_extension(output or "")
+    if extension and file_format is None:
+        formats = output_settings.PATTERN_EXTENSIONS[extension]
+        if scene is None:
+            file_format = formats[0]  # the scene's format is unknown here: the name says it
+        elif scene.file_format not in formats:
+            raise FarmError(
+                f"output {output!r} ends in {extension} but the scene writes "
+                f"{scene.file_format}: give --format {formats[0]} or drop the extension"
+            )
+    effective = output_settings.check_options(file_format, color_mode, depth, scene)
+    if in_parts and effective == "OPEN_EXR_MULTILAYER":
+        raise FarmError(blender_jobs.MULTILAYER_PARTS)
+    if output is not None:
+        blender_jobs.strip_output_extension(output, effective)
+    return file_format, effective or "the scene's own"
