@@ -581,15 +581,27 @@ def _pair(text: str | None, what: str) -> tuple[int, int] | None:
     "--output",
     default=None,
     metavar="PATTERN",
-    help="Output path relative to the root, # for frame digits "
-    "[default: renders/<file name>/<scene name>/frame_####].",
+    help="Output path relative to the root, # for frame digits; Blender adds the format's "
+    "extension [default: renders/<file name>/<scene name>/frame_####].",
 )
 @click.option(
     "--format",
     "file_format",
     default=None,
-    type=click.Choice(["PNG", "JPEG", "OPEN_EXR"], case_sensitive=False),
-    help="Output format [default: PNG; a scene set to a movie format is refused without it].",
+    type=click.Choice(["PNG", "JPEG", "OPEN_EXR", "OPEN_EXR_MULTILAYER"], case_sensitive=False),
+    help="File format [default: the scene's own output settings; a movie format is refused].",
+)
+@click.option(
+    "--color-mode",
+    default=None,
+    type=click.Choice(["BW", "RGB", "RGBA"], case_sensitive=False),
+    help="Colour mode [default: the scene's].",
+)
+@click.option(
+    "--color-depth",
+    default=None,
+    type=click.Choice(["8", "16", "32"]),
+    help="Bits per channel: 8 or 16 (PNG), 16 (half) or 32 (float) for EXR [default: the scene's].",
 )
 @click.option("--engine", type=click.Choice(["cycles", "eevee", "workbench"]), default=None)
 @click.option("--samples", type=click.IntRange(min=1), default=None)
@@ -641,7 +653,9 @@ def submit_blender(
     frames: str | None,
     chunk: int,
     output: str | None,
-    file_format: str,
+    file_format: str | None,
+    color_mode: str | None,
+    color_depth: str | None,
     engine: str | None,
     samples: int | None,
     resolution: str | None,
@@ -667,6 +681,8 @@ def submit_blender(
         chunk=chunk,
         output=output,
         format=file_format.upper() if file_format else None,
+        color_mode=color_mode.upper() if color_mode else None,
+        color_depth=color_depth,
         engine=engine,
         samples=samples,
         resolution=_pair(resolution, "--resolution"),

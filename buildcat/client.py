@@ -311,6 +311,8 @@ class Client:
         chunk: int = 1,
         output: str | None = None,
         format: str | None = None,
+        color_mode: str | None = None,
+        color_depth: str | int | None = None,
         engine: str | None = None,
         samples: int | None = None,
         resolution: tuple[int, int] | None = None,
@@ -341,6 +343,9 @@ class Client:
         and that have every capability in ``requires`` (``gpu``, ``blender==4.5``). Every
         task renders on one Blender version: ``blender_version`` ("4.5", "4.5.15") pins it,
         else the job takes the version of the first worker that leases one of its tasks.
+        Frames are written as the scene's output settings say; ``format`` (PNG, JPEG,
+        OPEN_EXR, OPEN_EXR_MULTILAYER), ``color_mode`` (BW, RGB, RGBA) and ``color_depth``
+        (8, 16, 32) change only what they name.
         """
         from buildcat import blender as blender_support
         from buildcat.blender import blendfile
@@ -358,8 +363,9 @@ class Client:
             raise FarmError(f"{relative} is not a .blend file")
         needs = [f"blender>={saved_with}", *_blender_pin(blender_version, saved_with, relative)]
         needs += [r.strip() for r in requires if r.strip()]
-        if format is not None and format not in blender_jobs.FORMATS:
-            raise FarmError(f"format must be one of {', '.join(blender_jobs.FORMATS)}")
+        file_format, written_as = _output_options(
+            path, scene_name, output, format, color_mode, color_depth, bool(tiles or sample_split)
+        )
         if engine is not None and engine not in blender_jobs.ENGINES:
             raise FarmError(f"engine must be one of {', '.join(blender_jobs.ENGINES)}")
         # The file's own scenes, cameras and output, read without Blender where BAT can.
@@ -381,7 +387,6 @@ class Client:
         if frames is None:
             frames = target.frames
         output = output or blender_jobs.default_output(relative, target.name)
-        file_format = format or "PNG"
         settings: dict[str, Any] = {}
         for key, value in (
             ("engine", engine),
@@ -390,6 +395,8 @@ class Client:
             ("camera", camera),
             ("scene", scene_name),
             ("autoexec", True if enable_autoexec else None),
+            ("color_mode", color_mode),
+            ("color_depth", None if color_depth is None else str(color_depth)),
         ):
             if value is not None:
                 settings[key] = value
@@ -437,7 +444,7 @@ class Client:
                 "scene": relative,
                 "frames": frames,
                 "output": output,
-                "format": file_format,
+                "format": written_as,
                 "blend_version": saved_with,
             },
         )
@@ -754,3 +761,40 @@ def _owner() -> str:
         except KeyError:  # a uid with no passwd entry (some containers)
             login = f"uid{os.getuid()}"
     return f"{login}@{socket.gethostname()}"
+
+
+def _output_options(
+    blend: Path,
+    scene_name: str | None,
+    output: str | None,
+    file_format: str | None,
+    color_mode: str | None,
+    color_depth: str | int | None,
+    in_parts: bool,
+) -> tuple[str | None, str]:
+    """Check a render's output options against the scene's own output settings (read from
+    the .blend without Blender); return the format to ask for (None: the scene's) and what
+    the frames will be written as, for the job's record. Raises FarmError with one line."""
+    from buildcat.blender import output_settings
+    from buildcat.jobs import blender as blender_jobs
+
+    if file_format is not None:
+        file_format = file_format.upper()
+    depth = None if color_depth is None else str(color_depth)
+    scene = output_settings.read_scene_output(blend, scene_name)
+    _, extension = output_settings.split_extension(output or "")
+    if extension and file_format is None:
+        formats = output_settings.PATTERN_EXTENSIONS[extension]
+        if scene is None:
+            file_format = formats[0]  # the scene's format is unknown here: the name says it
+        elif scene.file_format not in formats:
+            raise FarmError(
+                f"output {output!r} ends in {extension} but the scene writes "
+                f"{scene.file_format}: give --format {formats[0]} or drop the extension"
+            )
+    effective = output_settings.check_options(file_format, color_mode, depth, scene)
+    if in_parts and effective == "OPEN_EXR_MULTILAYER":
+        raise FarmError(blender_jobs.MULTILAYER_PARTS)
+    if output is not None:
+        blender_jobs.strip_output_extension(output, effective)
+    return file_format, effective or "the scene's own"

@@ -11,7 +11,10 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy
+import OpenEXR
 import pytest
 
 import buildcat
@@ -374,23 +377,25 @@ def test_tiles_stitch_into_the_full_frame(blender_farm: Farm) -> None:
     assert not list((blender_farm.root / "tiled" / ".buildcat-parts").glob("*.png"))
 
 
+def _linear(path: Path) -> numpy.ndarray:
+    channels = OpenEXR.File(str(path), separate_channels=True).channels()
+    return numpy.stack([channels[c].pixels for c in "RGB"], axis=-1).astype(numpy.float64)
+
+
 @needs_binary
 def test_sample_split_merge_is_the_mean_of_its_parts_and_beats_each(blender_farm: Farm) -> None:
     blender_farm.start_worker("--slots", "2")
     farm = blender_farm.client()
+    common: dict[str, Any] = {"resolution": (32, 32), "format": "OPEN_EXR"}
     split = farm.render(
-        "shots/spin.blend", "4", sample_split=4, samples=8, output="split/f_####",
-        resolution=(32, 32),
-    )  # fmt: skip
-    reference = farm.render(
-        "shots/spin.blend", "4", samples=256, output="ref/f_####", resolution=(32, 32)
+        "shots/spin.blend", "4", sample_split=4, samples=8, output="split/f_####", **common
     )
-    # The split's own parts again, planned as farm.render plans them (same seeds, same
-    # share of the samples), into another folder and without the merge, which would
-    # delete them.
+    reference = farm.render("shots/spin.blend", "4", samples=256, output="ref/f_####", **common)
+    # The split's own parts again, planned as farm.render plans them (same share of the
+    # samples), into another folder and without the merge, which would delete them.
     planned = plan_render(
         "shots/spin.blend", [4], output="kept/f_####", sample_split=4,
-        settings={"samples": 8, "resolution": [32, 32]},
+        settings={"samples": 8, "resolution": [32, 32], "format": "OPEN_EXR"},
     )  # fmt: skip
     *part_tasks, merge_task = planned
     parts = farm.submit_tasks(part_tasks, kind="blender")
@@ -399,17 +404,17 @@ def test_sample_split_merge_is_the_mean_of_its_parts_and_beats_each(blender_farm
     parts.wait(timeout=300)
     assert [t["label"] for t in split.tasks()] == [t["payload"]["label"] for t in planned]
     assert merge_task["payload"]["step"] == "merge"
+    # Parts are float EXR whatever the job writes: two samples each of the frame's eight.
     kept = [
-        _pixels(blender_farm.root / frame_path(pattern, 4, ".png"))
+        _linear(blender_farm.root / frame_path(pattern, 4, ".exr"))
         for pattern in merge_task["payload"]["parts"]
     ]
-    assert len({bytes(part) for part in kept}) == 4  # four different seeds
-    merged = _pixels(blender_farm.root / "split" / "f_0004.png")
-    mean = [sum(values) / len(values) for values in zip(*kept, strict=True)]
-    assert max(abs(m - a) for m, a in zip(merged, mean, strict=True)) <= 0.5  # 8-bit rounding
-    truth = _pixels(blender_farm.root / "ref" / "f_0004.png")
-    errors = [_mean_error(part, truth) for part in kept]
-    assert _mean_error(merged, truth) < min(errors), errors
+    assert len({part.tobytes() for part in kept}) == 4  # four stretches of the samples
+    merged = _linear(blender_farm.root / "split" / "f_0004.exr")
+    assert numpy.abs(merged - numpy.mean(kept, axis=0)).max() < 1e-5  # equal shares
+    truth = _linear(blender_farm.root / "ref" / "f_0004.exr")
+    errors = [float(numpy.abs(part - truth).mean()) for part in kept]
+    assert float(numpy.abs(merged - truth).mean()) < min(errors), errors
 
 
 #: The first line of a warm render's log: which Blender process renders the task.

@@ -10,11 +10,17 @@
   bottom row: the part of that input that goes into the output (later inputs win overlaps)
 - ``width``, ``height``: the output size (default: the first input's size)
 - ``fractions`` (stitch, instead of ``rects``): rects as fractions of the frame
-- ``output``: absolute path of the result, extension included
-- ``format``: ``"PNG"``, ``"JPEG"`` or ``"OPEN_EXR"``
+- ``blend`` and ``settings``: the scene and the job's override settings. The result is written
+  as that scene writes its frames (format, colour mode and depth, EXR codec, JPEG quality,
+  with its view transform, look and exposure), and ``output`` has no extension: the
+  format's own is added. The inputs are then the farm's float EXR parts (linear light);
+  a merge weights each by its share of the scene's samples
+- ``output``: absolute path of the result; extension included when there is no ``blend``
+- ``format`` (without ``blend``): ``"PNG"``, ``"JPEG"`` or ``"OPEN_EXR"``
 
-Stitch copies each input's rect; merge writes the per-pixel mean of the inputs' stored values.
-The result is written to a temporary name beside ``output``, then renamed over it.
+Stitch copies each input's rect; merge writes the per-pixel (weighted) mean of the inputs'
+stored values. The result is written to a temporary name beside ``output``, then renamed
+over it, and the last line says where: ``buildcat: merge of 4 images written to PATH``.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import sys
 import bpy
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import override
 from script_support import ScriptError, read_settings, run
 
 try:  # Debian's Blender runs the system Python, which may lack numpy.
@@ -81,15 +88,50 @@ def stitch(sources: list, rects: list, width: int, height: int):
     return result
 
 
-def merge(sources: list):
-    """The per-pixel mean of the sources."""
+def merge(sources: list, weights: list | None = None):
+    """The per-pixel mean of the sources, each weighted (by its samples) when given."""
+    weights = weights or [1] * len(sources)
+    whole = float(sum(weights))
     if numpy is not None:
-        return numpy.mean(numpy.stack(sources), axis=0, dtype=numpy.float64).astype(numpy.float32)
-    total = list(sources[0])
-    for pixels in sources[1:]:
-        total = list(map(operator.add, total, pixels))
-    scale = 1.0 / len(sources)
-    return array.array("f", map(operator.mul, total, itertools.repeat(scale)))
+        total = numpy.zeros(len(sources[0]), dtype=numpy.float64)
+        for pixels, weight in zip(sources, weights, strict=True):
+            total += numpy.asarray(pixels, dtype=numpy.float64) * (weight / whole)
+        return total.astype(numpy.float32)
+    total = [0.0] * len(sources[0])
+    for pixels, weight in zip(sources, weights, strict=True):
+        total = list(map(operator.add, total, map(operator.mul, pixels,
+                                                  itertools.repeat(weight / whole))))  # fmt: skip
+    return array.array("f", total)
+
+
+#: Job settings that say how the frame is written (the rest are for the parts' renders).
+SCENE_KEYS = ("scene", "engine", "samples", "format", "color_mode", "color_depth")
+
+
+def _job_scene(
+    blend: str, settings: object, mode: str, count: int
+) -> tuple[bpy.types.Scene, list | None]:
+    """Open the job's scene with its output options; return it and, for a sample split,
+    each part's samples (the weights of the merge)."""
+    if not isinstance(settings, dict):
+        raise ScriptError("'settings' must be a JSON object")
+    if not os.path.isfile(blend):
+        raise ScriptError(f"no .blend file at {blend}")
+    bpy.ops.wm.open_mainfile(filepath=blend)
+    override.apply({key: settings[key] for key in SCENE_KEYS if key in settings})
+    scene = override.target_scene(settings)
+    if scene.render.image_settings.file_format == "OPEN_EXR_MULTILAYER":
+        raise ScriptError(
+            "a tiled or sample-split frame is one image, not a multilayer EXR with passes: "
+            "give --format OPEN_EXR, or render whole frames"
+        )
+    weights = None
+    if mode == "merge":
+        total = scene.cycles.samples
+        if total < count:
+            raise ScriptError(f"{total} samples cannot be split into {count} parts")
+        weights = [override.split_share(total, count, i)[0] for i in range(count)]
+    return scene, weights
 
 
 def _writer_scene(file_format: str) -> bpy.types.Scene:
@@ -114,6 +156,33 @@ def _writer_scene(file_format: str) -> bpy.types.Scene:
     return scene
 
 
+def _write_as_a_frame(scene: bpy.types.Scene, image: bpy.types.Image, path: str) -> None:
+    """Write ``image`` (scene-linear float) as ``scene`` writes a rendered frame: through
+    Blender's own render pipeline, so the view transform, look, exposure, dither and the
+    format's settings are applied exactly as in a plain render (``Image.save_render`` skips
+    the dither). The compositor's only input is the image: Blender renders no 3D scene when
+    no Render Layers node asks for it."""
+    render = scene.render
+    render.resolution_x, render.resolution_y = image.size[0], image.size[1]
+    render.resolution_percentage = 100
+    render.use_border = False
+    render.use_compositing = True
+    render.use_sequencer = False
+    render.use_file_extension = False  # ``path`` has the extension already
+    render.filepath = path
+    scene.use_nodes = True
+    tree = scene.node_tree
+    tree.nodes.clear()
+    source = tree.nodes.new("CompositorNodeImage")
+    source.image = image
+    composite = tree.nodes.new("CompositorNodeComposite")
+    composite.use_alpha = True
+    tree.links.new(source.outputs["Image"], composite.inputs["Image"])
+    result = bpy.ops.render.render(write_still=True, scene=scene.name)
+    if "FINISHED" not in result:
+        raise ScriptError(f"Blender could not write {path}")
+
+
 def compose(settings: dict) -> str:
     mode = settings.get("mode")
     if mode not in ("stitch", "merge"):
@@ -135,9 +204,15 @@ def compose(settings: dict) -> str:
     output = settings.get("output")
     if not isinstance(output, str) or not os.path.isabs(output):
         raise ScriptError("'output' must be an absolute path")
-    file_format = settings.get("format", "PNG")
-    if file_format not in FORMATS:
-        raise ScriptError(f"'format' must be one of {', '.join(FORMATS)}, not {file_format!r}")
+    blend = settings.get("blend")
+    job_scene, weights = None, None
+    if blend is not None:
+        job_scene, weights = _job_scene(blend, settings.get("settings", {}), mode, len(inputs))
+        output = output + job_scene.render.file_extension
+    else:
+        file_format = settings.get("format", "PNG")
+        if file_format not in FORMATS:
+            raise ScriptError(f"'format' must be one of {', '.join(FORMATS)}, not {file_format!r}")
     rects = None
     if mode == "stitch" and "fractions" in settings:
         # Rects as fractions of the frame (y = 0 at the bottom), as the farm plans tiles.
@@ -163,10 +238,11 @@ def compose(settings: dict) -> str:
     is_float = images[0].is_float
     if any(image.is_float != is_float for image in images):
         raise ScriptError("inputs mix 8-bit and float images; render them in one format")
-    result = merge(sources) if mode == "merge" else stitch(sources, rects, width, height)
+    result = merge(sources, weights) if mode == "merge" else stitch(sources, rects, width, height)
 
     # The result keeps the inputs' kind and colour space, so 8-bit inputs are written back
-    # byte for byte; a float result written as PNG/JPEG goes through the Standard view.
+    # byte for byte; float parts (linear light) are written as the job's scene writes a
+    # frame, through its view transform; without a scene, through the Standard view.
     image = bpy.data.images.new("buildcat-result", width, height, alpha=True, float_buffer=is_float)
     image.colorspace_settings.name = images[0].colorspace_settings.name
     image.pixels.foreach_set(result)
@@ -176,7 +252,10 @@ def compose(settings: dict) -> str:
     temporary = os.path.join(folder, f".{stem}.tmp-{os.getpid()}{extension}")
     os.makedirs(folder, exist_ok=True)
     try:
-        image.save_render(temporary, scene=_writer_scene(file_format))
+        if job_scene is not None:
+            _write_as_a_frame(job_scene, image, temporary)
+        else:
+            image.save_render(temporary, scene=_writer_scene(file_format))
         if not os.path.isfile(temporary):
             raise ScriptError(f"Blender wrote no file for {output}")
         os.replace(temporary, output)

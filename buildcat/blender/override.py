@@ -2,7 +2,7 @@
 """Change a loaded scene's render settings for one farm task (runs inside Blender).
 
 Binary: ``blender -b SCENE.blend [-S NAME] --python-exit-code 1 --python override.py
--o /abs/out/frame_#### -F PNG -x 1 -f 1,2 -- '{json}'``. With the bpy module, bpy_render.py
+-o /abs/out/frame_#### -x 1 -f 1,2 -- '{json}'``. With the bpy module, bpy_render.py
 imports this file and calls :func:`apply`. All JSON keys are optional:
 
 - ``scene``: scene name (run as the binary's ``--python`` script before ``-f``, the binary
@@ -13,9 +13,18 @@ imports this file and calls :func:`apply`. All JSON keys are optional:
 - ``samples``: Cycles samples, or EEVEE render samples
 - ``resolution``: ``[width, height]`` at 100 %
 - ``camera``: camera object name; it wins over timeline markers that bind cameras
-- ``format``: ``"PNG"`` or ``"JPEG"`` (8-bit RGB) or ``"OPEN_EXR"`` (RGBA half float)
+- ``format``: ``"PNG"``, ``"JPEG"``, ``"OPEN_EXR"`` or ``"OPEN_EXR_MULTILAYER"``; the scene's
+  colour mode, depth, codec and quality are kept where the new format has them (Blender's own
+  rule when the format changes). Absent: the scene's own format (a movie format is refused)
+- ``color_mode``: ``"BW"``, ``"RGB"`` or ``"RGBA"``; ``color_depth``: ``"8"``, ``"16"`` or
+  ``"32"`` (each refused with one line where the format lacks it)
+- ``part``: true for a tile or a sample-split part: written as OPEN_EXR, RGBA, 32-bit float,
+  lossless ZIP, whatever the job's format, so the stitch or merge loses nothing
 - ``seed``: Cycles seed, not animated
-- ``split_count``: render 1/N of the samples (one part of a sample split)
+- ``split_count``, ``split_index``: render part ``split_index`` (0-based) of N parts of the
+  scene's samples: its share of the samples, from its offset into the one sample sequence
+  (``cycles.sample_offset``), with adaptive sampling off, so the merged parts are the samples
+  of one full render. ``split_count`` alone (older tasks): 1/N of the samples
 - ``border``: ``[xmin, ymin, xmax, ymax]`` fractions of the frame, y = 0 at the bottom;
   the image keeps the full size (no crop), pixels outside the border stay empty
 - ``denoise``: true or false turns Cycles denoising on or off; absent leaves the scene's choice
@@ -51,8 +60,13 @@ ENGINES = {
     "eevee": ("BLENDER_EEVEE_NEXT", "BLENDER_EEVEE"),
     "workbench": ("BLENDER_WORKBENCH",),
 }
-FORMATS = ("PNG", "JPEG", "OPEN_EXR")
+FORMATS = ("PNG", "JPEG", "OPEN_EXR", "OPEN_EXR_MULTILAYER")
+MOVIE_FORMATS = ("AVI_RAW", "AVI_JPEG", "FFMPEG", "H264", "XVID", "THEORA")
 KEYS = {
+    "color_mode",
+    "color_depth",
+    "part",
+    "split_index",
     "scene",
     "engine",
     "samples",
@@ -115,18 +129,53 @@ def _set_engine(scene: bpy.types.Scene, name: object) -> str:
     raise ScriptError(f"this Blender {bpy.app.version_string} has no {name} engine")
 
 
-def _set_format(scene: bpy.types.Scene, file_format: object) -> None:
-    if file_format not in FORMATS:
-        raise ScriptError(f"'format' must be one of {', '.join(FORMATS)}, not {file_format!r}")
-    settings = scene.render.image_settings
-    settings.file_format = file_format
-    if file_format == "OPEN_EXR":
-        settings.color_mode = "RGBA"
-        settings.color_depth = "16"
-    else:
-        settings.color_mode = "RGB"
-        settings.color_depth = "8"
+def _enum_items(settings, name: str) -> list[str]:
+    return [item.identifier for item in settings.bl_rna.properties[name].enum_items]
+
+
+def _set_format(scene: bpy.types.Scene, settings: dict) -> list[str]:
+    """Change only the output settings named; return what changed, for the log."""
+    image = scene.render.image_settings
+    changed = []
+    if "format" in settings:
+        file_format = settings["format"]
+        if file_format not in FORMATS:
+            raise ScriptError(f"'format' must be one of {', '.join(FORMATS)}, not {file_format!r}")
+        image.file_format = file_format  # Blender keeps mode and depth where it can
+        changed.append(f"format {file_format}")
+    elif image.file_format in MOVIE_FORMATS:
+        raise ScriptError(
+            f"scene {scene.name!r} writes a movie ({image.file_format}); a farm renders "
+            "frames: give a --format, then make the video from the frames"
+        )
+    for key, prop, label in (("color_mode", "color_mode", "colour mode"),
+                             ("color_depth", "color_depth", "colour depth")):  # fmt: skip
+        if key not in settings:
+            continue
+        value = settings[key]
+        accepted = _enum_items(image, prop)
+        if not isinstance(value, str) or value not in accepted:
+            raise ScriptError(
+                f"{image.file_format} has no {label} {value!r}: use {' or '.join(accepted)}"
+            )
+        setattr(image, prop, value)
+        changed.append(f"{label} {value}")
+    if settings.get("part"):
+        # A tile or a sample-split part: lossless linear float, whatever the job writes.
+        image.file_format = "OPEN_EXR"
+        image.color_mode = "RGBA"
+        image.color_depth = "32"
+        image.exr_codec = "ZIP"
+        changed.append("part as OPEN_EXR RGBA 32-bit float (ZIP)")
+    # The farm finds each frame by its name plus the format's extension.
     scene.render.use_file_extension = True
+    return changed
+
+
+def split_share(total: int, count: int, index: int) -> tuple[int, int]:
+    """Part ``index`` of ``count``: (its samples, its offset into the frame's samples)."""
+    base, extra = divmod(total, count)
+    return base + (1 if index < extra else 0), index * base + min(index, extra)
 
 
 def _set_border(scene: bpy.types.Scene, border: object) -> None:
@@ -215,11 +264,35 @@ def apply(settings: dict) -> list[str]:
         if unbound:
             note(f"{unbound} timeline marker(s) binding cameras ignored")
 
-    if "format" in settings:
-        _set_format(scene, settings["format"])
-        note(f"format {settings['format']}")
+    for change in _set_format(scene, settings):
+        note(change)
+    image = scene.render.image_settings
+    note(f"writing {image.file_format} {image.color_mode} {image.color_depth}-bit")
 
-    if "split_count" in settings:
+    if "split_index" in settings:
+        count = _integer(settings.get("split_count"), "split_count")
+        index = _integer(settings["split_index"], "split_index", low=0)
+        if scene.render.engine != "CYCLES":
+            raise ScriptError("sample splitting works with Cycles only")
+        if not index < count:
+            raise ScriptError(f"'split_index' {index} is not below 'split_count' {count}")
+        total = scene.cycles.samples
+        if total < count:
+            raise ScriptError(f"{total} samples cannot be split into {count} parts")
+        samples, offset = split_share(total, count, index)
+        if hasattr(scene.cycles, "use_sample_subset"):
+            # Blender 4.2+: the pattern is laid out for ``samples``; render a subset of it.
+            scene.cycles.use_sample_subset = True
+            scene.cycles.sample_offset = offset
+            scene.cycles.sample_subset_length = samples
+        else:  # Blender 3.x: skip ``offset`` samples of the sequence, render ``samples``
+            scene.cycles.samples = samples
+            scene.cycles.sample_offset = offset
+        # Each part must render all its samples: adaptive sampling would stop them early,
+        # and not where a full render would.
+        scene.cycles.use_adaptive_sampling = False
+        note(f"samples {offset + 1}-{offset + samples} of {total} (part {index + 1}/{count})")
+    elif "split_count" in settings:
         # One of N sample-split parts: 1/N of the samples, merged with the others later.
         count = _integer(settings["split_count"], "split_count")
         if scene.render.engine != "CYCLES":

@@ -26,13 +26,14 @@ from typing import Any
 
 from buildcat import launch
 from buildcat import root as farm_root
-from buildcat.blender import BPY, SCRIPTS, BlenderInstall, blend_file_version
+from buildcat.blender import BPY, SCRIPTS, BlenderInstall, blend_file_version, output_settings
 from buildcat.errors import FarmError, JobFault, LimitError
 from buildcat.frames import chunk_frames, format_frames
 from buildcat.jobs import context
 from buildcat.protocol import MAX_TASKS_PER_JOB
 
-FORMATS = {"PNG": ".png", "JPEG": ".jpg", "OPEN_EXR": ".exr"}
+#: The formats an option may ask for, with their extensions; with none, the scene's own.
+FORMATS = output_settings.EXTENSIONS
 ENGINES = ("cycles", "eevee", "workbench")
 STEPS = ("render", "stitch", "merge")
 #: Blender's own range for each side of a render (``render.resolution_x``/``_y``).
@@ -62,6 +63,7 @@ _BLENDER_ERROR = re.compile(r"^(?:Error|ERROR)\b[: ]\s*(?!Not freed memory)(.+)"
 #: How the scripts inside Blender say why they stopped (script_support.py).
 SCRIPT_ERROR = "buildcat: error: "
 SCRIPT_JOB_ERROR = "buildcat: job error: "
+_COMPOSED = re.compile(r"buildcat: (?:stitch|merge) of \d+ images written to (.+)$", re.MULTILINE)
 
 
 class RenderFailed(FarmError):
@@ -183,17 +185,24 @@ def plan_render(
     *,
     chunk: int = 1,
     output: str | None = None,
-    file_format: str = "PNG",
+    file_format: str | None = None,
     settings: dict[str, Any] | None = None,
     tiles: tuple[int, int] | None = None,
     sample_split: int | None = None,
 ) -> list[dict[str, Any]]:
-    """The tasks of a render job, with the stitch/merge tasks depending on their parts."""
+    """The tasks of a render job, with the stitch/merge tasks depending on their parts.
+
+    Without ``file_format`` (or ``format``, ``color_mode``, ``color_depth`` in ``settings``)
+    frames are written as the scene's own output settings say."""
     if tiles and sample_split:
         raise FarmError("--tiles and --sample-split cannot be combined")
-    output = farm_root.check_relative(output or default_output(scene))
     settings = dict(settings or {})
-    settings["format"] = file_format
+    if file_format is not None:
+        settings["format"] = file_format
+    output = strip_output_extension(output or default_output(scene), settings.get("format"))
+    output = farm_root.check_relative(output)
+    if (tiles or sample_split) and settings.get("format") == "OPEN_EXR_MULTILAYER":
+        raise FarmError(MULTILAYER_PARTS)
     if sample_split and settings.get("engine", "cycles") != "cycles":
         raise FarmError("--sample-split works with Cycles only")
     tasks: list[dict[str, Any]] = []
@@ -225,7 +234,12 @@ def plan_render(
             rects = tile_rects(columns, rows)
             part_patterns = [f"{parts}/{base}_tile{i:02d}_" for i in range(len(rects))]
             ids = [
-                render([frame], pattern, {"border": _overlap(rect)}, f"frame {frame} tile {i}")
+                render(
+                    [frame],
+                    pattern,
+                    {"border": _overlap(rect), "part": True},
+                    f"frame {frame} tile {i}",
+                )
                 for i, (pattern, rect) in enumerate(zip(part_patterns, rects, strict=True))
             ]
             mode, extra = "stitch", {"rects": rects}
@@ -236,7 +250,7 @@ def plan_render(
                 render(
                     [frame],
                     pattern,
-                    {"seed": frame * 1000 + i, "split_count": sample_split},
+                    {"split_index": i, "split_count": sample_split, "part": True},
                     f"frame {frame} samples {i + 1}/{sample_split}",
                 )
                 for i, pattern in enumerate(part_patterns)
@@ -249,7 +263,10 @@ def plan_render(
                     "frame": frame,
                     "parts": part_patterns,
                     "output": output,
-                    "format": file_format,
+                    # The stitch or merge writes in the scene's output settings and colour
+                    # management, with the job's options: it opens the scene too.
+                    "scene": scene,
+                    "settings": settings,
                     "label": f"frame {frame} {mode}",
                     **extra,
                 },
@@ -257,6 +274,29 @@ def plan_render(
             }
         )
     return tasks
+
+
+#: Why a multilayer EXR job cannot be tiled or split.
+MULTILAYER_PARTS = (
+    "--tiles and --sample-split write one image (OPEN_EXR, PNG, JPEG), not a multilayer EXR "
+    "with passes: give --format OPEN_EXR, or render whole frames"
+)
+
+
+def strip_output_extension(output: str, file_format: str | None) -> str:
+    """An output pattern that ends in an image extension, without it (Blender adds the
+    format's own); refused when the extension is not the one the format writes."""
+    stem, extension = output_settings.split_extension(output)
+    if not extension:
+        return output
+    formats = output_settings.PATTERN_EXTENSIONS[extension]
+    if file_format is not None and file_format not in formats:
+        raise FarmError(
+            f"output {output!r} ends in {extension} but {file_format} writes "
+            f"{FORMATS.get(file_format, 'another extension')}: drop the extension "
+            "(Blender adds the format's own)"
+        )
+    return stem
 
 
 def _overlap(rect: list[float], margin: float = 0.02) -> list[float]:
@@ -289,8 +329,7 @@ def validate_payload(payload: dict[str, Any]) -> None:
             raise FarmError("'settings' must be a map")
         if not isinstance(settings.get("autoexec", False), bool):
             raise FarmError("'autoexec' must be true or false")
-        if settings.get("format", "PNG") not in FORMATS:
-            raise FarmError(f"format must be one of {', '.join(FORMATS)}")
+        _check_output_settings(settings)
         if settings.get("engine") not in (None, *ENGINES):
             raise FarmError(f"engine must be one of {', '.join(ENGINES)}")
         _check_settings_limits(settings)
@@ -302,8 +341,31 @@ def validate_payload(payload: dict[str, Any]) -> None:
             farm_root.check_relative(_text({"part": part}, "part"))
         if payload.get("format", "PNG") not in FORMATS:
             raise FarmError(f"format must be one of {', '.join(FORMATS)}")
+        if "scene" in payload:
+            farm_root.check_relative(_text(payload, "scene"))
+        settings = payload.get("settings", {})
+        if not isinstance(settings, dict):
+            raise FarmError("'settings' must be a map")
+        _check_output_settings(settings)
+        if settings.get("format") == "OPEN_EXR_MULTILAYER":
+            raise FarmError(MULTILAYER_PARTS)
         if not isinstance(payload.get("frame"), int):
             raise FarmError("'frame' must be a frame number")
+
+
+def _check_output_settings(settings: dict[str, Any]) -> None:
+    """The output options of a task's settings: only values Blender has, in combinations
+    it accepts (the scene's own format is checked by Blender on the worker)."""
+    file_format, mode, depth = (
+        settings.get(key) for key in ("format", "color_mode", "color_depth")
+    )
+    if any(
+        value is not None and not isinstance(value, str) for value in (file_format, mode, depth)
+    ):
+        raise FarmError("'format', 'color_mode' and 'color_depth' must be text")
+    output_settings.check_options(file_format, mode, depth, scene=None)
+    if not isinstance(settings.get("part", False), bool):
+        raise FarmError("'part' must be true or false")
 
 
 def _check_settings_limits(settings: dict[str, Any]) -> None:
@@ -674,7 +736,6 @@ def _render(task: dict[str, Any], blender: BlenderInstall) -> dict[str, Any]:
     if saved_with is None:  # changed since it was submitted: no worker could render it
         raise SceneFault(f"{task['scene']} is not a .blend file")
     settings = dict(task.get("settings", {}))
-    extension = FORMATS[settings.get("format", "PNG")]
     final_pattern = farm_root.resolve(ctx.root, task["output"])
     try:
         staging = _temporary_folder(final_pattern.parent)
@@ -695,7 +756,7 @@ def _render(task: dict[str, Any], blender: BlenderInstall) -> dict[str, Any]:
         else:
             _render_once(blender, scene, settings, pattern, frames, progress)
         try:
-            outputs = _move_into_place(frames, pattern, final_pattern, extension)
+            outputs = _move_into_place(frames, pattern, final_pattern)
         except RenderFailed as exc:
             if not progress.reason:  # Blender said nothing, but wrote nothing either
                 raise
@@ -735,7 +796,7 @@ def _render_once(
         command = [
             blender.path, "-b", trust, str(scene), *choose,
             "--python-exit-code", "1", "--python", str(SCRIPTS / "override.py"),
-            "-o", pattern, "-F", settings.get("format", "PNG"), "-x", "1",
+            "-o", pattern, "-x", "1",
             "-f", ",".join(str(f) for f in frames),
             "--", json.dumps(settings),
         ]  # fmt: skip
@@ -751,18 +812,34 @@ def _render_once(
         raise RenderFailed(f"Blender exited with code {code}; see the task log")
 
 
-def _move_into_place(
-    frames: list[int], pattern: str, final_pattern: Path, extension: str
-) -> list[str]:
+def written_frame(pattern: str | Path, frame: int) -> Path | None:
+    """The file Blender wrote for ``frame`` of an output pattern in a folder of the task's
+    own: the frame's name plus whatever extension the scene's format gave it."""
+    stem = Path(frame_path(str(pattern), frame, ""))
+    try:
+        names = os.listdir(stem.parent)
+    except OSError:
+        return None
+    for name in sorted(names):
+        rest = name[len(stem.name) :] if name.startswith(stem.name) else None
+        if rest is not None and re.fullmatch(r"(\.[A-Za-z0-9]+)?", rest):
+            path = stem.parent / name
+            if path.is_file() and path.stat().st_size > 0:
+                return path
+    return None
+
+
+def _move_into_place(frames: list[int], pattern: str, final_pattern: Path) -> list[str]:
     """Check every frame was written to the staging pattern, rename each to its final
     path; return the root-relative final paths."""
     root = Path(context.current().root).resolve()
     outputs = []
     for frame in frames:
-        written = Path(frame_path(pattern, frame, extension))
-        if not written.is_file() or written.stat().st_size == 0:
-            raise RenderFailed(f"Blender did not write frame {frame} ({written.name})")
-        final = Path(frame_path(str(final_pattern), frame, extension))
+        written = written_frame(pattern, frame)
+        if written is None:
+            expected = Path(frame_path(pattern, frame, "")).name
+            raise RenderFailed(f"Blender did not write frame {frame} ({expected}.*)")
+        final = Path(frame_path(str(final_pattern), frame, written.suffix))
         os.replace(written, final)
         outputs.append(final.relative_to(root).as_posix())
     return outputs
@@ -770,13 +847,22 @@ def _move_into_place(
 
 def _compose(task: dict[str, Any], blender: BlenderInstall) -> dict[str, Any]:
     ctx = context.current()
-    file_format = task.get("format", "PNG")
-    extension = FORMATS[file_format]
     frame = task["frame"]
-    inputs = [
-        farm_root.resolve(ctx.root, frame_path(part, frame, extension)) for part in task["parts"]
-    ]
-    missing = [str(path) for path in inputs if not path.is_file()]
+    old_style = "scene" not in task  # planned before the parts were float EXR
+    extension = FORMATS[task.get("format", "PNG")] if old_style else ""
+    inputs: list[Path] = []
+    missing = []
+    for part in task["parts"]:
+        pattern = farm_root.resolve(ctx.root, part)
+        found = (
+            Path(frame_path(str(pattern), frame, extension))
+            if old_style
+            else written_frame(pattern, frame)
+        )
+        if found is None or not found.is_file():
+            missing.append(frame_path(part, frame, extension or ".exr"))
+        else:
+            inputs.append(found)
     if missing:
         raise RenderFailed(f"missing parts of frame {frame}: {', '.join(missing)}")
     final = farm_root.resolve(ctx.root, frame_path(task["output"], frame, extension))
@@ -785,8 +871,15 @@ def _compose(task: dict[str, Any], blender: BlenderInstall) -> dict[str, Any]:
         "mode": task["step"],
         "inputs": [str(path) for path in inputs],
         "output": str(final),
-        "format": file_format,
     }
+    if old_style:
+        settings["format"] = task.get("format", "PNG")
+    else:
+        scene = farm_root.resolve(ctx.root, task["scene"])
+        if not scene.is_file():
+            raise RenderFailed(f"scene {task['scene']} does not exist under the farm root")
+        settings["blend"] = str(scene)
+        settings["settings"] = dict(task.get("settings", {}))
     if task["step"] == "stitch":
         settings["fractions"] = task["rects"]
     if blender.kind == BPY:
@@ -796,14 +889,22 @@ def _compose(task: dict[str, Any], blender: BlenderInstall) -> dict[str, Any]:
             blender.path, "-b", "--factory-startup", "--python-exit-code", "1",
             "--python", str(SCRIPTS / "compose.py"), "--", json.dumps(settings),
         ]  # fmt: skip
-    code = run_process(command, print)
-    if code != 0 or not final.is_file():
+    lines: list[str] = []
+
+    def keep(line: str) -> None:
+        print(line)
+        lines.append(line)
+
+    code = run_process(command, keep)
+    written = _COMPOSED.search("\n".join(lines))
+    result = Path(written[1]) if written else final
+    if code != 0 or not result.is_file():
         raise RenderFailed(f"{task['step']} of frame {frame} failed (exit code {code})")
     for path in inputs:
         path.unlink(missing_ok=True)
     for folder in {path.parent for path in inputs if path.parent.name == PARTS_FOLDER}:
         with contextlib.suppress(OSError):  # not empty: another frame's parts are in it
             folder.rmdir()
-    output = final.relative_to(Path(ctx.root).resolve()).as_posix()
+    output = result.relative_to(Path(ctx.root).resolve()).as_posix()
     context.progress(1.0, f"frame {frame} {task['step']}ed")
     return {"frames": [frame], "outputs": [output]}
