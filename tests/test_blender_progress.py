@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from buildcat.blender import BPY, find_blender
-from tests.blender_support import BINARY, BOTH_BLENDERS
+from tests.blender_support import BINARY, BOTH_BLENDERS, needs_binary
 from tests.conftest import Farm, wait_for
+from tests.test_dashboard import browser, dashboard_link  # noqa: F401  (a fixture)
 
 #: Frames 1 and 2 take a moment; frame 3 takes seconds (its samples are keyframed).
 LONG_SAMPLES = 5000
@@ -206,3 +207,27 @@ def test_farm_wait_on_a_finished_job_measures_from_the_jobs_start(jobs_farm: Far
     assert float(elapsed) == pytest.approx(span, abs=0.06)
     [rate] = re.findall(r"([\d.]+) tasks/s", waited.stdout)
     assert float(rate) == pytest.approx(2 / span, rel=0.1)
+
+
+@needs_binary
+def test_the_dashboard_shows_each_frames_record_in_the_task_view(
+    shot: Farm,
+    browser: object,  # noqa: F811  (the fixture imported above)
+) -> None:
+    shot.start_worker(name="renderer")
+    client = shot.client()
+    job = client.render("shots/long.blend", "1-2", chunk=2)
+    job.wait(timeout=300)
+    version = _worker_version(shot, "renderer")
+    page = browser.new_page()  # type: ignore[attr-defined]
+    page.goto(dashboard_link(shot))
+    page.locator(f'tr[data-job="{job.id}"]').click()
+    page.locator(f'#tasks tr[data-task="{job.id}.0"]').click()
+    rows = page.locator("#task-frames tr.frame")
+    rows.nth(1).wait_for(timeout=30_000)
+    cells = [rows.nth(i).locator("td").all_inner_texts() for i in range(rows.count())]
+    assert [row[0] for row in cells] == ["1", "2"]
+    for _, render_time, memory, blender, worker in cells:
+        assert render_time.endswith("s") and memory.endswith(" MB")
+        assert float(memory.split()[0]) > 0
+        assert (blender, worker) == (version, "renderer")
