@@ -105,8 +105,13 @@ def test_a_long_cycles_frame_reports_progress_before_it_is_saved(shot: Farm, ble
     assert any("left" in message for _, message in between), between[-3:]
 
 
+@pytest.mark.parametrize("how", ["warm", "per-task"])
 @pytest.mark.parametrize("blender", BOTH_BLENDERS)
-def test_a_cancelled_chunk_keeps_the_frames_it_saved(shot: Farm, blender: str) -> None:
+def test_a_cancelled_chunk_keeps_the_frames_it_saved(
+    shot: Farm, blender: str, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Warm: frames move on bpy_render.py's line; per-task binary: on Blender's Saved: line.
+    monkeypatch.setenv("BUILDCAT_BLENDER_WARM", "1" if how == "warm" else "0")
     shot.start_worker("--blender", blender)
     client = shot.client()
     job = client.render("shots/long.blend", "1-3", chunk=3)

@@ -348,8 +348,10 @@ class _Progress:
     In background mode Cycles prints ``Sample 0/N``, then ``Sample 1/N`` with its
     ``Remaining:`` estimate, and nothing more until the last sample: between those lines
     the progress of the frame is estimated from that estimate and the time since
-    (:meth:`tick`, called by :meth:`ticking`'s thread). ``on_saved(frame)`` is called on
-    each ``Saved:`` line, with the frame Blender was rendering.
+    (:meth:`tick`, called by :meth:`ticking`'s thread). ``on_saved(frame)`` is called
+    once a frame's file may be moved: on Blender's ``Saved:`` line (with the frame it was
+    rendering), or with ``checked_by_script`` on bpy_render.py's FRAME_DONE line, which
+    comes after that script has checked the file.
     """
 
     def __init__(
