@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.metadata
 import json
 import logging
@@ -18,6 +19,7 @@ from buildcat import protocol
 from buildcat.client import Client
 from buildcat.display import ProgressDisplay, duration, table
 from buildcat.errors import FarmError, JobFailed, JobTimeout
+from buildcat.perf import FRAME_COLUMNS
 from buildcat.server.scheduler import requirement_met
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -964,13 +966,20 @@ def priority(client: Client, job_id: str, priority: int) -> None:
 @main.command()
 @click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print each frame's record as CSV.")
 @client_options
-def perf(client: Client, job_id: str, as_json: bool) -> None:
+def perf(client: Client, job_id: str, as_json: bool, as_csv: bool) -> None:
     """How fast a job went: tasks per hour overall and per worker, mean task time and
-    each worker's utilisation, from the tasks' recorded times."""
+    each worker's utilisation, from the tasks' recorded times; for a render, each frame's
+    render time, peak memory, Blender version and worker."""
     figures = client.job(job_id).perf()
     if as_json:
         _print_json(figures)
+        return
+    if as_csv:
+        out = csv.DictWriter(sys.stdout, fieldnames=FRAME_COLUMNS, lineterminator="\n")
+        out.writeheader()
+        out.writerows(figures["frames"])
         return
     click.echo(
         f"job {figures['id']} ({figures['state']}): {figures['tasks_done']}/{figures['tasks']} "
@@ -998,6 +1007,24 @@ def perf(client: Client, job_id: str, as_json: bool) -> None:
     ]
     headers = ["WORKER", "DONE", "FAILED", "TASKS/H", "MEAN", "BUSY", "SLOTS", "UTILISATION"]
     click.echo(table(headers, rows))
+    if figures["frames"]:
+        click.echo("")
+        click.echo(table(FRAME_HEADERS, [_frame_row(row) for row in figures["frames"]]))
+
+
+FRAME_HEADERS = ["FRAME", "TASK", "WORKER", "BLENDER", "TIME", "PEAK MEMORY"]
+
+
+def _frame_row(row: dict[str, Any]) -> list[str]:
+    seconds, peak = row.get("seconds"), row.get("peak_memory_mb")
+    return [
+        str(row["frame"]),
+        str(row["task"]),
+        str(row.get("worker") or "-"),
+        str(row.get("blender") or "-"),
+        duration(seconds) if isinstance(seconds, (int, float)) else "-",
+        f"{peak:,.1f} MB" if isinstance(peak, (int, float)) else "-",
+    ]
 
 
 @main.command()

@@ -608,8 +608,10 @@ class Job:
         return dict(self.client.request("GET", f"/jobs/{self.id}"))
 
     def perf(self) -> dict[str, Any]:
-        """Tasks per hour overall and per worker, mean task time, worker utilisation."""
-        return job_perf(self.status(), self.tasks(), self.client.workers())
+        """Tasks per hour overall and per worker, mean task time, worker utilisation, and
+        each rendered frame's record (``frames``)."""
+        results = self.client.request("GET", f"/jobs/{self.id}/results")["results"]
+        return job_perf(self.status(), self.tasks(), self.client.workers(), list(results))
 
     def tasks(self) -> list[dict[str, Any]]:
         return list(self.client.request("GET", f"/jobs/{self.id}/tasks")["tasks"])

@@ -14,7 +14,6 @@ class ProgressDisplay:
         self.stream = stream or sys.stdout
         self.tty = self.stream.isatty()
         self.width = width
-        self.started = time.monotonic()
         self.last_line = ""
         self.last_done = -1
 
@@ -25,7 +24,7 @@ class ProgressDisplay:
         running = counts.get("leased", 0)
         failed = counts.get("failed", 0)
         fraction = min(max(float(status.get("progress", done / total)), 0.0), 1.0)
-        elapsed = time.monotonic() - self.started
+        elapsed = job_elapsed(status)
         rate = done / elapsed if elapsed > 0 else 0.0
         left = None
         if done < total and 0 < fraction < 1:
@@ -61,6 +60,17 @@ class ProgressDisplay:
         if self.tty and self.last_line:
             self.stream.write("\n")
             self.stream.flush()
+
+
+def job_elapsed(status: dict[str, Any]) -> float:
+    """Seconds from the job's start to its end, or to now while it runs (0 before it
+    starts): a wait that begins late, or on a finished job, measures the job itself."""
+    started = status.get("started_at")
+    if not isinstance(started, (int, float)):
+        return 0.0
+    finished = status.get("finished_at")
+    end = finished if isinstance(finished, (int, float)) else time.time()
+    return max(0.0, end - started)
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:

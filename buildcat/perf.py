@@ -1,16 +1,25 @@
 """How fast a job went, from its tasks' recorded times (Brenda's ``perf``): tasks per hour
-overall and per worker, mean task time, and how busy each worker's slots were."""
+overall and per worker, mean task time, and how busy each worker's slots were; and for a
+render, each frame's record (render time, peak memory, Blender, worker)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from typing import Any
 
+#: The columns of a frame's record, in the order ``farm perf`` shows them.
+FRAME_COLUMNS = ("frame", "task", "worker", "blender", "seconds", "peak_memory_mb")
+
 
 def job_perf(
-    job: dict[str, Any], tasks: list[dict[str, Any]], workers: list[dict[str, Any]]
+    job: dict[str, Any],
+    tasks: list[dict[str, Any]],
+    workers: list[dict[str, Any]],
+    results: list[Any] | None = None,
 ) -> dict[str, Any]:
-    """Figures for one job from ``Job.status()``, ``Job.tasks()`` and ``Client.workers()``.
+    """Figures for one job from ``Job.status()``, ``Job.tasks()`` and ``Client.workers()``;
+    ``results`` (the tasks' results, None where unfinished) adds ``frames``, each frame's
+    record from its render task (``result["frames_info"]``), by frame.
 
     Only attempts a worker reported a run time for count (done or failed). The span runs
     from the first task's start to the last task's end; a worker's utilisation is its
@@ -36,6 +45,7 @@ def job_perf(
         "tasks_per_hour": 0.0,
         "mean_task_seconds": 0.0,
         "workers": [],
+        "frames": frame_records(tasks, results or []),
     }
     if not timed:
         return figures
@@ -67,3 +77,19 @@ def job_perf(
             }
         )
     return figures
+
+
+def frame_records(tasks: list[dict[str, Any]], results: list[Any]) -> list[dict[str, Any]]:
+    """Each frame's record from the render tasks' results, by frame, then by task."""
+    records = []
+    for task, result in zip(tasks, results, strict=False):
+        infos = result.get("frames_info") if isinstance(result, dict) else None
+        if not isinstance(infos, list):
+            continue
+        for info in infos:
+            if isinstance(info, dict) and isinstance(info.get("frame"), int):
+                row = {key: info.get(key) for key in FRAME_COLUMNS}
+                row["task"] = task["id"]
+                records.append(row)
+    records.sort(key=lambda row: (row["frame"], row["task"]))
+    return records

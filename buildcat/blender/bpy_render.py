@@ -13,11 +13,13 @@ The Blender binary runs it too (``blender -b --python bpy_render.py -- '{json}'`
 ``-f`` cannot say the frames: it reads ``-f -2`` as "two before the end".
 
 Each frame is written where the binary would write it, and Blender prints ``Saved: 'PATH'``
-for it, as the binary does.
+for it, as the binary does; then this script prints ``BUILDCAT-FRAME {json}`` once it has
+checked the file, so the farm moves it into place only after that.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -26,6 +28,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bpy
 import override
 from script_support import ScriptError, run, sigint_ends_the_bpy_module
+
+#: Printed once a frame is written and checked (``BUILDCAT-FRAME {"frame": 1, "path": ...}``).
+FRAME_DONE = "BUILDCAT-FRAME "
 
 
 def read_job(argv: list[str]) -> tuple[str, list[int], str, dict]:
@@ -84,7 +89,8 @@ def render_frame(scene, frame: int, output: str) -> list[str]:
         scene.render.filepath = output
     if "FINISHED" not in result or not os.path.isfile(path):
         raise ScriptError(f"frame {frame} failed: Blender wrote no {path}")
-    sys.stdout.flush()
+    # The frame is whole and checked: the farm may move it into place now.
+    print(f"{FRAME_DONE}{json.dumps({'frame': frame, 'path': path})}", flush=True)
     return [path]
 
 

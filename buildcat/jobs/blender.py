@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -52,6 +52,8 @@ WARM_IDLE_SECONDS = 20.0
 PARTS_FOLDER = ".buildcat-parts"
 #: A render task's staging folder beside its outputs: ``.buildcat-tmp-<task id>-<pid>``.
 TEMPORARY_PREFIX = ".buildcat-tmp-"
+#: What a render task's result says of each frame (``result["frames_info"]``).
+FRAME_INFO_KEYS = ("frame", "seconds", "peak_memory_mb", "blender", "worker")
 
 _FRAME = re.compile(r"Fra:\s*(\d+)")
 _CYCLES_SAMPLE = re.compile(r"Sample (\d+)/(\d+)")
@@ -64,6 +66,13 @@ _BLENDER_ERROR = re.compile(r"^(?:Error|ERROR)\b[: ]\s*(?!Not freed memory)(.+)"
 SCRIPT_ERROR = "buildcat: error: "
 SCRIPT_JOB_ERROR = "buildcat: job error: "
 _COMPOSED = re.compile(r"buildcat: (?:stitch|merge) of \d+ images written to (.+)$", re.MULTILINE)
+#: bpy_render.py's line once a frame is written and checked.
+FRAME_DONE = "BUILDCAT-FRAME "
+_TIME = re.compile(r"\| Time:(\d+(?::\d+)+(?:\.\d+)?)")
+_REMAINING = re.compile(r"Remaining:(\d+(?::\d+)+(?:\.\d+)?)")
+#: Blender's memory in a progress line: ``Fra:1 Mem:17.62M (Peak 17.83M) | ...``.
+_PEAK_MEMORY = re.compile(r"\(Peak ([\d.]+)([KMG])\)", re.IGNORECASE)
+_MEMORY_UNITS = {"K": 1 / 1024, "M": 1.0, "G": 1024.0}
 
 
 class RenderFailed(FarmError):
@@ -442,19 +451,67 @@ def run_process(command: list[str], on_line: Callable[[str], None]) -> int:
 
 
 class _Progress:
-    """Turns Blender's output into task progress: frames done plus samples of the current."""
+    """Turns Blender's output into task progress and a record of each frame it saved.
 
-    def __init__(self, frames: list[int]) -> None:
+    In background mode Cycles prints ``Sample 0/N``, then ``Sample 1/N`` with its
+    ``Remaining:`` estimate, and nothing more until the last sample: between those lines
+    the progress of the frame is estimated from that estimate and the time since
+    (:meth:`tick`, called by :meth:`ticking`'s thread). ``on_saved(frame)`` is called
+    once a frame's file may be moved: on Blender's ``Saved:`` line (with the frame it was
+    rendering), or with ``checked_by_script`` on bpy_render.py's FRAME_DONE line, which
+    comes after that script has checked the file.
+    """
+
+    def __init__(
+        self,
+        frames: list[int],
+        already_saved: int = 0,
+        on_saved: Callable[[int], None] | None = None,
+        checked_by_script: bool = False,
+    ) -> None:
         self.frames = frames
-        self.saved = 0
+        self.saved = already_saved
+        self.on_saved = on_saved
+        #: bpy_render.py checks each file after ``Saved:``: wait for its FRAME_DONE line.
+        self.checked_by_script = checked_by_script
         self.current: int | None = None
         self.last_report = 0.0
         #: Why Blender stopped, in its own (or our script's) words: the last such line.
         self.reason = ""
         self.job_fault = False
+        self.lock = threading.Lock()
+        #: The frame being rendered: when its first line came, its peak memory in MB.
+        self.frame_started = 0.0
+        self.peak_mb: float | None = None
+        self.sample_fraction = 0.0
+        self.sample_text = ""
+        #: Blender's own clock for the frame (``Time:``) when a line gave it, with ours then,
+        #: and its estimate of the frame's whole time (``Time:`` + ``Remaining:``).
+        self.blender_time: tuple[float, float] | None = None
+        self.estimated_total: float | None = None
+        #: What was measured for each saved frame: seconds, peak_memory_mb.
+        self.measured: dict[int, dict[str, Any]] = {}
 
     def feed(self, line: str) -> None:
+        if line.startswith(FRAME_DONE):
+            with self.lock:
+                self._frame_done(line)
+            return
         print(line)
+        with self.lock:
+            self._feed(line)
+
+    def _frame_done(self, line: str) -> None:
+        try:
+            frame = int(json.loads(line.removeprefix(FRAME_DONE))["frame"])
+        except (ValueError, KeyError, TypeError):
+            print(f"buildcat: warning: unreadable line {line!r}")
+            return
+        if self.on_saved is not None:
+            self.on_saved(frame)
+
+    def _feed(self, line: str) -> None:
+        now = time.monotonic()
         if line.startswith((SCRIPT_ERROR, SCRIPT_JOB_ERROR)):
             self.job_fault = line.startswith(SCRIPT_JOB_ERROR)
             self.reason = line.split(": ", 2)[-1]
@@ -463,17 +520,82 @@ class _Progress:
         if error and not self.reason:
             self.reason = error[1].strip()
         if _SAVED.search(line):
+            frame = self.current
             self.saved += 1
+            if frame is not None:
+                self.measured[frame] = {
+                    "seconds": round(now - self.frame_started, 3),
+                    "peak_memory_mb": self.peak_mb,
+                }
+            self.current = None
+            if frame is not None and self.on_saved is not None and not self.checked_by_script:
+                self.on_saved(frame)
             self._report(f"saved {self.saved} of {len(self.frames)} frame(s)", force=True)
             return
-        frame = _FRAME.search(line)
-        if frame:
-            self.current = int(frame[1])
+        found = _FRAME.search(line)
+        if found is None:
+            return
+        frame = int(found[1])
+        if frame != self.current:
+            self.current = frame
+            self.frame_started = now
+            self.peak_mb = None
+            self.sample_fraction, self.sample_text = 0.0, ""
+            self.blender_time = self.estimated_total = None
+        peak = _PEAK_MEMORY.search(line)
+        if peak:
+            megabytes = float(peak[1]) * _MEMORY_UNITS[peak[2].upper()]
+            self.peak_mb = max(self.peak_mb or 0.0, megabytes)
+        clock = _TIME.search(line)
+        if clock:
+            self.blender_time = (_seconds(clock[1]), now)
+            remaining = _REMAINING.search(line)
+            if remaining:
+                self.estimated_total = _seconds(clock[1]) + _seconds(remaining[1])
         sample = _CYCLES_SAMPLE.search(line) or _EEVEE_SAMPLE.search(line)
         if sample:
             done, total = int(sample[1]), int(sample[2])
-            fraction = done / total if total else 0.0
-            self._report(f"frame {self.current}: sample {done}/{total}", fraction_of_frame=fraction)
+            self.sample_fraction = done / total if total else 0.0
+            self.sample_text = f"sample {done}/{total}"
+            # The first lines of a frame come close together: never drop the one with the
+            # estimate, or a long frame would show nothing until it ends.
+            self._report(
+                self._message(now), self._fraction(now), force=bool(_REMAINING.search(line))
+            )
+
+    def tick(self) -> None:
+        """Report the estimated progress of the frame being rendered (between lines)."""
+        with self.lock:
+            if self.current is not None and self.estimated_total:
+                now = time.monotonic()
+                self._report(self._message(now), self._fraction(now))
+
+    def _estimate(self, now: float) -> tuple[float, float] | None:
+        """(fraction of the frame, seconds left) from Blender's own estimate."""
+        if not self.estimated_total or self.blender_time is None:
+            return None
+        seen, at = self.blender_time
+        spent = seen + (now - at)
+        # Cycles guesses from the first sample; keep short of 1 until the frame is saved.
+        return min(0.99, spent / self.estimated_total), max(0.0, self.estimated_total - spent)
+
+    def _fraction(self, now: float) -> float:
+        estimate = self._estimate(now)
+        fraction = (
+            self.sample_fraction if estimate is None else max(estimate[0], self.sample_fraction)
+        )
+        return min(fraction, 0.99)
+
+    def _message(self, now: float) -> str:
+        text = (
+            f"frame {self.current}: {self.sample_text}"
+            if self.sample_text
+            else f"frame {self.current}"
+        )
+        estimate = self._estimate(now)
+        if estimate is not None and self.sample_fraction < 1.0:
+            text += f", about {estimate[1]:.0f}s left"
+        return f"{text} ({self.saved} of {len(self.frames)} saved)"
 
     def _report(self, message: str, fraction_of_frame: float = 0.0, force: bool = False) -> None:
         now = time.monotonic()
@@ -482,6 +604,31 @@ class _Progress:
         self.last_report = now
         total = len(self.frames) or 1
         context.progress(min(1.0, (self.saved + fraction_of_frame) / total), message)
+
+    @contextlib.contextmanager
+    def ticking(self, interval: float = 0.5) -> Iterator[None]:
+        """Call :meth:`tick` every ``interval`` seconds while the block runs."""
+        stop = threading.Event()
+
+        def run() -> None:
+            while not stop.wait(interval):
+                self.tick()
+
+        thread = threading.Thread(target=run, name="blender-progress", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+
+def _seconds(clock: str) -> float:
+    """Blender's ``MM:SS.ff`` or ``HH:MM:SS.ff`` in seconds."""
+    total = 0.0
+    for part in clock.split(":"):
+        total = total * 60 + float(part)
+    return total
 
 
 class WarmBlender:
@@ -737,34 +884,131 @@ def _render(task: dict[str, Any], blender: BlenderInstall) -> dict[str, Any]:
         raise SceneFault(f"{task['scene']} is not a .blend file")
     settings = dict(task.get("settings", {}))
     final_pattern = farm_root.resolve(ctx.root, task["output"])
+    frames: list[int] = task["frames"]
+    delivered = _Delivered.load(ctx)
+    todo = [frame for frame in frames if frame not in delivered.frames]
+    if len(todo) < len(frames):
+        print(
+            f"buildcat: frames {format_frames(sorted(set(frames) - set(todo)))} were delivered "
+            "by an earlier attempt of this task and are still in place"
+        )
+    if not todo:
+        return delivered.result(frames)
     try:
         staging = _temporary_folder(final_pattern.parent)
     except OSError as exc:
         raise RenderFailed(f"cannot write to {task['output']}: {exc.strerror or exc}") from None
     pattern = str(staging / final_pattern.name)
-    frames: list[int] = task["frames"]
-    progress = _Progress(frames)
-    try:
-        if warm_enabled():
-            warm = warm_blender(blender)
-            how = f"reusing (render {warm.renders + 1})" if warm.renders else "starting"
-            print(f"buildcat: {how} {blender.describe()}, pid {warm.process.pid}, for "
-                  f"{scene.name} frames {format_frames(frames)}")  # fmt: skip
-            request = {"blend": str(scene), "frames": frames, "output": pattern,
-                       "settings": settings}  # fmt: skip
-            warm.render(request, progress.feed)
-        else:
-            _render_once(blender, scene, settings, pattern, frames, progress)
+
+    def deliver(frame: int) -> None:
+        """Move a frame Blender has saved into place at once (a cancel keeps it)."""
+        if frame not in todo or frame in delivered.frames:
+            return
+        written = written_frame(pattern, frame)
+        if written is None:
+            return  # the check after the render names it
+        final = Path(frame_path(str(final_pattern), frame, written.suffix))
         try:
-            outputs = _move_into_place(frames, pattern, final_pattern)
-        except RenderFailed as exc:
-            if not progress.reason:  # Blender said nothing, but wrote nothing either
-                raise
-            raise RenderFailed(f"{exc}; Blender said: {progress.reason}") from None
+            os.replace(written, final)
+        except OSError as exc:
+            print(f"buildcat: could not move frame {frame} into place: {exc}")
+            return
+        measured = progress.measured.get(frame, {})
+        info = {"blender": blender.version, "worker": ctx.worker_name}
+        delivered.add(frame, final, {**measured, **info})
+
+    # Only ``blender -b ... -f`` (the binary, once per task) writes frames without
+    # bpy_render.py, which says when each is checked.
+    by_script = warm_enabled() or blender.kind == BPY
+    progress = _Progress(frames, len(frames) - len(todo), deliver, checked_by_script=by_script)
+    try:
+        with progress.ticking():
+            if warm_enabled():
+                warm = warm_blender(blender)
+                how = f"reusing (render {warm.renders + 1})" if warm.renders else "starting"
+                print(f"buildcat: {how} {blender.describe()}, pid {warm.process.pid}, for "
+                      f"{scene.name} frames {format_frames(todo)}")  # fmt: skip
+                request = {"blend": str(scene), "frames": todo, "output": pattern,
+                           "settings": settings}  # fmt: skip
+                warm.render(request, progress.feed)
+            else:
+                _render_once(blender, scene, settings, pattern, todo, progress)
+        for frame in todo:  # any Blender did not announce with a Saved: line
+            with progress.lock:
+                deliver(frame)
+            if frame not in delivered.frames:
+                expected = Path(frame_path(pattern, frame, "")).name
+                missing = f"Blender did not write frame {frame} ({expected}.*)"
+                if progress.reason:  # Blender said why
+                    missing += f"; Blender said: {progress.reason}"
+                raise RenderFailed(missing)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         _unmark_staging(staging)
-    return {"frames": frames, "outputs": outputs}
+    return delivered.result(frames)
+
+
+class _Delivered:
+    """The frames a render task has moved into place, with the record of each, kept in
+    ``<root>/.buildcat/logs/JOB/TASK.frames.json`` beside the task's log, so a later
+    attempt of the same task (a killed worker, a retry) renders only the frames still
+    missing. A frame counts only while its file is the one recorded (same size and
+    modification time): a file an earlier job left at the same path never does."""
+
+    def __init__(self, path: Path | None, entries: dict[int, dict[str, Any]]) -> None:
+        self.path = path
+        self.entries = entries
+
+    @property
+    def frames(self) -> set[int]:
+        return set(self.entries)
+
+    @classmethod
+    def load(cls, ctx: context.TaskContext) -> _Delivered:
+        if not ctx.task_id:
+            return cls(None, {})
+        job_id = ctx.task_id.rpartition(".")[0]
+        path = farm_root.state_dir(ctx.root) / "logs" / job_id / f"{ctx.task_id}.frames.json"
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return cls(path, {})
+        root = Path(ctx.root)
+        entries: dict[int, dict[str, Any]] = {}
+        for entry in saved if isinstance(saved, list) else []:
+            try:
+                stat = farm_root.resolve(root, entry["output"]).stat()
+                if (stat.st_size, stat.st_mtime_ns) == (entry["size"], entry["mtime_ns"]):
+                    entries[int(entry["frame"])] = entry
+            except (OSError, KeyError, TypeError, ValueError, FarmError):
+                continue  # gone or replaced since: render it again
+        return cls(path, entries)
+
+    def add(self, frame: int, final: Path, info: dict[str, Any]) -> None:
+        stat = final.stat()
+        root = Path(context.current().root).resolve()
+        output = final.relative_to(root).as_posix()
+        self.entries[frame] = {
+            "frame": frame, "output": output, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            **info,
+        }  # fmt: skip
+        if self.path is None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            staged = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+            staged.write_text(json.dumps(sorted(self.entries.values(), key=lambda e: e["frame"])))
+            os.replace(staged, self.path)
+        except OSError as exc:  # the frame is in place: only a later retry loses the record
+            print(f"buildcat: warning: could not record frame {frame} as delivered: {exc}")
+
+    def result(self, frames: list[int]) -> dict[str, Any]:
+        entries = [self.entries[frame] for frame in frames]
+        return {
+            "frames": frames,
+            "outputs": [entry["output"] for entry in entries],
+            "frames_info": [{key: entry.get(key) for key in FRAME_INFO_KEYS} for entry in entries],
+        }
 
 
 def _render_once(
@@ -827,22 +1071,6 @@ def written_frame(pattern: str | Path, frame: int) -> Path | None:
             if path.is_file() and path.stat().st_size > 0:
                 return path
     return None
-
-
-def _move_into_place(frames: list[int], pattern: str, final_pattern: Path) -> list[str]:
-    """Check every frame was written to the staging pattern, rename each to its final
-    path; return the root-relative final paths."""
-    root = Path(context.current().root).resolve()
-    outputs = []
-    for frame in frames:
-        written = written_frame(pattern, frame)
-        if written is None:
-            expected = Path(frame_path(pattern, frame, "")).name
-            raise RenderFailed(f"Blender did not write frame {frame} ({expected}.*)")
-        final = Path(frame_path(str(final_pattern), frame, written.suffix))
-        os.replace(written, final)
-        outputs.append(final.relative_to(root).as_posix())
-    return outputs
 
 
 def _compose(task: dict[str, Any], blender: BlenderInstall) -> dict[str, Any]:

@@ -219,6 +219,25 @@ async function showLog(taskId) {
   $("#log-title").textContent = taskId;
   const text = [task.log, task.traceback].filter(Boolean).join("\n");
   $("#task-log pre").textContent = text || "(no output yet)";
+  showFrames(task.result);
+}
+
+// A render task's record of each frame (result.frames_info): time, peak memory, Blender, worker.
+function showFrames(result) {
+  const infos = result && Array.isArray(result.frames_info) ? result.frames_info : [];
+  const rows = infos.filter((info) => info && typeof info === "object" && Number.isInteger(info.frame));
+  const body = $("#task-frames tbody");
+  body.replaceChildren();
+  $("#task-frames").hidden = rows.length === 0;
+  const number = (value) => typeof value === "number" && isFinite(value);
+  for (const info of rows) {
+    body.append(el("tr", { class: "frame", dataset: { frame: String(info.frame) } },
+      el("td", {}, String(info.frame)),
+      el("td", {}, number(info.seconds) ? seconds(info.seconds) : "-"),
+      el("td", {}, number(info.peak_memory_mb) ? `${info.peak_memory_mb.toFixed(1)} MB` : "-"),
+      el("td", {}, typeof info.blender === "string" && info.blender ? info.blender : "-"),
+      el("td", {}, typeof info.worker === "string" && info.worker ? info.worker : "-")));
+  }
 }
 
 function select(jobId) {
