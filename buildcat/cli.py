@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import sys
@@ -17,6 +18,7 @@ from buildcat import protocol
 from buildcat.client import Client
 from buildcat.display import ProgressDisplay, duration, table
 from buildcat.errors import FarmError, JobFailed, JobTimeout
+from buildcat.server.scheduler import requirement_met
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -607,6 +609,19 @@ def _pair(text: str | None, what: str) -> tuple[int, int] | None:
     help="Render each Cycles frame as N seeds with 1/N of the samples, averaged.",
 )
 @click.option(
+    "--requires",
+    default="",
+    metavar="TAG,...",
+    help="Comma-separated capabilities workers must have (gpu, blender==4.5).",
+)
+@click.option(
+    "--blender-version",
+    default=None,
+    metavar="X.Y[.Z]",
+    help="Render every task on this Blender (4.5 means any 4.5.x) "
+    "[default: the first worker's to take a task].",
+)
+@click.option(
     "--allow-missing",
     is_flag=True,
     help="Render even if files the scene uses are missing or outside the root (see farm check).",
@@ -627,6 +642,8 @@ def submit_blender(
     scene_name: str | None,
     tiles: str | None,
     sample_split: int | None,
+    requires: str,
+    blender_version: str | None,
     allow_missing: bool,
     priority: int,
     name: str,
@@ -654,6 +671,8 @@ def submit_blender(
         name=name,
         max_attempts=max_attempts,
         timeout=task_timeout,
+        requires=[r.strip() for r in requires.split(",") if r.strip()],
+        blender_version=blender_version,
     )
     _submitted(job, as_json, wait)
 
@@ -734,8 +753,10 @@ def status(client: Client, job_id: str | None, as_json: bool) -> None:
         click.echo(table(JOB_HEADERS, [_job_row(view)]))
         counts = ", ".join(f"{n} {state}" for state, n in view["tasks"].items() if n)
         click.echo(f"  tasks: {counts}")
+        if view.get("blender_version"):
+            click.echo(f"  blender: {view['blender_version']} (every task of the job)")
         if view.get("waiting"):
-            click.echo(f"  waiting: {view['waiting']}")
+            click.echo(f"  waiting: {_waiting_line(view)}")
         if view.get("blocked"):
             click.echo(
                 f"  blocked workers: {', '.join(view['blocked'])} (farm unblock {view['id']})"
@@ -753,7 +774,36 @@ def status(client: Client, job_id: str | None, as_json: bool) -> None:
     click.echo(table(JOB_HEADERS, [_job_row(job) for job in jobs]))
     for job in jobs:
         if job.get("waiting"):
-            click.echo(f"{job['id']} waiting: {job['waiting']}")
+            click.echo(f"{job['id']} waiting: {_waiting_line(job)}")
+
+
+def _waiting_line(job: dict[str, Any]) -> str:
+    """Why a job waits, with ``farm worker --blender bpy`` suggested where this machine has
+    the bpy module and its Blender could render the job."""
+    waiting = str(job["waiting"])
+    if job.get("kind") != "blender" or "blender" not in waiting.lower():
+        return waiting
+    version = bpy_module_version()
+    if version is None:
+        return waiting
+    held = str(job.get("blender_version") or "")
+    needs = [r for r in job.get("requires", []) if isinstance(r, str) and r.startswith("blender")]
+    if (held and held != version) or not all(
+        requirement_met(r, {"blender": version}) for r in needs
+    ):
+        return waiting
+    return (
+        f"{waiting} (this machine has the bpy module, Blender {version}: farm worker --blender bpy)"
+    )
+
+
+def bpy_module_version() -> str | None:
+    """The version of the bpy module installed for this Python (read from its package
+    metadata: importing bpy takes a second), or None."""
+    try:
+        return importlib.metadata.version("bpy")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 @main.command()

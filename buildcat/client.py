@@ -323,6 +323,8 @@ class Client:
         name: str = "",
         max_attempts: int | None = None,
         timeout: float | None = None,
+        requires: Iterable[str] = (),
+        blender_version: str | None = None,
     ) -> Job:
         """Render a .blend (root-relative) on the farm's Blender workers.
 
@@ -330,7 +332,10 @@ class Client:
         file's active scene), read from the file (blendfile.read_blend). A scene or camera
         the file lacks, a movie output without ``format``, and missing files or files
         outside the root (unless ``allow_missing``) are refused here.
-        Tasks go only to workers whose Blender is at least the version that saved the file.
+        Tasks go only to workers whose Blender is at least the version that saved the file,
+        and that have every capability in ``requires`` (``gpu``, ``blender==4.5``). Every
+        task renders on one Blender version: ``blender_version`` ("4.5", "4.5.15") pins it,
+        else the job takes the version of the first worker that leases one of its tasks.
         """
         from buildcat import blender as blender_support
         from buildcat.blender import blendfile
@@ -346,6 +351,8 @@ class Client:
         saved_with = blender_support.blend_file_version(path)
         if saved_with is None:
             raise FarmError(f"{relative} is not a .blend file")
+        needs = [f"blender>={saved_with}", *_blender_pin(blender_version, saved_with, relative)]
+        needs += [r.strip() for r in requires if r.strip()]
         if format is not None and format not in blender_jobs.FORMATS:
             raise FarmError(f"format must be one of {', '.join(blender_jobs.FORMATS)}")
         if engine is not None and engine not in blender_jobs.ENGINES:
@@ -417,7 +424,7 @@ class Client:
             kind="blender",
             name=name or f"{relative} frames {frames}",
             priority=priority,
-            requires=[f"blender>={saved_with}"],
+            requires=needs,
             max_attempts=max_attempts,
             timeout=timeout,
             meta={
@@ -707,6 +714,25 @@ def _function_spec(function: str | Callable[..., Any]) -> str:
             "it in a module the workers can import"
         )
     return f"{module}:{name}"
+
+
+def _blender_pin(pin: str | None, saved_with: str, scene: str) -> list[str]:
+    """The requirement a ``blender_version`` pin adds (``blender==4.5``), checked here: a
+    version number, and one that can open the file."""
+    if not pin:
+        return []
+    pin = pin.strip()
+    numbers = pin.split(".")
+    if not 1 <= len(numbers) <= 3 or not all(n.isascii() and n.isdigit() for n in numbers):
+        raise FarmError(f"blender version {pin!r}: give a version such as 4.5 or 4.5.15")
+    wanted = tuple(int(n) for n in numbers[:2])
+    saved = tuple(int(n) for n in saved_with.split(".")[:2] if n.isdigit())
+    if wanted < saved:
+        raise FarmError(
+            f"{scene} was saved by Blender {saved_with}: Blender {pin} cannot open it "
+            f"(pin {saved_with} or newer)"
+        )
+    return [f"blender=={pin}"]
 
 
 def _owner() -> str:

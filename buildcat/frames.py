@@ -1,6 +1,8 @@
-"""Frame specs such as ``1,7,10-25,75-100:2``: parsing, chunking and the compact inverse.
+"""Frame specs such as ``1,7,10-25,75-100:2`` or ``-5..5``: parsing, chunking and the compact
+inverse.
 
-Pure logic, no I/O. Frames are integers >= 0; ``-`` is the range separator.
+Pure logic, no I/O. Frames are integers (a scene's range may start at 0 or below); a range
+is ``A-B`` or Blender's own ``A..B``, and a number's minus sign sits right before its digits.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ _MAX_DIGITS = 18
 """Longer numbers are refused before ``int()`` so a pasted blob cannot cost time or memory."""
 
 _PART = re.compile(
-    r"(?P<start>[0-9]+)(?:\s*-\s*(?P<end>[0-9]+)(?:\s*:\s*(?P<step>[0-9]+))?)?",
+    r"(?P<start>-?[0-9]+)"
+    r"(?:\s*(?:-|\.\.)\s*(?P<end>-?[0-9]+)(?:\s*:\s*(?P<step>[0-9]+))?)?",
     re.ASCII,
 )
-_EXPECTED = "expected N, A-B or A-B:STEP"
+_EXPECTED = "expected N, A-B or A-B:STEP (or A..B)"
 
 
 def _bad(part: str, why: str) -> FrameSpecError:
@@ -33,7 +36,7 @@ def _parse_part(part: str) -> tuple[int, int, int]:
     if match is None:
         raise _bad(part, _EXPECTED)
     texts = [text for text in match.group("start", "end", "step") if text is not None]
-    if any(len(text) > _MAX_DIGITS for text in texts):
+    if any(len(text.lstrip("-")) > _MAX_DIGITS for text in texts):
         raise _bad(part, f"numbers have at most {_MAX_DIGITS} digits")
     start = int(texts[0])
     end = int(texts[1]) if len(texts) > 1 else start
@@ -48,8 +51,9 @@ def _parse_part(part: str) -> tuple[int, int, int]:
 def parse_frames(spec: str) -> list[int]:
     """Return the sorted, de-duplicated frames named by ``spec``.
 
-    ``spec`` is comma-separated parts, each ``N``, ``A-B`` (inclusive) or ``A-B:STEP``,
-    with whitespace allowed around parts. Raises :class:`FrameSpecError` with one line
+    ``spec`` is comma-separated parts, each ``N``, ``A-B`` or ``A..B`` (inclusive), either
+    with ``:STEP``; whitespace is allowed around parts, separators and steps, and a number
+    may be negative (``-5..-1``, ``-3-2``). Raises :class:`FrameSpecError` with one line
     naming the bad part, or when the spec names more than :data:`MAX_FRAMES` frames.
     """
     if not spec.strip():
@@ -90,8 +94,6 @@ def frame_ranges(frames: Iterable[int]) -> list[tuple[int, int, int]]:
     These are the runs Blender renders with ``-s start -e end -j step -a``.
     """
     ordered = sorted(set(frames))
-    if ordered and ordered[0] < 0:
-        raise FrameSpecError(f"bad frame {ordered[0]}: frames are integers >= 0")
     runs: list[tuple[int, int, int]] = []
     index = 0
     count = len(ordered)
@@ -116,6 +118,9 @@ def frame_ranges(frames: Iterable[int]) -> list[tuple[int, int, int]]:
 def format_frames(frames: Iterable[int]) -> str:
     """Return a compact spec for ``frames``, such as ``1-3,5-9:2``; ``""`` for no frames.
 
+    A range with a negative end is written with Blender's ``..`` (``-5..-1``), which reads
+    more plainly than ``-5--1``.
+
     ``parse_frames(format_frames(frames)) == sorted(set(frames))`` for any non-empty frames
     that ``parse_frames`` can name (at most :data:`MAX_FRAMES` of them).
     """
@@ -123,8 +128,8 @@ def format_frames(frames: Iterable[int]) -> str:
     for start, end, step in frame_ranges(frames):
         if start == end:
             parts.append(str(start))
-        elif step == 1:
-            parts.append(f"{start}-{end}")
         else:
-            parts.append(f"{start}-{end}:{step}")
+            separator = ".." if start < 0 else "-"
+            stepped = "" if step == 1 else f":{step}"
+            parts.append(f"{start}{separator}{end}{stepped}")
     return ",".join(parts)

@@ -410,7 +410,7 @@ def test_bad_frame_spec_is_one_clear_line(farm: Farm) -> None:
     refused = farm.cli("submit", "python", "m:f", "--frames", "1-10,20-")
     assert refused.returncode == 2
     assert refused.stderr.strip() == (
-        "farm: error: bad frame spec part '20-': expected N, A-B or A-B:STEP"
+        "farm: error: bad frame spec part '20-': expected N, A-B or A-B:STEP (or A..B)"
     )
     assert farm.client().jobs() == []
 

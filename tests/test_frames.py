@@ -25,6 +25,17 @@ from buildcat.frames import MAX_FRAMES, chunk_frames, format_frames, frame_range
         ("1 - 3 : 2", [1, 3]),
         ("5,1-3,2,5", [1, 2, 3, 5]),
         ("007", [7]),
+        # Blender's own ranges (``-f 2,4..6``), spaces anywhere between the parts
+        ("2,4..6", [2, 4, 5, 6]),
+        ("1, 3 - 5", [1, 3, 4, 5]),
+        (" 1 .. 7 : 3 ", [1, 4, 7]),
+        # frames at and below 0, where a scene's range is
+        ("-5..-1", [-5, -4, -3, -2, -1]),
+        ("-5..5:5", [-5, 0, 5]),
+        ("-3-2", [-3, -2, -1, 0, 1, 2]),
+        ("-5--3", [-5, -4, -3]),
+        ("-2, 0", [-2, 0]),
+        ("-007", [-7]),
     ],
 )
 def test_parse_frames(spec: str, frames: list[int]) -> None:
@@ -44,7 +55,10 @@ def test_parse_frames_at_the_limit() -> None:
     [
         ("10-", "10-", "expected N, A-B or A-B:STEP"),
         ("1,10-,20", "10-", "expected N, A-B or A-B:STEP"),
-        ("-5", "-5", "expected N, A-B or A-B:STEP"),
+        ("1..", "1..", "expected N, A-B or A-B:STEP"),
+        ("1...3", "1...3", "expected N, A-B or A-B:STEP"),
+        ("- 5", "- 5", "expected N, A-B or A-B:STEP"),
+        ("1-+2", "1-+2", "expected N, A-B or A-B:STEP"),
         ("7:2", "7:2", "expected N, A-B or A-B:STEP"),
         ("1-2-3", "1-2-3", "expected N, A-B or A-B:STEP"),
         ("a", "a", "expected N, A-B or A-B:STEP"),
@@ -132,7 +146,6 @@ def test_parse_frames_only_raises_frame_spec_error(spec: str) -> None:
         assert "\n" not in str(error)
     else:
         assert frames == sorted(set(frames))
-        assert all(frame >= 0 for frame in frames)
 
 
 @pytest.mark.parametrize(
@@ -158,12 +171,22 @@ def test_frame_ranges() -> None:
     assert frame_ranges([]) == []
 
 
-def test_format_frames_refuses_negative_frames() -> None:
-    with pytest.raises(FrameSpecError, match=r"^bad frame -5: frames are integers >= 0$"):
-        format_frames([3, -5])
+@pytest.mark.parametrize(
+    ("frames", "spec"),
+    [
+        ([-5, -4, -3], "-5..-3"),
+        ([-2, -1, 0, 1], "-2..1"),
+        ([-6, -4, -2, 0], "-6..0:2"),
+        ([-2, 0], "-2,0"),
+        ([3, -5], "-5,3"),
+    ],
+)
+def test_format_frames_writes_negative_ranges_with_two_dots(frames: list[int], spec: str) -> None:
+    assert format_frames(frames) == spec
+    assert parse_frames(spec) == sorted(frames)
 
 
-@given(st.lists(st.integers(0, 10_000), min_size=1, max_size=200))
+@given(st.lists(st.integers(-10_000, 10_000), min_size=1, max_size=200))
 def test_format_then_parse_round_trips(frames: list[int]) -> None:
     spec = format_frames(frames)
     assert parse_frames(spec) == sorted(set(frames))

@@ -96,11 +96,14 @@ def frame_path(pattern: str, frame: int, extension: str) -> str:
     """Blender's rule: the last run of ``#`` becomes the zero-padded frame, else 4 digits
     are appended; then the format's extension."""
     runs = list(re.finditer(r"#+", pattern))
+    width = len(runs[-1][0]) if runs else 4
+    # Both Blenders write the sign before the padded digits: frame -2 is -0002 for ####.
+    number = f"{'-' if frame < 0 else ''}{abs(frame):0{width}d}"
     if runs:
         last = runs[-1]
-        name = f"{pattern[: last.start()]}{frame:0{len(last[0])}d}{pattern[last.end() :]}"
+        name = f"{pattern[: last.start()]}{number}{pattern[last.end() :]}"
     else:
-        name = f"{pattern}{frame:04d}"
+        name = f"{pattern}{number}"
     return name + extension
 
 
@@ -262,7 +265,7 @@ def validate_payload(payload: dict[str, Any]) -> None:
         if (
             not isinstance(frames, list)
             or not frames
-            or not all(isinstance(f, int) and not isinstance(f, bool) and f >= 0 for f in frames)
+            or not all(isinstance(f, int) and not isinstance(f, bool) for f in frames)
         ):
             raise FarmError("'frames' must be a non-empty list of frame numbers")
         settings = payload.get("settings", {})

@@ -30,7 +30,7 @@ from buildcat import auth, jobs, protocol
 from buildcat.discovery import Advertiser, advertised_addresses
 from buildcat.errors import FarmError, ProtocolError
 from buildcat.root import state_dir
-from buildcat.server import connections, snapshot
+from buildcat.server import connections, outputs, snapshot
 from buildcat.server import web as web_ui
 from buildcat.server.journal import Journal, JournalError, recover
 from buildcat.server.journal import encode as journal_record
@@ -38,6 +38,8 @@ from buildcat.server.lock import StateLock
 from buildcat.server.scheduler import (
     FINAL_JOB_STATES,
     LOG_TAIL_CHARS,
+    SAME_VERSION_KINDS,
+    Conflict,
     Job,
     JobState,
     NotFound,
@@ -48,6 +50,8 @@ from buildcat.server.scheduler import (
     TaskState,
     Worker,
     requirement_met,
+    requirement_problem,
+    split_requirement,
 )
 
 log = logging.getLogger(__name__)
@@ -135,6 +139,8 @@ class Farm:
         self.journal: Journal | None = None
         self.generation = 0
         self.snapshot_at = 0
+        #: The frame files each unfinished render job writes (rebuilt from the jobs below).
+        self.outputs = outputs.OutputClaims()
         if config.journal:
             folder = config.state_dir or state_dir(config.root)
             self.snapshot_path = folder / "snapshot.bin"
@@ -157,6 +163,32 @@ class Farm:
                 self.write_snapshot()
             elif recovery.restart:
                 self.journal.restart(self.generation)
+            for job in self.scheduler.jobs.values():
+                if job.state not in FINAL_JOB_STATES:
+                    self.outputs.claim(job.id, self.job_outputs(job))
+
+    def job_outputs(self, job: Job) -> dict[outputs.Pattern, list[int]]:
+        """The frames a job writes, by output pattern (see :mod:`buildcat.server.outputs`)."""
+        return outputs.claimed_frames(
+            job.kind, ((t.payload, t.depends) for t in job.tasks), job.meta.get("common") or {}
+        )
+
+    def output_writer(self, job_id: str) -> bool:
+        """The job is unfinished (or being submitted): its frame files are still its own."""
+        job = self.scheduler.jobs.get(job_id)
+        if job is None:
+            return job_id in self.reserved_ids
+        return job.state not in FINAL_JOB_STATES
+
+    def check_outputs(self, claims: dict[outputs.Pattern, list[int]], job_id: str = "") -> None:
+        """Refuse (409) a job that would write frames an unfinished other job writes."""
+        clash = self.outputs.conflict(claims, self.output_writer, job_id)
+        if clash is not None:
+            other, path = clash
+            raise Conflict(
+                f"job {other} is unfinished and writes {path} too: wait for it or cancel it, "
+                "or give this job another --output"
+            )
 
     async def take_snapshot(self) -> None:
         """Write the whole queue to snapshot.bin and start the journal afresh."""
@@ -239,6 +271,7 @@ class Farm:
                 watcher.set_result(None)
         for job in self.scheduler.take_finished():
             log.info("job %s %s", job.id, job.state)
+            self.outputs.release(job.id)
             for future in self.job_waiters.pop(job.id, []):
                 if not future.done():
                     future.set_result(None)
@@ -576,6 +609,10 @@ async def submit(request: web.Request) -> web.Response:
             f"'requires' must be a list of at most {MAX_REQUIRES} strings of at most "
             f"{MAX_NAME} characters"
         )
+    for requirement in requires:
+        problem = requirement_problem(requirement)
+        if problem:
+            raise ProtocolError(problem)
     max_attempts = _bounded(body, "max_attempts", None, 1, MAX_ATTEMPTS)
     meta = _get(body, "meta", dict, {})
     protocol.check_finite(meta, "meta")
@@ -589,6 +626,8 @@ async def submit(request: web.Request) -> web.Response:
     owner = _text(body, "owner", "")
     scheduler = farm.scheduler
     attempts = scheduler.check_submit(specs, max_attempts, timeout, key)
+    claimed = outputs.claimed_frames(kind, ((t.payload, t.depends) for t in specs), common)
+    farm.check_outputs(claimed)
     now = time.time()
     job_id = farm.new_job_id()
     meta = {**meta, "common": common}
@@ -608,6 +647,7 @@ async def submit(request: web.Request) -> web.Response:
     # Written first, queued once on disk; the request going away does not stop it halfway.
     pending = asyncio.ensure_future(farm.change(event, apply))
     farm.reserved_ids.add(job_id)
+    farm.outputs.claim(job_id, claimed)  # at once: a submit meanwhile sees these frames taken
     if key:
         farm.submitting[key] = pending
 
@@ -615,8 +655,9 @@ async def submit(request: web.Request) -> web.Response:
         farm.reserved_ids.discard(job_id)
         if farm.submitting.get(key) is pending:
             del farm.submitting[key]
-        if not pending.cancelled():
-            pending.exception()  # retrieved: the request (if still there) reports it
+        # retrieved: the request (if still there) reports it
+        if pending.cancelled() or pending.exception() is not None:
+            farm.outputs.release(job_id)
 
     pending.add_done_callback(done)
     job = await asyncio.shield(pending)
@@ -663,24 +704,34 @@ def _frame_counts(job: Job) -> dict[str, int]:
 
 
 def _unmet(farm: Farm, job: Job) -> str:
-    """Why nothing runs, when no online worker meets the job's requirements."""
-    online = [w for w in farm.scheduler.workers.values() if w.online]
-    able = [w for w in online if all(requirement_met(r, w.capabilities) for r in job.requires)]
+    """Why nothing runs, when no online worker meets the job's requirements (or has the
+    Blender version the job holds)."""
+    scheduler = farm.scheduler
+    online = [w for w in scheduler.workers.values() if w.online]
+    able = [w for w in online if scheduler.can_serve(job, w)]
     if able and all(w.name in job.blocked for w in able):
         blocked = ", ".join(sorted(w.name for w in able))
         return f"every worker that can run it is blocked ({blocked}): farm unblock {job.id}"
-    if able or not job.requires:
+    held = job.blender_version if job.kind in SAME_VERSION_KINDS else ""
+    if able or not (job.requires or held):
         return ""
     needs = ", ".join(job.requires)
+    if held:
+        version = f"Blender {held}, the version this job renders every task with"
+        needs = f"{needs} and {version}" if needs else version
     if not online:
         return f"no worker is online; this job needs {needs}"
-    names = sorted(r.partition(">=")[0].strip() for r in job.requires)
+    wanted = {split_requirement(r)[0] for r in job.requires}
+    names = sorted(wanted | {SAME_VERSION_KINDS[job.kind]} if held else wanted)
 
     def has(worker: Worker) -> str:
-        held = [f"{n} {worker.capabilities[n]}".strip() for n in names if n in worker.capabilities]
-        return ", ".join(held) or "none"
+        shown = [f"{n} {worker.capabilities[n]}".strip() for n in names if n in worker.capabilities]
+        return ", ".join(shown) or "none"
 
     seen = ", ".join(f"{w.name} ({has(w)})" for w in online[:5])
+    meets = [w for w in online if all(requirement_met(r, w.capabilities) for r in job.requires)]
+    if held and meets:
+        return f"no online worker has Blender {held}, the version this job renders with: {seen}"
     return f"no online worker meets {needs}: {seen}"
 
 
@@ -746,7 +797,13 @@ async def job_action(request: web.Request) -> web.Response:
         apply = lambda: scheduler.resume(job_id)  # noqa: E731
     elif action == "retry":
         scheduler.check_retry(job)
-        apply = lambda: scheduler.retry(job_id, now)  # noqa: E731
+        claimed = farm.job_outputs(job)
+        farm.check_outputs(claimed, job_id)
+
+        def apply() -> Job:
+            retried = scheduler.retry(job_id, now)
+            farm.outputs.claim(job_id, claimed)
+            return retried
     else:
         scheduler.check_unblock(job, worker)
         unblocked = [worker] if worker is not None else unblocked

@@ -29,6 +29,9 @@ LOG_TAIL_CHARS = 16_384
 #: the server restarts: a farm whose workers come and go under new names (``host-pid``)
 #: keeps a bounded list.
 DEPARTED_WORKERS_KEPT = 100
+#: Jobs of these kinds run every task on one version of the named capability: the version
+#: of the first worker that leases one of their tasks (one Blender for a whole shot).
+SAME_VERSION_KINDS = {"blender": "blender"}
 
 
 class JobState(StrEnum):
@@ -171,6 +174,9 @@ class Job:
     #: Indices of the tasks in the order they finished done (a task done stays done), so
     #: a reader can follow new results without scanning every task.
     done_order: array[int] = field(default_factory=lambda: array("L"))
+    #: The exact Blender version (as workers report it, "4.5.15") every task of a render job
+    #: runs on: the first worker's to lease one of its tasks; "" until then.
+    blender_version: str = ""
 
     @property
     def order_key(self) -> tuple[int, int]:
@@ -207,6 +213,7 @@ class Job:
             "meta": self.meta,
             "timeout": self.timeout,
             "blocked": sorted(self.blocked),
+            "blender_version": self.blender_version,
         }
 
 
@@ -252,20 +259,44 @@ def is_task_index(text: str) -> bool:
     return 0 < len(text) <= 9 and text.isascii() and text.isdigit()
 
 
+def split_requirement(requirement: str) -> tuple[str, str, str]:
+    """``"blender>=4.5"`` -> ("blender", ">=", "4.5"); ``"gpu"`` -> ("gpu", "", "")."""
+    for operator in ("==", ">="):
+        name, sep, wanted = requirement.partition(operator)
+        if sep:
+            return name.strip(), operator, wanted.strip()
+    return requirement.strip(), "", ""
+
+
 def requirement_met(requirement: str, capabilities: dict[str, str]) -> bool:
-    """``"gpu"`` needs the capability; ``"blender>=4.5"`` also needs that version or newer."""
-    name, sep, wanted = requirement.partition(">=")
-    name = name.strip()
+    """``"gpu"`` needs the capability; ``"blender>=4.5"`` also needs that version or newer;
+    ``"blender==3.4"`` needs a 3.4 (3.4, 3.4.1, ...: the numbers given must match)."""
+    name, operator, wanted = split_requirement(requirement)
     if name not in capabilities:
         return False
-    if not sep:
+    if not operator:
         return True
     have = _version_tuple(capabilities[name])
     need = _version_tuple(wanted)
     if not have:
         return not need  # a capability with no readable version meets no version requirement
+    if operator == "==":
+        padded = have + (0,) * (len(need) - len(have))  # 4.5 is 4.5.0
+        return bool(need) and padded[: len(need)] == need
     width = max(len(have), len(need))  # 4.5 and 4.5.0 are the same version
     return have + (0,) * (width - len(have)) >= need + (0,) * (width - len(need))
+
+
+def requirement_problem(requirement: str) -> str:
+    """Why a requirement can never be met as written ("" when it can): a version test
+    with no version after it (``blender==``, ``blender>=x``)."""
+    name, operator, wanted = split_requirement(requirement)
+    if not name:
+        return f"requirement {requirement!r} names no capability"
+    if operator and not _version_tuple(wanted):
+        example = f"{name}{operator}4.5"
+        return f"requirement {requirement!r}: a version must follow {operator} ({example})"
+    return ""
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -591,6 +622,10 @@ class Scheduler:
         if job.started_at is None:
             job.started_at = now
             job.state = JobState.RUNNING
+        held = SAME_VERSION_KINDS.get(job.kind)
+        if held is not None and not job.blender_version:
+            # Journaled through the lease: a replay grants to the same worker and holds the same.
+            job.blender_version = worker.capabilities.get(held, "")
 
     def lease_exactly(self, worker_id: str, task_ids: list[str], now: float) -> None:
         """Replay a recorded lease: these queued tasks go to this worker."""
@@ -621,8 +656,22 @@ class Scheduler:
         self._cancel_notices.clear()
 
     def _job_fits(self, job: Job, worker: Worker) -> bool:
-        return worker.name not in job.blocked and all(
+        return worker.name not in job.blocked and self.can_serve(job, worker)
+
+    def can_serve(self, job: Job, worker: Worker) -> bool:
+        """The worker meets the job's requirements and has the version the job holds
+        (blocked or not)."""
+        return self.has_held_version(job, worker) and all(
             requirement_met(r, worker.capabilities) for r in job.requires
+        )
+
+    @staticmethod
+    def has_held_version(job: Job, worker: Worker) -> bool:
+        held = SAME_VERSION_KINDS.get(job.kind)
+        return (
+            held is None
+            or not job.blender_version
+            or worker.capabilities.get(held) == job.blender_version
         )
 
     def may_take(self, worker: Worker, task: Task) -> bool:

@@ -107,7 +107,7 @@ _TASK_FIELDS = (
 _JOB_FIELDS = (
     "seq", "name", "kind", "priority", "requires", "max_attempts", "created_at", "owner",
     "meta", "paused", "started_at", "finished_at", "error", "traceback", "timeout",
-    "failures_by_worker", "submit_key", "submit_digest",
+    "failures_by_worker", "submit_key", "submit_digest", "blender_version",
 )  # fmt: skip
 _WORKER_FIELDS = (
     "name", "slots", "capabilities", "info", "registered_at", "last_seen", "online",

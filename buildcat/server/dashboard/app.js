@@ -121,6 +121,7 @@ function jobRow(job) {
   const { elapsed, eta } = timing(job);
   const title = el("td", {}, el("strong", {}, job.name || job.kind), " ",
     el("span", { class: "muted" }, job.id));
+  if (job.blender_version) title.append(el("div", { class: "muted" }, `Blender ${job.blender_version}`));
   if (job.waiting) title.append(el("div", { class: "muted" }, `waiting: ${job.waiting}`));
   if (job.display_error) title.append(el("div", { class: "error" }, job.display_error));
   const row = el("tr", {
