@@ -45,6 +45,7 @@ movie.render.image_settings.file_format = "FFMPEG"
 for scene in bpy.data.scenes:
     scene.render.engine = "BLENDER_WORKBENCH"
 bpy.context.window.scene = alt
+bpy.ops.wm.save_as_mainfile(filepath=OUTPUT.replace(".blend", "-zstd.blend"), compress=True)
 bpy.ops.wm.save_as_mainfile(filepath=OUTPUT)
 """
 
@@ -81,6 +82,9 @@ def test_the_reader_sees_what_blender_sees(blender: str, tmp_path: Path) -> None
     assert blendfile.read_with_blender(path, blender=install).scenes == info.scenes
     with pytest.raises(blendfile.FarmError, match=r"no scene named 'Nope'.*'Alt', 'Main'"):
         info.scene("Nope")
+    compressed = tmp_path / "scenes-zstd.blend"
+    assert compressed.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"  # zstd, as Blender compresses
+    assert blendfile.read_with_bat(compressed) == info
 
 
 def test_a_file_bat_cannot_read_is_read_by_the_newest_local_blender(
