@@ -188,8 +188,10 @@ def _denoising_on(scene: bpy.types.Scene) -> bool:
     return any(getattr(layer.cycles, "use_denoising", True) for layer in layers)
 
 
-def apply(settings: dict) -> list[str]:
-    """Apply the settings to the scene they name; return the ``buildcat:`` lines printed."""
+def apply(settings: dict, *, rendered_by_name: bool = False) -> list[str]:
+    """Apply the settings to the scene they name; return the ``buildcat:`` lines printed.
+    ``rendered_by_name``: the caller renders with ``render.render(scene=NAME)``, which
+    reaches any scene, also in the binary (compose.py does)."""
     unknown = set(settings) - KEYS
     if unknown:
         raise ScriptError(f"unknown override settings: {', '.join(sorted(unknown))}")
@@ -202,7 +204,7 @@ def apply(settings: dict) -> list[str]:
 
     scene = target_scene(settings)
     if "scene" in settings:
-        if bpy.context.scene != scene:
+        if bpy.context.scene != scene and not rendered_by_name:
             if in_blender_binary():
                 # -f renders the scene the command line chose; a window switch does not
                 # reach it (Blender 3.4), so refuse rather than render the wrong scene.
