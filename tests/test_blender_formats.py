@@ -152,6 +152,24 @@ def test_a_multilayer_exr_scene_is_written_with_its_passes(farm: Farm, blender: 
         assert numpy.array_equal(farm_frame[name], pixels), name
 
 
+@needs_binary
+def test_a_blender_started_per_task_writes_the_scenes_format_too(
+    farm: Farm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # BUILDCAT_BLENDER_WARM=0: blender -b FILE --python override.py -o ... -f N, no -F.
+    monkeypatch.setenv("BUILDCAT_BLENDER_WARM", "0")
+    blender = BINARY or "blender"
+    scene = build_scene(blender, farm.root / "shots" / "layers.blend", MULTILAYER)
+    _farm_with(farm, blender)
+    job = farm.client().render("shots/layers.blend", "1", output="out/f_####")
+    job.wait(timeout=300)
+    assert job.results()[0]["outputs"] == ["out/f_0001.exr"]
+    farm_frame = exr_channels(farm.root / "out" / "f_0001.exr")
+    plain = exr_channels(plain_render(blender, scene, 1, farm.root / "plain" / "f_####"))
+    assert set(farm_frame) == set(plain)
+    assert all(numpy.array_equal(farm_frame[name], pixels) for name, pixels in plain.items())
+
+
 @pytest.mark.parametrize("blender", BOTH_BLENDERS)
 def test_png_rgba_16_and_jpeg_quality_are_the_scenes_and_depth_alone_changes(
     farm: Farm, blender: str

@@ -118,7 +118,9 @@ def _job_scene(
     if not os.path.isfile(blend):
         raise ScriptError(f"no .blend file at {blend}")
     bpy.ops.wm.open_mainfile(filepath=blend)
-    override.apply({key: settings[key] for key in SCENE_KEYS if key in settings})
+    override.apply(
+        {key: settings[key] for key in SCENE_KEYS if key in settings}, rendered_by_name=True
+    )
     scene = override.target_scene(settings)
     if scene.render.image_settings.file_format == "OPEN_EXR_MULTILAYER":
         raise ScriptError(

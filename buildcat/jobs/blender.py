@@ -348,7 +348,8 @@ def validate_payload(payload: dict[str, Any]) -> None:
             raise FarmError("'parts' must be a non-empty list of paths")
         for part in parts:
             farm_root.check_relative(_text({"part": part}, "part"))
-        if payload.get("format", "PNG") not in FORMATS:
+        file_format = payload.get("format", "PNG")
+        if not isinstance(file_format, str) or file_format not in FORMATS:
             raise FarmError(f"format must be one of {', '.join(FORMATS)}")
         if "scene" in payload:
             farm_root.check_relative(_text(payload, "scene"))
