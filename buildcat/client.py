@@ -16,7 +16,7 @@ import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from buildcat import auth, discovery, jobs, protocol
 from buildcat.errors import (
@@ -33,6 +33,9 @@ from buildcat.frames import chunk_frames, format_frames, parse_frames
 from buildcat.jobs.python import split_spec
 from buildcat.perf import job_perf
 from buildcat.root import relative_in_root, resolve
+
+if TYPE_CHECKING:
+    from buildcat.blender.blendfile import SceneInfo
 
 FINAL_STATES = ("done", "failed", "cancelled")
 #: A submit whose reply may have been lost is sent again (with the same idempotency key,
@@ -363,22 +366,22 @@ class Client:
             raise FarmError(f"{relative} is not a .blend file")
         needs = [f"blender>={saved_with}", *_blender_pin(blender_version, saved_with, relative)]
         needs += [r.strip() for r in requires if r.strip()]
-        file_format, written_as = _output_options(
-            path, scene_name, output, format, color_mode, color_depth, bool(tiles or sample_split)
-        )
         if engine is not None and engine not in blender_jobs.ENGINES:
             raise FarmError(f"engine must be one of {', '.join(blender_jobs.ENGINES)}")
         # The file's own scenes, cameras and output, read without Blender where BAT can.
         target = blendfile.read_blend(path).scene(scene_name)
-        if camera is not None and camera not in target.cameras:
-            known = ", ".join(repr(c) for c in target.cameras) or "none"
-            raise FarmError(
-                f"no camera named {camera!r} in scene {target.name!r} (cameras: {known})"
-            )
         if format is None and target.output.is_movie:
             raise FarmError(
                 f"scene {target.name!r} writes a movie ({target.output.file_format}): "
                 "render frames (PNG/EXR), then make a video; or pass --format"
+            )
+        file_format, written_as = _output_options(
+            target, output, format, color_mode, color_depth, bool(tiles or sample_split)
+        )
+        if camera is not None and camera not in target.cameras:
+            known = ", ".join(repr(c) for c in target.cameras) or "none"
+            raise FarmError(
+                f"no camera named {camera!r} in scene {target.name!r} (cameras: {known})"
             )
         if not allow_missing:
             assets = blendfile.check_assets(path, self.root)
@@ -766,8 +769,7 @@ def _owner() -> str:
 
 
 def _output_options(
-    blend: Path,
-    scene_name: str | None,
+    target: SceneInfo,
     output: str | None,
     file_format: str | None,
     color_mode: str | None,
@@ -783,13 +785,11 @@ def _output_options(
     if file_format is not None:
         file_format = file_format.upper()
     depth = None if color_depth is None else str(color_depth)
-    scene = output_settings.read_scene_output(blend, scene_name)
+    scene = target.output
     _, extension = output_settings.split_extension(output or "")
     if extension and file_format is None:
         formats = output_settings.PATTERN_EXTENSIONS[extension]
-        if scene is None:
-            file_format = formats[0]  # the scene's format is unknown here: the name says it
-        elif scene.file_format not in formats:
+        if scene.file_format not in formats:
             raise FarmError(
                 f"output {output!r} ends in {extension} but the scene writes "
                 f"{scene.file_format}: give --format {formats[0]} or drop the extension"

@@ -219,7 +219,7 @@ def test_output_options_are_checked_at_submit_against_the_scene(farm: Farm) -> N
         ("shots/jpeg.blend", "--output", "a/f_####.png"): "ends in .png but the scene writes JPEG",
         ("shots/clear.blend", "--format", "JPEG", "--output", "a/f_####.png"): "ends in .png but "
         "JPEG writes .jpg",
-        ("shots/movie.blend",): "the scene writes a movie (FFMPEG)",
+        ("shots/movie.blend",): "writes a movie (FFMPEG): render frames",
         ("shots/layers.blend", "--tiles", "2x2"): "not a multilayer EXR",
         ("shots/clear.blend", "--format", "open_exr_multilayer", "--sample-split", "2"): "not a "
         "multilayer EXR",
