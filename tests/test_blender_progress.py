@@ -77,7 +77,7 @@ def shot(farm: Farm, long_scene: Path) -> Farm:
 
 
 def _frame(farm: Farm, frame: int) -> Path:
-    return farm.root / "renders" / "long" / f"frame_{frame:04d}.png"
+    return farm.root / "renders" / "long" / "Scene" / f"frame_{frame:04d}.png"  # the default output
 
 
 def _worker_version(farm: Farm, name: str) -> str:

@@ -179,10 +179,29 @@ def read_blend(path: str | os.PathLike[str]) -> BlendInfo:
         return read_with_blender(path, reason=f"{type(exc).__name__}: {exc}")
 
 
-def read_with_bat(path: str | os.PathLike[str]) -> BlendInfo:
+def _open_with_bat(path: Path) -> Any:
+    """BAT's BlendFile for ``path``; a file BAT opened and then could not read is closed
+    (BAT itself leaves it open when its constructor fails)."""
     from blender_asset_tracer import blendfile
 
-    bfile = blendfile.BlendFile(Path(path))
+    opened: list[Any] = []
+
+    class Closing(blendfile.BlendFile):
+        def _open_file(self, path: Path, mode: str) -> Any:
+            fileobj = super()._open_file(path, mode)
+            opened.append(fileobj)
+            return fileobj
+
+    try:
+        return Closing(path)
+    except BaseException:
+        for fileobj in opened:
+            fileobj.close()
+        raise
+
+
+def read_with_bat(path: str | os.PathLike[str]) -> BlendInfo:
+    bfile = _open_with_bat(Path(path))
     try:
         scenes = tuple(_scene(block) for block in bfile.find_blocks_from_code(b"SC"))
         if not scenes:
