@@ -172,6 +172,7 @@ def spin_farm(farm: Farm, scene_file: Path) -> Iterator[Farm]:
 
 
 @needs_binary
+@pytest.mark.timeout(300)  # three jobs, one of them cancelled mid-render: slow on a busy VM
 def test_no_leftover_folders_after_success_failure_and_cancel(spin_farm: Farm) -> None:
     spin_farm.start_worker("--slots", "2")
     farm = spin_farm.client()
