@@ -30,6 +30,19 @@ BOTH_BLENDERS = [
 ]
 
 
+def run_in_blender(blender: str, script: str) -> str:
+    """Run a Python script in a real Blender (a binary's path, or ``bpy`` for a Python that
+    imports the module); fail the test with Blender's output if it fails; return stdout."""
+    if blender == BPY:
+        command = [sys.executable, "-c", script]
+    else:
+        command = [blender, "-b", "--factory-startup", "--python-exit-code", "1",
+                   "--python-expr", script]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done.stdout
+
+
 def _processes() -> tuple[dict[int, int], dict[int, str]]:
     """Parent pid and command line of every process there is now."""
     parents: dict[int, int] = {}

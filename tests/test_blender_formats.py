@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import struct
 import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from PIL import Image
 
 from buildcat.blender import BPY
 from buildcat.imaging import _unfilter
-from tests.blender_support import BINARY, BOTH_BLENDERS, needs_binary
+from tests.blender_support import BINARY, BOTH_BLENDERS, needs_binary, run_in_blender
 from tests.conftest import Farm
 
 #: A small Cycles scene: a plane, a sphere, a sun and a camera; ``{setup}`` sets the output.
@@ -68,28 +67,16 @@ image.file_format = "FFMPEG"
 """
 
 
-def run_blender(blender: str, script: str) -> str:
-    """Run a Python script in a real Blender: the binary, or a Python importing bpy."""
-    if blender == BPY:
-        command = [sys.executable, "-c", script]
-    else:
-        command = [blender, "-b", "--factory-startup", "--python-exit-code", "1",
-                   "--python-expr", script]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    return done.stdout
-
-
 def build_scene(blender: str, path: Path, setup: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    run_blender(blender, SCENE.format(setup=setup, path=str(path)))
+    run_in_blender(blender, SCENE.format(setup=setup, path=str(path)))
     return path
 
 
 def plain_render(blender: str, scene: Path, frame: int, pattern: Path) -> Path:
     """``blender -b FILE -o PATTERN -f N`` (or its bpy equivalent); the file it wrote."""
     if blender == BPY:
-        run_blender(
+        run_in_blender(
             BPY,
             "import bpy\n"
             f"bpy.ops.wm.open_mainfile(filepath={str(scene)!r})\n"

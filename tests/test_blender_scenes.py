@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 import buildcat
+from buildcat.jobs import blender as blender_jobs
 from tests.blender_support import BINARY, BPY, descendants, gone, needs_binary, needs_bpy
 from tests.conftest import Farm, wait_for
 from tests.scene_builders import build_scenes, plain_render
@@ -180,9 +181,13 @@ def test_no_leftover_folders_after_success_failure_and_cancel(spin_farm: Farm) -
     done = farm.render("shots/spin.blend", "1", tiles=(2, 1), output="ok/f_####", **small)
     done.wait(timeout=120)
     assert (spin_farm.root / "ok" / "f_0001.png").is_file()
-    failed = farm.render(
-        "shots/spin.blend", "1", tiles=(2, 1), output="bad/f_####", camera="Nope", **small
-    )
+    # A camera the file lacks, from a client that does not read the .blend (Client.render
+    # refuses it at submit): it fails inside Blender, after the staging folders exist.
+    tasks = blender_jobs.plan_render(
+        "shots/spin.blend", [1], tiles=(2, 1), output="bad/f_####",
+        settings={"camera": "Nope", "resolution": [16, 16], "samples": 1},
+    )  # fmt: skip
+    failed = farm.submit_tasks(tasks, kind="blender", requires=["blender>=3.4"])
     with pytest.raises(buildcat.JobFailed):
         failed.wait(timeout=120)
     long = farm.render("shots/spin.blend", "1-2", output="long/f_####", samples=1_000_000,

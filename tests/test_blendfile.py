@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from buildcat.blender import BPY, blendfile, find_blender
-from tests.blender_support import BINARY, BOTH_BLENDERS, needs_binary, needs_bpy
+from tests.blender_support import BINARY, BOTH_BLENDERS, needs_binary, needs_bpy, run_in_blender
 from tests.conftest import Farm
 
 #: Three scenes: Main (1-10, EXR 32-bit DWAA, cameras CamA and CamB, CamB in a child
@@ -52,14 +52,8 @@ bpy.ops.wm.save_as_mainfile(filepath=OUTPUT)
 
 def build(blender: str, script: str, output: Path) -> None:
     """Run a scene-building script in a real Blender (binary or bpy module); it saves OUTPUT."""
-    script = f"OUTPUT = {str(output)!r}\n{script}"
-    if blender == BPY:
-        command = [sys.executable, "-c", script]
-    else:
-        command = [blender, "-b", "--factory-startup", "--python-exit-code", "1",
-                   "--python-expr", script]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
-    assert done.returncode == 0 and output.is_file(), done.stdout[-2000:] + done.stderr[-2000:]
+    run_in_blender(blender, f"OUTPUT = {str(output)!r}\n{script}")
+    assert output.is_file()
 
 
 @pytest.mark.parametrize("blender", BOTH_BLENDERS)

@@ -7,10 +7,12 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import buildcat
+from buildcat.jobs import blender as blender_jobs
 from buildcat.server import journal
 from buildcat.server.scheduler import JobState, Scheduler, TaskSpec, TaskState
 from tests.blender_support import BINARY, BOTH_BLENDERS, needs_binary
@@ -43,6 +45,17 @@ def _failed_at_once(farm: Farm, job: buildcat.Job, reason: str) -> dict:
     return status
 
 
+def _submit_unchecked(
+    farm: Farm, frames: list[int], settings: dict[str, Any], output: str
+) -> buildcat.Job:
+    """A render submitted as a client that does not read the .blend would (the HTTP API, a
+    script building its own tasks): the worker's check is then the only one."""
+    tasks = blender_jobs.plan_render("shots/spin.blend", frames, output=output, settings=settings)
+    return farm.client().submit_tasks(
+        tasks, kind="blender", requires=["blender>=3.4"], max_attempts=ATTEMPTS
+    )
+
+
 def _healthy_job_still_runs(farm: Farm) -> None:
     job = farm.client().render("shots/spin.blend", "1", resolution=(16, 16), samples=1)
     job.wait(timeout=120)
@@ -54,10 +67,13 @@ def test_a_camera_the_scene_lacks_fails_the_job_at_its_first_attempt(
 ) -> None:
     blender_farm.start_worker("--blender", blender)
     farm = blender_farm.client()
-    job = farm.render(
-        "shots/spin.blend", "1-3", camera="NoSuchCamera", resolution=(16, 16), samples=1,
-        max_attempts=ATTEMPTS,
-    )  # fmt: skip
+    small = {"resolution": [16, 16], "samples": 1}
+    with pytest.raises(buildcat.FarmError, match="no camera named 'NoSuchCamera'"):
+        farm.render("shots/spin.blend", "1-3", camera="NoSuchCamera", output="cam/f_####")
+    assert farm.jobs() == []  # found at submit; what gets past a client is the worker's:
+    job = _submit_unchecked(
+        blender_farm, [1, 2, 3], {"camera": "NoSuchCamera", **small}, "cam/f_####"
+    )
     _failed_at_once(blender_farm, job, "no camera named 'NoSuchCamera'")
     # Blender's reason, not a walk through buildcat's code.
     assert job.tasks()[0]["traceback"] == ""
@@ -72,10 +88,10 @@ def test_a_scene_the_file_lacks_fails_the_job_at_once_on_a_blender_per_task(
     monkeypatch.setenv("BUILDCAT_BLENDER_WARM", "0")  # the binary's own -S, then override.py
     blender_farm.start_worker("--blender", BINARY or "blender")
     farm = blender_farm.client()
-    job = farm.render(
-        "shots/spin.blend", "1", scene_name="Nope", resolution=(16, 16), samples=1,
-        max_attempts=ATTEMPTS,
-    )  # fmt: skip
+    with pytest.raises(buildcat.FarmError, match="no scene named 'Nope' in this file"):
+        farm.render("shots/spin.blend", "1", scene_name="Nope")
+    small = {"resolution": [16, 16], "samples": 1}
+    job = _submit_unchecked(blender_farm, [1], {"scene": "Nope", **small}, "nope/f_####")
     _failed_at_once(blender_farm, job, "no scene named 'Nope' in this file")
     _healthy_job_still_runs(blender_farm)
 
@@ -166,9 +182,14 @@ def test_a_render_error_shows_blenders_reason_and_no_frames_of_buildcat(
 ) -> None:
     monkeypatch.setenv("BUILDCAT_BLENDER_WARM", warm)
     damaged = blender_farm.root / "shots" / "damaged.blend"
-    damaged.write_bytes((blender_farm.root / "shots" / "spin.blend").read_bytes()[:2000])
-    blender_farm.start_worker()
+    whole = (blender_farm.root / "shots" / "spin.blend").read_bytes()
+    damaged.write_bytes(whole[:2000])
+    with pytest.raises(buildcat.FarmError, match="could not read"):  # found at submit
+        blender_farm.client().render("shots/damaged.blend", "1")
+    damaged.write_bytes(whole)
     job = blender_farm.client().render("shots/damaged.blend", "1", max_attempts=1)
+    damaged.write_bytes(whole[:2000])  # damaged after the submit: the worker finds it
+    blender_farm.start_worker()
     with pytest.raises(buildcat.JobFailed, match="Failed to read blend file") as failed:
         job.wait(timeout=120)
     assert "buildcat/" not in failed.value.error and "Traceback" not in failed.value.error
