@@ -52,7 +52,7 @@ def capped_submit(farm: Farm, *args: str) -> subprocess.CompletedProcess[str]:
         ),
         (
             ["--frames", "0-999999", "--chunk", "1"],
-            "this job would be 1,000,000 tasks, about 116 MiB to send",  # renders/a/Scene/...
+            "this job would be 1,000,000 tasks, about 106 MiB to send",  # renders/a/Scene/...
         ),
         (
             ["--frames", "1", "--resolution", "100000x100000"],
