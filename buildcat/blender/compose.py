@@ -118,9 +118,7 @@ def _job_scene(
     if not os.path.isfile(blend):
         raise ScriptError(f"no .blend file at {blend}")
     bpy.ops.wm.open_mainfile(filepath=blend)
-    override.apply(
-        {key: settings[key] for key in SCENE_KEYS if key in settings}, rendered_by_name=True
-    )
+    override.apply({key: settings[key] for key in SCENE_KEYS if key in settings})
     scene = override.target_scene(settings)
     if scene.render.image_settings.file_format == "OPEN_EXR_MULTILAYER":
         raise ScriptError(

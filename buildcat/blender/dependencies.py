@@ -17,7 +17,7 @@ import sys
 import bpy
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from script_support import ScriptError
+from script_support import JobFault
 
 #: The start of the error, so the farm can tell this failure (the job's own fault) apart.
 MISSING = "missing files: "
@@ -95,7 +95,7 @@ def refuse_missing(settings: dict) -> None:
         for line in lost:
             print(f"buildcat: missing {line}", flush=True)
         return
-    raise ScriptError(MISSING + "; ".join(lost))
+    raise JobFault(MISSING + "; ".join(lost))  # the same on every worker
 
 
 def stamps() -> dict[str, int | None]:

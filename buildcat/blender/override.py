@@ -200,10 +200,8 @@ def _denoising_on(scene: bpy.types.Scene) -> bool:
     return any(getattr(layer.cycles, "use_denoising", True) for layer in layers)
 
 
-def apply(settings: dict, *, rendered_by_name: bool = False) -> list[str]:
-    """Apply the settings to the scene they name; return the ``buildcat:`` lines printed.
-    ``rendered_by_name``: the caller renders with ``render.render(scene=NAME)``, which
-    reaches any scene, also in the binary (compose.py does)."""
+def apply(settings: dict) -> list[str]:
+    """Apply the settings to the scene they name; return the ``buildcat:`` lines printed."""
     unknown = set(settings) - KEYS
     if unknown:
         raise ScriptError(f"unknown override settings: {', '.join(sorted(unknown))}")

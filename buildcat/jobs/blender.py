@@ -65,7 +65,7 @@ _BLENDER_ERROR = re.compile(r"^(?:Error|ERROR)\b[: ]\s*(?!Not freed memory)(.+)"
 #: How the scripts inside Blender say why they stopped (script_support.py).
 SCRIPT_ERROR = "buildcat: error: "
 SCRIPT_JOB_ERROR = "buildcat: job error: "
-_COMPOSED = re.compile(r"buildcat: (?:stitch|merge) of \d+ images written to (.+)$", re.MULTILINE)
+_COMPOSED = re.compile(r"buildcat: (?:stitch|merge) of \d+ images written to (.+)$")
 #: bpy_render.py's line once a frame is written and checked.
 FRAME_DONE = "BUILDCAT-FRAME "
 _TIME = re.compile(r"\| Time:(\d+(?::\d+)+(?:\.\d+)?)")
@@ -84,24 +84,9 @@ class RenderFailed(FarmError):
 
 
 class SceneFault(RenderFailed, JobFault):
-    """The job is wrong for its file (no such scene or camera, not a .blend): every worker
-    would fail it, so the job fails at its first attempt and no worker is blamed."""
-
-
-class MissingFiles(SceneFault):
-    """Blender cannot find files the scene uses (blender/dependencies.py): the job's own
-    fault, the same on every worker, so retrying elsewhere cannot help."""
-
-
-#: How blender/dependencies.py starts its error.
-MISSING_FILES = "missing files: "
-
-
-def _failure(reason: str) -> RenderFailed:
-    """The RenderFailed for a reason Blender gave; MissingFiles where files are missing."""
-    if reason.startswith(MISSING_FILES):
-        return MissingFiles(reason)
-    return RenderFailed(reason)
+    """The job is wrong for its file (no such scene or camera, files it uses missing, not a
+    .blend): every worker would fail it, so the job fails at its first attempt and no
+    worker is blamed."""
 
 
 # ---- planning (client side, pure) ----------------------------------------------------------
@@ -689,7 +674,7 @@ class WarmBlender:
                 reason = f"Blender stopped (exit code {code}) during the render; see the log"
         if job_fault:
             raise SceneFault(reason)
-        raise _failure(reason)
+        raise RenderFailed(reason)
 
     def stop(self) -> None:
         """SIGINT, then SIGKILL after CANCEL_GRACE_SECONDS."""
@@ -1050,8 +1035,6 @@ def _render_once(
     if code != 0:
         if progress.job_fault:
             raise SceneFault(progress.reason)
-        if progress.reason.startswith(MISSING_FILES):
-            raise MissingFiles(progress.reason)
         if progress.reason:
             raise RenderFailed(f"Blender exited with code {code}: {progress.reason}")
         raise RenderFailed(f"Blender exited with code {code}; see the task log")
@@ -1118,15 +1101,16 @@ def _compose(task: dict[str, Any], blender: BlenderInstall) -> dict[str, Any]:
             blender.path, "-b", "--factory-startup", "--python-exit-code", "1",
             "--python", str(SCRIPTS / "compose.py"), "--", json.dumps(settings),
         ]  # fmt: skip
-    lines: list[str] = []
+    composed: list[str] = []  # the path compose.py says it wrote
 
     def keep(line: str) -> None:
         print(line)
-        lines.append(line)
+        written = _COMPOSED.search(line)
+        if written:
+            composed.append(written[1])
 
     code = run_process(command, keep)
-    written = _COMPOSED.search("\n".join(lines))
-    result = Path(written[1]) if written else final
+    result = Path(composed[-1]) if composed else final
     if code != 0 or not result.is_file():
         raise RenderFailed(f"{task['step']} of frame {frame} failed (exit code {code})")
     for path in inputs:
