@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +75,26 @@ def descendants(ancestor: int) -> dict[int, str]:
         return False
 
     return {pid: command for pid, command in commands.items() if below(pid) and not gone(pid)}
+
+
+def power_off(ancestor: int) -> list[int]:
+    """SIGKILL ``ancestor`` and every process below it as one, as a machine losing power
+    would: the tree is frozen (SIGSTOP) until no new process appears in it, so a Blender
+    being started at that moment cannot escape as an orphan, then all of it is killed.
+    Returns the pids killed below ``ancestor``."""
+    frozen: set[int] = set()
+    while True:
+        tree = {ancestor, *descendants(ancestor)} - frozen
+        if not tree:
+            break
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        frozen |= tree
+    for pid in frozen:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return sorted(frozen - {ancestor})
 
 
 def warm_blenders(worker: subprocess.Popen[bytes]) -> list[int]:

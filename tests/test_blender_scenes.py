@@ -5,10 +5,7 @@ task; the binary or the bpy module)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +15,7 @@ from PIL import Image
 
 import buildcat
 from buildcat.jobs import blender as blender_jobs
-from tests.blender_support import BINARY, BPY, descendants, gone, needs_binary, needs_bpy
+from tests.blender_support import BINARY, BPY, gone, needs_binary, needs_bpy, power_off
 from tests.conftest import Farm, wait_for
 from tests.scene_builders import build_scenes, plain_render
 
@@ -204,13 +201,11 @@ def test_a_killed_workers_staging_folders_are_swept(spin_farm: Farm) -> None:
     farm = spin_farm.client()
     job = farm.render("shots/spin.blend", "1", samples=1_000_000, resolution=(32, 32))
     staging = wait_for(lambda: leftovers(spin_farm.root), timeout=120)
-    below = descendants(worker.pid)
     # SIGKILL to the worker and everything below it at once (a machine that lost power):
     # nothing of it can clean up. (Kill only the worker, and its child sees that, stops
-    # its Blender and often removes the folder itself.)
-    for pid in [worker.pid, *below]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    # its Blender and often removes the folder itself; kill a tree read once, and a Blender
+    # started just then lives on and writes into the folder after it was swept.)
+    below = power_off(worker.pid)
     worker.wait()
     wait_for(lambda: all(gone(pid) for pid in below), timeout=60)
     assert leftovers(spin_farm.root) == staging  # left behind, the job not over yet

@@ -912,12 +912,13 @@ async def list_workers(request: web.Request) -> web.Response:
 
 def _task_message(farm: Farm, task: Task) -> dict[str, Any]:
     common = task.job.meta.get("common") or {}
+    payload = {**common, **task.payload} if common else task.payload
     return {
         "id": task.id,
         "job": task.job.id,
-        "kind": task.job.kind,
+        "kind": jobs.task_kind(task.job.kind, payload),
         "attempt": task.attempts,
-        "payload": {**common, **task.payload} if common else task.payload,
+        "payload": payload,
     }
 
 

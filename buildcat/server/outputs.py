@@ -15,6 +15,8 @@ from array import array
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from buildcat.jobs import task_kind
+
 #: Kinds of job whose tasks write frames named by an ``output`` pattern.
 CLAIMING_KINDS = frozenset({"blender"})
 _EXTENSIONS = (".png", ".jpg", ".jpeg", ".exr", ".tif", ".tiff", ".bmp", ".tga", ".webp")
@@ -51,8 +53,6 @@ def claimed_frames(
 ) -> dict[Pattern, list[int]]:
     """The frames a job's tasks finish, by output pattern, given each task's payload and
     the tasks it depends on; none for a kind that writes no frames."""
-    if kind not in CLAIMING_KINDS:
-        return {}
     listed = list(tasks)
     awaited = {dep for _, depends in listed for dep in depends}
     keys: dict[str, Pattern] = {}
@@ -61,6 +61,8 @@ def claimed_frames(
         if index in awaited:
             continue  # a part of a frame: its stitch or merge claims the frame
         merged = {**common, **payload} if common else payload
+        if task_kind(kind, merged) not in CLAIMING_KINDS:
+            continue
         pattern = merged.get("output")
         frames = merged.get("frames")
         if frames is None and "frame" in merged:

@@ -448,6 +448,8 @@ class Agent:
             if kind == "blender":
                 blender = self.config.blender.encode() if self.config.blender else ""
                 payload = {"function": BLENDER_RUNNER, "args": [payload, blender]}
+            elif kind in jobs.RUNNERS:  # a kind run by a function of ours in the child
+                payload = {"function": jobs.RUNNERS[kind], "args": [payload]}
             reply = await self.run_on(child, entry, payload, on_progress)
             outcome = {
                 "id": task_id,

@@ -1,0 +1,380 @@
+"""Watching and steering jobs and workers: status, wait, results, logs, cancel ..."""
+
+from __future__ import annotations
+
+import csv
+import importlib.metadata
+import json
+import sys
+import time
+from typing import Any
+
+import click
+
+from buildcat.cli.base import (
+    client_options,
+    main,
+    print_json,
+    wait_and_exit,
+)
+from buildcat.client import Client
+from buildcat.display import duration, table
+from buildcat.perf import FRAME_COLUMNS
+from buildcat.server.scheduler import requirement_met
+
+# ---- watching and steering ----------------------------------------------------------------------
+
+
+def _job_times(job: dict[str, Any]) -> tuple[float | None, float | None]:
+    """Elapsed seconds and an estimate of the seconds left (from the progress so far)."""
+    started = job.get("started_at")
+    if started is None:
+        return None, None
+    elapsed = max(0.0, (job.get("finished_at") or time.time()) - started)
+    progress = float(job.get("progress") or 0.0)
+    if job.get("finished_at") or not 0 < progress < 1:
+        return elapsed, None
+    return elapsed, elapsed * (1 - progress) / progress
+
+
+def _job_row(job: dict[str, Any]) -> list[str]:
+    elapsed, eta = _job_times(job)
+    frames = job.get("frames")
+    return [
+        job["id"],
+        job["state"],
+        f"{job['tasks'].get('done', 0)}/{job['total']}",
+        f"{frames['done']}/{frames['total']}" if frames else "-",
+        f"{job['progress']:.0%}",
+        str(job["priority"]),
+        duration(elapsed),
+        duration(eta),
+        job.get("owner") or "-",
+        job["name"],
+    ]
+
+
+JOB_HEADERS = ["JOB", "STATE", "TASKS", "FRAMES", "DONE", "PRIO", "ELAPSED", "ETA", "OWNER", "NAME"]
+
+
+@main.command()
+@click.argument("job_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@client_options
+def status(client: Client, job_id: str | None, as_json: bool) -> None:
+    """Show one job, or every job."""
+    if job_id:
+        view = client.job(job_id).status()
+        if as_json:
+            print_json(view)
+            return
+        click.echo(table(JOB_HEADERS, [_job_row(view)]))
+        counts = ", ".join(f"{n} {state}" for state, n in view["tasks"].items() if n)
+        click.echo(f"  tasks: {counts}")
+        if view.get("blender_version"):
+            click.echo(f"  blender: {view['blender_version']} (every task of the job)")
+        if view.get("waiting"):
+            click.echo(f"  waiting: {_waiting_line(view)}")
+        if view.get("blocked"):
+            click.echo(
+                f"  blocked workers: {', '.join(view['blocked'])} (farm unblock {view['id']})"
+            )
+        if view.get("error"):
+            click.echo(f"  error: {view['error']}")
+        return
+    jobs = client.jobs()
+    if as_json:
+        print_json(jobs)
+        return
+    if not jobs:
+        click.echo("no jobs")
+        return
+    click.echo(table(JOB_HEADERS, [_job_row(job) for job in jobs]))
+    for job in jobs:
+        if job.get("waiting"):
+            click.echo(f"{job['id']} waiting: {_waiting_line(job)}")
+
+
+def _waiting_line(job: dict[str, Any]) -> str:
+    """Why a job waits, with ``farm worker --blender bpy`` suggested where this machine has
+    the bpy module and its Blender could render the job."""
+    waiting = str(job["waiting"])
+    if job.get("kind") != "blender" or "blender" not in waiting.lower():
+        return waiting
+    version = bpy_module_version()
+    if version is None:
+        return waiting
+    held = str(job.get("blender_version") or "")
+    needs = [r for r in job.get("requires", []) if isinstance(r, str) and r.startswith("blender")]
+    if (held and held != version) or not all(
+        requirement_met(r, {"blender": version}) for r in needs
+    ):
+        return waiting
+    return (
+        f"{waiting} (this machine has the bpy module, Blender {version}: farm worker --blender bpy)"
+    )
+
+
+def bpy_module_version() -> str | None:
+    """The version of the bpy module installed for this Python (read from its package
+    metadata: importing bpy takes a second), or None."""
+    try:
+        return importlib.metadata.version("bpy")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
+@client_options
+def wait(client: Client, job_id: str, timeout: float | None, as_json: bool) -> None:
+    """Wait for a job to end.
+
+    Exits 0 when it is done, 1 when it failed or was cancelled, 3 on --timeout.
+    """
+    wait_and_exit(client.job(job_id), as_json, timeout)
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON list.")
+@client_options
+def results(client: Client, job_id: str, as_json: bool) -> None:
+    """Print a job's task results, in task order (waits for the job)."""
+    values = client.job(job_id).results()
+    if as_json:
+        print_json(values)
+        return
+    for value in values:
+        click.echo(json.dumps(value, default=str))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@client_options
+def workers(client: Client, as_json: bool) -> None:
+    """List the workers the server knows."""
+    listing = client.workers()
+    if as_json:
+        print_json(listing)
+        return
+    if not listing:
+        click.echo("no workers")
+        return
+    now = time.time()
+    rows = [
+        [
+            item["name"],
+            item["state"],
+            str(item["slots"]),
+            ",".join(item["tasks"]) or "-",
+            str(item["tasks_done"]),
+            str(item["tasks_failed"]),
+            f"{duration(max(0.0, now - item['last_seen']))} ago",
+            ", ".join(f"{k} {v}".strip() for k, v in sorted(item["capabilities"].items())),
+        ]
+        for item in listing
+    ]
+    headers = ["WORKER", "STATE", "SLOTS", "RUNNING", "DONE", "FAILED", "LAST SEEN", "CAPABILITIES"]
+    click.echo(table(headers, rows))
+
+
+def _job_action(action: str) -> click.Command:
+    @click.argument("job_id")
+    @client_options
+    def command(client: Client, job_id: str) -> None:
+        view = getattr(client.job(job_id), action)()
+        click.echo(f"{view['id']} {view['state']}")
+        if view.get("unblocked"):  # a retry clears the job's blocklist
+            click.echo(f"blocklist cleared: {', '.join(view['unblocked'])} may take it again")
+
+    command.__doc__ = {
+        "cancel": "Cancel a job: queued tasks are dropped, running ones stopped.",
+        "pause": "Stop dispatching a job's tasks (running ones finish).",
+        "resume": "Dispatch a paused job's tasks again.",
+        "retry": "Run a failed or cancelled job's unfinished tasks again, with fresh attempts\n"
+        "(its blocklist is cleared: every worker may take it again).",
+    }[action]
+    return main.command(action)(command)
+
+
+for _action in ("cancel", "pause", "resume", "retry"):
+    _job_action(_action)
+
+
+@main.command()
+@click.argument("target", metavar="TASK|JOB")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the task or job ends.")
+@client_options
+def logs(client: Client, target: str, follow: bool) -> None:
+    """Print the output of a task (JOB.N), or of every task of a job.
+
+    With --follow, keep printing as the tasks print, until they end (a job's lines are
+    prefixed with their task)."""
+    if follow:
+        for task_id, text in client.follow(target):
+            if "." in target:
+                click.echo(text, nl=False)
+            else:
+                for line in text.splitlines():
+                    click.echo(f"{task_id} | {line}")
+        return
+    if "." in target:
+        click.echo(client.log(target), nl=False)
+        return
+    for task in client.job(target).tasks():
+        text = client.log(task["id"])
+        if text:
+            click.echo(f"===== {task['id']} ({task['state']}) {task['label']}")
+            click.echo(text, nl=not text.endswith("\n"))
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--worker", default=None, help="Unblock only this worker (default: all).")
+@client_options
+def unblock(client: Client, job_id: str, worker: str | None) -> None:
+    """Let workers blocked from a job (after failing it repeatedly) take its tasks again."""
+    view = client.job(job_id).unblock(worker)  # a worker the job never blocked: an error
+    unblocked = ", ".join(view.get("unblocked", [])) or "none"
+    blocked = ", ".join(view["blocked"]) or "none"
+    click.echo(f"{view['id']} {view['state']}, blocked workers: {blocked} (unblocked: {unblocked})")
+
+
+# ignore_unknown_options: a negative priority (-5) is a value, not an option.
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("job_id")
+@click.argument("priority", type=click.IntRange(-1_000_000, 1_000_000))
+@client_options
+def priority(client: Client, job_id: str, priority: int) -> None:
+    """Set a job's priority (higher runs first); its queued tasks move at once."""
+    view = client.job(job_id).set_priority(priority)
+    click.echo(f"{view['id']} priority {view['priority']}")
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print each frame's record as CSV.")
+@client_options
+def perf(client: Client, job_id: str, as_json: bool, as_csv: bool) -> None:
+    """How fast a job went: tasks per hour overall and per worker, mean task time and
+    each worker's utilisation, from the tasks' recorded times; for a render, each frame's
+    render time, peak memory, Blender version and worker."""
+    figures = client.job(job_id).perf()
+    if as_json:
+        print_json(figures)
+        return
+    if as_csv:
+        out = csv.DictWriter(sys.stdout, fieldnames=FRAME_COLUMNS, lineterminator="\n")
+        out.writeheader()
+        out.writerows(figures["frames"])
+        return
+    click.echo(
+        f"job {figures['id']} ({figures['state']}): {figures['tasks_done']}/{figures['tasks']} "
+        f"tasks done in {duration(figures['span_seconds'])}"
+    )
+    if not figures["timed"]:
+        click.echo("no task has finished yet")
+        return
+    click.echo(
+        f"{figures['tasks_per_hour']:,.0f} tasks/hour, "
+        f"mean task {duration(figures['mean_task_seconds'])}"
+    )
+    rows = [
+        [
+            row["worker"],
+            str(row["tasks_done"]),
+            str(row["tasks_failed"]),
+            f"{row['tasks_per_hour']:,.0f}",
+            duration(row["mean_task_seconds"]),
+            duration(row["busy_seconds"]),
+            str(row["slots"]),
+            f"{row['utilisation']:.0%}",
+        ]
+        for row in figures["workers"]
+    ]
+    headers = ["WORKER", "DONE", "FAILED", "TASKS/H", "MEAN", "BUSY", "SLOTS", "UTILISATION"]
+    click.echo(table(headers, rows))
+    if figures["frames"]:
+        click.echo("")
+        click.echo(table(FRAME_HEADERS, [_frame_row(row) for row in figures["frames"]]))
+
+
+FRAME_HEADERS = ["FRAME", "TASK", "WORKER", "BLENDER", "TIME", "PEAK MEMORY"]
+
+
+def _frame_row(row: dict[str, Any]) -> list[str]:
+    seconds, peak = row.get("seconds"), row.get("peak_memory_mb")
+    return [
+        str(row["frame"]),
+        str(row["task"]),
+        str(row.get("worker") or "-"),
+        str(row.get("blender") or "-"),
+        duration(seconds) if isinstance(seconds, (int, float)) else "-",
+        f"{peak:,.1f} MB" if isinstance(peak, (int, float)) else "-",
+    ]
+
+
+@main.command()
+@click.option("--open", "open_browser", is_flag=True, help="Open it in a browser too.")
+@click.option(
+    "--revoke",
+    is_flag=True,
+    help="Make a new key: every browser is logged out and old links stop working "
+    "(the farm secret is unchanged).",
+)
+@client_options
+def dashboard(client: Client, open_browser: bool, revoke: bool) -> None:
+    """Print the link that logs a browser into the farm's live dashboard."""
+    if revoke:
+        url = client.revoke_dashboard()
+        click.echo("every browser is logged out and old links are dead; the new link:", err=True)
+    else:
+        url = client.dashboard_url()
+    click.echo(url)
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(url)
+
+
+@main.command("worker-info")
+@click.option("--timeout", type=float, default=60.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@client_options
+def worker_info(client: Client, timeout: float, as_json: bool) -> None:
+    """Run a built-in job that reports the worker's host, platform, Python, root and slots."""
+    info = client.worker_info(timeout=timeout)
+    if as_json:
+        print_json(info)
+        return
+    for key, value in info.items():
+        click.echo(f"{key}: {value}")
+
+
+@main.command()
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=3.0,
+    show_default=True,
+    help="Seconds to listen.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def discover(timeout: float, as_json: bool) -> None:
+    """List the farms that answer on the LAN (zeroconf), with their addresses."""
+    from buildcat import discovery
+
+    farms = discovery.browse(timeout)
+    if as_json:
+        print_json([farm.as_dict() for farm in farms])
+        return
+    if not farms:
+        click.echo(f"farm: error: no farm answered within {timeout:g}s", err=True)
+        sys.exit(1)
+    for farm in farms:
+        version = f"  buildcat {farm.version}" if farm.version else ""
+        click.echo(f"{farm.name}  {farm.url}{version}")
