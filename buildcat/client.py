@@ -32,7 +32,7 @@ from buildcat.errors import (
 from buildcat.frames import chunk_frames, format_frames, parse_frames
 from buildcat.jobs.python import split_spec
 from buildcat.perf import job_perf
-from buildcat.root import relative_in_root, resolve
+from buildcat.root import resolve
 
 if TYPE_CHECKING:
     from buildcat.blender.blendfile import SceneInfo
@@ -81,6 +81,7 @@ class Client:
             self.tls = self.tls or tls
         self._secret: str | None = None
         self._connection: http.client.HTTPConnection | None = None
+        self._job_types: tuple[Any, list[dict[str, Any]]] | None = None
 
     def __repr__(self) -> str:
         where = f"{self.host}:{self.port}" if self.host else "(found by discovery)"
@@ -350,107 +351,73 @@ class Client:
         OPEN_EXR, OPEN_EXR_MULTILAYER), ``color_mode`` (BW, RGB, RGBA) and ``color_depth``
         (8, 16, 32) change only what they name.
         """
-        from buildcat import blender as blender_support
-        from buildcat.blender import blendfile
-        from buildcat.jobs import blender as blender_jobs
-
-        relative = relative_in_root(self.root, scene)
-        path = resolve(self.root, relative)
-        if not path.is_file():
-            raise FarmError(
-                f"{relative} does not exist under the farm root {self.root} "
-                "(set --root or BUILDCAT_ROOT to this machine's path to the root)"
-            )
-        saved_with = blender_support.blend_file_version(path)
-        if saved_with is None:
-            raise FarmError(f"{relative} is not a .blend file")
-        needs = [f"blender>={saved_with}", *_blender_pin(blender_version, saved_with, relative)]
-        needs += [r.strip() for r in requires if r.strip()]
-        if engine is not None and engine not in blender_jobs.ENGINES:
-            raise FarmError(f"engine must be one of {', '.join(blender_jobs.ENGINES)}")
-        # The file's own scenes, cameras and output, read without Blender where BAT can.
-        target = blendfile.read_blend(path).scene(scene_name)
-        if format is None and target.output.is_movie:
-            raise FarmError(
-                f"scene {target.name!r} writes a movie ({target.output.file_format}): "
-                "render frames (PNG/EXR), then make a video; or pass --format"
-            )
-        file_format, written_as = _output_options(
-            target, output, format, color_mode, color_depth, bool(tiles or sample_split)
-        )
-        if camera is not None and camera not in target.cameras:
-            known = ", ".join(repr(c) for c in target.cameras) or "none"
-            raise FarmError(
-                f"no camera named {camera!r} in scene {target.name!r} (cameras: {known})"
-            )
-        if not allow_missing:
-            assets = blendfile.check_assets(path, self.root)
-            if assets.problems:
-                raise FarmError(assets.refusal())
-        if frames is None:
-            frames = target.frames
-        output = output or blender_jobs.default_output(relative, target.name)
-        settings: dict[str, Any] = {}
-        for key, value in (
-            ("engine", engine),
-            ("samples", samples),
-            ("resolution", list(resolution) if resolution else None),
-            ("camera", camera),
-            ("scene", scene_name),
-            ("autoexec", True if enable_autoexec else None),
-            ("color_mode", color_mode),
-            ("color_depth", None if color_depth is None else str(color_depth)),
-        ):
-            if value is not None:
-                settings[key] = value
-        if allow_missing:  # the worker's own check (blender/dependencies.py) too
-            settings["allow_missing"] = True
-        numbers = parse_frames(frames)
-        # Every limit is checked before the tasks are built: an absurd job is one line at once.
-        count = blender_jobs.check_render_size(
-            len(numbers),
+        return self.submit_type(
+            "render",
+            scene=scene,
+            frames=frames,
             chunk=chunk,
-            tiles=tiles,
-            sample_split=sample_split,
-            resolution=resolution,
+            output=output,
+            format=format,
+            color_mode=color_mode,
+            color_depth=color_depth,
+            engine=engine,
             samples=samples,
-        )
-
-        def plan(some: list[int]) -> list[dict[str, Any]]:
-            return blender_jobs.plan_render(
-                relative,
-                some,
-                chunk=chunk,
-                output=output,
-                file_format=file_format,
-                settings=settings,
-                tiles=tiles,
-                sample_split=sample_split,
-            )
-
-        sample = plan(numbers[: max(chunk, 1)])
-        _check_request_size(
-            len(protocol.pack(sample)) * count // len(sample),
-            count,
-            "render more frames per task (--chunk), or fewer frames or tiles",
-        )
-        tasks = plan(numbers)
-        return self.submit_tasks(
-            tasks,
-            kind="blender",
-            name=name or f"{relative} frames {frames}",
+            resolution=None if resolution is None else "x".join(map(str, resolution)),
+            camera=camera,
+            scene_name=scene_name,
+            tiles=None if tiles is None else "x".join(map(str, tiles)),
+            sample_split=sample_split,
+            allow_missing=allow_missing,
+            enable_autoexec=enable_autoexec,
+            blender_version=blender_version,
             priority=priority,
-            requires=needs,
+            name=name,
             max_attempts=max_attempts,
             timeout=timeout,
-            meta={
-                "scene": relative,
-                "frames": frames,
-                "output": output,
-                "format": written_as,
-                "blend_version": saved_with,
-            },
+            requires=requires,
         )
+
+    def submit_type(
+        self, job_type: str, settings: dict[str, Any] | None = None, /, **given: Any
+    ) -> Job:
+        """Submit a job of a job type (``render`` or a file in ``<root>/jobtypes/``):
+        its settings are checked against the type's declaration (SettingError, one line,
+        nothing queued), then its ``compile`` plans the tasks, then they go as one job.
+
+        Settings come as keywords (or the ``settings`` map, for names that are also submit
+        options); ``priority``, ``name``, ``requires``, ``max_attempts``, ``timeout`` and
+        every other option of :meth:`submit_tasks` apply to the job as on any submit.
+        A setting left as ``None`` takes its default. The root's own job types run in a
+        child process with a time limit (``BUILDCAT_JOBTYPE_TIMEOUT``, 60 s)."""
+        from buildcat.jobtypes import child
+
+        options, values = _split_job_options(self.submit_tasks, given)
+        values = {**(settings or {}), **values}
+        values = {key: value for key, value in values.items() if value is not None}
+        plan = child.compile_job(self.root, job_type, values)
+        requires = [*plan["requires"], *(r.strip() for r in options.pop("requires", ()))]
+        name = options.pop("name", "") or plan["name"]
+        return self.submit_tasks(
+            plan["tasks"],
+            kind=plan["kind"],
+            name=name,
+            requires=[r for r in requires if r],
+            meta=plan["meta"],
+            **options,
+        )
+
+    def job_types(self) -> list[dict[str, Any]]:
+        """Every job type this client can submit (built-ins and ``<root>/jobtypes/``):
+        name, source, label, description and settings (name, type, default, choices, help,
+        required, minimum, maximum, label); a broken one has ``error`` and ``traceback``
+        instead. Read from this client's root (in a child process), cached until a file
+        changes."""
+        from buildcat.jobtypes import child, loading
+
+        key = loading.signature(self.root)
+        if self._job_types is None or self._job_types[0] != key:
+            self._job_types = (key, child.describe(self.root))
+        return [dict(entry) for entry in self._job_types[1]]
 
     def submit_tasks(
         self,
@@ -719,6 +686,18 @@ def _check_request_size(size: int, count: int, advice: str) -> None:
             f"this job would be {count:,} tasks, about {size / 2**20:,.0f} MiB to send; a "
             f"request may be at most {protocol.MAX_BODY_BYTES // 2**20} MiB: {advice}"
         )
+
+
+def _split_job_options(
+    submit: Callable[..., Any], given: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a job type's keywords into the submit options ``submit`` takes (priority,
+    name, requires, ... whatever this client's submit_tasks has) and the settings."""
+    import inspect
+
+    taken = set(inspect.signature(submit).parameters) - {"tasks", "kind", "common", "meta"}
+    options = {key: value for key, value in given.items() if key in taken}
+    return options, {key: value for key, value in given.items() if key not in taken}
 
 
 def _function_spec(function: str | Callable[..., Any]) -> str:

@@ -2,9 +2,9 @@
 
 One module per kind of command: ``roles`` (server, worker, demo), ``submitting``
 (submit ..., check) and ``watching`` (status, wait, logs, cancel ...); ``base`` holds the
-group and the options they share."""
+group and the options they share; ``jobtypes`` (job-types, submit TYPE) the job types."""
 
-from buildcat.cli import roles, submitting, watching
+from buildcat.cli import jobtypes, roles, submitting, watching
 from buildcat.cli.base import main
 
-__all__ = ["main", "roles", "submitting", "watching"]
+__all__ = ["jobtypes", "main", "roles", "submitting", "watching"]

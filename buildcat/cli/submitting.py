@@ -12,13 +12,13 @@ import click
 
 import buildcat
 from buildcat.cli.base import (
-    FarmGroup,
     client_options,
     main,
     print_json,
     root_option,
     wait_and_exit,
 )
+from buildcat.cli.jobtypes import SubmitGroup
 from buildcat.client import Client
 from buildcat.display import table
 from buildcat.errors import FarmError
@@ -29,7 +29,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 # ---- submitting -------------------------------------------------------------------------------
 
 
-@main.group(cls=FarmGroup)
+@main.group(cls=SubmitGroup)
 def submit() -> None:
     """Submit a job."""
 

@@ -1,0 +1,148 @@
+"""Job types on the command line: `farm job-types` and `farm submit TYPE --set ...` (any
+name `farm submit` has no command of its own for is a job type)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from buildcat.cli.base import FarmGroup, client_options, main, print_json
+from buildcat.client import Client
+from buildcat.errors import FarmError
+
+
+class SubmitGroup(FarmGroup):
+    """`farm submit`: its own commands (python, blender, ...), and every other name a job
+    type, built-in or in ``<root>/jobtypes/``."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None or cmd_name.startswith("-"):
+            return command
+        return type_command(cmd_name, sorted(self.commands))
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_commands(ctx, formatter)
+        with formatter.section("Job types"):
+            formatter.write_dl(
+                [("TYPE", "A job type: farm submit TYPE --set NAME=VALUE (see farm job-types).")]
+            )
+
+
+def parse_assignments(assignments: tuple[str, ...]) -> dict[str, str]:
+    """``--set NAME=VALUE`` pairs as a map (each VALUE is text; the job type's declaration
+    says what it must be)."""
+    values: dict[str, str] = {}
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise FarmError(f"--set {item!r} must look like NAME=VALUE")
+        if key in values:
+            raise FarmError(f"--set {key} given twice")
+        values[key] = value
+    return values
+
+
+def type_command(type_name: str, commands: list[str]) -> click.Command:
+    from buildcat.cli.submitting import _submitted, job_options
+
+    @click.command(
+        type_name,
+        help=f"Submit a job of the job type {type_name!r}: one --set NAME=VALUE per "
+        "setting (`farm job-types` lists each type's settings).",
+    )
+    @click.option(
+        "--set",
+        "assignments",
+        multiple=True,
+        metavar="NAME=VALUE",
+        help="A setting of the job type (repeat for each).",
+    )
+    @click.option(
+        "--requires",
+        default="",
+        metavar="TAG,...",
+        help="Comma-separated capabilities workers must have.",
+    )
+    @job_options
+    @client_options
+    def submit_job_type(
+        client: Client,
+        assignments: tuple[str, ...],
+        requires: str,
+        task_timeout: float | None,
+        wait: bool,
+        as_json: bool,
+        **options: Any,
+    ) -> None:
+        from buildcat.jobtypes import loading
+
+        known = loading.names(client.root)
+        if type_name not in known:
+            raise FarmError(
+                f"no submit command or job type {type_name!r} (commands: "
+                f"{', '.join(commands)}; job types: {', '.join(known)}; see farm job-types)"
+            )
+        settings = parse_assignments(assignments)
+        given = {key: value for key, value in options.items() if value is not None}
+        job = client.submit_type(
+            type_name,
+            settings,
+            requires=[r.strip() for r in requires.split(",") if r.strip()],
+            timeout=task_timeout,
+            **given,
+        )
+        _submitted(job, as_json, wait)
+
+    return submit_job_type
+
+
+def _setting_line(setting: dict[str, Any]) -> str:
+    kind = setting["type"]
+    if setting.get("choices"):
+        kind = "|".join(str(c) for c in setting["choices"])
+    notes = []
+    if setting.get("required"):
+        notes.append("required")
+    elif setting.get("default") is not None:
+        notes.append(f"default {setting['default']}")
+    for bound in ("minimum", "maximum"):
+        if setting.get(bound) is not None:
+            notes.append(f"{bound} {setting[bound]:g}")
+    extra = f" [{', '.join(notes)}]" if notes else ""
+    help_text = f"  {setting['help']}" if setting.get("help") else ""
+    return f"    --set {setting['name']}={kind}{extra}{help_text}"
+
+
+@main.command("job-types")
+@click.option("--check", is_flag=True, help="Show each broken job type with its traceback.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@client_options
+def job_types(client: Client, check: bool, as_json: bool) -> None:
+    """List the job types `farm submit TYPE` takes (built-ins and ROOT/jobtypes/*.py) with
+    their settings. With --check, exit 1 when any of them is broken."""
+    listing = client.job_types()
+    broken = [entry for entry in listing if "error" in entry]
+    if as_json:
+        print_json(listing)
+    elif check:
+        for entry in broken:
+            click.echo(f"{entry['name']} ({entry['source']}):")
+            click.echo(str(entry.get("traceback", "")).rstrip() or "  (no traceback)")
+            click.echo(entry["error"])
+            click.echo("")
+        if not broken:
+            click.echo(f"all {len(listing)} job types load")
+    else:
+        for entry in listing:
+            if "error" in entry:
+                click.echo(f"{entry['name']}  ({entry['source']})  BROKEN: {entry['error']}")
+                continue
+            click.echo(f"{entry['name']}  ({entry['source']})  {entry['label']}")
+            for setting in entry["settings"]:
+                click.echo(_setting_line(setting))
+    if check and broken:
+        click.echo(f"farm: error: {len(broken)} job type(s) broken", err=True)
+        raise SystemExit(1)

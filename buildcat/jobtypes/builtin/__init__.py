@@ -1,0 +1,1 @@
+"""The job types shipped with buildcat, written as a studio writes its own."""
