@@ -31,6 +31,7 @@ from buildcat.discovery import Advertiser, advertised_addresses
 from buildcat.errors import FarmError, ProtocolError
 from buildcat.root import state_dir
 from buildcat.server import connections, outputs, snapshot
+from buildcat.server import jobtypes as jobtypes_routes
 from buildcat.server import web as web_ui
 from buildcat.server.journal import Journal, JournalError, recover
 from buildcat.server.journal import encode as journal_record
@@ -1186,6 +1187,7 @@ def create_app(config: ServerConfig) -> web.Application:
     app[FARM_KEY] = farm
     app.add_routes(routes)
     web_ui.add_routes(app)
+    jobtypes_routes.add_routes(app, config.root)
 
     async def start_background(app: web.Application) -> None:
         farm._expiry_task = asyncio.create_task(farm.expire_leases())

@@ -62,7 +62,7 @@ ASSET_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css
 
 #: Routes a dashboard cookie may use, besides the page itself: reading, and steering jobs.
 _COOKIE_GET = re.compile(rf"^({API}/(ping|events|jobs|workers|jobs/[^/]+(/tasks|/thumbnail)?"
-                         rf"|tasks/[^/]+)|/metrics)$")  # fmt: skip
+                         rf"|tasks/[^/]+|job-types)|/metrics)$")  # fmt: skip
 _COOKIE_POST = re.compile(rf"^{API}/jobs/[^/]+/(cancel|pause|resume|retry|priority)$")
 _PUBLIC = re.compile(r"^/(|login|dashboard/[A-Za-z0-9_.-]+)$")
 
