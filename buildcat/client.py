@@ -389,12 +389,8 @@ class Client:
         every other option of :meth:`submit_tasks` apply to the job as on any submit.
         A setting left as ``None`` takes its default. The root's own job types run in a
         child process with a time limit (``BUILDCAT_JOBTYPE_TIMEOUT``, 60 s)."""
-        from buildcat.jobtypes import child
-
         options, values = _split_job_options(self.submit_tasks, given)
-        values = {**(settings or {}), **values}
-        values = {key: value for key, value in values.items() if value is not None}
-        plan = child.compile_job(self.root, job_type, values)
+        plan = self.plan_type(job_type, {**(settings or {}), **values})
         requires = [*plan["requires"], *(r.strip() for r in options.pop("requires", ()))]
         name = options.pop("name", "") or plan["name"]
         return self.submit_tasks(
@@ -405,6 +401,18 @@ class Client:
             meta=plan["meta"],
             **options,
         )
+
+    def plan_type(
+        self, job_type: str, settings: dict[str, Any] | None = None, /, **given: Any
+    ) -> dict[str, Any]:
+        """What :meth:`submit_type` would submit, without submitting it: ``{"kind", "name",
+        "requires", "meta", "tasks"}``. A broken job type raises JobTypeBroken, whose
+        ``traceback`` says where."""
+        from buildcat.jobtypes import child
+
+        values = {**(settings or {}), **given}
+        values = {key: value for key, value in values.items() if value is not None}
+        return child.compile_job(self.root, job_type, values)
 
     def job_types(self) -> list[dict[str, Any]]:
         """Every job type this client can submit (built-ins and ``<root>/jobtypes/``):

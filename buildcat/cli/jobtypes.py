@@ -10,6 +10,7 @@ import click
 from buildcat.cli.base import FarmGroup, client_options, main, print_json
 from buildcat.client import Client
 from buildcat.errors import FarmError
+from buildcat.jobtypes import JobTypeBroken
 
 
 class SubmitGroup(FarmGroup):
@@ -87,13 +88,17 @@ def type_command(type_name: str, commands: list[str]) -> click.Command:
             )
         settings = parse_assignments(assignments)
         given = {key: value for key, value in options.items() if value is not None}
-        job = client.submit_type(
-            type_name,
-            settings,
-            requires=[r.strip() for r in requires.split(",") if r.strip()],
-            timeout=task_timeout,
-            **given,
-        )
+        try:
+            job = client.submit_type(
+                type_name,
+                settings,
+                requires=[r.strip() for r in requires.split(",") if r.strip()],
+                timeout=task_timeout,
+                **given,
+            )
+        except JobTypeBroken as exc:
+            hint = f"farm job-types --check {type_name} shows where"
+            raise JobTypeBroken(f"{exc} ({hint})", exc.traceback) from None
         _submitted(job, as_json, wait)
 
     return submit_job_type
@@ -117,22 +122,52 @@ def _setting_line(setting: dict[str, Any]) -> str:
 
 
 @main.command("job-types")
-@click.option("--check", is_flag=True, help="Show each broken job type with its traceback.")
+@click.argument("type_name", required=False, metavar="[TYPE]")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Show each broken job type with its traceback; with TYPE, plan a job of it "
+    "(nothing is submitted) and show its tasks or the traceback.",
+)
+@click.option(
+    "--set",
+    "assignments",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="With --check TYPE: a setting to plan with.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @client_options
-def job_types(client: Client, check: bool, as_json: bool) -> None:
+def job_types(
+    client: Client,
+    type_name: str | None,
+    check: bool,
+    assignments: tuple[str, ...],
+    as_json: bool,
+) -> None:
     """List the job types `farm submit TYPE` takes (built-ins and ROOT/jobtypes/*.py) with
-    their settings. With --check, exit 1 when any of them is broken."""
+    their settings. With --check, exit 1 when any of them is broken: one that does not
+    load, or whose compile fails with its default settings (or, for TYPE, with --set's)."""
+    if type_name is not None:
+        _check_one(client, type_name, parse_assignments(assignments), as_json)
+        return
     listing = client.job_types()
+    if check:  # a type that loads and needs no setting is planned with its defaults too
+        for entry in listing:
+            if "error" in entry or any(s["required"] for s in entry["settings"]):
+                continue
+            try:
+                client.plan_type(entry["name"])
+            except JobTypeBroken as exc:
+                entry["error"], entry["traceback"] = str(exc), exc.traceback
+            except FarmError:
+                pass  # a refusal of its defaults is the job type's own word
     broken = [entry for entry in listing if "error" in entry]
     if as_json:
         print_json(listing)
     elif check:
         for entry in broken:
-            click.echo(f"{entry['name']} ({entry['source']}):")
-            click.echo(str(entry.get("traceback", "")).rstrip() or "  (no traceback)")
-            click.echo(entry["error"])
-            click.echo("")
+            _show_broken(entry["name"], entry["source"], entry["error"], entry.get("traceback"))
         if not broken:
             click.echo(f"all {len(listing)} job types load")
     else:
@@ -146,3 +181,29 @@ def job_types(client: Client, check: bool, as_json: bool) -> None:
     if check and broken:
         click.echo(f"farm: error: {len(broken)} job type(s) broken", err=True)
         raise SystemExit(1)
+
+
+def _show_broken(name: str, source: str, error: str, trace: str | None) -> None:
+    click.echo(f"{name} ({source}):")
+    click.echo(str(trace or "").rstrip() or "  (no traceback)")
+    click.echo(error)
+    click.echo("")
+
+
+def _check_one(client: Client, type_name: str, settings: dict[str, str], as_json: bool) -> None:
+    """Plan a job of TYPE and show it, or its traceback; nothing is submitted."""
+    try:
+        plan = client.plan_type(type_name, settings)
+    except JobTypeBroken as exc:
+        _show_broken(type_name, "", str(exc), exc.traceback)
+        raise
+    if as_json:
+        print_json(plan)
+        return
+    click.echo(f"{plan['name']}: {len(plan['tasks'])} task(s), job kind {plan['kind']}")
+    for index, task in enumerate(plan["tasks"]):
+        payload = task["payload"]
+        kind = payload.get("kind", plan["kind"])
+        what = payload.get("label") or payload.get("function") or payload.get("step") or ""
+        after = f"  after {', '.join(map(str, task['depends']))}" if task.get("depends") else ""
+        click.echo(f"  {index}: {kind} {what}{after}")

@@ -1,0 +1,376 @@
+"""Job types: a Python file in <root>/jobtypes/ declares settings and compiles them into
+tasks. Real `farm` processes: listing (CLI, Python API, HTTP), submits through the CLI
+and the API, refusals, reload on change, broken files, and the built-in render type."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import buildcat
+from buildcat.jobtypes import JobPlan, SettingError, loading
+from tests.conftest import Farm, wait_for
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples" / "jobtypes"
+
+#: The job functions the test job types use: each stage writes a file; the report lists
+#: the files it found, so a report that ran too early shows it.
+STEPS = """
+import time
+
+from buildcat.jobs import context
+
+def stage(name, seconds):
+    time.sleep(seconds)  # the stages take a while, so a report that did not wait shows it
+    path = context.current().path("out") / f"{name}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(name)
+    return name
+
+def report(greeting):
+    found = sorted(p.stem for p in context.current().path("out").glob("*.txt"))
+    return {"greeting": greeting, "found": found}
+"""
+
+PIPELINE = '''
+"""Stages, then a report that waits for all of them."""
+from buildcat.jobtypes import Setting
+
+SETTINGS = [
+    Setting("count", "int", default=2, minimum=1, maximum=10, help="How many stages"),
+    Setting("greeting", "choice", choices=["hello", "goodbye"], default="hello"),
+    Setting("pause", "float", default=0.3, help="Seconds each stage takes"),
+    Setting("who", "str", required=True, help="Whom the report greets"),
+]
+
+def compile(settings, job):
+    stages = [
+        job.python("steps.py:stage", f"stage{i}", settings.pause) for i in range(settings.count)
+    ]
+    job.python("steps.py:report", f"{settings.greeting} {settings.who}", depends=stages)
+'''
+
+
+def write_type(root: Path, name: str, source: str) -> Path:
+    folder = root / "jobtypes"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{name}.py"
+    old = path.stat().st_mtime_ns if path.exists() else None
+    path.write_text(textwrap.dedent(source))
+    if old is not None and path.stat().st_mtime_ns == old:  # a coarse clock: move it on
+        os.utime(path, ns=(old + 1_000_000, old + 1_000_000))
+    return path
+
+
+@pytest.fixture
+def typed_farm(farm: Farm) -> Iterator[Farm]:
+    (farm.root / "steps.py").write_text(STEPS)
+    write_type(farm.root, "pipeline", PIPELINE)
+    yield farm
+
+
+def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode != 0, done.stdout
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("farm: error: "), done.stderr
+    return lines[0]
+
+
+def test_a_job_type_file_is_listed_with_its_settings(typed_farm: Farm) -> None:
+    shown = typed_farm.cli("job-types")
+    assert shown.returncode == 0, shown.stderr
+    assert "pipeline  (jobtypes/pipeline.py)  Stages, then a report" in shown.stdout
+    assert "--set who=str [required]  Whom the report greets" in shown.stdout
+    assert "--set greeting=hello|goodbye [default hello]" in shown.stdout
+    assert "--set count=int [default 2, minimum 1, maximum 10]  How many stages" in shown.stdout
+    assert "render  (built-in)" in shown.stdout
+
+    listed = json.loads(typed_farm.cli("job-types", "--json").stdout)
+    by_name = {entry["name"]: entry for entry in listed}
+    assert set(by_name) == {"render", "pipeline"}
+    settings = {s["name"]: s for s in by_name["pipeline"]["settings"]}
+    assert list(settings) == ["count", "greeting", "pause", "who"]
+    assert settings["greeting"]["choices"] == ["hello", "goodbye"]
+    assert settings["who"]["required"] is True and settings["count"]["default"] == 2
+
+    client = typed_farm.client()
+    assert client.job_types() == listed
+    # The server lists what its root holds, for forms (dashboard, add-on).
+    over_http = client.request("GET", "/job-types")["job_types"]
+    assert over_http == listed
+
+
+def test_submit_type_runs_its_tasks_after_their_dependencies(typed_farm: Farm) -> None:
+    typed_farm.start_worker("--slots", "2")
+    typed_farm.start_worker()
+    done = typed_farm.cli(
+        "submit", "pipeline", "--set", "count=4", "--set", "who=world", "--set",
+        "greeting=goodbye", "--priority", "7", "--name", "shot 12 stages", "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    job = typed_farm.client().job(json.loads(done.stdout)["id"])
+    job.wait(timeout=120)
+    results = job.results()
+    assert results[:4] == ["stage0", "stage1", "stage2", "stage3"]
+    # The report ran only once every stage had written its file.
+    assert results[4] == {
+        "greeting": "goodbye world",
+        "found": ["stage0", "stage1", "stage2", "stage3"],
+    }
+    assert [t["depends"] for t in job.tasks()] == [[], [], [], [], [0, 1, 2, 3]]
+    status = job.status()
+    assert status["name"] == "shot 12 stages"
+    assert status["priority"] == 7
+    assert status["meta"]["job_type"] == "pipeline"
+    assert status["meta"]["settings"] == {
+        "count": 4, "greeting": "goodbye", "pause": 0.3, "who": "world",
+    }  # fmt: skip
+
+    # The Python API: the same type, settings as keywords, --wait's counterpart.
+    again = typed_farm.client().submit_type("pipeline", who="you", count=1, priority=2)
+    assert again.results()[-1]["greeting"] == "hello you"
+    assert again.status()["priority"] == 2
+
+
+def test_bad_settings_are_refused_in_one_line_and_nothing_is_queued(typed_farm: Farm) -> None:
+    client = typed_farm.client()
+    before = len(client.jobs())
+    cases = {
+        ("--set", "who=x", "--set", "count=many"): "setting 'count' must be a whole number",
+        ("--set", "who=x", "--set", "count=11"): "setting 'count' must be at most 10",
+        ("--set", "who=x", "--set", "greeting=hi"): "must be one of hello, goodbye, not 'hi'",
+        ("--set", "count=2",): "job type 'pipeline' needs setting 'who' (Whom the report",
+        ("--set", "who=x", "--set", "colour=red"): "job type 'pipeline' has no setting 'colour'",
+        ("--set", "who=x", "--set", "pause=soon"): "setting 'pause' must be a number",
+        ("--set", "who=x", "--set", "who=y"): "--set who given twice",
+        ("--set", "who"): "--set 'who' must look like NAME=VALUE",
+    }  # fmt: skip
+    for args, reason in cases.items():
+        line = one_line_error(typed_farm.cli("submit", "pipeline", *args))
+        assert reason in line, (args, line)
+    line = one_line_error(typed_farm.cli("submit", "pipelin", "--set", "who=x"))
+    assert "no submit command or job type 'pipelin'" in line
+    assert "job types: render, pipeline" in line
+    with pytest.raises(SettingError, match="has no setting 'colour'"):
+        client.submit_type("pipeline", who="x", colour="red")
+    with pytest.raises(SettingError, match="setting 'count' must be a whole number"):
+        client.submit_type("pipeline", who="x", count=2.5)
+    assert len(client.jobs()) == before
+
+
+def test_an_edited_job_type_changes_the_next_submit_and_the_listing(typed_farm: Farm) -> None:
+    typed_farm.start_worker()
+    client = typed_farm.client()
+    first = client.submit_type("pipeline", who="a", count=1, pause=0)
+    assert len(first.results()) == 2
+    assert [s["name"] for s in client.request("GET", "/job-types")["job_types"][1]["settings"]]
+
+    write_type(
+        typed_farm.root,
+        "pipeline",
+        PIPELINE.replace(
+            "depends=stages)",
+            "depends=stages)\n    job.python('steps.py:report', 'encore', depends=stages)",
+        ).replace(
+            'Setting("who", "str", required=True, help="Whom the report greets"),',
+            'Setting("who", "str", default="nobody"),',
+        ),
+    )
+    second = client.submit_type("pipeline", count=1, pause=0)
+    assert [r["greeting"] if isinstance(r, dict) else r for r in second.results()] == [
+        "stage0", "hello nobody", "encore",
+    ]  # fmt: skip
+    listed = {e["name"]: e for e in client.request("GET", "/job-types")["job_types"]}
+    who = next(s for s in listed["pipeline"]["settings"] if s["name"] == "who")
+    assert who["required"] is False and who["default"] == "nobody"
+    shown = typed_farm.cli("job-types")
+    assert "--set who=str [default nobody]" in shown.stdout
+
+
+BROKEN = {
+    "typo": "from buildcat.jobtypes import Setting\nSETTINGS = [Setting('a', 'int')\n",
+    "raises": """
+        from buildcat.jobtypes import Setting
+        SETTINGS = [Setting("n", "int", default=1)]
+        def compile(settings, job):
+            return {}["no such key"]
+    """,
+    "spins": """
+        def compile(settings, job):
+            while True:
+                pass
+    """,
+    "stalls": """
+        import time
+        while True:
+            time.sleep(0.1)
+    """,
+    "nocompile": "SETTINGS = []\n",
+}
+
+
+def test_a_broken_job_type_is_one_line_and_breaks_nothing_else(typed_farm: Farm) -> None:
+    for name, source in BROKEN.items():
+        write_type(typed_farm.root, name, source)
+    typed_farm.start_worker()
+    client = typed_farm.client()
+    before = len(client.jobs())
+    environment = {"BUILDCAT_JOBTYPE_TIMEOUT": "2"}
+    reasons = {
+        "typo": "job type 'typo' (jobtypes/typo.py) is broken: SyntaxError: ",
+        "raises": "job type 'raises' (jobtypes/raises.py) is broken: KeyError: 'no such key'",
+        "spins": "job type 'spins' (jobtypes/spins.py) is broken: compile took longer than 2 s",
+        "stalls": "job type 'stalls' (jobtypes/stalls.py) is broken: loading took longer than",
+        "nocompile": "is broken: it defines no compile(settings, job) function",
+    }
+    for name, reason in reasons.items():
+        line = one_line_error(typed_farm.cli("submit", name, **environment))
+        assert reason in line, line
+    with pytest.raises(buildcat.FarmError, match=r"'raises' .* KeyError"):
+        client.submit_type("raises")
+    assert len(client.jobs()) == before
+
+    # --check: every one that does not load, or fails planned with its defaults.
+    checked = typed_farm.cli("job-types", "--check", **environment)
+    assert checked.returncode == 1
+    assert checked.stderr.strip() == "farm: error: 5 job type(s) broken"
+    assert 'return {}["no such key"]' in checked.stdout  # the traceback, with its line
+    assert "KeyError: 'no such key'" in checked.stdout
+    assert "SyntaxError" in checked.stdout
+    assert "loading took longer than 5 s" in checked.stdout
+    assert "compile took longer than 2 s" in checked.stdout
+    one = typed_farm.cli("job-types", "--check", "raises", "--set", "n=3")
+    assert one.returncode == 1 and 'return {}["no such key"]' in one.stdout
+    assert one.stderr.strip().endswith("is broken: KeyError: 'no such key'")
+    planned = typed_farm.cli("job-types", "--check", "pipeline", "--set", "who=x", "--json")
+    assert [t.get("depends", []) for t in json.loads(planned.stdout)["tasks"]] == [[], [], [0, 1]]
+    # The good ones still list, submit and run; the server kept serving throughout.
+    listed = {e["name"]: e for e in client.request("GET", "/job-types")["job_types"]}
+    assert "settings" in listed["pipeline"] and "settings" in listed["render"]
+    assert "KeyError" not in listed["raises"].get("error", "")  # loads: broken only at submit
+    assert "SyntaxError" in listed["typo"]["error"] and "traceback" in listed["typo"]
+    assert "loading took longer" in listed["stalls"]["error"]
+    job = client.submit_type("pipeline", who="still here", count=1, pause=0)
+    assert job.results()[-1]["greeting"] == "hello still here"
+    assert client.ping()
+    assert typed_farm.server is not None and typed_farm.server.poll() is None
+
+
+def test_the_builtin_render_type_renders_what_submit_blender_does(
+    farm: Farm, scene_file: Path
+) -> None:
+    (farm.root / "shots").mkdir()
+    shutil.copy(scene_file, farm.root / "shots" / "spin.blend")
+    shown = farm.cli("job-types", "--json")
+    render = {e["name"]: e for e in json.loads(shown.stdout)}["render"]
+    names = [s["name"] for s in render["settings"]]
+    for option in ("scene", "frames", "chunk", "output", "format", "engine", "samples",
+                   "resolution", "camera", "tiles", "sample_split", "blender_version"):  # fmt: skip
+        assert option in names
+    farm.start_worker()
+    by_type = farm.cli(
+        "submit", "render", "--set", "scene=shots/spin.blend", "--set", "frames=1-2",
+        "--set", "output=renders/typed/frame_####", "--wait", "--json",
+    )  # fmt: skip
+    assert by_type.returncode == 0, by_type.stderr
+    typed = json.loads(by_type.stdout)
+    assert typed["state"] == "done"
+    for frame in (1, 2):
+        assert (farm.root / "renders" / "typed" / f"frame_{frame:04d}.png").stat().st_size > 0
+    by_command = farm.cli(
+        "submit", "blender", "shots/spin.blend", "--frames", "1-2",
+        "--output", "renders/typed/frame_####", "--wait", "--json",
+    )  # fmt: skip
+    assert by_command.returncode == 0, by_command.stderr
+    client = farm.client()
+    typed_job, plain_job = client.job(typed["id"]), client.job(json.loads(by_command.stdout)["id"])
+    assert [t["payload"] for t in typed_job.tasks()] == [t["payload"] for t in plain_job.tasks()]
+    assert typed_job.status()["requires"] == plain_job.status()["requires"]
+    # farm submit blender is the render type too (Client.render submits it).
+    assert plain_job.status()["meta"]["job_type"] == "render"
+    line = one_line_error(farm.cli("submit", "render", "--set", "scene=shots/none.blend"))
+    assert "shots/none.blend does not exist under the farm root" in line
+
+
+# ---- the worked examples of docs/job-types.md -------------------------------------------------
+
+
+def example_root(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    (root / "jobtypes").mkdir(parents=True)
+    for example in EXAMPLES.glob("*.py"):
+        shutil.copy(example, root / "jobtypes" / example.name)
+    return root
+
+
+def test_the_render_denoise_video_example_compiles_to_its_graph(tmp_path: Path) -> None:
+    root = example_root(tmp_path)
+    plan = loading.compile_job(
+        root, "render_denoise_video", {"scene": "shots/a.blend", "frames": "1-3", "fps": "12"}
+    )
+    tasks = plan["tasks"]
+    assert plan["kind"] == "blender"
+    kinds = [t["payload"].get("kind", plan["kind"]) for t in tasks]
+    assert kinds == ["blender"] * 3 + ["command"] * 3 + ["command"]
+    assert [t["payload"]["frames"] for t in tasks[:3]] == [[1], [2], [3]]
+    # each frame's denoise waits for its render; the video for every denoise
+    assert [t.get("depends") for t in tasks[3:6]] == [[0], [1], [2]]
+    assert tasks[6]["depends"] == [3, 4, 5]
+    assert "hqdn3d" in " ".join(tasks[3]["payload"]["template"])
+    video = tasks[6]["payload"]["template"]
+    assert "-framerate" in video and "12" in video and video[-1].endswith("preview.mp4")
+    with pytest.raises(SettingError, match="needs setting 'scene'"):
+        loading.compile_job(root, "render_denoise_video", {})
+
+
+def test_the_bake_then_render_example_compiles_to_its_graph(tmp_path: Path) -> None:
+    root = example_root(tmp_path)
+    plan = loading.compile_job(
+        root, "bake_then_render", {"scene": "shots/sim.blend", "frames": "1-4", "chunk": 2}
+    )
+    tasks = plan["tasks"]
+    assert tasks[0]["payload"]["kind"] == "command"
+    assert "ptcache.bake_all" in " ".join(tasks[0]["payload"]["template"])
+    assert [t["payload"]["frames"] for t in tasks[1:]] == [[1, 2], [3, 4]]
+    assert [t["depends"] for t in tasks[1:]] == [[0], [0]]
+    with pytest.raises(SettingError, match="setting 'chunk' must be at least 1"):
+        loading.compile_job(root, "bake_then_render", {"scene": "s.blend", "chunk": 0})
+
+
+def test_a_plan_refuses_a_dependency_on_a_later_task(tmp_path: Path) -> None:
+    plan = JobPlan("t", tmp_path)
+    first = plan.python("m:f")
+    assert plan.python("m:g", depends=[first]) == 1
+    with pytest.raises(buildcat.FarmError, match="only on tasks added before it"):
+        plan.python("m:h", depends=[5])
+
+
+def test_the_child_time_limit_holds_without_the_alarm(typed_farm: Farm) -> None:
+    """A job type that swallows the alarm is killed by the client's own deadline."""
+    write_type(
+        typed_farm.root,
+        "stubborn",
+        """
+        def compile(settings, job):
+            while True:
+                try:
+                    while True:
+                        pass
+                except BaseException:
+                    pass
+        """,
+    )
+    line = one_line_error(
+        typed_farm.cli("submit", "stubborn", BUILDCAT_JOBTYPE_TIMEOUT="0.5", timeout=120)
+    )
+    assert "job type 'stubborn' is broken: it ran past" in line
+    wait_for(lambda: typed_farm.client().ping())
