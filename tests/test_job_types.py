@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import buildcat
+from buildcat.jobs.blender import plan_render
 from buildcat.jobtypes import JobPlan, SettingError, loading
 from tests.conftest import Farm, wait_for
 
@@ -293,8 +294,20 @@ def test_the_builtin_render_type_renders_what_submit_blender_does(
     assert by_command.returncode == 0, by_command.stderr
     client = farm.client()
     typed_job, plain_job = client.job(typed["id"]), client.job(json.loads(by_command.stdout)["id"])
-    assert [t["payload"] for t in typed_job.tasks()] == [t["payload"] for t in plain_job.tasks()]
-    assert typed_job.status()["requires"] == plain_job.status()["requires"]
+
+    def shape(job: buildcat.Job) -> list[tuple[str, list[int]]]:
+        return [(t["label"], t["depends"]) for t in job.tasks()]
+
+    assert shape(typed_job) == shape(plain_job) == [("frames 1", []), ("frames 2", [])]
+    typed_status, plain_status = typed_job.status(), plain_job.status()
+    assert typed_status["requires"] == plain_status["requires"]
+    for key in ("scene", "frames", "output", "format", "blend_version"):
+        assert typed_status["meta"][key] == plain_status["meta"][key]
+    # The plan the type makes is the one the planner makes, payload for payload.
+    plan = client.plan_type("render", scene="shots/spin.blend", frames="1-2")
+    assert plan["tasks"] == plan_render(
+        "shots/spin.blend", [1, 2], output="renders/spin/Scene/frame_####", settings={}
+    )
     # farm submit blender is the render type too (Client.render submits it).
     assert plain_job.status()["meta"]["job_type"] == "render"
     line = one_line_error(farm.cli("submit", "render", "--set", "scene=shots/none.blend"))
