@@ -184,7 +184,7 @@ def job_types(
 
 
 def _show_broken(name: str, source: str, error: str, trace: str | None) -> None:
-    click.echo(f"{name} ({source}):")
+    click.echo(f"{name} ({source}):" if source else f"{name}:")
     click.echo(str(trace or "").rstrip() or "  (no traceback)")
     click.echo(error)
     click.echo("")
@@ -204,6 +204,10 @@ def _check_one(client: Client, type_name: str, settings: dict[str, str], as_json
     for index, task in enumerate(plan["tasks"]):
         payload = task["payload"]
         kind = payload.get("kind", plan["kind"])
-        what = payload.get("label") or payload.get("function") or payload.get("step") or ""
+        template = payload.get("template")
+        if isinstance(template, list):
+            template = " ".join(str(word) for word in template)
+        what = payload.get("label") or payload.get("function") or payload.get("path") or ""
+        what = what or (str(template).split(" ", 1)[0] if template else "")
         after = f"  after {', '.join(map(str, task['depends']))}" if task.get("depends") else ""
         click.echo(f"  {index}: {kind} {what}{after}")
