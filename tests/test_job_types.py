@@ -338,8 +338,8 @@ def test_the_render_denoise_video_example_compiles_to_its_graph(tmp_path: Path) 
     # each frame's denoise waits for its render; the video for every denoise
     assert [t.get("depends") for t in tasks[3:6]] == [[0], [1], [2]]
     assert tasks[6]["depends"] == [3, 4, 5]
-    assert "hqdn3d" in " ".join(tasks[3]["payload"]["template"])
-    video = tasks[6]["payload"]["template"]
+    assert "hqdn3d" in " ".join(tasks[3]["payload"]["argv"])
+    video = tasks[6]["payload"]["argv"]
     assert "-framerate" in video and "12" in video and video[-1].endswith("preview.mp4")
     with pytest.raises(SettingError, match="needs setting 'scene'"):
         loading.compile_job(root, "render_denoise_video", {})
@@ -352,7 +352,7 @@ def test_the_bake_then_render_example_compiles_to_its_graph(tmp_path: Path) -> N
     )
     tasks = plan["tasks"]
     assert tasks[0]["payload"]["kind"] == "command"
-    assert "ptcache.bake_all" in " ".join(tasks[0]["payload"]["template"])
+    assert "ptcache.bake_all" in " ".join(tasks[0]["payload"]["argv"])
     assert [t["payload"]["frames"] for t in tasks[1:]] == [[1, 2], [3, 4]]
     assert [t["depends"] for t in tasks[1:]] == [[0], [0]]
     with pytest.raises(SettingError, match="setting 'chunk' must be at least 1"):

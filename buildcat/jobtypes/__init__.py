@@ -301,9 +301,14 @@ class JobPlan:
         **options: Any,
     ) -> int:
         """A shell-command task (see ``farm submit command``): ``template`` is one string
-        for the worker's shell or an argv list; ``$START``, ``$FRAME``... come from
-        ``frames``; ``options`` are the rest of the payload (``outputs``, ...)."""
-        payload: dict[str, Any] = {"template": template, **options}
+        for the worker's shell, or an argv list run with no shell; ``$START``, ``$FRAME``...
+        come from ``frames``; ``options`` are the rest of the payload (``outputs``,
+        ``outdir``, ``progress_regex``)."""
+        payload: dict[str, Any] = dict(options)
+        if isinstance(template, str):
+            payload["template"] = template
+        else:
+            payload["argv"] = [str(word) for word in template]
         if frames is not None:
             payload["frames"] = list(frames)
         return self.add("command", payload, depends=depends)
@@ -316,9 +321,10 @@ class JobPlan:
         depends: Iterable[int] = (),
         **options: Any,
     ) -> int:
-        """A Python-script task (see ``farm submit script``): ``path`` in the root, run
-        with ``args`` as its ``sys.argv``."""
-        payload = {"path": path, "args": list(args), **options}
+        """A Python-script task (see ``farm submit script``): the file ``path`` under the
+        root, run with ``args`` as its ``sys.argv``; ``options`` are the rest of the payload
+        (``python``: the interpreter on the worker)."""
+        payload = {"script": path, "args": [str(arg) for arg in args], **options}
         return self.add("script", payload, depends=depends)
 
     def render(
