@@ -387,3 +387,94 @@ def test_the_child_time_limit_holds_without_the_alarm(typed_farm: Farm) -> None:
     )
     assert "job type 'stubborn' is broken: it ran past" in line
     wait_for(lambda: typed_farm.client().ping())
+
+
+SIMULATION_SCENE = """
+import bpy, sys
+scene = bpy.context.scene
+scene.frame_start, scene.frame_end = 1, 4
+scene.render.engine = "BLENDER_WORKBENCH"
+scene.render.resolution_x = scene.render.resolution_y = 32
+scene.render.image_settings.file_format = "PNG"
+cube = bpy.data.objects["Cube"]
+cube.modifiers.new("sim", "PARTICLE_SYSTEM")
+cube.particle_systems[0].settings.count = 50
+cube.particle_systems[0].settings.frame_end = 3
+bpy.ops.wm.save_as_mainfile(filepath=sys.argv[-1])
+"""
+
+BAKED = (
+    "import bpy; print('BAKED', [p.point_cache.is_baked for o in bpy.data.objects "
+    "for p in o.particle_systems])"
+)
+
+
+@pytest.mark.skipif(
+    "command" not in __import__("buildcat.jobs").jobs.VALIDATORS,
+    reason="needs the command task kind (farm submit command)",
+)
+def test_the_bake_then_render_example_bakes_then_renders_in_blender(farm: Farm) -> None:
+    blender = shutil.which("blender")
+    if blender is None:
+        pytest.skip("no Blender binary on PATH")
+    (farm.root / "shots").mkdir()
+    scene = farm.root / "shots" / "sim.blend"
+    made = subprocess.run(
+        [blender, "-b", "--factory-startup", "--python-exit-code", "1",
+         "--python-expr", SIMULATION_SCENE, "--", str(scene)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert made.returncode == 0 and scene.is_file(), made.stdout + made.stderr
+    (farm.root / "jobtypes").mkdir()
+    shutil.copy(EXAMPLES / "bake_then_render.py", farm.root / "jobtypes")
+    farm.start_worker()
+    done = farm.cli(
+        "submit", "bake_then_render", "--set", "scene=shots/sim.blend", "--set", "frames=1-4",
+        "--set", "chunk=2", "--wait", "--json", timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    job = farm.client().job(json.loads(done.stdout)["state"] and json.loads(done.stdout)["id"])
+    tasks = job.tasks()
+    assert [t["depends"] for t in tasks] == [[], [0], [0]]
+    assert all(t["state"] == "done" for t in tasks)
+    assert "baked" in farm.client().log(tasks[0]["id"])
+    for frame in range(1, 5):
+        assert (farm.root / "renders" / "sim" / f"frame_{frame:04d}.png").stat().st_size > 0
+    # The bake is in the file the render tasks read.
+    checked = subprocess.run(
+        [blender, "-b", str(scene), "--python-expr", BAKED],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert "BAKED [True]" in checked.stdout, checked.stdout
+
+
+@pytest.mark.skipif(
+    "command" not in __import__("buildcat.jobs").jobs.VALIDATORS,
+    reason="needs the command task kind (farm submit command)",
+)
+def test_the_render_denoise_video_example_makes_a_video(farm: Farm, scene_file: Path) -> None:
+    if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
+        pytest.skip("no ffmpeg on PATH")
+    (farm.root / "shots").mkdir()
+    shutil.copy(scene_file, farm.root / "shots" / "spin.blend")
+    (farm.root / "jobtypes").mkdir()
+    shutil.copy(EXAMPLES / "render_denoise_video.py", farm.root / "jobtypes")
+    farm.start_worker()
+    done = farm.cli(
+        "submit", "render_denoise_video", "--set", "scene=shots/spin.blend",
+        "--set", "frames=1-3", "--set", "fps=12", "--wait", "--json", timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    folder = farm.root / "renders" / "spin"
+    for frame in (1, 2, 3):
+        assert (folder / f"denoised_{frame:04d}.png").stat().st_size > 0
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
+         "stream=nb_read_frames,width,height,r_frame_rate,pix_fmt", "-of", "json",
+         str(folder / "preview.mp4")],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    (stream,) = json.loads(probe.stdout)["streams"]
+    assert stream["nb_read_frames"] == "3"
+    assert (stream["width"], stream["height"]) == (64, 64)
+    assert stream["r_frame_rate"] == "12/1" and stream["pix_fmt"] == "yuv420p"

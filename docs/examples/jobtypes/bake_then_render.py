@@ -29,7 +29,7 @@ BAKE = (
 
 def compile(settings, job):
     bake = job.command(
-        [settings.blender, "-b", settings.scene, "--python-exit-code", "1",
+        [settings.blender, "-b", f"$ROOT/{settings.scene}", "--python-exit-code", "1",
          "--python-expr", BAKE],
         frames=[1],
     )  # fmt: skip
