@@ -414,13 +414,16 @@ class Client:
         values = {key: value for key, value in values.items() if value is not None}
         return child.compile_job(self.root, job_type, values)
 
-    def job_types(self) -> list[dict[str, Any]]:
+    def job_types(self, *, from_server: bool = False) -> list[dict[str, Any]]:
         """Every job type this client can submit (built-ins and ``<root>/jobtypes/``):
         name, source, label, description and settings (name, type, default, choices, help,
         required, minimum, maximum, label); a broken one has ``error`` and ``traceback``
         instead. Read from this client's root (in a child process), cached until a file
-        changes."""
+        changes; ``from_server`` asks the server what its root holds instead."""
         from buildcat.jobtypes import child, loading
+
+        if from_server:
+            return list(self.request("GET", "/job-types")["job_types"])
 
         key = loading.signature(self.root)
         if self._job_types is None or self._job_types[0] != key:

@@ -107,7 +107,8 @@ def test_a_job_type_file_is_listed_with_its_settings(typed_farm: Farm) -> None:
     assert client.job_types() == listed
     # The server lists what its root holds, for forms (dashboard, add-on).
     over_http = client.request("GET", "/job-types")["job_types"]
-    assert over_http == listed
+    assert over_http == listed == client.job_types(from_server=True)
+    assert json.loads(typed_farm.cli("job-types", "--server", "--json").stdout) == listed
 
 
 def test_submit_type_runs_its_tasks_after_their_dependencies(typed_farm: Farm) -> None:
@@ -216,6 +217,7 @@ BROKEN = {
             time.sleep(0.1)
     """,
     "nocompile": "SETTINGS = []\n",
+    "render": "def compile(settings, job):\n    pass\n",  # the built-in's name
 }
 
 
@@ -243,7 +245,8 @@ def test_a_broken_job_type_is_one_line_and_breaks_nothing_else(typed_farm: Farm)
     # --check: every one that does not load, or fails planned with its defaults.
     checked = typed_farm.cli("job-types", "--check", **environment)
     assert checked.returncode == 1
-    assert checked.stderr.strip() == "farm: error: 5 job type(s) broken"
+    assert checked.stderr.strip() == "farm: error: 6 job type(s) broken"
+    assert "'render' is the built-in job type's name; rename it" in checked.stdout
     assert 'return {}["no such key"]' in checked.stdout  # the traceback, with its line
     assert "KeyError: 'no such key'" in checked.stdout
     assert "SyntaxError" in checked.stdout
@@ -256,7 +259,10 @@ def test_a_broken_job_type_is_one_line_and_breaks_nothing_else(typed_farm: Farm)
     assert [t.get("depends", []) for t in json.loads(planned.stdout)["tasks"]] == [[], [], [0, 1]]
     # The good ones still list, submit and run; the server kept serving throughout.
     listed = {e["name"]: e for e in client.request("GET", "/job-types")["job_types"]}
-    assert "settings" in listed["pipeline"] and "settings" in listed["render"]
+    assert "settings" in listed["pipeline"]
+    render = [e for e in client.request("GET", "/job-types")["job_types"] if e["name"] == "render"]
+    assert [e["source"] for e in render] == ["built-in", "jobtypes/render.py"]
+    assert "settings" in render[0] and "rename it" in render[1]["error"]
     assert "KeyError" not in listed["raises"].get("error", "")  # loads: broken only at submit
     assert "SyntaxError" in listed["typo"]["error"] and "traceback" in listed["typo"]
     assert "loading took longer" in listed["stalls"]["error"]

@@ -136,6 +136,12 @@ def _setting_line(setting: dict[str, Any]) -> str:
     metavar="NAME=VALUE",
     help="With --check TYPE: a setting to plan with.",
 )
+@click.option(
+    "--server",
+    "from_server",
+    is_flag=True,
+    help="List what the server's root holds (GET /api/v1/job-types) instead of this root.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @client_options
 def job_types(
@@ -143,6 +149,7 @@ def job_types(
     type_name: str | None,
     check: bool,
     assignments: tuple[str, ...],
+    from_server: bool,
     as_json: bool,
 ) -> None:
     """List the job types `farm submit TYPE` takes (built-ins and ROOT/jobtypes/*.py) with
@@ -151,8 +158,8 @@ def job_types(
     if type_name is not None:
         _check_one(client, type_name, parse_assignments(assignments), as_json)
         return
-    listing = client.job_types()
-    if check:  # a type that loads and needs no setting is planned with its defaults too
+    listing = client.job_types(from_server=from_server)
+    if check and not from_server:  # a type needing no setting is planned with its defaults
         for entry in listing:
             if "error" in entry or any(s["required"] for s in entry["settings"]):
                 continue

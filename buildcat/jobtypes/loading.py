@@ -240,6 +240,11 @@ def describe(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
             listing.append(
                 {"name": name, "source": source, "error": str(exc), "traceback": exc.traceback}
             )
+    for name in BUILTINS:
+        if name in files:  # never loaded: the built-in keeps its name
+            source = f"{FOLDER}/{files[name].name}"
+            error = f"job type file {source}: {name!r} is the built-in job type's name; rename it"
+            listing.append({"name": name, "source": source, "error": error, "traceback": ""})
     return listing
 
 
