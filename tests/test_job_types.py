@@ -95,6 +95,10 @@ def test_a_job_type_file_is_listed_with_its_settings(typed_farm: Farm) -> None:
     assert "--set count=int [default 2, minimum 1, maximum 10]  How many stages" in shown.stdout
     assert "render  (built-in)" in shown.stdout
 
+    helped = typed_farm.cli("submit", "pipeline", "--help")
+    assert "Settings of pipeline (jobtypes/pipeline.py):" in helped.stdout
+    assert "--set who=str [required]  Whom the report greets" in helped.stdout
+
     listed = json.loads(typed_farm.cli("job-types", "--json").stdout)
     by_name = {entry["name"]: entry for entry in listed}
     assert set(by_name) == {"render", "pipeline"}

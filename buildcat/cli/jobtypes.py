@@ -3,6 +3,7 @@ name `farm submit` has no command of its own for is a job type)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
@@ -46,11 +47,30 @@ def parse_assignments(assignments: tuple[str, ...]) -> dict[str, str]:
     return values
 
 
+class TypeCommand(click.Command):
+    """`farm submit TYPE`: its help lists the type's settings, read from the root."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        root = ctx.params.get("root") or os.environ.get("BUILDCAT_ROOT") or "."
+        try:
+            listing = Client(root=root).job_types()
+        except FarmError:
+            listing = []
+        for entry in listing:
+            if entry["name"] == self.name and "settings" in entry:
+                with formatter.section(f"Settings of {self.name} ({entry['source']})"):
+                    for setting in entry["settings"]:
+                        formatter.write_text(_setting_line(setting).strip())
+                break
+        super().format_epilog(ctx, formatter)
+
+
 def type_command(type_name: str, commands: list[str]) -> click.Command:
     from buildcat.cli.submitting import _submitted, job_options
 
     @click.command(
         type_name,
+        cls=TypeCommand,
         help=f"Submit a job of the job type {type_name!r}: one --set NAME=VALUE per "
         "setting (`farm job-types` lists each type's settings).",
     )
