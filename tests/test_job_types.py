@@ -488,3 +488,25 @@ def test_the_render_denoise_video_example_makes_a_video(farm: Farm, scene_file: 
     assert stream["nb_read_frames"] == "3"
     assert (stream["width"], stream["height"]) == (64, 64)
     assert stream["r_frame_rate"] == "12/1" and stream["pix_fmt"] == "yuv420p"
+
+
+def test_job_type_code_never_runs_in_the_server_process(typed_farm: Farm) -> None:
+    """The server lists job types through a child: a file's import-time code (here it
+    notes the process it runs in) never runs in the server."""
+    write_type(
+        typed_farm.root,
+        "nosy",
+        """
+        import os, pathlib
+        with open(pathlib.Path(__file__).parents[1] / "pids.txt", "a") as notes:
+            notes.write(f"{os.getpid()}\\n")
+        def compile(settings, job):
+            job.python("steps.py:stage", "nosy", 0)
+        """,
+    )
+    client = typed_farm.client()
+    listed = {e["name"] for e in client.request("GET", "/job-types")["job_types"]}
+    assert "nosy" in listed
+    pids = {int(line) for line in (typed_farm.root / "pids.txt").read_text().split()}
+    assert typed_farm.server is not None
+    assert pids and typed_farm.server.pid not in pids
