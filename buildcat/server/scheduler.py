@@ -18,7 +18,7 @@ from enum import StrEnum
 from typing import Any
 
 from buildcat.errors import FarmError
-from buildcat.server.metrics import DISPATCH_BUCKETS, DURATION_BUCKETS, Histogram
+from buildcat.server.histogram import DISPATCH_BUCKETS, DURATION_BUCKETS, Histogram
 
 DEFAULT_LEASE_TIMEOUT = 30.0
 DEFAULT_MAX_ATTEMPTS = 3
