@@ -615,12 +615,13 @@ def _apply(scheduler: Any, event: list[Any]) -> None:
         job_id, specs, name, job_kind, priority, requires, attempts, owner, meta, timeout, *rest = (
             args
         )
-        key, digest = [*rest, "", ""][:2]  # journals from before idempotency keys lack them
+        # Journals from before idempotency keys lack them; from before jobs after jobs, after.
+        key, digest, after, after_any = [*rest, "", "", [], False][:4]
         scheduler.submit(
             [TaskSpec(payload=payload, depends=depends) for payload, depends in specs],
             now, name=name, kind=job_kind, priority=priority, requires=requires,
             max_attempts=attempts, owner=owner, meta=meta, job_id=job_id, timeout=timeout,
-            key=key, digest=digest,
+            key=key, digest=digest, after=after, after_any=bool(after_any),
         )  # fmt: skip
     elif kind == "register":
         worker_id, name, slots, capabilities, info = args
