@@ -46,11 +46,13 @@ KINDS = (
     "priority", "release", "requeue", "cancel", "pause", "resume", "retry", "unblock",
 )  # fmt: skip
 # Where an intact record may start, found by what its body begins with: a msgpack array
-# (every event is a list) whose first item is the name of an event kind.
+# (every event is a list: up to 15 items in one byte, else 0xdc and a 16-bit count) whose
+# first item is the name of an event kind.
 _RECORD_START = re.compile(
-    b"(?=[\\x91-\\x9f\\xdc](?:"
+    b"(?=(?:[\\x91-\\x9f]|\\xdc[\\x00-\\xff]{2})(?:"
     + b"|".join(re.escape(bytes([0xA0 | len(k)]) + k.encode()) for k in KINDS)
-    + b"))"
+    + b"))",
+    re.DOTALL,
 )
 
 T = TypeVar("T")
