@@ -13,12 +13,16 @@ import zlib
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import invariant, precondition, rule
 
 import buildcat
 from buildcat import protocol
 from buildcat.server import journal, snapshot
 from buildcat.server.scheduler import (
     FINAL_JOB_STATES,
+    Job,
     JobState,
     NotFound,
     Scheduler,
@@ -27,6 +31,7 @@ from buildcat.server.scheduler import (
     TaskState,
 )
 from tests.conftest import Farm, secret_header, wait_for
+from tests.test_scheduler import REQUIREMENTS, SchedulerMachine, job_specs, ready_tasks
 
 
 def specs(count: int = 1) -> list[TaskSpec]:
@@ -473,3 +478,121 @@ def test_a_waiting_job_survives_a_server_sigkill(
     gate.open()
     assert b.results() == ["out/b.txt"]
     assert a.results() == ["A"]
+
+
+# ---- random operations, with jobs after jobs ----------------------------------------------------
+
+
+class AfterMachine(SchedulerMachine):
+    """The scheduler's state machine (tests/test_scheduler.py) with jobs submitted after
+    others mixed in: a job that waits is never offered, never leased and never counted
+    ready; it runs once the jobs it names are done (or ended, with after_any) and fails,
+    with none of its tasks run, when one of them fails or is cancelled."""
+
+    def _unfinished(self) -> list[Job]:
+        # What the model may lease from: a job that waits offers nothing.
+        return [job for job in super()._unfinished() if not job.waiting_for]
+
+    @precondition(lambda self: self.submitted)
+    @rule(
+        data=st.data(),
+        specs=job_specs(),
+        requires=st.sampled_from(REQUIREMENTS),
+        after_any=st.booleans(),
+    )
+    def submit_after(
+        self,
+        data: st.DataObject,
+        specs: list[TaskSpec],
+        requires: tuple[str, ...],
+        after_any: bool,
+    ) -> None:
+        ids = [job.id for job in self.submitted]
+        after = data.draw(st.lists(st.sampled_from(ids), min_size=1, max_size=3, unique=True))
+        upstream = [self.farm.jobs[job_id] for job_id in after]
+        broken = [j for j in upstream if j.state in (JobState.FAILED, JobState.CANCELLED)]
+        ready_before = self.farm.ready_total
+
+        job = self.farm.submit(
+            specs,
+            self.now,
+            requires=requires,
+            job_id=f"j{len(self.submitted)}",
+            after=after,
+            after_any=after_any,
+        )
+        self.submitted.append(job)
+
+        if broken and not after_any:
+            assert job.state is JobState.FAILED
+            assert job.error.startswith(f"job {broken[0].id} it waits for ")
+        else:
+            assert job.waiting_for == {j.id for j in upstream if j.state not in FINAL_JOB_STATES}
+        waits = job.waiting_for or job.state is JobState.FAILED
+        assert self.farm.ready_total == ready_before + (0 if waits else len(ready_tasks(job)))
+
+    @invariant()
+    def ready_queues_and_ready_total_agree(self) -> None:
+        expected = 0
+        for job in self.submitted:
+            assert len(set(job.ready)) == len(job.ready), "a task queued twice"
+            if job.state in FINAL_JOB_STATES or job.waiting_for:
+                assert not job.ready
+                continue
+            assert sorted(job.ready) == [task.index for task in ready_tasks(job)]
+            if not job.paused:
+                expected += len(job.ready)
+        assert self.farm.ready_total == expected
+
+    @invariant()
+    def job_counts_and_states_match_the_tasks(self) -> None:
+        held_back = [j for j in self.submitted if j.state is JobState.FAILED and not j.traceback]
+        for job in held_back:
+            if " it waits for " in job.error:  # failed by a job it waited for
+                assert all(t.state is TaskState.CANCELLED and t.attempts == 0 for t in job.tasks)
+        others = [job for job in self.submitted if job not in held_back]
+        saved, self.submitted = self.submitted, others
+        try:
+            super().job_counts_and_states_match_the_tasks()
+        finally:
+            self.submitted = saved
+
+    @invariant()
+    def a_job_runs_only_after_the_jobs_it_names(self) -> None:
+        for job in self.submitted:
+            if not job.after:
+                continue
+            upstream = [self.farm.jobs[job_id] for job_id in job.after]
+            if job.waiting_for:
+                assert job.state in (JobState.QUEUED, JobState.PAUSED)
+                assert job not in self.farm._active
+                assert job.waiting_for == {
+                    j.id for j in upstream if j.state not in FINAL_JOB_STATES
+                }
+                assert all(t.state is TaskState.QUEUED and t.attempts == 0 for t in job.tasks)
+            ran = any(
+                t.attempts or t.state in (TaskState.LEASED, TaskState.DONE, TaskState.FAILED)
+                for t in job.tasks
+            )
+            if ran or (job.state not in FINAL_JOB_STATES and not job.waiting_for):
+                assert all(j.state in FINAL_JOB_STATES for j in upstream)
+                if not job.after_any and not job.error.startswith("job "):
+                    assert all(j.state is JobState.DONE for j in upstream)
+            if job.state is JobState.FAILED and " it waits for " in job.error:
+                named = self.farm.jobs[job.error.split()[1]]
+                assert named.state in (JobState.FAILED, JobState.CANCELLED)
+                assert not job.after_any
+
+    def teardown(self) -> None:
+        for job in self.submitted:  # also those still waiting: released later, not paused
+            self.farm.resume(job.id)
+        super().teardown()
+
+
+TestAfterMachine = AfterMachine.TestCase
+TestAfterMachine.settings = settings(
+    max_examples=150,
+    stateful_step_count=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
