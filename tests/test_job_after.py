@@ -10,6 +10,7 @@ import http.client
 import json
 import shutil
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,7 @@ from buildcat.server.scheduler import (
     TaskState,
 )
 from tests.conftest import Farm, secret_header, wait_for
+from tests.test_dashboard import CHROMIUM, dashboard_link
 from tests.test_scheduler import REQUIREMENTS, SchedulerMachine, job_specs, ready_tasks
 
 
@@ -596,3 +598,62 @@ TestAfterMachine.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    """Debian's Chromium under Playwright, as tests/test_dashboard.py drives it."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
+        )
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+def first_update(farm: Farm) -> dict[str, object]:
+    """The dashboard's first ``update`` event: the overview its page draws."""
+    connection = http.client.HTTPConnection("127.0.0.1", farm.port, timeout=30)
+    try:
+        connection.request("GET", "/api/v1/events", headers=secret_header(farm.root))
+        response = connection.getresponse()
+        assert response.status == 200
+        while True:
+            line = response.fp.readline().decode()
+            if line.startswith("data: "):
+                return dict(json.loads(line[len("data: ") :]))
+    finally:
+        connection.close()
+
+
+def test_the_dashboard_shows_what_a_job_waits_for(jobs_farm: Farm, browser: object) -> None:
+    farm = jobs_farm
+    client = farm.client()
+    a = client.map("farm_jobs:square", [1])  # no worker: it stays queued
+    b = client.submit("farm_jobs:square", 2, after=[a])
+    either = client.submit("farm_jobs:square", 3, after=[a, b], after_any=True)
+    jobs = {job["id"]: job for job in first_update(farm)["jobs"]}  # type: ignore[attr-defined]
+    assert jobs[b.id]["after"] == [a.id] and jobs[b.id]["waiting_for"] == [a.id]
+    assert jobs[b.id]["waiting"] == f"after job {a.id} (queued) (until they are done)"
+    assert jobs[either.id]["after_any"] is True
+
+    page = browser.new_page()  # type: ignore[attr-defined]
+    page.goto(dashboard_link(farm))
+    row = page.locator(f'tr[data-job="{b.id}"]')
+    row.wait_for(timeout=30_000)
+    assert row.locator('[data-field="after"]').inner_text() == f"after {a.id}"
+    assert f"waiting: after job {a.id} (queued)" in row.inner_text()
+    other = page.locator(f'tr[data-job="{either.id}"] [data-field="after"]')
+    assert other.inner_text() == f"after {a.id}, {b.id} (whatever their outcome)"
+    # Once a is done the row says b no longer waits.
+    farm.start_worker("--no-blender")
+    assert either.results() == [9]
+    row.locator('[data-field="state"]').filter(has_text="done").wait_for(timeout=30_000)
+    assert "waiting:" not in row.inner_text()
+    assert row.locator('[data-field="after"]').inner_text() == f"after {a.id}"
