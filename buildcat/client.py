@@ -81,6 +81,10 @@ class Client:
             self.tls = self.tls or tls
         self._secret: str | None = None
         self._connection: http.client.HTTPConnection | None = None
+        #: Options every submit through this client takes where the call gives none:
+        #: ``after`` (jobs or ids) and ``after_any``. The CLI's ``--after`` lands here, so
+        #: every ``farm submit ...`` command honours it.
+        self.submit_defaults: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         where = f"{self.host}:{self.port}" if self.host else "(found by discovery)"
@@ -239,12 +243,25 @@ class Client:
 
     # ---- submitting -------------------------------------------------------------------------
 
-    def submit(self, function: str | Callable[..., Any], *args: Any, **kwargs: Any) -> Job:
-        """Run ``function(*args, **kwargs)`` once on a worker."""
+    def submit(
+        self,
+        function: str | Callable[..., Any],
+        *args: Any,
+        after: Iterable[Job | str] | None = None,
+        after_any: bool | None = None,
+        **kwargs: Any,
+    ) -> Job:
+        """Run ``function(*args, **kwargs)`` once on a worker.
+
+        ``after``: jobs (or ids) this one runs after (see :meth:`submit_tasks`); ``after``
+        and ``after_any`` are the farm's, not the function's (pass a function keyword of
+        that name through :meth:`submit_tasks`)."""
         spec = _function_spec(function)
         return self.submit_tasks(
             [{"payload": {"function": spec, "args": list(args), "kwargs": kwargs}}],
             name=spec,
+            after=after,
+            after_any=after_any,
         )
 
     def map(
@@ -256,7 +273,9 @@ class Client:
         name: str = "",
         **options: Any,
     ) -> Job:
-        """Run ``function(item)`` for every item, one task each; results keep the order."""
+        """Run ``function(item)`` for every item, one task each; results keep the order.
+
+        ``options`` go to :meth:`submit_tasks` (``requires``, ``after``, ``after_any`` ...)."""
         spec = _function_spec(function)
         tasks = [{"payload": {"args": [item]}} for item in items]
         return self.submit_tasks(
@@ -275,6 +294,8 @@ class Client:
         requires: Iterable[str] = (),
         max_attempts: int | None = None,
         timeout: float | None = None,
+        after: Iterable[Job | str] | None = None,
+        after_any: bool | None = None,
     ) -> Job:
         """One task per chunk of a frame spec: ``function(*args, frames=[...], **kwargs)``.
 
@@ -304,6 +325,8 @@ class Client:
             common={"function": spec, "args": list(args)},
             meta={"frames": frames, "chunk": chunk},
             timeout=timeout,
+            after=after,
+            after_any=after_any,
         )
 
     def render(
@@ -331,6 +354,8 @@ class Client:
         timeout: float | None = None,
         requires: Iterable[str] = (),
         blender_version: str | None = None,
+        after: Iterable[Job | str] | None = None,
+        after_any: bool | None = None,
     ) -> Job:
         """Render a .blend (root-relative, or an absolute path inside the root) on the
         farm's Blender workers.
@@ -443,6 +468,8 @@ class Client:
             requires=needs,
             max_attempts=max_attempts,
             timeout=timeout,
+            after=after,
+            after_any=after_any,
             meta={
                 "scene": relative,
                 "frames": frames,
@@ -464,9 +491,21 @@ class Client:
         common: dict[str, Any] | None = None,
         meta: dict[str, Any] | None = None,
         timeout: float | None = None,
+        after: Iterable[Job | str] | None = None,
+        after_any: bool | None = None,
     ) -> Job:
-        """Submit a job of explicit tasks (``{"payload": {...}, "depends": [i, ...]}``)."""
+        """Submit a job of explicit tasks (``{"payload": {...}, "depends": [i, ...]}``).
+
+        ``after``: jobs (:class:`Job` or ids) whose end this one waits for: its tasks start
+        once they are all done, and it fails (none of its tasks run) when one of them
+        fails or is cancelled; with ``after_any`` it runs once they have all ended,
+        whatever their state. ``None`` takes :attr:`submit_defaults`."""
         common = common or {}
+        upstream = _job_ids(self.submit_defaults.get("after", ()) if after is None else after)
+        if after_any is None:
+            after_any = bool(self.submit_defaults.get("after_any", False))
+        if after_any and not upstream:
+            raise FarmError("after_any needs after: the jobs to run after")
         if kind == "python":
             self._check_function_files(tasks, common)
         if tasks:
@@ -491,6 +530,9 @@ class Client:
             body["max_attempts"] = max_attempts
         if timeout is not None:
             body["timeout"] = timeout
+        if upstream:
+            body["after"] = upstream
+            body["after_any"] = after_any
         _check_task_count(len(tasks), "split the job")
         packed = protocol.pack(body)
         _check_request_size(len(packed), len(tasks), "split the job, or put bulk data in files")
@@ -719,6 +761,19 @@ def _check_request_size(size: int, count: int, advice: str) -> None:
             f"this job would be {count:,} tasks, about {size / 2**20:,.0f} MiB to send; a "
             f"request may be at most {protocol.MAX_BODY_BYTES // 2**20} MiB: {advice}"
         )
+
+
+def _job_ids(jobs: Iterable[Job | str]) -> list[str]:
+    """Job ids from Job handles or ids (each once, in order)."""
+    if isinstance(jobs, (str, Job)):
+        jobs = [jobs]  # one job given alone
+    ids: list[str] = []
+    for job in jobs:
+        job_id = job.id if isinstance(job, Job) else job
+        if not isinstance(job_id, str) or not job_id.strip():
+            raise FarmError(f"after: {job!r} is not a job or a job id")
+        ids.append(job_id.strip())
+    return list(dict.fromkeys(ids))
 
 
 def _function_spec(function: str | Callable[..., Any]) -> str:

@@ -70,6 +70,8 @@ MAX_CAPABILITIES = 256
 MAX_INFO_BYTES = 64 * 1024
 MAX_ERROR_CHARS = 4096
 MAX_TRACEBACK_CHARS = 65_536
+#: What a job id in a request may look like (ids are ours: short, plain).
+_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass(slots=True)
@@ -647,8 +649,11 @@ async def submit(request: web.Request) -> web.Response:
     priority = _bounded(body, "priority", 0, -MAX_PRIORITY, MAX_PRIORITY)
     name = _text(body, "name", "", MAX_JOB_NAME)
     owner = _text(body, "owner", "")
+    after, after_any = _after(body)
     scheduler = farm.scheduler
-    attempts = scheduler.check_submit(specs, max_attempts, timeout, key)
+    attempts = scheduler.check_submit(
+        specs, max_attempts, timeout, key, after=after, after_any=after_any
+    )
     claimed = outputs.claimed_frames(kind, ((t.payload, t.depends) for t in specs), common)
     farm.check_outputs(claimed)
     now = time.time()
@@ -657,14 +662,14 @@ async def submit(request: web.Request) -> web.Response:
     requires = sorted(set(requires))
     event = (
         "submit", now, job_id, [[t.payload, t.depends] for t in specs], name, kind, priority,
-        requires, attempts, owner, meta, timeout, key, digest,
+        requires, attempts, owner, meta, timeout, key, digest, after, after_any,
     )  # fmt: skip
 
     def apply() -> Job:
         return scheduler.submit(
             specs, now, name=name, kind=kind, priority=priority, requires=requires,
             max_attempts=attempts, owner=owner, meta=meta, job_id=job_id, timeout=timeout,
-            key=key, digest=digest,
+            key=key, digest=digest, after=after, after_any=after_any,
         )  # fmt: skip
 
     # Written first, queued once on disk; the request going away does not stop it halfway.
@@ -686,6 +691,16 @@ async def submit(request: web.Request) -> web.Response:
     job = await asyncio.shield(pending)
     log.info("job %s submitted: %s, %d task(s)", job.id, job.name or kind, len(job.tasks))
     return _reply(request, {"id": job.id, "tasks": len(job.tasks)}, status=201)
+
+
+def _after(body: dict[str, Any]) -> tuple[list[str], bool]:
+    """The jobs a submit runs after (``"after": [ids]``, each once, in order) and whether it
+    runs whatever their outcome (``"after_any"``); the scheduler checks that they exist."""
+    after = _get(body, "after", list, [])
+    after_any = _get(body, "after_any", bool, False)
+    if not all(isinstance(job_id, str) and _JOB_ID.fullmatch(job_id) for job_id in after):
+        raise ProtocolError("'after' must be a list of job ids")
+    return list(dict.fromkeys(after)), after_any
 
 
 @routes.get(f"{API}/jobs")
@@ -727,9 +742,11 @@ def _frame_counts(job: Job) -> dict[str, int]:
 
 
 def _unmet(farm: Farm, job: Job) -> str:
-    """Why nothing runs, when no online worker meets the job's requirements (or has the
-    Blender version the job holds)."""
+    """Why nothing runs: the jobs it waits for (``after``), or no online worker meets the
+    job's requirements (or has the Blender version the job holds)."""
     scheduler = farm.scheduler
+    if job.waiting_for:
+        return scheduler.waiting_reason(job)
     online = [w for w in scheduler.workers.values() if w.online]
     able = [w for w in online if scheduler.can_serve(job, w)]
     if able and all(w.name in job.blocked for w in able):
