@@ -18,6 +18,8 @@ from buildcat.display import ProgressDisplay
 from buildcat.errors import FarmError, JobFailed, JobTimeout
 
 F = TypeVar("F", bound=Callable[..., Any])
+#: Where a submit's --notify URLs wait (click's context) for the Client made for it.
+NOTIFY_META = "buildcat.notify"
 
 
 class FarmGroup(click.Group):
@@ -129,7 +131,10 @@ def client_options(function: F) -> F:
         root: Path,
         **kwargs: Any,
     ) -> Any:
-        client = Client(host=host, port=port, root=root, token=token, tls_ca=tls_ca, farm=farm)
+        client = Client(
+            host=host, port=port, root=root, token=token, tls_ca=tls_ca, farm=farm,
+            notify=ctx.meta.get(NOTIFY_META, ()),
+        )  # fmt: skip
         ctx.call_on_close(client.close)
         return ctx.invoke(function, client=client, **kwargs)
 

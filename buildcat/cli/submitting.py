@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Callable
@@ -12,6 +13,7 @@ import click
 
 import buildcat
 from buildcat.cli.base import (
+    NOTIFY_META,
     FarmGroup,
     client_options,
     main,
@@ -41,8 +43,22 @@ def _parse_argument(text: str) -> Any:
         return text
 
 
+def _with_notify(function: F) -> F:
+    """Takes ``--notify`` off a submit command's arguments and hands it to the Client that
+    client_options makes (every submit goes through Client.submit_tasks, which sends it)."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, notify: tuple[str, ...] = (), **kwargs: Any) -> Any:
+        click.get_current_context().meta[NOTIFY_META] = list(notify)
+        return function(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def job_options(function: F) -> F:
-    """What every submit takes: priority, name, attempts, timeout, --wait and --json."""
+    """What every submit takes: priority, name, attempts, timeout, --notify, --wait and
+    --json."""
+    function = _with_notify(function)
     for decorator in reversed(
         [
             click.option(
@@ -62,6 +78,13 @@ def job_options(function: F) -> F:
                 default=None,
                 help="Seconds a task may run; past it, it is stopped "
                 "and counts as a failed attempt.",
+            ),
+            click.option(
+                "--notify",
+                "notify",
+                multiple=True,
+                metavar="URL",
+                help="POST a signed notice to URL when the job ends (repeatable).",
             ),
             click.option(
                 "--wait", "wait", is_flag=True, help="Wait for the job, showing progress."

@@ -30,11 +30,12 @@ from buildcat import auth, jobs, protocol
 from buildcat.discovery import Advertiser, advertised_addresses
 from buildcat.errors import FarmError, ProtocolError
 from buildcat.root import state_dir
-from buildcat.server import connections, outputs, snapshot
+from buildcat.server import connections, feed, notices, outputs, snapshot
 from buildcat.server import web as web_ui
 from buildcat.server.journal import Journal, JournalError, recover
 from buildcat.server.journal import encode as journal_record
 from buildcat.server.lock import StateLock
+from buildcat.server.notifier import Notifier
 from buildcat.server.scheduler import (
     FINAL_JOB_STATES,
     LOG_TAIL_CHARS,
@@ -97,6 +98,8 @@ class ServerConfig:
     idle_timeout: float = connections.DEFAULT_IDLE_TIMEOUT
     #: Connections one IP address may hold before showing the secret or the cookie.
     max_unauthenticated: int = connections.DEFAULT_PER_PEER
+    #: URLs told of every job's end (``--notify``), besides each job's own.
+    notify: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True, eq=False)
@@ -141,6 +144,9 @@ class Farm:
         self.snapshot_at = 0
         #: The frame files each unfinished render job writes (rebuilt from the jobs below).
         self.outputs = outputs.OutputClaims()
+        #: Sends the job-end notices the scheduler owes; the feed of events for scripts.
+        self.notifier = Notifier(self)
+        self.feed = feed.Feed()
         if config.journal:
             folder = config.state_dir or state_dir(config.root)
             self.snapshot_path = folder / "snapshot.bin"
@@ -277,7 +283,9 @@ class Farm:
             for future in self.job_waiters.pop(job.id, []):
                 if not future.done():
                     future.set_result(None)
-        self.scheduler.take_changed()
+        changed = self.scheduler.take_changed()
+        self.feed.observe(self, changed)
+        self.notifier.wake()
         if self.listeners:
             self.update_event.set()
             self.update_event = asyncio.Event()
@@ -348,6 +356,7 @@ class Farm:
                 if not future.done():
                     future.set_result(None)
         self.job_waiters.clear()
+        self.feed.close()
         return released
 
     async def expire_leases(self) -> None:
@@ -654,6 +663,11 @@ async def submit(request: web.Request) -> web.Response:
     now = time.time()
     job_id = farm.new_job_id()
     meta = {**meta, "common": common}
+    meta.pop(notices.META_KEY, None)
+    notify = [*notices.check_urls(body.get("notify"))]
+    notify += [url for url in farm.config.notify if url not in notify]
+    if notify:  # journaled with the job: its end owes each a notice, across restarts
+        meta[notices.META_KEY] = notify
     requires = sorted(set(requires))
     event = (
         "submit", now, job_id, [[t.payload, t.depends] for t in specs], name, kind, priority,
@@ -1173,6 +1187,12 @@ async def unregister(request: web.Request) -> web.Response:
 # ---- application ----------------------------------------------------------------------------
 
 
+async def pending_notices(request: web.Request) -> web.Response:
+    """The job-end notices not yet delivered (or given up), oldest job end first."""
+    owed = _farm(request).scheduler.notices.pending.values()
+    return _reply(request, [n.to_dict() for n in sorted(owed, key=lambda n: n.ended_at)])
+
+
 def create_app(config: ServerConfig) -> web.Application:
     """Build the application (tests can use it without sockets)."""
     app = web.Application(
@@ -1186,12 +1206,17 @@ def create_app(config: ServerConfig) -> web.Application:
     app[FARM_KEY] = farm
     app.add_routes(routes)
     web_ui.add_routes(app)
+    app[feed.FEED_KEY] = farm.feed
+    app.router.add_get(f"{API}/events/feed", feed.stream)
+    app.router.add_get(f"{API}/notices", pending_notices)
 
     async def start_background(app: web.Application) -> None:
         farm._expiry_task = asyncio.create_task(farm.expire_leases())
+        farm.notifier.start()
 
     async def stop_background(app: web.Application) -> None:
         farm.release_waiters()
+        await farm.notifier.stop()
         if farm.journal is not None:
             farm.journal.close()
         if farm._expiry_task is not None:

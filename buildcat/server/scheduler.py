@@ -19,6 +19,7 @@ from typing import Any
 
 from buildcat.errors import FarmError
 from buildcat.server.metrics import DISPATCH_BUCKETS, DURATION_BUCKETS, Histogram
+from buildcat.server.notices import Notices
 
 DEFAULT_LEASE_TIMEOUT = 30.0
 DEFAULT_MAX_ATTEMPTS = 3
@@ -339,6 +340,8 @@ class Scheduler:
         self._cancel_notices: set[str] = set()
         #: (worker id, task id, error) of tasks stopped by expire() for running too long.
         self.timed_out: list[tuple[str, str, str]] = []
+        #: Job-end notices owed to notify URLs (made in _finish, settled by the notifier).
+        self.notices = Notices()
         self.dispatch_latency = Histogram(DISPATCH_BUCKETS)
         self.task_seconds = Histogram(DURATION_BUCKETS)
 
@@ -1040,3 +1043,4 @@ class Scheduler:
         job.finished_at = now
         self._finished.append(job)
         self._changed.add(job.id)
+        self.notices.job_ended(job)
