@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import buildcat
+from buildcat import launch
 from buildcat.server import notices, snapshot
 from tests.conftest import Farm, secret_header, wait_for
 from tests.receiver import Receiver, farm_secret, verify
@@ -138,6 +139,34 @@ def test_server_wide_notify_hears_every_job(tmp_path: Path, receiver: Receiver) 
     finally:
         farm.stop()
         own.stop()
+
+
+def test_server_wide_notify_reaches_jobs_queued_before_it(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    farm = new_farm(tmp_path)
+    try:
+        farm.start_server()
+        client = farm.client()
+        waiting = client.submit_tasks(
+            [{"payload": {"function": "farm_jobs:square", "args": [3]}}], requires=["later"]
+        )
+        ended = client.map("farm_jobs:square", [4])  # ends before --notify: owes nothing
+        farm.start_worker(name="plain")
+        ended.wait(timeout=60)
+        launch.stop(farm.server)  # type: ignore[arg-type]
+        farm.start_server("--notify", receiver.url, port=farm.port)
+        kill_server(farm)  # what that start gave the queued job is on disk: it keeps it
+        farm.start_server(port=farm.port)
+        farm.start_worker("--tags", "later", name="tagged")
+        client = farm.client()
+        client.job(waiting.id).wait(timeout=60)
+        wait_for(lambda: receiver.delivered(), timeout=60)
+        wait_for(lambda: nothing_owed(client), timeout=30)
+        assert [r.notice["job"]["id"] for r in receiver.all()] == [waiting.id]
+        assert client.job(waiting.id).status()["meta"]["notify"] == [receiver.url]
+    finally:
+        farm.stop()
 
 
 def test_a_failing_receiver_gets_it_on_the_third_try(jobs_farm: Farm) -> None:

@@ -172,6 +172,22 @@ class Farm:
             for job in self.scheduler.jobs.values():
                 if job.state not in FINAL_JOB_STATES:
                     self.outputs.claim(job.id, self.job_outputs(job))
+        self.notify_unfinished()
+
+    def notify_unfinished(self) -> None:
+        """The server's ``--notify`` URLs apply to the jobs it finds unfinished too: each
+        such job gets them (journaled, ahead of whatever the job does next)."""
+        if not self.config.notify:
+            return
+        now = time.time()
+        for job in self.scheduler.jobs.values():
+            if job.state in FINAL_JOB_STATES or not isinstance(job.meta, dict):
+                continue
+            urls = list(job.meta.get(notices.META_KEY) or [])
+            missing = [url for url in self.config.notify if url not in urls]
+            if missing:
+                job.meta[notices.META_KEY] = urls + missing
+                self.record("notify", now, job.id, job.meta[notices.META_KEY])
 
     def job_outputs(self, job: Job) -> dict[outputs.Pattern, list[int]]:
         """The frames a job writes, by output pattern (see :mod:`buildcat.server.outputs`)."""
@@ -1212,6 +1228,11 @@ def create_app(config: ServerConfig) -> web.Application:
 
     async def start_background(app: web.Application) -> None:
         farm._expiry_task = asyncio.create_task(farm.expire_leases())
+        if farm.journal is not None and farm.journal.buffer:  # what the start recorded
+            try:
+                await farm.journal.commit()
+            except JournalError as exc:
+                log.error("%s", exc)
         farm.notifier.start()
 
     async def stop_background(app: web.Application) -> None:
