@@ -3,17 +3,20 @@ real farm processes."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
 import threading
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 import buildcat
+from buildcat.server.feed import MAX_BACKLOG, Feed
 from tests.conftest import Farm, wait_for
 
 
@@ -163,3 +166,23 @@ def test_the_feed_needs_the_farm_secret(jobs_farm: Farm) -> None:
     stranger = buildcat.connect("127.0.0.1", jobs_farm.port, jobs_farm.root, token="x" * 43)
     with pytest.raises(buildcat.FarmError, match="secret"):
         next(stranger.events())
+
+
+def test_a_reader_that_falls_behind_is_told_and_dropped() -> None:
+    async def run() -> tuple[bool, list[bytes | None]]:
+        feed = Feed()
+        farm = SimpleNamespace(scheduler=SimpleNamespace(jobs={}, workers={}))
+        reader = feed.join(farm)  # type: ignore[arg-type]
+        for number in range(MAX_BACKLOG + 5):
+            feed.publish({"event": "job.submitted", "n": number})
+        lines = []
+        while not reader.lines.empty():
+            lines.append(reader.lines.get_nowait())
+        return reader.lost, lines
+
+    lost, lines = asyncio.run(run())
+    assert lost
+    assert len(lines) == MAX_BACKLOG  # what it had, then the end: never more held for it
+    assert lines[-1] is None
+    # The oldest line made room for the end; nothing after the overflow was queued.
+    assert [json.loads(line or b"")["n"] for line in lines[:-1]] == list(range(1, MAX_BACKLOG))

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 SEND_TIMEOUT = 10.0
 #: POSTs in flight at once, however many notices are owed.
 CONCURRENT_SENDS = 16
+#: Seconds between tries to write the journal before a notice goes out, when it cannot be.
+JOURNAL_RETRY_SECONDS = 5.0
 
 
 class Notifier:
@@ -80,10 +82,7 @@ class Notifier:
 
     async def _deliver(self, notice: Notice) -> None:
         try:
-            journal = self.farm.journal
-            if journal is not None:
-                # The job's end must be on disk before anyone hears of it.
-                await journal.commit()
+            await self._job_end_on_disk(notice)
             while True:
                 notice.attempts += 1
                 outcome = await self._send(notice)
@@ -108,6 +107,18 @@ class Notifier:
             log.exception("notice %s for job %s: delivery failed", notice.delivery, notice.job_id)
         finally:
             self.tasks.pop(notice.delivery, None)
+
+    async def _job_end_on_disk(self, notice: Notice) -> None:
+        """The job's end must be on disk before anyone hears of it (a journal that cannot
+        be written now is tried again, as every change is)."""
+        journal = self.farm.journal
+        while journal is not None:
+            try:
+                await journal.commit()
+                return
+            except FarmError as exc:
+                log.warning("notice %s waits for the journal: %s", notice.delivery, exc)
+                await asyncio.sleep(JOURNAL_RETRY_SECONDS)
 
     async def _send(self, notice: Notice) -> str | None:
         """One try: "delivered", "gave up" (an answer that says never), or None (again)."""
