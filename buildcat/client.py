@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import itertools
+import json
 import os
 import pwd
 import secrets
@@ -41,6 +42,8 @@ FINAL_STATES = ("done", "failed", "cancelled")
 #: A submit whose reply may have been lost is sent again (with the same idempotency key,
 #: so it can only ever make one job) until the server answers or this many seconds pass.
 SUBMIT_RETRY_SECONDS = 60.0
+#: An event stream with no line (not even a heartbeat) for this long is taken for dead.
+STREAM_SILENCE_SECONDS = 60.0
 
 
 class Client:
@@ -61,6 +64,7 @@ class Client:
         token: str | None = None,
         tls_ca: str | os.PathLike[str] | None = None,
         farm: str | None = None,
+        notify: str | Iterable[str] = (),
     ) -> None:
         self.root = Path(root or os.environ.get("BUILDCAT_ROOT") or os.getcwd()).expanduser()
         self.timeout = timeout
@@ -85,6 +89,8 @@ class Client:
         #: ``after`` (jobs or ids) and ``after_any``. The CLI's ``--after`` lands here, so
         #: every ``farm submit ...`` command honours it.
         self.submit_defaults: dict[str, Any] = {}
+        #: URLs told when any job this client submits ends (besides each submit's notify=).
+        self.notify: list[str] = _urls(notify)
 
     def __repr__(self) -> str:
         where = f"{self.host}:{self.port}" if self.host else "(found by discovery)"
@@ -296,6 +302,7 @@ class Client:
         timeout: float | None = None,
         after: Iterable[Job | str] | None = None,
         after_any: bool | None = None,
+        notify: str | Iterable[str] = (),
     ) -> Job:
         """One task per chunk of a frame spec: ``function(*args, frames=[...], **kwargs)``.
 
@@ -327,6 +334,7 @@ class Client:
             timeout=timeout,
             after=after,
             after_any=after_any,
+            notify=notify,
         )
 
     def render(
@@ -356,6 +364,7 @@ class Client:
         blender_version: str | None = None,
         after: Iterable[Job | str] | None = None,
         after_any: bool | None = None,
+        notify: str | Iterable[str] = (),
     ) -> Job:
         """Render a .blend (root-relative, or an absolute path inside the root) on the
         farm's Blender workers.
@@ -477,6 +486,7 @@ class Client:
                 "format": written_as,
                 "blend_version": saved_with,
             },
+            notify=notify,
         )
 
     def submit_tasks(
@@ -493,13 +503,18 @@ class Client:
         timeout: float | None = None,
         after: Iterable[Job | str] | None = None,
         after_any: bool | None = None,
+        notify: str | Iterable[str] = (),
     ) -> Job:
         """Submit a job of explicit tasks (``{"payload": {...}, "depends": [i, ...]}``).
 
         ``after``: jobs (:class:`Job` or ids) whose end this one waits for: its tasks start
         once they are all done, and it fails (none of its tasks run) when one of them
         fails or is cancelled; with ``after_any`` it runs once they have all ended,
-        whatever their state. ``None`` takes :attr:`submit_defaults`."""
+        whatever their state. ``None`` takes :attr:`submit_defaults`.
+
+        ``notify``: URLs (with the client's own ``notify``) POSTed a signed notice when the
+        job ends (docs/http-api.md, "Job-end notices")."""
+        urls = _urls([*self.notify, *_urls(notify)])
         common = common or {}
         upstream = _job_ids(self.submit_defaults.get("after", ()) if after is None else after)
         if after_any is None:
@@ -533,6 +548,8 @@ class Client:
         if upstream:
             body["after"] = upstream
             body["after_any"] = after_any
+        if urls:
+            body["notify"] = urls
         _check_task_count(len(tasks), "split the job")
         packed = protocol.pack(body)
         _check_request_size(len(packed), len(tasks), "split the job, or put bulk data in files")
@@ -630,6 +647,70 @@ class Client:
         (the farm secret stays). Returns the new login link."""
         reply = self.request("POST", "/dashboard/revoke", {})
         return f"{self.address}/login?key={reply['key']}"
+
+    def notices(self) -> list[dict[str, Any]]:
+        """The job-end notices the server still owes (not yet delivered or given up)."""
+        return list(self.request("GET", "/notices"))
+
+    def events(
+        self, *, until_job: str | None = None, count: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The farm's job and worker events as they happen (``GET /api/v1/events/feed``):
+        yields one dict per event (``{"event": "job.done", "time": ..., "job": {...}}``)
+        until the server stops, ``count`` events were yielded, or the job ``until_job``
+        ends (its ending event is the last). The first is always ``{"event": "hello",
+        "farm": NAME, ...}``, once the stream is open (not counted by ``count``); when
+        ``until_job`` has ended already, it is the only one. Raises ConnectionFailed when
+        the server goes silent."""
+        connection = self._connect(STREAM_SILENCE_SECONDS)
+        self._connection = None  # the stream has this connection to itself
+        try:
+            connection.request(
+                "GET", protocol.API_PREFIX + "/events/feed",
+                headers={"Accept": "application/x-ndjson", **self._auth_headers()},
+            )  # fmt: skip
+            response = connection.getresponse()
+            if response.status >= 400:
+                raise _refusal(response.status, response.read())
+            yielded = 0
+            while count is None or yielded < count:
+                try:
+                    raw = response.readline()
+                except (TimeoutError, OSError, http.client.HTTPException) as exc:
+                    raise ConnectionFailed(
+                        f"the event stream from {self.host}:{self.port} stopped: {exc}"
+                    ) from None
+                if not raw:
+                    return  # the server stopped
+                if not raw.strip():
+                    continue  # a heartbeat
+                event = json.loads(raw)
+                name = event.get("event")
+                if name == "hello":  # the stream is open: what happens from now on follows
+                    yield event
+                    if until_job is not None:
+                        state = self.job(until_job).status()["state"]
+                        if state in FINAL_STATES:
+                            return
+                    continue
+                if name == "lost":
+                    raise FarmError(f"the event stream ended: {event.get('reason', '')}")
+                yield event
+                yielded += 1
+                job = event.get("job")
+                if (
+                    until_job is not None
+                    and isinstance(job, dict)
+                    and job.get("id") == until_job
+                    and name in (f"job.{state}" for state in FINAL_STATES)
+                ):
+                    return
+        except (ConnectionError, http.client.HTTPException) as exc:
+            raise ConnectionFailed(
+                f"cannot read the event stream from {self.host}:{self.port} ({exc})"
+            ) from None
+        finally:
+            connection.close()
 
     def worker_info(self, timeout: float | None = 60.0) -> dict[str, Any]:
         """What one worker reports about itself (host, platform, Python, root, slots)."""
@@ -736,14 +817,36 @@ def connect(
     token: str | None = None,
     tls_ca: str | os.PathLike[str] | None = None,
     farm: str | None = None,
+    notify: str | Iterable[str] = (),
 ) -> Client:
     """Connect to a farm (``FARM_HOST``/``FARM_PORT``/``BUILDCAT_ROOT`` fill in blanks).
 
     With no host the farm is found on the LAN (``farm`` names it when there are several).
     """
     return Client(
-        host=host, port=port, root=root, timeout=timeout, token=token, tls_ca=tls_ca, farm=farm
-    )
+        host=host, port=port, root=root, timeout=timeout, token=token, tls_ca=tls_ca, farm=farm,
+        notify=notify,
+    )  # fmt: skip
+
+
+def _refusal(status: int, payload: bytes) -> FarmError:
+    """The error a refused request's reply names."""
+    try:
+        reply = json.loads(payload) if payload else {}
+    except ValueError:
+        reply = {}
+    reason = (reply.get("error") if isinstance(reply, dict) else None) or f"HTTP {status}"
+    if status == 401:
+        return NotAuthorized(401, f"the farm server refused the farm secret: {reason}")
+    return RequestRejected(status, reason)
+
+
+def _urls(notify: str | Iterable[str]) -> list[str]:
+    """Notify URLs checked as the server checks them (a bad one is one line, before any
+    upload)."""
+    from buildcat.server.notices import check_urls
+
+    return check_urls([notify] if isinstance(notify, str) else list(notify))
 
 
 def _check_task_count(count: int, advice: str) -> None:

@@ -57,7 +57,7 @@ def after_options(function: F) -> F:
             raise FarmError("--after-any needs --after JOB: the jobs to run after")
         defaults = {"after": ids, "after_any": after_any} if ids else {}
         context = click.get_current_context()
-        context.meta[SUBMIT_DEFAULTS] = defaults  # read where the client is made
+        context.meta.setdefault(SUBMIT_DEFAULTS, {}).update(defaults)  # read as the client is made
         client = kwargs.get("client")
         if isinstance(client, Client):  # job_options applied below client_options
             client.submit_defaults.update(defaults)
@@ -82,10 +82,25 @@ def after_options(function: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _with_notify(function: F) -> F:
+    """Takes ``--notify`` off a submit command's arguments and hands it to the Client that
+    client_options makes (every submit goes through Client.submit_tasks, which sends it)."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, notify: tuple[str, ...] = (), **kwargs: Any) -> Any:
+        click.get_current_context().meta.setdefault(SUBMIT_DEFAULTS, {})["notify"] = list(notify)
+        client = kwargs.get("client")
+        if isinstance(client, Client):  # job_options applied below client_options
+            client.notify.extend(notify)
+        return function(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def job_options(function: F) -> F:
-    """What every submit takes: priority, name, attempts, timeout, --after, --wait and
-    --json."""
-    function = after_options(function)
+    """What every submit takes: priority, name, attempts, timeout, --after, --notify,
+    --wait and --json."""
+    function = _with_notify(after_options(function))
     for decorator in reversed(
         [
             click.option(
@@ -105,6 +120,13 @@ def job_options(function: F) -> F:
                 default=None,
                 help="Seconds a task may run; past it, it is stopped "
                 "and counts as a failed attempt.",
+            ),
+            click.option(
+                "--notify",
+                "notify",
+                multiple=True,
+                metavar="URL",
+                help="POST a signed notice to URL when the job ends (repeatable).",
             ),
             click.option(
                 "--wait", "wait", is_flag=True, help="Wait for the job, showing progress."

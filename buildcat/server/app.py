@@ -30,11 +30,12 @@ from buildcat import auth, jobs, protocol
 from buildcat.discovery import Advertiser, advertised_addresses
 from buildcat.errors import FarmError, ProtocolError
 from buildcat.root import state_dir
-from buildcat.server import connections, outputs, snapshot
+from buildcat.server import connections, feed, notices, outputs, snapshot
 from buildcat.server import web as web_ui
 from buildcat.server.journal import Journal, JournalError, recover
 from buildcat.server.journal import encode as journal_record
 from buildcat.server.lock import StateLock
+from buildcat.server.notifier import Notifier
 from buildcat.server.scheduler import (
     FINAL_JOB_STATES,
     LOG_TAIL_CHARS,
@@ -99,6 +100,8 @@ class ServerConfig:
     idle_timeout: float = connections.DEFAULT_IDLE_TIMEOUT
     #: Connections one IP address may hold before showing the secret or the cookie.
     max_unauthenticated: int = connections.DEFAULT_PER_PEER
+    #: URLs told of every job's end (``--notify``), besides each job's own.
+    notify: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True, eq=False)
@@ -143,6 +146,9 @@ class Farm:
         self.snapshot_at = 0
         #: The frame files each unfinished render job writes (rebuilt from the jobs below).
         self.outputs = outputs.OutputClaims()
+        #: Sends the job-end notices the scheduler owes; the feed of events for scripts.
+        self.notifier = Notifier(self)
+        self.feed = feed.Feed()
         if config.journal:
             folder = config.state_dir or state_dir(config.root)
             self.snapshot_path = folder / "snapshot.bin"
@@ -168,6 +174,22 @@ class Farm:
             for job in self.scheduler.jobs.values():
                 if job.state not in FINAL_JOB_STATES:
                     self.outputs.claim(job.id, self.job_outputs(job))
+        self.notify_unfinished()
+
+    def notify_unfinished(self) -> None:
+        """The server's ``--notify`` URLs apply to the jobs it finds unfinished too: each
+        such job gets them (journaled, ahead of whatever the job does next)."""
+        if not self.config.notify:
+            return
+        now = time.time()
+        for job in self.scheduler.jobs.values():
+            if job.state in FINAL_JOB_STATES or not isinstance(job.meta, dict):
+                continue
+            urls = list(job.meta.get(notices.META_KEY) or [])
+            missing = [url for url in self.config.notify if url not in urls]
+            if missing:
+                job.meta[notices.META_KEY] = urls + missing
+                self.record("notify", now, job.id, job.meta[notices.META_KEY])
 
     def job_outputs(self, job: Job) -> dict[outputs.Pattern, list[int]]:
         """The frames a job writes, by output pattern (see :mod:`buildcat.server.outputs`)."""
@@ -279,7 +301,9 @@ class Farm:
             for future in self.job_waiters.pop(job.id, []):
                 if not future.done():
                     future.set_result(None)
-        self.scheduler.take_changed()
+        changed = self.scheduler.take_changed()
+        self.feed.observe(self, changed)
+        self.notifier.wake()
         if self.listeners:
             self.update_event.set()
             self.update_event = asyncio.Event()
@@ -350,6 +374,7 @@ class Farm:
                 if not future.done():
                     future.set_result(None)
         self.job_waiters.clear()
+        self.feed.close()
         return released
 
     async def expire_leases(self) -> None:
@@ -659,6 +684,11 @@ async def submit(request: web.Request) -> web.Response:
     now = time.time()
     job_id = farm.new_job_id()
     meta = {**meta, "common": common}
+    meta.pop(notices.META_KEY, None)
+    notify = [*notices.check_urls(body.get("notify"))]
+    notify += [url for url in farm.config.notify if url not in notify]
+    if notify:  # journaled with the job: its end owes each a notice, across restarts
+        meta[notices.META_KEY] = notify
     requires = sorted(set(requires))
     event = (
         "submit", now, job_id, [[t.payload, t.depends] for t in specs], name, kind, priority,
@@ -1190,6 +1220,12 @@ async def unregister(request: web.Request) -> web.Response:
 # ---- application ----------------------------------------------------------------------------
 
 
+async def pending_notices(request: web.Request) -> web.Response:
+    """The job-end notices not yet delivered (or given up), oldest job end first."""
+    owed = _farm(request).scheduler.notices.pending.values()
+    return _reply(request, [n.to_dict() for n in sorted(owed, key=lambda n: n.ended_at)])
+
+
 def create_app(config: ServerConfig) -> web.Application:
     """Build the application (tests can use it without sockets)."""
     app = web.Application(
@@ -1203,12 +1239,22 @@ def create_app(config: ServerConfig) -> web.Application:
     app[FARM_KEY] = farm
     app.add_routes(routes)
     web_ui.add_routes(app)
+    app[feed.FEED_KEY] = farm.feed
+    app.router.add_get(f"{API}/events/feed", feed.stream)
+    app.router.add_get(f"{API}/notices", pending_notices)
 
     async def start_background(app: web.Application) -> None:
         farm._expiry_task = asyncio.create_task(farm.expire_leases())
+        if farm.journal is not None and farm.journal.buffer:  # what the start recorded
+            try:
+                await farm.journal.commit()
+            except JournalError as exc:
+                log.error("%s", exc)
+        farm.notifier.start()
 
     async def stop_background(app: web.Application) -> None:
         farm.release_waiters()
+        await farm.notifier.stop()
         if farm.journal is not None:
             farm.journal.close()
         if farm._expiry_task is not None:

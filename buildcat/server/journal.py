@@ -44,6 +44,7 @@ READ_CHUNK = 1024 * 1024
 KINDS = (
     "generation", "submit", "register", "unregister", "lease", "complete", "fail",
     "priority", "release", "requeue", "cancel", "pause", "resume", "retry", "unblock",
+    "notify", "notified",
 )  # fmt: skip
 # Where an intact record may start, found by what its body begins with: a msgpack array
 # (every event is a list: up to 15 items in one byte, else 0xdc and a 16-bit count) whose
@@ -659,5 +660,11 @@ def _apply(scheduler: Any, event: list[Any]) -> None:
         scheduler.retry(args[0], now)
     elif kind == "unblock":
         scheduler.unblock(args[0], args[1])
+    elif kind == "notify":  # the server's --notify URLs, given to a job it found unfinished
+        job = scheduler.job(args[0])
+        if isinstance(job.meta, dict):
+            job.meta["notify"] = list(args[1])
+    elif kind == "notified":  # a job-end notice delivered or given up: owed no more
+        scheduler.notices.settle(args[0])
     else:
         raise JournalError(f"unknown event {kind!r}")

@@ -19,6 +19,7 @@ from typing import Any
 
 from buildcat.errors import FarmError
 from buildcat.server.histogram import DISPATCH_BUCKETS, DURATION_BUCKETS, Histogram
+from buildcat.server.notices import Notices
 
 DEFAULT_LEASE_TIMEOUT = 30.0
 DEFAULT_MAX_ATTEMPTS = 3
@@ -358,6 +359,8 @@ class Scheduler:
         self._cancel_notices: set[str] = set()
         #: (worker id, task id, error) of tasks stopped by expire() for running too long.
         self.timed_out: list[tuple[str, str, str]] = []
+        #: Job-end notices owed to notify URLs (made in _finish, settled by the notifier).
+        self.notices = Notices()
         self.dispatch_latency = Histogram(DISPATCH_BUCKETS)
         self.task_seconds = Histogram(DURATION_BUCKETS)
 
@@ -1280,3 +1283,4 @@ class Scheduler:
         job.finished_at = now
         self._finished.append(job)
         self._changed.add(job.id)
+        self.notices.job_ended(job)

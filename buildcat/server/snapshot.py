@@ -149,6 +149,7 @@ def dump(scheduler: Scheduler) -> dict[str, Any]:
             }
             for job in scheduler.jobs.values()
         ],
+        "notices": scheduler.notices.dump(),
     }
 
 
@@ -156,6 +157,7 @@ def load(scheduler: Scheduler, document: dict[str, Any]) -> None:
     """Rebuild a fresh scheduler's state from :func:`dump`'s document."""
     scheduler._seq = document["seq"]
     unfinished: list[Job] = []
+    scheduler.notices.load(document.get("notices", []))  # older snapshots have none
     for item in document["workers"]:
         worker = Worker(id=item["id"], **{f: item[f] for f in _WORKER_FIELDS if f != "online"})
         worker.online = item["online"]
