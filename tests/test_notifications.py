@@ -220,7 +220,7 @@ def test_a_notice_owed_survives_sigkill(tmp_path: Path, in_snapshot: bool) -> No
 
         (owed,) = wait_for(tried, timeout=30)
         assert owed["job"] == job.id and owed["url"] == receiver.url
-        assert "refused" in str(owed["last_error"]).lower() or owed["last_error"]
+        assert owed["last_error"]  # tried, and the receiver was not there
         if in_snapshot:  # the job's end (and its notice) lives in the snapshot, not the journal
             path = farm.root / ".buildcat" / "snapshot.bin"
             client.map("farm_jobs:square", range(20)).wait(timeout=60)  # events: a snapshot
