@@ -186,7 +186,7 @@ def test_an_unknown_variable_is_refused_at_submit_by_cli_and_http(farm: Farm) ->
     refused = farm.cli("submit", "command", "echo $HOME $FRAME", "--frames", "1-3")
     assert "unknown variable $HOME" in one_line_error(refused)
     no_frames = farm.cli("submit", "command", "echo $FRAME")
-    assert "$FRAME need frames" in one_line_error(no_frames)
+    assert "$FRAME needs frames" in one_line_error(no_frames)
     status, reply = call(
         farm, "POST", "/jobs",
         {"kind": "command", "tasks": [{"payload": {"template": "echo ${NOPE}", "frames": [1]}}]},

@@ -331,7 +331,8 @@ def _check_frame_variables(names: set[str], frames: list[int]) -> None:
     frame_names = sorted(names & FRAME_VARIABLES)
     if frame_names and not frames:
         shown = ", ".join(f"${name}" for name in frame_names)
-        raise FarmError(f"{shown} need frames: give --frames")
+        verb = "needs" if len(frame_names) == 1 else "need"
+        raise FarmError(f"{shown} {verb} frames: give --frames")
     if "STEP" in names and _step(frames) is None:
         raise FarmError(
             f"the frames {format_frames(frames)} of one task are not evenly spaced, so $STEP "
