@@ -123,9 +123,13 @@ def test_variables_are_filled_in_per_chunk(farm: Farm) -> None:
 
 def test_the_exit_code_decides_and_the_output_is_the_task_log(farm: Farm) -> None:
     worker(farm)
-    good = farm.cli("submit", "command", "echo hello from $FRAME", "--frames", "7", "--wait")
+    good = farm.cli(
+        "submit", "command", "echo hello from $FRAME; echo x > $OUTDIR/a.txt", "--frames", "7",
+        "--wait",
+    )  # fmt: skip
     assert good.returncode == 0, good.stderr
     job_id = good.stdout.split()[0]
+    assert (farm.root / "commands" / job_id / "a.txt").read_text() == "x\n"  # the default $OUTDIR
     logs = farm.cli("logs", job_id)
     assert logs.returncode == 0, logs.stderr
     assert "hello from 7" in logs.stdout
@@ -284,3 +288,33 @@ def test_what_a_command_leaves_running_ends_with_it(farm: Farm) -> None:
     log = client.log(f"{job.id}.0")
     assert "started" in log
     assert "ended what /bin/sh left running in its process group (SIGTERM)" in log
+
+
+def test_a_timeout_stops_the_command_and_fails_the_attempt(farm: Farm) -> None:
+    process = farm.start_worker("--no-blender", "--cancel-grace", "300")
+    job = farm.client().command("sleep 1000", timeout=1.0, max_attempts=1)
+    with pytest.raises(buildcat.JobFailed, match="timed out"):
+        job.wait(60)
+    wait_for(lambda: not [p for p, c in descendants(process.pid).items() if c == "sleep 1000"])
+
+
+def test_a_program_that_cannot_start_fails_its_task(farm: Farm) -> None:
+    worker(farm)
+    job = farm.client().command("no-such-program-here $FRAME", "1", argv=True, max_attempts=1)
+    with pytest.raises(buildcat.JobFailed, match="cannot start no-such-program-here"):
+        job.wait(60)
+
+
+def test_a_command_task_in_a_job_of_another_kind(farm: Farm) -> None:
+    worker(farm)
+    (farm.root / "lib.py").write_text(
+        "import buildcat\n\ndef read(path):\n    return buildcat.path(path).read_text()\n"
+    )
+    job = farm.client().submit_tasks(
+        [
+            {"payload": {"kind": "command", "template": "echo $FRAME > mixed.txt", "frames": [9]}},
+            {"payload": {"function": "lib.py:read", "args": ["mixed.txt"]}, "depends": [0]},
+        ]
+    )
+    assert job.wait(60)["state"] == "done"
+    assert job.results()[1] == "9\n"

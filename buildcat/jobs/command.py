@@ -11,6 +11,7 @@ in the worker's child process.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -280,7 +281,10 @@ def _frames(payload: dict[str, Any]) -> list[int]:
 
 
 def validate_payload(payload: dict[str, Any]) -> None:
-    """One clear line for anything a command task cannot run with."""
+    """One clear line for anything a command task cannot run with.
+
+    What depends only on the texts (parsing, quoting, regex, output paths) is checked once
+    per text and remembered: a job of many tasks shares them."""
     template, argv = payload.get("template"), payload.get("argv")
     if (template is None) == (argv is None):
         raise FarmError("a command task needs either 'template' (a shell command) or 'argv'")
@@ -288,27 +292,20 @@ def validate_payload(payload: dict[str, Any]) -> None:
     if template is not None:
         if not isinstance(template, str) or not template.strip():
             raise FarmError("'template' must be a non-empty shell command")
-        pieces = parse_template(template)
-        list(_shell_quoting(pieces))
-        names = used(pieces)
+        names = set(_checked_template(template))
     else:
         arguments = _strings(argv, "'argv'")
         if not arguments or not arguments[0]:
             raise FarmError("'argv' needs at least the program to run")
-        names = set()
-        for index, argument in enumerate(arguments):
-            names |= used(parse_template(argument, f"argument {index + 1}"))
+        names = set(_checked_argv(tuple(arguments)))
     outdir = payload.get("outdir")
+    if outdir is not None and not isinstance(outdir, str):
+        raise FarmError("'outdir' must be a path relative to the farm root")
     if outdir is not None:
-        if not isinstance(outdir, str):
-            raise FarmError("'outdir' must be a path relative to the farm root")
         farm_root.check_relative(outdir)
-    patterns = _strings(payload.get("outputs", []), "'outputs'")
-    for pattern in patterns:
-        output_names = used(parse_template(pattern, f"output {pattern!r}"))
-        if "ROOT" in output_names:
-            raise FarmError(f"output {pattern!r}: outputs are relative to the root; drop $ROOT")
-        if _HASHES.search(pattern) and not frames:
+    for pattern in _strings(payload.get("outputs", []), "'outputs'"):
+        output_names, per_frame_pattern = _checked_output(pattern, outdir or DEFAULT_OUTDIR)
+        if per_frame_pattern and not frames:
             raise FarmError(f"output {pattern!r}: a # stands for a frame, and there are no frames")
         names |= output_names
     _check_frame_variables(names, frames)
@@ -316,15 +313,39 @@ def validate_payload(payload: dict[str, Any]) -> None:
     if regex is not None:
         if not isinstance(regex, str) or not regex:
             raise FarmError("'progress_regex' must be a regular expression")
-        ProgressRegex(regex)
-    if patterns:
-        values = {
-            **frame_values(frames),
-            "OUTDIR": outdir or DEFAULT_OUTDIR,
-            "TASK": "t",
-            "JOB": "j",
-        }
-        output_paths(patterns, frames, values)
+        _checked_regex(regex)
+
+
+@functools.lru_cache(maxsize=256)
+def _checked_template(template: str) -> frozenset[str]:
+    pieces = parse_template(template)
+    list(_shell_quoting(pieces))
+    return frozenset(used(pieces))
+
+
+@functools.lru_cache(maxsize=256)
+def _checked_argv(arguments: tuple[str, ...]) -> frozenset[str]:
+    names: set[str] = set()
+    for index, argument in enumerate(arguments):
+        names |= used(parse_template(argument, f"argument {index + 1}"))
+    return frozenset(names)
+
+
+@functools.lru_cache(maxsize=256)
+def _checked_output(pattern: str, outdir: str) -> tuple[frozenset[str], bool]:
+    """The variables an output pattern uses and whether it has a ``#``; refuses one that
+    would name a file outside the root (frame values are digits: one sample tells)."""
+    names = frozenset(used(parse_template(pattern, f"output {pattern!r}")))
+    if "ROOT" in names:
+        raise FarmError(f"output {pattern!r}: outputs are relative to the root; drop $ROOT")
+    sample = {name: "1" for name in VARIABLES} | {"OUTDIR": outdir, "TASK": "t.1", "JOB": "t"}
+    output_paths([pattern], [1], sample)
+    return names, bool(_HASHES.search(pattern))
+
+
+@functools.lru_cache(maxsize=64)
+def _checked_regex(regex: str) -> None:
+    ProgressRegex(regex)
 
 
 def _check_frame_variables(names: set[str], frames: list[int]) -> None:
