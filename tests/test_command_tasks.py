@@ -7,10 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import buildcat
 from buildcat.errors import FarmError
-from buildcat.jobs import command
+from buildcat.jobs import command, script
 from tests.blender_support import descendants, gone
 from tests.conftest import Farm, wait_for
 from tests.test_refusals import call, job_ids
@@ -318,3 +320,36 @@ def test_a_command_task_in_a_job_of_another_kind(farm: Farm) -> None:
     )
     assert job.wait(60)["state"] == "done"
     assert job.results()[1] == "9\n"
+
+
+_TEXT = st.text(alphabet=st.sampled_from("$${}AFRMESTOUDIJB_#/.'\"\\ (a1-,"), max_size=30)
+_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),
+    _TEXT,
+    st.lists(st.one_of(st.integers(-5, 5), _TEXT), max_size=4),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["template", "argv", "frames", "outdir", "outputs", "progress_regex"]),
+        _VALUE,
+    )
+)
+def test_any_command_payload_is_taken_or_refused_with_a_farm_error(payload: dict) -> None:
+    try:
+        command.validate_payload(payload)
+    except FarmError as exc:
+        assert "\n" not in str(exc)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(["script", "args", "python"]), _VALUE))
+def test_any_script_payload_is_taken_or_refused_with_a_farm_error(payload: dict) -> None:
+    try:
+        script.validate_payload(payload)
+    except FarmError as exc:
+        assert "\n" not in str(exc)

@@ -47,6 +47,8 @@ ENVIRONMENT = {
     "JOB": "BUILDCAT_JOB_ID",
 }
 SHELL = "/bin/sh"
+#: Longest ``--progress-regex`` (it is compiled by the server too).
+MAX_REGEX_CHARS = 1000
 #: ``$OUTDIR`` when the job names none: ``commands/<job id>`` under the root.
 DEFAULT_OUTDIR = "commands"
 
@@ -208,6 +210,10 @@ def output_paths(
     return paths
 
 
+def _shown(text: str) -> str:
+    return repr(text) if len(text) <= 80 else repr(text[:77]) + "..."
+
+
 class ProgressRegex:
     """Turns matching output lines into progress.
 
@@ -216,11 +222,13 @@ class ProgressRegex:
     percentage and two are done and total."""
 
     def __init__(self, pattern: str) -> None:
+        if len(pattern) > MAX_REGEX_CHARS:
+            raise FarmError(f"the progress regex is longer than {MAX_REGEX_CHARS} characters")
         try:
             self.regex = re.compile(pattern)
-        except re.error as exc:
+        except (re.error, RecursionError, OverflowError) as exc:
             raise FarmError(
-                f"--progress-regex {pattern!r} is not a regular expression: {exc}"
+                f"the progress regex {_shown(pattern)} is not a regular expression: {exc}"
             ) from None
         names = self.regex.groupindex
         self.groups: tuple[int | str, ...]
@@ -236,7 +244,7 @@ class ProgressRegex:
             self.mode, self.groups = "ratio", (1, 2)
         else:
             raise FarmError(
-                f"--progress-regex {pattern!r} needs one group (a percentage), two (done "
+                f"the progress regex {_shown(pattern)} needs one group (a percentage), two (done "
                 "and total), or named groups: (?P<percent>...), (?P<fraction>...), or "
                 "(?P<done>...) with (?P<total>...)"
             )
