@@ -82,6 +82,14 @@ def test_python_chooses_a_virtualenv_on_the_worker(script_farm: Farm, tmp_path: 
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert Path(str(recorded(script_farm, "venv-python")["prefix"])) == venv
+    # A virtualenv kept on the root, named relative to it (its python is a symlink out).
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(script_farm.root / "envs" / "a")],
+        check=True,
+    )
+    shared = client.script("tools/record.py", ["--name", "shared"], python="envs/a/bin/python")
+    assert shared.wait(60)["state"] == "done"
+    assert Path(str(recorded(script_farm, "shared")["prefix"])) == script_farm.root / "envs" / "a"
     # Without --python: the worker's own interpreter.
     assert client.script("tools/record.py", ["--name", "own"]).wait(60)["state"] == "done"
     assert Path(str(recorded(script_farm, "own")["prefix"])) != venv

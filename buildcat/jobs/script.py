@@ -95,7 +95,8 @@ def interpreter(choice: str | None, root: str) -> str:
     if os.path.isabs(choice):
         path = Path(choice)
     elif "/" in choice or "\\" in choice:
-        path = farm_root.resolve(root, choice)
+        # Joined, not resolved: a virtualenv's python is a symlink to the one it was made from.
+        path = Path(root) / farm_root.check_relative(choice)
     else:
         found = shutil.which(choice)
         if found is None:
