@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -353,3 +354,23 @@ def test_any_script_payload_is_taken_or_refused_with_a_farm_error(payload: dict)
         script.validate_payload(payload)
     except FarmError as exc:
         assert "\n" not in str(exc)
+
+
+def test_a_brenda_style_blender_command_renders_every_frame(farm: Farm, scene_file: Path) -> None:
+    if shutil.which("blender") is None:
+        pytest.skip("no blender command")
+    (farm.root / "shots").mkdir()
+    shutil.copy(scene_file, farm.root / "shots" / "spin.blend")
+    worker(farm)
+    done = farm.cli(
+        "submit", "command",
+        "blender -b shots/spin.blend -F PNG -x 1 -o $OUTDIR/frame_#### -s $START -e $END "
+        "-j $STEP -a",
+        "--frames", "1-5:2", "--chunk", "3", "--outdir", "renders/spin",
+        "--outputs", "$OUTDIR/frame_####.png", "--progress-regex", r"Sample (\d+)/(\d+)",
+        "--max-attempts", "1", "--wait", "--json",
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    written = sorted(p.name for p in (farm.root / "renders" / "spin").glob("*.png"))
+    assert written == ["frame_0001.png", "frame_0003.png", "frame_0005.png"]

@@ -68,17 +68,22 @@ def plan_script(
     if python is not None:
         common["python"] = python
     if map is None:
-        return [{"payload": {"args": list(args)}}], common
+        payload: dict[str, Any] = {"args": list(args)}
+        if args:
+            payload["label"] = _label(args)
+        return [{"payload": payload}], common
     if not map:
         raise FarmError("--map needs at least one set of arguments")
     tasks = []
     for item in map:
         extra = split_arguments(item)
-        label = shlex.join(extra)
-        if len(label) > MAX_LABEL:
-            label = label[: MAX_LABEL - 3] + "..."
-        tasks.append({"payload": {"args": [*args, *extra], "label": label}})
+        tasks.append({"payload": {"args": [*args, *extra], "label": _label(extra)}})
     return tasks, common
+
+
+def _label(arguments: Sequence[str]) -> str:
+    label = shlex.join(arguments)
+    return label if len(label) <= MAX_LABEL else label[: MAX_LABEL - 3] + "..."
 
 
 # ---- running (inside the worker's child process) --------------------------------------------
