@@ -194,6 +194,9 @@ def test_an_unknown_variable_is_refused_at_submit_by_cli_and_http(farm: Farm) ->
     assert "unknown variable $HOME" in one_line_error(refused)
     no_frames = farm.cli("submit", "command", "echo $FRAME")
     assert "$FRAME needs frames" in one_line_error(no_frames)
+    assert "--chunk needs --frames" in one_line_error(
+        farm.cli("submit", "command", "ls", "--chunk", "2")
+    )
     status, reply = call(
         farm, "POST", "/jobs",
         {"kind": "command", "tasks": [{"payload": {"template": "echo ${NOPE}", "frames": [1]}}]},

@@ -400,6 +400,8 @@ def plan_command(
     if progress_regex is not None:
         common["progress_regex"] = progress_regex
     if frames is None:
+        if chunk != 1:
+            raise FarmError("--chunk needs --frames: a command without frames is one task")
         return [{"payload": {}}], common
     groups = chunk_frames(parse_frames(frames), chunk)
     return [{"payload": {"frames": g, "label": format_frames(g)}} for g in groups], common
