@@ -15,7 +15,7 @@ import secrets
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -487,6 +487,115 @@ class Client:
                 "blend_version": saved_with,
             },
             notify=notify,
+        )
+
+    def command(
+        self,
+        template: str | Sequence[str],
+        frames: str | None = None,
+        *,
+        chunk: int = 1,
+        argv: bool = False,
+        outdir: str | None = None,
+        outputs: Iterable[str] = (),
+        progress_regex: str | None = None,
+        priority: int = 0,
+        name: str = "",
+        requires: Iterable[str] = (),
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> Job:
+        """Run a shell command template once per chunk of frames (Brenda's work queue).
+
+        >>> farm.command("convert in/$FRAME.exr $OUTDIR/$FRAME.png", "1-100", chunk=10)
+
+        ``template`` is run by the worker's ``/bin/sh -c``, with the root as working
+        directory; with ``argv=True`` it is split into arguments here (shlex) and run
+        with no shell (a list is taken as the arguments as they are). Variables:
+        ``$START $END $STEP $FRAME $FRAMES $OUTDIR $ROOT $TASK $JOB`` (``${NAME}`` too,
+        ``$$`` for a ``$``); any other is refused here. ``outdir`` is ``$OUTDIR``,
+        root-relative (default ``commands/<job id>``). A task is done when the command
+        exits 0 and every file of ``outputs`` (root-relative patterns that may use the
+        variables and ``#`` for the frame) exists; ``progress_regex`` turns matching
+        output lines into progress (see docs/commands.md).
+        """
+        from buildcat.jobs import command as command_jobs
+
+        tasks, common = command_jobs.plan_command(
+            template,
+            frames,
+            chunk=chunk,
+            argv=argv,
+            outdir=outdir,
+            outputs=list(outputs),
+            progress_regex=progress_regex,
+        )
+        shown = template if isinstance(template, str) else " ".join(template)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return self.submit_tasks(
+            tasks,
+            kind="command",
+            name=name or (f"{shown} frames {frames}" if frames is not None else shown),
+            priority=priority,
+            requires=requires,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            common=common,
+            meta={"frames": frames, "chunk": chunk} if frames is not None else {},
+            **options,
+        )
+
+    def script(
+        self,
+        path: str,
+        args: Iterable[str] = (),
+        *,
+        python: str | None = None,
+        map: Iterable[str | Sequence[str]] | None = None,
+        priority: int = 0,
+        name: str = "",
+        requires: Iterable[str] = (),
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> Job:
+        """Run a Python file under the root with ``args`` as its ``sys.argv[1:]``, like
+        ``python path args...`` (StudioML's ``studio run``).
+
+        >>> farm.script("tools/train.py", ["--epochs", "3"], map=["--lr 0.1", "--lr 0.2"])
+
+        ``python`` is the interpreter on the workers: a Python executable or a virtualenv
+        folder (absolute, or root-relative with a ``/``), or a name on the worker's PATH;
+        default the worker's own. ``map`` makes one task per argument set (a string is
+        split with shlex), each run with ``args`` followed by its own. A file outside the
+        root or missing is refused here.
+        """
+        from buildcat.jobs import script as script_jobs
+
+        relative = relative_in_root(self.root, path)
+        if not resolve(self.root, relative).is_file():
+            raise FarmError(
+                f"{relative} does not exist under the farm root {self.root} "
+                "(set --root or BUILDCAT_ROOT to this machine's path to the root)"
+            )
+        argument_sets = None if map is None else list(map)
+        arguments = (
+            script_jobs.split_arguments(args) if isinstance(args, str) else [str(a) for a in args]
+        )
+        tasks, common = script_jobs.plan_script(
+            relative, arguments, python=python, map=argument_sets
+        )
+        return self.submit_tasks(
+            tasks,
+            kind="script",
+            name=name or relative,
+            priority=priority,
+            requires=requires,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            common=common,
+            **options,
         )
 
     def submit_tasks(
