@@ -314,6 +314,7 @@ def test_b_after_a_runs_only_when_a_is_done_and_status_shows_it(after_farm: Farm
     assert f"waiting: after job {a.id} (running)" in shown.stdout
     listing = farm.cli("status")
     assert f"{b_id} waiting: after job {a.id} (running)" in listing.stdout
+    assert "\nbuildcat_jobs_waiting 1\n" in metrics(farm)
     as_json = json.loads(farm.cli("status", b_id, "--json").stdout)
     assert as_json["after"] == [a.id] and as_json["waiting_for"] == [a.id]
     assert any(job["id"] == b_id and job["after"] == [a.id] for job in client.jobs())
@@ -324,6 +325,18 @@ def test_b_after_a_runs_only_when_a_is_done_and_status_shows_it(after_farm: Farm
     [a_task], [b_task] = a.tasks(), b.tasks()
     assert b_task["leased_at"] >= a_task["finished_at"]
     assert b.status()["waiting_for"] == [] and b.status()["waiting"] == ""
+    assert "\nbuildcat_jobs_waiting 0\n" in metrics(farm)
+
+
+def metrics(farm: Farm) -> str:
+    connection = http.client.HTTPConnection("127.0.0.1", farm.port, timeout=30)
+    try:
+        connection.request("GET", "/metrics", headers=secret_header(farm.root))
+        response = connection.getresponse()
+        assert response.status == 200
+        return response.read().decode()
+    finally:
+        connection.close()
 
 
 def test_a_failed_upstream_fails_the_jobs_after_it_and_none_of_their_tasks_runs(
