@@ -670,3 +670,13 @@ def test_the_dashboard_shows_what_a_job_waits_for(jobs_farm: Farm, browser: obje
     row.locator('[data-field="state"]').filter(has_text="done").wait_for(timeout=30_000)
     assert "waiting:" not in row.inner_text()
     assert row.locator('[data-field="after"]').inner_text() == f"after {a.id}"
+
+
+def test_every_submit_command_takes_after() -> None:
+    """--after comes with job_options, so a submit command added later has it too."""
+    from buildcat.cli.submitting import submit
+
+    assert submit.commands
+    for name, command in submit.commands.items():
+        options = {option for param in command.params for option in param.opts}
+        assert {"--after", "--after-any"} <= options, name
