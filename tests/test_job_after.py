@@ -680,3 +680,21 @@ def test_every_submit_command_takes_after() -> None:
     for name, command in submit.commands.items():
         options = {option for param in command.params for option in param.opts}
         assert {"--after", "--after-any"} <= options, name
+
+
+def test_a_render_after_a_render_may_write_the_same_frames(jobs_farm: Farm) -> None:
+    """Two unfinished renders may not write one frame file, unless one runs after the
+    other: it starts only once that one has ended."""
+    client = jobs_farm.client()  # no worker: every job stays unfinished
+    task = {"payload": {"scene": "a.blend", "output": "renders/a/frame_####", "frames": [1, 2]}}
+    first = client.submit_tasks([task], kind="blender")
+    with pytest.raises(buildcat.RequestRejected, match=f"job {first.id} is unfinished and writes"):
+        client.submit_tasks([task], kind="blender")
+    second = client.submit_tasks([task], kind="blender", after=[first])
+    assert second.status()["waiting_for"] == [first.id]
+    # It runs after second only, so first (unfinished, same frames) is in its way.
+    with pytest.raises(buildcat.RequestRejected, match=f"job {first.id} is unfinished"):
+        client.submit_tasks([task], kind="blender", after=[second])
+    third = client.submit_tasks([task], kind="blender", after=[first, second])
+    assert third.status()["waiting_for"] == sorted([first.id, second.id])
+    assert len(client.jobs()) == 3
