@@ -823,7 +823,7 @@ class Client:
 
     def worker_info(self, timeout: float | None = 60.0) -> dict[str, Any]:
         """What one worker reports about itself (host, platform, Python, root, slots)."""
-        job = self.submit("buildcat.jobs.builtin:worker_info")
+        job = self.submit("buildcat.jobs.builtin:worker_info", after=())  # never held back
         job.wait(timeout=timeout)
         return dict(job.results()[0])
 

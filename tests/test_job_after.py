@@ -314,6 +314,7 @@ def test_b_after_a_runs_only_when_a_is_done_and_status_shows_it(after_farm: Farm
     assert f"waiting: after job {a.id} (running)" in shown.stdout
     listing = farm.cli("status")
     assert f"{b_id} waiting: after job {a.id} (running)" in listing.stdout
+    assert "\nbuildcat_jobs_waiting 1\n" in metrics(farm)
     as_json = json.loads(farm.cli("status", b_id, "--json").stdout)
     assert as_json["after"] == [a.id] and as_json["waiting_for"] == [a.id]
     assert any(job["id"] == b_id and job["after"] == [a.id] for job in client.jobs())
@@ -324,6 +325,18 @@ def test_b_after_a_runs_only_when_a_is_done_and_status_shows_it(after_farm: Farm
     [a_task], [b_task] = a.tasks(), b.tasks()
     assert b_task["leased_at"] >= a_task["finished_at"]
     assert b.status()["waiting_for"] == [] and b.status()["waiting"] == ""
+    assert "\nbuildcat_jobs_waiting 0\n" in metrics(farm)
+
+
+def metrics(farm: Farm) -> str:
+    connection = http.client.HTTPConnection("127.0.0.1", farm.port, timeout=30)
+    try:
+        connection.request("GET", "/metrics", headers=secret_header(farm.root))
+        response = connection.getresponse()
+        assert response.status == 200
+        return response.read().decode()
+    finally:
+        connection.close()
 
 
 def test_a_failed_upstream_fails_the_jobs_after_it_and_none_of_their_tasks_runs(
@@ -657,3 +670,31 @@ def test_the_dashboard_shows_what_a_job_waits_for(jobs_farm: Farm, browser: obje
     row.locator('[data-field="state"]').filter(has_text="done").wait_for(timeout=30_000)
     assert "waiting:" not in row.inner_text()
     assert row.locator('[data-field="after"]').inner_text() == f"after {a.id}"
+
+
+def test_every_submit_command_takes_after() -> None:
+    """--after comes with job_options, so a submit command added later has it too."""
+    from buildcat.cli.submitting import submit
+
+    assert submit.commands
+    for name, command in submit.commands.items():
+        options = {option for param in command.params for option in param.opts}
+        assert {"--after", "--after-any"} <= options, name
+
+
+def test_a_render_after_a_render_may_write_the_same_frames(jobs_farm: Farm) -> None:
+    """Two unfinished renders may not write one frame file, unless one runs after the
+    other: it starts only once that one has ended."""
+    client = jobs_farm.client()  # no worker: every job stays unfinished
+    task = {"payload": {"scene": "a.blend", "output": "renders/a/frame_####", "frames": [1, 2]}}
+    first = client.submit_tasks([task], kind="blender")
+    with pytest.raises(buildcat.RequestRejected, match=f"job {first.id} is unfinished and writes"):
+        client.submit_tasks([task], kind="blender")
+    second = client.submit_tasks([task], kind="blender", after=[first])
+    assert second.status()["waiting_for"] == [first.id]
+    # It runs after second only, so first (unfinished, same frames) is in its way.
+    with pytest.raises(buildcat.RequestRejected, match=f"job {first.id} is unfinished"):
+        client.submit_tasks([task], kind="blender", after=[second])
+    third = client.submit_tasks([task], kind="blender", after=[first, second])
+    assert third.status()["waiting_for"] == sorted([first.id, second.id])
+    assert len(client.jobs()) == 3

@@ -18,7 +18,7 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -204,9 +204,15 @@ class Farm:
             return job_id in self.reserved_ids
         return job.state not in FINAL_JOB_STATES
 
-    def check_outputs(self, claims: dict[outputs.Pattern, list[int]], job_id: str = "") -> None:
-        """Refuse (409) a job that would write frames an unfinished other job writes."""
-        clash = self.outputs.conflict(claims, self.output_writer, job_id)
+    def check_outputs(
+        self,
+        claims: dict[outputs.Pattern, list[int]],
+        job_id: str = "",
+        runs_after: Collection[str] = (),
+    ) -> None:
+        """Refuse (409) a job that would write frames an unfinished other job writes; the
+        jobs it runs after (``after``) do not count: they will have ended before it starts."""
+        clash = self.outputs.conflict(claims, self.output_writer, job_id, set(runs_after))
         if clash is not None:
             other, path = clash
             raise Conflict(
@@ -680,7 +686,7 @@ async def submit(request: web.Request) -> web.Response:
         specs, max_attempts, timeout, key, after=after, after_any=after_any
     )
     claimed = outputs.claimed_frames(kind, ((t.payload, t.depends) for t in specs), common)
-    farm.check_outputs(claimed)
+    farm.check_outputs(claimed, runs_after=after)
     now = time.time()
     job_id = farm.new_job_id()
     meta = {**meta, "common": common}
@@ -868,7 +874,7 @@ async def job_action(request: web.Request) -> web.Response:
     elif action == "retry":
         scheduler.check_retry(job)
         claimed = farm.job_outputs(job)
-        farm.check_outputs(claimed, job_id)
+        farm.check_outputs(claimed, job_id, runs_after=job.after)
 
         def apply() -> Job:
             retried = scheduler.retry(job_id, now)

@@ -30,6 +30,14 @@ def render(
     out.append(f"buildcat_server_start_time_seconds {started_at:.3f}")
     family("buildcat_jobs", "gauge", "Jobs by state.")
     out.extend(f'buildcat_jobs{{state="{state}"}} {jobs.get(str(state), 0)}' for state in JobState)
+    family(
+        "buildcat_jobs_waiting",
+        "gauge",
+        "Jobs waiting for other jobs to end (--after); counted as queued or paused above too.",
+    )
+    out.append(
+        f"buildcat_jobs_waiting {sum(1 for job in scheduler.jobs.values() if job.waiting_for)}"
+    )
     family("buildcat_tasks", "gauge", "Tasks by state.")
     out.extend(
         f'buildcat_tasks{{state="{state}"}} {tasks.get(str(state), 0)}' for state in TaskState
