@@ -186,7 +186,16 @@ def _from_module(name: str, source: str, module: ModuleType) -> JobType:
 
 #: Names every submit takes besides a job type's own settings (``Client.submit_tasks``'s
 #: job options, and ``after``/``notify`` where the client has them).
-JOB_OPTIONS = ("priority", "name", "requires", "max_attempts", "timeout", "after", "notify")
+JOB_OPTIONS = (
+    "priority",
+    "name",
+    "requires",
+    "max_attempts",
+    "timeout",
+    "after",
+    "after_any",
+    "notify",
+)
 
 
 def broken(name: str, source: str, exc: BaseException) -> JobTypeBroken:
