@@ -146,6 +146,20 @@ def test_submit_type_runs_its_tasks_after_their_dependencies(typed_farm: Farm) -
     assert again.results()[-1]["greeting"] == "hello you"
     assert again.status()["priority"] == 2
 
+    # --after, like every submit: the job waits for the one named.
+    after = typed_farm.cli(
+        "submit", "pipeline", "--set", "who=later", "--set", "count=1", "--after", again.id,
+        "--json",
+    )  # fmt: skip
+    assert after.returncode == 0, after.stderr
+    later = typed_farm.client().job(json.loads(after.stdout)["id"])
+    assert later.status()["after"] == [again.id]
+    assert later.results()[-1]["greeting"] == "hello later"
+    refused = one_line_error(
+        typed_farm.cli("submit", "pipeline", "--set", "who=x", "--after", "deadbeef")
+    )
+    assert "no job 'deadbeef'" in refused
+
 
 def test_bad_settings_are_refused_in_one_line_and_nothing_is_queued(typed_farm: Farm) -> None:
     client = typed_farm.client()
