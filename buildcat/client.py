@@ -17,7 +17,7 @@ import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from buildcat import auth, discovery, jobs, protocol
 from buildcat.errors import (
@@ -33,10 +33,8 @@ from buildcat.errors import (
 from buildcat.frames import chunk_frames, format_frames, parse_frames
 from buildcat.jobs.python import split_spec
 from buildcat.perf import job_perf
+from buildcat.protocol import check_request_size as _check_request_size
 from buildcat.root import relative_in_root, resolve
-
-if TYPE_CHECKING:
-    from buildcat.blender.blendfile import SceneInfo
 
 FINAL_STATES = ("done", "failed", "cancelled")
 #: A submit whose reply may have been lost is sent again (with the same idempotency key,
@@ -944,15 +942,6 @@ def _check_task_count(count: int, advice: str) -> None:
         )
 
 
-def _check_request_size(size: int, count: int, advice: str) -> None:
-    """Refuse, before sending, a job the server would answer 413."""
-    if size > protocol.MAX_BODY_BYTES:
-        raise LimitError(
-            f"this job would be {count:,} tasks, about {size / 2**20:,.0f} MiB to send; a "
-            f"request may be at most {protocol.MAX_BODY_BYTES // 2**20} MiB: {advice}"
-        )
-
-
 def _split_job_options(
     submit: Callable[..., Any], given: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -991,25 +980,6 @@ def _function_spec(function: str | Callable[..., Any]) -> str:
     return f"{module}:{name}"
 
 
-def _blender_pin(pin: str | None, saved_with: str, scene: str) -> list[str]:
-    """The requirement a ``blender_version`` pin adds (``blender==4.5``), checked here: a
-    version number, and one that can open the file."""
-    if not pin:
-        return []
-    pin = pin.strip()
-    numbers = pin.split(".")
-    if not 1 <= len(numbers) <= 3 or not all(n.isascii() and n.isdigit() for n in numbers):
-        raise FarmError(f"blender version {pin!r}: give a version such as 4.5 or 4.5.15")
-    wanted = tuple(int(n) for n in numbers[:2])
-    saved = tuple(int(n) for n in saved_with.split(".")[:2] if n.isdigit())
-    if wanted < saved:
-        raise FarmError(
-            f"{scene} was saved by Blender {saved_with}: Blender {pin} cannot open it "
-            f"(pin {saved_with} or newer)"
-        )
-    return [f"blender=={pin}"]
-
-
 def _owner() -> str:
     """``login@host``: the terminal's login, else $USER, else the name the OS has for this
     process's user (tmux, systemd and containers often set no $USER)."""
@@ -1023,37 +993,3 @@ def _owner() -> str:
         except KeyError:  # a uid with no passwd entry (some containers)
             login = f"uid{os.getuid()}"
     return f"{login}@{socket.gethostname()}"
-
-
-def _output_options(
-    target: SceneInfo,
-    output: str | None,
-    file_format: str | None,
-    color_mode: str | None,
-    color_depth: str | int | None,
-    in_parts: bool,
-) -> tuple[str | None, str]:
-    """Check a render's output options against the scene's own output settings (read from
-    the .blend without Blender); return the format to ask for (None: the scene's) and what
-    the frames will be written as, for the job's record. Raises FarmError with one line."""
-    from buildcat.blender import output_settings
-    from buildcat.jobs import blender as blender_jobs
-
-    if file_format is not None:
-        file_format = file_format.upper()
-    depth = None if color_depth is None else str(color_depth)
-    scene = target.output
-    _, extension = output_settings.split_extension(output or "")
-    if extension and file_format is None:
-        formats = output_settings.PATTERN_EXTENSIONS[extension]
-        if scene.file_format not in formats:
-            raise FarmError(
-                f"output {output!r} ends in {extension} but the scene writes "
-                f"{scene.file_format}: give --format {formats[0]} or drop the extension"
-            )
-    effective = output_settings.check_options(file_format, color_mode, depth, scene)
-    if in_parts and effective == "OPEN_EXR_MULTILAYER":
-        raise FarmError(blender_jobs.MULTILAYER_PARTS)
-    if output is not None:
-        blender_jobs.strip_output_extension(output, effective)
-    return file_format, effective or "the scene's own"

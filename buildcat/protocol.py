@@ -8,7 +8,7 @@ from typing import Any
 
 import msgpack
 
-from buildcat.errors import AddressError, ProtocolError
+from buildcat.errors import AddressError, LimitError, ProtocolError
 
 __all__ = ["ProtocolError"]  # re-exported for modules that speak the protocol
 
@@ -179,3 +179,12 @@ def split_address(text: str, port: int | None = None) -> tuple[str, int, bool]:
     if not host or "/" in host or ":" in host:
         raise AddressError(f"farm address {text!r} is not a host name or IPv4 address")
     return host, found_port or port or DEFAULT_PORT, tls
+
+
+def check_request_size(size: int, count: int, advice: str) -> None:
+    """Refuse, before sending, a job the server would answer 413."""
+    if size > MAX_BODY_BYTES:
+        raise LimitError(
+            f"this job would be {count:,} tasks, about {size / 2**20:,.0f} MiB to send; a "
+            f"request may be at most {MAX_BODY_BYTES // 2**20} MiB: {advice}"
+        )

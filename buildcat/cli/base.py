@@ -46,6 +46,27 @@ class FarmGroup(click.Group):
             ctx.exit(130)
 
 
+class FallbackGroup(FarmGroup):
+    """A group whose unknown command names go to ``fallback`` (name, known names) ->
+    command: `farm submit TYPE` for job types (cli/jobtypes.py sets it)."""
+
+    fallback: Callable[[str, list[str]], click.Command] | None = None
+    #: (term, help) shown under "Other names" in the group's help.
+    fallback_help: tuple[str, str] | None = None
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None or self.fallback is None or cmd_name.startswith("-"):
+            return command
+        return self.fallback(cmd_name, sorted(self.commands))
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_commands(ctx, formatter)
+        if self.fallback_help is not None:
+            with formatter.section("Other names"):
+                formatter.write_dl([self.fallback_help])
+
+
 def setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper()),

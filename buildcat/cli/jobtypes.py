@@ -8,28 +8,11 @@ from typing import Any
 
 import click
 
-from buildcat.cli.base import FarmGroup, client_options, main, print_json
+from buildcat.cli.base import FallbackGroup, client_options, main, print_json
+from buildcat.cli.submitting import _submitted, job_options, submit
 from buildcat.client import Client
 from buildcat.errors import FarmError
 from buildcat.jobtypes import JobTypeBroken
-
-
-class SubmitGroup(FarmGroup):
-    """`farm submit`: its own commands (python, blender, ...), and every other name a job
-    type, built-in or in ``<root>/jobtypes/``."""
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        command = super().get_command(ctx, cmd_name)
-        if command is not None or cmd_name.startswith("-"):
-            return command
-        return type_command(cmd_name, sorted(self.commands))
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        super().format_commands(ctx, formatter)
-        with formatter.section("Job types"):
-            formatter.write_dl(
-                [("TYPE", "A job type: farm submit TYPE --set NAME=VALUE (see farm job-types).")]
-            )
 
 
 def parse_assignments(assignments: tuple[str, ...]) -> dict[str, str]:
@@ -66,7 +49,7 @@ class TypeCommand(click.Command):
 
 
 def type_command(type_name: str, commands: list[str]) -> click.Command:
-    from buildcat.cli.submitting import _submitted, job_options
+    """The `farm submit TYPE` command for any name `farm submit` has no command for."""
 
     @click.command(
         type_name,
@@ -238,3 +221,12 @@ def _check_one(client: Client, type_name: str, settings: dict[str, str], as_json
         what = what or (str(template).split(" ", 1)[0] if template else "")
         after = f"  after {', '.join(map(str, task['depends']))}" if task.get("depends") else ""
         click.echo(f"  {index}: {kind} {what}{after}")
+
+
+# Every name `farm submit` has no command of its own for is a job type.
+assert isinstance(submit, FallbackGroup)
+submit.fallback = type_command
+submit.fallback_help = (
+    "TYPE",
+    "A job type: farm submit TYPE --set NAME=VALUE (see farm job-types).",
+)

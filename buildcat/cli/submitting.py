@@ -14,13 +14,13 @@ import click
 import buildcat
 from buildcat.cli.base import (
     SUBMIT_DEFAULTS,
+    FallbackGroup,
     client_options,
     main,
     print_json,
     root_option,
     wait_and_exit,
 )
-from buildcat.cli.jobtypes import SubmitGroup
 from buildcat.client import Client
 from buildcat.display import table
 from buildcat.errors import FarmError
@@ -31,7 +31,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 # ---- submitting -------------------------------------------------------------------------------
 
 
-@main.group(cls=SubmitGroup)
+@main.group(cls=FallbackGroup)
 def submit() -> None:
     """Submit a job."""
 

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import buildcat
 from buildcat import protocol
 from buildcat.errors import FarmError
 from buildcat.jobtypes import JobTypeBroken, SettingError, loading
@@ -29,7 +28,7 @@ def command(action: str, root: str | os.PathLike[str], *extra: str) -> list[str]
 def environment() -> dict[str, str]:
     """This environment, with this buildcat importable in the child."""
     env = dict(os.environ)
-    here = str(Path(buildcat.__file__).resolve().parents[1])
+    here = str(Path(__file__).resolve().parents[2])  # the folder holding buildcat/
     env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)
     return env
 

@@ -1249,7 +1249,7 @@ def create_app(config: ServerConfig) -> web.Application:
     app[feed.FEED_KEY] = farm.feed
     app.router.add_get(f"{API}/events/feed", feed.stream)
     app.router.add_get(f"{API}/notices", pending_notices)
-    jobtypes_routes.add_routes(app, config.root)
+    jobtypes_routes.add_routes(app, config.root, _reply)
 
     async def start_background(app: web.Application) -> None:
         farm._expiry_task = asyncio.create_task(farm.expire_leases())

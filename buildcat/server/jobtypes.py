@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,14 +68,15 @@ class JobTypeListing:
 
 
 LISTING_KEY = web.AppKey("job_types", JobTypeListing)
+Reply = Callable[[web.Request, Any], web.Response]
 
 
-async def list_job_types(request: web.Request) -> web.Response:
-    from buildcat.server.app import _reply
-
-    return _reply(request, {"job_types": await request.app[LISTING_KEY].get()})
-
-
-def add_routes(app: web.Application, root: str | os.PathLike[str]) -> None:
+def add_routes(app: web.Application, root: str | os.PathLike[str], reply: Reply) -> None:
+    """``GET /api/v1/job-types``, answered through ``reply`` (the app's own encoder: JSON
+    or msgpack as the request accepts)."""
     app[LISTING_KEY] = JobTypeListing(root)
+
+    async def list_job_types(request: web.Request) -> web.Response:
+        return reply(request, {"job_types": await request.app[LISTING_KEY].get()})
+
     app.router.add_get(f"{protocol.API_PREFIX}/job-types", list_job_types)

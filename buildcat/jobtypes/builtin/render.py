@@ -6,11 +6,14 @@ into one: the same job as ``farm submit blender`` (``Client.render`` submits thi
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from buildcat.errors import FarmError
 from buildcat.frames import parse_frames
 from buildcat.jobtypes import JobPlan, Setting, Values
+
+if TYPE_CHECKING:
+    from buildcat.blender.blendfile import SceneInfo
 
 LABEL = "Blender render"
 
@@ -73,7 +76,6 @@ def compile(settings: Values, job: JobPlan) -> None:
     from buildcat import blender as blender_support
     from buildcat import protocol
     from buildcat.blender import blendfile
-    from buildcat.client import _blender_pin, _check_request_size, _output_options
     from buildcat.jobs import blender as blender_jobs
     from buildcat.root import resolve
 
@@ -102,7 +104,7 @@ def compile(settings: Values, job: JobPlan) -> None:
         raise FarmError(f"{relative} is not a .blend file")
     job.requires += [
         f"blender>={saved_with}",
-        *_blender_pin(settings.blender_version, saved_with, relative),
+        *blender_pin(settings.blender_version, saved_with, relative),
     ]
     # The file's own scenes, cameras and output, read without Blender where BAT can.
     target = blendfile.read_blend(path).scene(scene_name)
@@ -111,7 +113,7 @@ def compile(settings: Values, job: JobPlan) -> None:
             f"scene {target.name!r} writes a movie ({target.output.file_format}): "
             "render frames (PNG/EXR), then make a video; or pass --format"
         )
-    file_format, written_as = _output_options(
+    file_format, written_as = output_options(
         target, output, settings.format, color_mode, color_depth, bool(tiles or sample_split)
     )
     if camera is not None and camera not in target.cameras:
@@ -163,7 +165,7 @@ def compile(settings: Values, job: JobPlan) -> None:
         )
 
     sample = plan(numbers[: max(chunk, 1)])
-    _check_request_size(
+    protocol.check_request_size(
         len(protocol.pack(sample)) * count // len(sample),
         count,
         "render more frames per task (--chunk), or fewer frames or tiles",
@@ -179,3 +181,56 @@ def compile(settings: Values, job: JobPlan) -> None:
             "blend_version": saved_with,
         }
     )
+
+
+def blender_pin(pin: str | None, saved_with: str, scene: str) -> list[str]:
+    """The requirement a ``blender_version`` pin adds (``blender==4.5``), checked here: a
+    version number, and one that can open the file."""
+    if not pin:
+        return []
+    pin = pin.strip()
+    numbers = pin.split(".")
+    if not 1 <= len(numbers) <= 3 or not all(n.isascii() and n.isdigit() for n in numbers):
+        raise FarmError(f"blender version {pin!r}: give a version such as 4.5 or 4.5.15")
+    wanted = tuple(int(n) for n in numbers[:2])
+    saved = tuple(int(n) for n in saved_with.split(".")[:2] if n.isdigit())
+    if wanted < saved:
+        raise FarmError(
+            f"{scene} was saved by Blender {saved_with}: Blender {pin} cannot open it "
+            f"(pin {saved_with} or newer)"
+        )
+    return [f"blender=={pin}"]
+
+
+def output_options(
+    target: SceneInfo,
+    output: str | None,
+    file_format: str | None,
+    color_mode: str | None,
+    color_depth: str | int | None,
+    in_parts: bool,
+) -> tuple[str | None, str]:
+    """Check a render's output options against the scene's own output settings (read from
+    the .blend without Blender); return the format to ask for (None: the scene's) and what
+    the frames will be written as, for the job's record. Raises FarmError with one line."""
+    from buildcat.blender import output_settings
+    from buildcat.jobs import blender as blender_jobs
+
+    if file_format is not None:
+        file_format = file_format.upper()
+    depth = None if color_depth is None else str(color_depth)
+    scene = target.output
+    _, extension = output_settings.split_extension(output or "")
+    if extension and file_format is None:
+        formats = output_settings.PATTERN_EXTENSIONS[extension]
+        if scene.file_format not in formats:
+            raise FarmError(
+                f"output {output!r} ends in {extension} but the scene writes "
+                f"{scene.file_format}: give --format {formats[0]} or drop the extension"
+            )
+    effective = output_settings.check_options(file_format, color_mode, depth, scene)
+    if in_parts and effective == "OPEN_EXR_MULTILAYER":
+        raise FarmError(blender_jobs.MULTILAYER_PARTS)
+    if output is not None:
+        blender_jobs.strip_output_extension(output, effective)
+    return file_format, effective or "the scene's own"
