@@ -331,6 +331,8 @@ class Client:
         timeout: float | None = None,
         requires: Iterable[str] = (),
         blender_version: str | None = None,
+        preview_video: bool = False,
+        fps: float | str | None = None,
     ) -> Job:
         """Render a .blend (root-relative, or an absolute path inside the root) on the
         farm's Blender workers.
@@ -349,6 +351,8 @@ class Client:
         Frames are written as the scene's output settings say; ``format`` (PNG, JPEG,
         OPEN_EXR, OPEN_EXR_MULTILAYER), ``color_mode`` (BW, RGB, RGBA) and ``color_depth``
         (8, 16, 32) change only what they name.
+        ``preview_video`` ends the job with a task that makes ``preview.mp4`` of the frames,
+        beside them, at the scene's frame rate (``fps`` overrides it).
         """
         from buildcat import blender as blender_support
         from buildcat.blender import blendfile
@@ -406,6 +410,9 @@ class Client:
         if allow_missing:  # the worker's own check (blender/dependencies.py) too
             settings["allow_missing"] = True
         numbers = parse_frames(frames)
+        if fps is not None and not preview_video:
+            raise FarmError("--fps is the preview video's frame rate: give --preview-video too")
+        rate = _video_rate(target, fps) if preview_video else None
         # Every limit is checked before the tasks are built: an absurd job is one line at once.
         count = blender_jobs.check_render_size(
             len(numbers),
@@ -426,6 +433,8 @@ class Client:
                 settings=settings,
                 tiles=tiles,
                 sample_split=sample_split,
+                preview_video=rate is not None,
+                fps=rate or 24,
             )
 
         sample = plan(numbers[: max(chunk, 1)])
@@ -449,8 +458,92 @@ class Client:
                 "output": output,
                 "format": written_as,
                 "blend_version": saved_with,
+                "fps": rate or _video_rate(target, fps),
+                **({"scene_name": scene_name} if scene_name else {}),
+                **_video_meta(output, rate),
             },
         )
+
+    def video(
+        self,
+        job: Job | str,
+        *,
+        fps: float | str | None = None,
+        priority: int = 0,
+        name: str = "",
+        requires: Iterable[str] = (),
+    ) -> Job:
+        """Make a render job's preview video after the fact: a job of one task that encodes
+        the frames written so far (those that exist, in frame order) into ``preview.mp4``
+        beside them, at ``fps`` (default: the rate the render recorded, else its scene's).
+        """
+        from buildcat.jobs import video
+
+        job_id = job.id if isinstance(job, Job) else job
+        meta = self.job(job_id).status().get("meta") or {}
+        pattern, frames = _render_record(job_id, meta)
+        if fps is None:
+            fps = meta.get("fps") or self._scene_rate(meta)
+        task = video.video_task(_pattern(pattern), parse_frames(frames), fps, depends=[])
+        kwargs = task["payload"]["kwargs"]
+        return self.submit_tasks(
+            [task],
+            name=name or f"preview video of {job_id}",
+            priority=priority,
+            requires=requires,
+            meta={"video_of": job_id, "preview_video": kwargs["video"], "fps": kwargs["fps"]},
+        )
+
+    def _scene_rate(self, meta: dict[str, Any]) -> float:
+        from buildcat.blender import blendfile
+
+        scene = meta.get("scene")
+        if not isinstance(scene, str):
+            return 24.0
+        try:
+            target = blendfile.read_blend(resolve(self.root, scene)).scene(meta.get("scene_name"))
+        except (FarmError, OSError) as exc:
+            raise FarmError(f"cannot read the frame rate of {scene} ({exc}): give --fps") from None
+        return target.frame_rate
+
+    def contact_sheet(
+        self,
+        job: Job | str,
+        *,
+        output: str | None = None,
+        columns: int | None = None,
+        width: int = 160,
+    ) -> dict[str, Any]:
+        """Thumbnails of a render job's frames (those written so far, in frame order) in a
+        grid with their frame numbers, made here with Pillow (EXR through ffmpeg) and
+        written as ``contact-sheet.png`` beside the frames, or at ``output`` (root-relative).
+        Returns where it went, the frames on it and its layout."""
+        from buildcat import imaging
+        from buildcat.ffmpeg import frame_files
+        from buildcat.jobs import video
+
+        job_id = job.id if isinstance(job, Job) else job
+        meta = self.job(job_id).status().get("meta") or {}
+        pattern, frames = _render_record(job_id, meta)
+        if columns is not None and columns < 1:
+            raise FarmError(f"columns {columns}: give at least 1")
+        target = output or video.media_paths(meta)["contact_sheet"]
+        target = relative_in_root(self.root, target)
+        found = frame_files(resolve(self.root, _pattern(pattern)), parse_frames(frames))
+        if not found:
+            raise FarmError(f"job {job_id} has no frames written yet under {pattern}")
+        sheet = imaging.contact_sheet(found, columns=columns, width=width)
+        path = resolve(self.root, target)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        imaging.save_image(sheet, path)
+        count = imaging.sheet_columns(len(found), columns)
+        return {
+            "path": target,
+            "frames": [frame for frame, _ in found],
+            "columns": count,
+            "rows": -(-len(found) // count),
+            "size": list(sheet.size),
+        }
 
     def submit_tasks(
         self,
@@ -800,3 +893,34 @@ def _output_options(
     if output is not None:
         blender_jobs.strip_output_extension(output, effective)
     return file_format, effective or "the scene's own"
+
+
+def _video_rate(target: SceneInfo, fps: float | str | None) -> str:
+    """The preview video's frame rate: ``fps``, else the scene's own (``fps / fps_base``)."""
+    from buildcat.ffmpeg import frame_rate
+
+    rate = frame_rate(fps if fps is not None else target.fps / target.fps_base)
+    return f"{rate.numerator}/{rate.denominator}"
+
+
+def _video_meta(output: str, rate: str | None) -> dict[str, Any]:
+    from buildcat.jobs import video
+
+    if rate is None:
+        return {}
+    return {"preview_video": video.video_path(output)}
+
+
+def _pattern(output: str) -> str:
+    """An output pattern without the image extension it may end in."""
+    from buildcat.blender import output_settings
+
+    return output_settings.split_extension(output)[0]
+
+
+def _render_record(job_id: str, meta: dict[str, Any]) -> tuple[str, str]:
+    """A render job's output pattern and frame spec, from its record."""
+    pattern, frames = meta.get("output"), meta.get("frames")
+    if not isinstance(pattern, str) or not isinstance(frames, str):
+        raise FarmError(f"job {job_id} is not a render job: it records no frames to use")
+    return pattern, frames

@@ -1,10 +1,10 @@
 """The ``farm`` command (also ``buildcat``): parses, calls the Python API, prints.
 
 One module per kind of command: ``roles`` (server, worker, demo), ``submitting``
-(submit ..., check) and ``watching`` (status, wait, logs, cancel ...); ``base`` holds the
-group and the options they share."""
+(submit ..., check), ``watching`` (status, wait, logs, cancel ...) and ``media`` (video,
+contact-sheet); ``base`` holds the group and the options they share."""
 
-from buildcat.cli import roles, submitting, watching
+from buildcat.cli import media, roles, submitting, watching
 from buildcat.cli.base import main
 
-__all__ = ["main", "roles", "submitting", "watching"]
+__all__ = ["main", "media", "roles", "submitting", "watching"]

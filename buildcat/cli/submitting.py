@@ -273,6 +273,17 @@ def _pair(text: str | None, what: str) -> tuple[int, int] | None:
     help="Let the .blend's Python run (drivers, scripts), like blender -y: only for files "
     "you trust.",
 )
+@click.option(
+    "--preview-video",
+    is_flag=True,
+    help="End with a task that makes preview.mp4 of the frames, beside them (H.264).",
+)
+@click.option(
+    "--fps",
+    default=None,
+    metavar="RATE",
+    help="The preview video's frame rate (24, 30000/1001) [default: the scene's].",
+)
 @job_options
 @client_options
 def submit_blender(
@@ -295,6 +306,8 @@ def submit_blender(
     blender_version: str | None,
     allow_missing: bool,
     enable_autoexec: bool,
+    preview_video: bool,
+    fps: str | None,
     priority: int,
     name: str,
     max_attempts: int | None,
@@ -326,6 +339,8 @@ def submit_blender(
         timeout=task_timeout,
         requires=[r.strip() for r in requires.split(",") if r.strip()],
         blender_version=blender_version,
+        preview_video=preview_video,
+        fps=fps,
     )
     _submitted(job, as_json, wait)
 

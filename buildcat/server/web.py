@@ -194,8 +194,9 @@ _LOGIN_ERROR = '<p class="error">That link is not this farm\'s: get a fresh one.
 
 def final_frames(task: Task) -> list[Any]:
     """The frames a task finishes, for the frame counts: none for a task others wait for
-    (a tile or a sample split is a part of a frame; its stitch or merge finishes it)."""
-    if task.dependents:
+    (a tile or a sample split is a part of a frame; its stitch or merge finishes it), but
+    frames only a task of another kind waits for (a preview video) are finished."""
+    if task.dependents and any(_writes_frames(task.job, index) for index in task.dependents):
         return []
     payload = task.payload
     kwargs = payload.get("kwargs")
@@ -205,6 +206,13 @@ def final_frames(task: Task) -> list[Any]:
     if not isinstance(frames, list):
         return []
     return [frame for frame in frames if isinstance(frame, int | str)]
+
+
+def _writes_frames(job: Job, index: int) -> bool:
+    from buildcat.jobs import task_kind
+    from buildcat.server.outputs import CLAIMING_KINDS
+
+    return task_kind(job.kind, job.tasks[index].payload) in CLAIMING_KINDS
 
 
 @dataclass(slots=True, eq=False)
