@@ -67,10 +67,15 @@ def media_paths(meta: Any) -> dict[str, str]:
         folder = posixpath.dirname(output)
         candidates["video"] = candidates["video"] or video_path(output)
         candidates["contact_sheet"] = posixpath.join(folder, SHEET_NAME) if folder else SHEET_NAME
+    names = {"video": VIDEO_NAME, "contact_sheet": SHEET_NAME}
     for name, path in candidates.items():
-        if isinstance(path, str):
+        # Only files of those names, never in the farm's state folder: a job's record
+        # cannot make the dashboard serve another file (the secret) as its video.
+        if isinstance(path, str) and posixpath.basename(path) == names[name]:
             with contextlib.suppress(FarmError):
-                found[name] = farm_root.check_relative(path)
+                relative = farm_root.check_relative(path)
+                if relative.split("/")[0] != farm_root.STATE_DIR_NAME:
+                    found[name] = relative
     return found
 
 
