@@ -11,6 +11,7 @@ secret masked; thumbnails read only regular files, in threads of their own.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import heapq
 import json
@@ -627,6 +628,19 @@ async def thumbnail(request: web.Request) -> web.StreamResponse:
 
 #: ``/jobs/JOB/media/<name>`` -> what it is in the job's media, and its type.
 MEDIA = {"video": ("video", "video/mp4"), "contact-sheet": ("contact_sheet", "image/png")}
+#: The media files are looked at in threads of their own, as thumbnails are read: a hung
+#: NFS file costs a media thread and a 504, never the pool the journal's writes use.
+_media_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="buildcat-media")
+
+
+async def _find_media(farm: Farm, job: Job) -> dict[str, tuple[str, os.stat_result]]:
+    future = asyncio.get_running_loop().run_in_executor(_media_pool, _job_media, farm, job)
+    try:
+        return await asyncio.wait_for(future, THUMBNAIL_TIMEOUT)
+    except TimeoutError:
+        raise web.HTTPGatewayTimeout(
+            reason=f"looking at the job's files took more than {THUMBNAIL_TIMEOUT:g}s"
+        ) from None
 
 
 def _media_file(root: Path, relative: str) -> os.stat_result | None:
@@ -660,7 +674,7 @@ async def media(request: web.Request) -> web.StreamResponse:
 
     farm = _farm(request)
     job = farm.scheduler.job(request.match_info["job"])
-    found = await asyncio.to_thread(_job_media, farm, job)
+    found = await _find_media(farm, job)
     reply: dict[str, Any] = {}
     for route, (name, _) in MEDIA.items():
         if name not in found:
@@ -686,7 +700,7 @@ async def media_file(request: web.Request) -> web.StreamResponse:
     if route not in MEDIA:
         raise web.HTTPNotFound(reason=f"no such media {route!r}: video or contact-sheet")
     name, content_type = MEDIA[route]
-    found = (await asyncio.to_thread(_job_media, farm, job)).get(name)
+    found = (await _find_media(farm, job)).get(name)
     if found is None:
         what = "preview video" if name == "video" else "contact sheet"
         raise web.HTTPNotFound(reason=f"job {job.id} has no {what} yet")
