@@ -119,7 +119,7 @@ def _get(farm: Farm, path: str, headers: dict[str, str] | None = None) -> tuple[
 
 @needs_binary
 def test_the_dashboard_plays_the_video_and_shows_the_sheet(
-    colour_farm: Farm, browser: object
+    colour_farm: Farm, browser: object, tmp_path: Path
 ) -> None:
     farm = colour_farm
     client = farm.client()
@@ -150,6 +150,9 @@ def test_the_dashboard_plays_the_video_and_shows_the_sheet(
         timeout=30_000,
     )
     assert page.locator("#contact-sheet").is_visible()
+    screenshot = tmp_path / "dashboard-media.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.stat().st_size > 10_000
 
     # Without the session: 401, for the file and for what the job has.
     path = source.split(str(farm.port), 1)[1]
