@@ -777,6 +777,16 @@ class Job:
     def resume(self) -> dict[str, Any]:
         return dict(self.client.request("POST", f"/jobs/{self.id}/resume"))
 
+    def video(self, fps: float | str | None = None, priority: int = 0) -> Job:
+        """A preview video of this render's frames written so far (``Client.video``)."""
+        return self.client.video(self, fps=fps, priority=priority)
+
+    def contact_sheet(
+        self, output: str | None = None, columns: int | None = None, width: int = 160
+    ) -> dict[str, Any]:
+        """A contact sheet of this render's frames, made here (``Client.contact_sheet``)."""
+        return self.client.contact_sheet(self, output=output, columns=columns, width=width)
+
 
 def connect(
     host: str | None = None,

@@ -83,7 +83,7 @@ def test_a_contact_sheet_of_exr_frames_is_tone_mapped(colour_farm: Farm) -> None
     client = colour_farm.client()
     job = client.render("shots/colours.blend", "1-3", output="exr/f_####", format="OPEN_EXR")
     job.wait(timeout=300)
-    sheet = client.contact_sheet(job, columns=3, width=33)
+    sheet = job.contact_sheet(columns=3, width=33)
     assert sheet == {
         "path": "exr/contact-sheet.png", "frames": [1, 2, 3], "columns": 3, "rows": 1,
         "size": sheet["size"],

@@ -76,6 +76,24 @@ def test_a_render_ends_with_its_preview_video(colour_farm: Farm) -> None:
     assert "ffmpeg" in farm.cli("logs", f"{job_id}.3").stdout
 
 
+@needs_binary
+def test_a_tiled_render_ends_with_a_video_of_its_stitched_frames(colour_farm: Farm) -> None:
+    farm = colour_farm
+    farm.start_worker("--blender", BINARY or "blender")
+    client = farm.client()
+    job = client.render(
+        "shots/colours.blend", "3-4", output="tiled/f_####", tiles=(2, 1), preview_video=True
+    )
+    job.wait(timeout=300)
+    tasks = job.tasks()
+    assert [t["label"] for t in tasks][-1] == "preview video"
+    stitches = [i for i, t in enumerate(tasks) if t["label"].endswith("stitch")]
+    assert tasks[-1]["depends"] == stitches == [2, 5]
+    check_video(farm.root / "tiled" / "preview.mp4", [3, 4])
+    assert job.status()["frames"] == {"done": 2, "total": 2}
+    assert not (farm.root / "tiled" / ".buildcat-parts").exists()
+
+
 @needs_bpy
 def test_an_exr_render_gives_the_same_picture_as_png(colour_farm: Farm) -> None:
     """EXR frames are linear light: the video applies the sRGB curve, so it looks like the
@@ -116,7 +134,7 @@ def test_farm_video_makes_one_after_the_fact(colour_farm: Farm) -> None:
     check_video(farm.root / "later" / "preview.mp4", [1, 2, 4], fps="24/1")
     assert video_job.status()["meta"]["video_of"] == job.id
     # Without --fps: the rate the render recorded (the scene's).
-    again = client.video(job)
+    again = job.video()
     assert again.results()[0]["fps"] == f"{FPS}/1"
     check_video(farm.root / "later" / "preview.mp4", [1, 2, 4])
 
