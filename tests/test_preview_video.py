@@ -5,6 +5,8 @@ with ffprobe and ffmpeg to check what a person would see."""
 from __future__ import annotations
 
 import json
+import os
+from fractions import Fraction
 from pathlib import Path
 
 import numpy
@@ -12,6 +14,8 @@ import pytest
 from PIL import Image
 
 import buildcat
+from buildcat.errors import FarmError
+from buildcat.ffmpeg import frame_files, frame_rate
 from buildcat.jobs import blender as blender_jobs
 from buildcat.jobs import video
 from buildcat.server.outputs import claimed_frames, pattern_key
@@ -200,3 +204,23 @@ def test_bad_video_requests_are_refused_with_one_line(colour_farm: Farm) -> None
         assert "Traceback" not in refused.stderr
         assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     assert [job["id"] for job in client.jobs()] == [python_job.id]  # nothing else queued
+
+
+def test_the_frames_of_a_video_are_those_that_exist_in_order(tmp_path: Path) -> None:
+    for name in ("f_0001.png", "f_0002.exr", "f_0004.jpg", "f_0005.txt", "f_0006.png"):
+        (tmp_path / name).write_bytes(b"x")
+    newer = tmp_path / "f_0002.png"  # frame 2 again, later, in another format: this one
+    newer.write_bytes(b"x")
+    os.utime(newer, ns=(2**62, 2**62))
+    (tmp_path / "f_0006.png").write_bytes(b"")  # an empty file is no frame
+    found = frame_files(tmp_path / "f_####", [4, 1, 2, 3, 5, 6, 1])
+    assert [(frame, path.name) for frame, path in found] == [
+        (4, "f_0004.jpg"), (1, "f_0001.png"), (2, "f_0002.png"),
+    ]  # fmt: skip
+    assert frame_files(tmp_path / "missing" / "f_####", [1]) == []
+    assert frame_rate(24) == 24
+    assert frame_rate(24 / 1.001) == Fraction(24000, 1001)
+    assert frame_rate("30000/1001") == Fraction(30000, 1001)
+    for bad in ("fast", "0", "-24", "1/0", 100_000):
+        with pytest.raises(FarmError, match="frame rate"):
+            frame_rate(bad)
