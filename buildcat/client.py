@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import http.client
 import itertools
+import json
 import os
 import pwd
 import secrets
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,8 @@ FINAL_STATES = ("done", "failed", "cancelled")
 #: A submit whose reply may have been lost is sent again (with the same idempotency key,
 #: so it can only ever make one job) until the server answers or this many seconds pass.
 SUBMIT_RETRY_SECONDS = 60.0
+#: An event stream with no line (not even a heartbeat) for this long is taken for dead.
+STREAM_SILENCE_SECONDS = 60.0
 
 
 class Client:
@@ -61,6 +64,7 @@ class Client:
         token: str | None = None,
         tls_ca: str | os.PathLike[str] | None = None,
         farm: str | None = None,
+        notify: str | Iterable[str] = (),
     ) -> None:
         self.root = Path(root or os.environ.get("BUILDCAT_ROOT") or os.getcwd()).expanduser()
         self.timeout = timeout
@@ -81,6 +85,12 @@ class Client:
             self.tls = self.tls or tls
         self._secret: str | None = None
         self._connection: http.client.HTTPConnection | None = None
+        #: Options every submit through this client takes where the call gives none:
+        #: ``after`` (jobs or ids) and ``after_any``. The CLI's ``--after`` lands here, so
+        #: every ``farm submit ...`` command honours it.
+        self.submit_defaults: dict[str, Any] = {}
+        #: URLs told when any job this client submits ends (besides each submit's notify=).
+        self.notify: list[str] = _urls(notify)
 
     def __repr__(self) -> str:
         where = f"{self.host}:{self.port}" if self.host else "(found by discovery)"
@@ -239,12 +249,25 @@ class Client:
 
     # ---- submitting -------------------------------------------------------------------------
 
-    def submit(self, function: str | Callable[..., Any], *args: Any, **kwargs: Any) -> Job:
-        """Run ``function(*args, **kwargs)`` once on a worker."""
+    def submit(
+        self,
+        function: str | Callable[..., Any],
+        *args: Any,
+        after: Iterable[Job | str] | None = None,
+        after_any: bool | None = None,
+        **kwargs: Any,
+    ) -> Job:
+        """Run ``function(*args, **kwargs)`` once on a worker.
+
+        ``after``: jobs (or ids) this one runs after (see :meth:`submit_tasks`); ``after``
+        and ``after_any`` are the farm's, not the function's (pass a function keyword of
+        that name through :meth:`submit_tasks`)."""
         spec = _function_spec(function)
         return self.submit_tasks(
             [{"payload": {"function": spec, "args": list(args), "kwargs": kwargs}}],
             name=spec,
+            after=after,
+            after_any=after_any,
         )
 
     def map(
@@ -256,7 +279,9 @@ class Client:
         name: str = "",
         **options: Any,
     ) -> Job:
-        """Run ``function(item)`` for every item, one task each; results keep the order."""
+        """Run ``function(item)`` for every item, one task each; results keep the order.
+
+        ``options`` go to :meth:`submit_tasks` (``requires``, ``after``, ``after_any`` ...)."""
         spec = _function_spec(function)
         tasks = [{"payload": {"args": [item]}} for item in items]
         return self.submit_tasks(
@@ -275,6 +300,9 @@ class Client:
         requires: Iterable[str] = (),
         max_attempts: int | None = None,
         timeout: float | None = None,
+        after: Iterable[Job | str] | None = None,
+        after_any: bool | None = None,
+        notify: str | Iterable[str] = (),
     ) -> Job:
         """One task per chunk of a frame spec: ``function(*args, frames=[...], **kwargs)``.
 
@@ -304,6 +332,9 @@ class Client:
             common={"function": spec, "args": list(args)},
             meta={"frames": frames, "chunk": chunk},
             timeout=timeout,
+            after=after,
+            after_any=after_any,
+            notify=notify,
         )
 
     def render(
@@ -333,6 +364,9 @@ class Client:
         blender_version: str | None = None,
         preview_video: bool = False,
         fps: float | str | None = None,
+        after: Iterable[Job | str] | None = None,
+        after_any: bool | None = None,
+        notify: str | Iterable[str] = (),
     ) -> Job:
         """Render a .blend (root-relative, or an absolute path inside the root) on the
         farm's Blender workers.
@@ -452,6 +486,8 @@ class Client:
             requires=needs,
             max_attempts=max_attempts,
             timeout=timeout,
+            after=after,
+            after_any=after_any,
             meta={
                 "scene": relative,
                 "frames": frames,
@@ -462,6 +498,116 @@ class Client:
                 **({"scene_name": scene_name} if scene_name else {}),
                 **_video_meta(output, rate),
             },
+            notify=notify,
+        )
+
+    def command(
+        self,
+        template: str | Sequence[str],
+        frames: str | None = None,
+        *,
+        chunk: int = 1,
+        argv: bool = False,
+        outdir: str | None = None,
+        outputs: Iterable[str] = (),
+        progress_regex: str | None = None,
+        priority: int = 0,
+        name: str = "",
+        requires: Iterable[str] = (),
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> Job:
+        """Run a shell command template once per chunk of frames (Brenda's work queue).
+
+        >>> farm.command("convert in/$FRAME.exr $OUTDIR/$FRAME.png", "1-100", chunk=10)
+
+        ``template`` is run by the worker's ``/bin/sh -c``, with the root as working
+        directory; with ``argv=True`` it is split into arguments here (shlex) and run
+        with no shell (a list is taken as the arguments as they are). Variables:
+        ``$START $END $STEP $FRAME $FRAMES $OUTDIR $ROOT $TASK $JOB`` (``${NAME}`` too,
+        ``$$`` for a ``$``); any other is refused here. ``outdir`` is ``$OUTDIR``,
+        root-relative (default ``commands/<job id>``). A task is done when the command
+        exits 0 and every file of ``outputs`` (root-relative patterns that may use the
+        variables and ``#`` for the frame) exists; ``progress_regex`` turns matching
+        output lines into progress (see docs/commands.md).
+        """
+        from buildcat.jobs import command as command_jobs
+
+        tasks, common = command_jobs.plan_command(
+            template,
+            frames,
+            chunk=chunk,
+            argv=argv,
+            outdir=outdir,
+            outputs=list(outputs),
+            progress_regex=progress_regex,
+        )
+        shown = template if isinstance(template, str) else " ".join(template)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return self.submit_tasks(
+            tasks,
+            kind="command",
+            name=name or (f"{shown} frames {frames}" if frames is not None else shown),
+            priority=priority,
+            requires=requires,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            common=common,
+            meta={"frames": frames, "chunk": chunk} if frames is not None else {},
+            **options,
+        )
+
+    def script(
+        self,
+        path: str,
+        args: Iterable[str] = (),
+        *,
+        python: str | None = None,
+        map: Iterable[str | Sequence[str]] | None = None,
+        priority: int = 0,
+        name: str = "",
+        requires: Iterable[str] = (),
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> Job:
+        """Run a Python file under the root with ``args`` as its ``sys.argv[1:]``, like
+        ``python path args...`` (StudioML's ``studio run``).
+
+        >>> farm.script("tools/train.py", ["--epochs", "3"], map=["--lr 0.1", "--lr 0.2"])
+
+        ``python`` is the interpreter on the workers: a Python executable or a virtualenv
+        folder (absolute, or root-relative with a ``/``), or a name on the worker's PATH;
+        default the worker's own. ``map`` makes one task per argument set (a string is
+        split with shlex), each run with ``args`` followed by its own. A file outside the
+        root or missing is refused here.
+        """
+        from buildcat.jobs import script as script_jobs
+
+        relative = relative_in_root(self.root, path)
+        if not resolve(self.root, relative).is_file():
+            raise FarmError(
+                f"{relative} does not exist under the farm root {self.root} "
+                "(set --root or BUILDCAT_ROOT to this machine's path to the root)"
+            )
+        argument_sets = None if map is None else list(map)
+        arguments = (
+            script_jobs.split_arguments(args) if isinstance(args, str) else [str(a) for a in args]
+        )
+        tasks, common = script_jobs.plan_script(
+            relative, arguments, python=python, map=argument_sets
+        )
+        return self.submit_tasks(
+            tasks,
+            kind="script",
+            name=name or relative,
+            priority=priority,
+            requires=requires,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            common=common,
+            **options,
         )
 
     def video(
@@ -557,9 +703,26 @@ class Client:
         common: dict[str, Any] | None = None,
         meta: dict[str, Any] | None = None,
         timeout: float | None = None,
+        after: Iterable[Job | str] | None = None,
+        after_any: bool | None = None,
+        notify: str | Iterable[str] = (),
     ) -> Job:
-        """Submit a job of explicit tasks (``{"payload": {...}, "depends": [i, ...]}``)."""
+        """Submit a job of explicit tasks (``{"payload": {...}, "depends": [i, ...]}``).
+
+        ``after``: jobs (:class:`Job` or ids) whose end this one waits for: its tasks start
+        once they are all done, and it fails (none of its tasks run) when one of them
+        fails or is cancelled; with ``after_any`` it runs once they have all ended,
+        whatever their state. ``None`` takes :attr:`submit_defaults`.
+
+        ``notify``: URLs (with the client's own ``notify``) POSTed a signed notice when the
+        job ends (docs/http-api.md, "Job-end notices")."""
+        urls = _urls([*self.notify, *_urls(notify)])
         common = common or {}
+        upstream = _job_ids(self.submit_defaults.get("after", ()) if after is None else after)
+        if after_any is None:
+            after_any = bool(self.submit_defaults.get("after_any", False))
+        if after_any and not upstream:
+            raise FarmError("after_any needs after: the jobs to run after")
         if kind == "python":
             self._check_function_files(tasks, common)
         if tasks:
@@ -584,6 +747,11 @@ class Client:
             body["max_attempts"] = max_attempts
         if timeout is not None:
             body["timeout"] = timeout
+        if upstream:
+            body["after"] = upstream
+            body["after_any"] = after_any
+        if urls:
+            body["notify"] = urls
         _check_task_count(len(tasks), "split the job")
         packed = protocol.pack(body)
         _check_request_size(len(packed), len(tasks), "split the job, or put bulk data in files")
@@ -682,9 +850,73 @@ class Client:
         reply = self.request("POST", "/dashboard/revoke", {})
         return f"{self.address}/login?key={reply['key']}"
 
+    def notices(self) -> list[dict[str, Any]]:
+        """The job-end notices the server still owes (not yet delivered or given up)."""
+        return list(self.request("GET", "/notices"))
+
+    def events(
+        self, *, until_job: str | None = None, count: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The farm's job and worker events as they happen (``GET /api/v1/events/feed``):
+        yields one dict per event (``{"event": "job.done", "time": ..., "job": {...}}``)
+        until the server stops, ``count`` events were yielded, or the job ``until_job``
+        ends (its ending event is the last). The first is always ``{"event": "hello",
+        "farm": NAME, ...}``, once the stream is open (not counted by ``count``); when
+        ``until_job`` has ended already, it is the only one. Raises ConnectionFailed when
+        the server goes silent."""
+        connection = self._connect(STREAM_SILENCE_SECONDS)
+        self._connection = None  # the stream has this connection to itself
+        try:
+            connection.request(
+                "GET", protocol.API_PREFIX + "/events/feed",
+                headers={"Accept": "application/x-ndjson", **self._auth_headers()},
+            )  # fmt: skip
+            response = connection.getresponse()
+            if response.status >= 400:
+                raise _refusal(response.status, response.read())
+            yielded = 0
+            while count is None or yielded < count:
+                try:
+                    raw = response.readline()
+                except (TimeoutError, OSError, http.client.HTTPException) as exc:
+                    raise ConnectionFailed(
+                        f"the event stream from {self.host}:{self.port} stopped: {exc}"
+                    ) from None
+                if not raw:
+                    return  # the server stopped
+                if not raw.strip():
+                    continue  # a heartbeat
+                event = json.loads(raw)
+                name = event.get("event")
+                if name == "hello":  # the stream is open: what happens from now on follows
+                    yield event
+                    if until_job is not None:
+                        state = self.job(until_job).status()["state"]
+                        if state in FINAL_STATES:
+                            return
+                    continue
+                if name == "lost":
+                    raise FarmError(f"the event stream ended: {event.get('reason', '')}")
+                yield event
+                yielded += 1
+                job = event.get("job")
+                if (
+                    until_job is not None
+                    and isinstance(job, dict)
+                    and job.get("id") == until_job
+                    and name in (f"job.{state}" for state in FINAL_STATES)
+                ):
+                    return
+        except (ConnectionError, http.client.HTTPException) as exc:
+            raise ConnectionFailed(
+                f"cannot read the event stream from {self.host}:{self.port} ({exc})"
+            ) from None
+        finally:
+            connection.close()
+
     def worker_info(self, timeout: float | None = 60.0) -> dict[str, Any]:
         """What one worker reports about itself (host, platform, Python, root, slots)."""
-        job = self.submit("buildcat.jobs.builtin:worker_info")
+        job = self.submit("buildcat.jobs.builtin:worker_info", after=())  # never held back
         job.wait(timeout=timeout)
         return dict(job.results()[0])
 
@@ -797,14 +1029,36 @@ def connect(
     token: str | None = None,
     tls_ca: str | os.PathLike[str] | None = None,
     farm: str | None = None,
+    notify: str | Iterable[str] = (),
 ) -> Client:
     """Connect to a farm (``FARM_HOST``/``FARM_PORT``/``BUILDCAT_ROOT`` fill in blanks).
 
     With no host the farm is found on the LAN (``farm`` names it when there are several).
     """
     return Client(
-        host=host, port=port, root=root, timeout=timeout, token=token, tls_ca=tls_ca, farm=farm
-    )
+        host=host, port=port, root=root, timeout=timeout, token=token, tls_ca=tls_ca, farm=farm,
+        notify=notify,
+    )  # fmt: skip
+
+
+def _refusal(status: int, payload: bytes) -> FarmError:
+    """The error a refused request's reply names."""
+    try:
+        reply = json.loads(payload) if payload else {}
+    except ValueError:
+        reply = {}
+    reason = (reply.get("error") if isinstance(reply, dict) else None) or f"HTTP {status}"
+    if status == 401:
+        return NotAuthorized(401, f"the farm server refused the farm secret: {reason}")
+    return RequestRejected(status, reason)
+
+
+def _urls(notify: str | Iterable[str]) -> list[str]:
+    """Notify URLs checked as the server checks them (a bad one is one line, before any
+    upload)."""
+    from buildcat.server.notices import check_urls
+
+    return check_urls([notify] if isinstance(notify, str) else list(notify))
 
 
 def _check_task_count(count: int, advice: str) -> None:
@@ -822,6 +1076,19 @@ def _check_request_size(size: int, count: int, advice: str) -> None:
             f"this job would be {count:,} tasks, about {size / 2**20:,.0f} MiB to send; a "
             f"request may be at most {protocol.MAX_BODY_BYTES // 2**20} MiB: {advice}"
         )
+
+
+def _job_ids(jobs: Iterable[Job | str]) -> list[str]:
+    """Job ids from Job handles or ids (each once, in order)."""
+    if isinstance(jobs, (str, Job)):
+        jobs = [jobs]  # one job given alone
+    ids: list[str] = []
+    for job in jobs:
+        job_id = job.id if isinstance(job, Job) else job
+        if not isinstance(job_id, str) or not job_id.strip():
+            raise FarmError(f"after: {job!r} is not a job or a job id")
+        ids.append(job_id.strip())
+    return list(dict.fromkeys(ids))
 
 
 def _function_spec(function: str | Callable[..., Any]) -> str:

@@ -62,6 +62,23 @@ def test_json_is_accepted_and_served(farm: Farm) -> None:
             "application/msgpack",
             "unknown job kind",
         ),
+        (  # one task of a python job naming a kind of its own that does not exist
+            msgpack.packb(
+                {
+                    "tasks": [
+                        {"payload": {"function": "m:f"}},
+                        {"payload": {"function": "m:f", "kind": "teapot"}},
+                    ]
+                }
+            ),
+            "application/msgpack",
+            "task 1: unknown task kind 'teapot'",
+        ),
+        (  # a task that names the blender kind is checked as a render, in a python job
+            msgpack.packb({"tasks": [{"payload": {"function": "m:f", "kind": "blender"}}]}),
+            "application/msgpack",
+            "task 0: 'output'",
+        ),
         (b"x", "text/plain", "unsupported content type"),
         pytest.param(b"[" * 5000 + b"]" * 5000, "application/json", "nested deeper", id="deep"),
         pytest.param(b"[" * 100 + b"]" * 100, "application/json", "nested deeper", id="deep100"),

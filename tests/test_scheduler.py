@@ -1093,6 +1093,8 @@ def _every_field(farm: Scheduler) -> dict[str, object]:
         },
         "active": [job.id for job in farm._active],
         "leased": sorted(task.id for task in farm._leased),
+        "after_dependents": {k: sorted(v) for k, v in farm.after_dependents.items()},
+        "after_named": sorted(farm.after_named),
     }
 
 
@@ -1132,6 +1134,13 @@ def test_a_snapshot_restores_every_job_task_and_worker() -> None:
     paused = farm.submit(tiles(3), 12, job_id="paused")
     farm.pause(paused.id)
     farm.submit(tiles(2), 12, job_id="queued", requires=["gpu", "blender>=9"])  # nobody can
+    # Jobs after jobs: one waiting (out of the dispatch list), one failed at once by the job
+    # it waits for, one run whatever that job's outcome (nobody can take it).
+    waiting = farm.submit(tiles(2), 12, job_id="waiting", after=["running", "paused"])
+    farm.set_priority(waiting.id, 9)
+    doomed = farm.submit(tiles(1), 12, job_id="doomed", after=["failed"])
+    assert doomed.state is JobState.FAILED and waiting.waiting_for == {"running", "paused"}
+    farm.submit(tiles(1), 12, job_id="anyway", after=["failed"], after_any=True, requires=["x"])
     assert {job.state for job in farm.jobs.values()} == set(JobState)
 
     document = protocol.unpack(protocol.pack(snapshot.dump(farm)), trusted=True)

@@ -18,6 +18,10 @@ from buildcat.display import ProgressDisplay
 from buildcat.errors import FarmError, JobFailed, JobTimeout
 
 F = TypeVar("F", bound=Callable[..., Any])
+#: Where a submit command's shared options (``--after``, ``--notify``) leave what its
+#: client's submits take (``Client.submit_defaults``; ``notify``: ``Client(notify=)``), in
+#: click's context, for client_options to hand over.
+SUBMIT_DEFAULTS = "buildcat.submit_defaults"
 
 
 class FarmGroup(click.Group):
@@ -129,7 +133,12 @@ def client_options(function: F) -> F:
         root: Path,
         **kwargs: Any,
     ) -> Any:
-        client = Client(host=host, port=port, root=root, token=token, tls_ca=tls_ca, farm=farm)
+        defaults = dict(ctx.meta.get(SUBMIT_DEFAULTS, {}))
+        client = Client(
+            host=host, port=port, root=root, token=token, tls_ca=tls_ca, farm=farm,
+            notify=defaults.pop("notify", ()),
+        )  # fmt: skip
+        client.submit_defaults.update(defaults)
         ctx.call_on_close(client.close)
         return ctx.invoke(function, client=client, **kwargs)
 

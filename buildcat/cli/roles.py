@@ -109,6 +109,13 @@ from buildcat.cli.base import (
     show_default=True,
     help="Connections one address may hold before showing the farm secret.",
 )
+@click.option(
+    "--notify",
+    "notify",
+    multiple=True,
+    metavar="URL",
+    help="POST a signed notice here when any job ends (repeatable; docs/http-api.md).",
+)
 @log_level_option
 def server(
     bind: str,
@@ -127,12 +134,14 @@ def server(
     header_timeout: float,
     idle_timeout: float,
     max_unauthenticated: int,
+    notify: tuple[str, ...],
     log_level: str,
 ) -> None:
     """Run the farm server (the task queue)."""
     import asyncio
 
     from buildcat.server.app import ServerConfig, serve
+    from buildcat.server.notices import check_urls
 
     setup_logging(log_level)
     if (tls_cert is None) != (tls_key is None):
@@ -153,6 +162,7 @@ def server(
         header_timeout=header_timeout,
         idle_timeout=idle_timeout,
         max_unauthenticated=max_unauthenticated,
+        notify=check_urls(list(notify), "--notify"),
     )
     if name:
         config.name = name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Callable
@@ -12,6 +13,7 @@ import click
 
 import buildcat
 from buildcat.cli.base import (
+    SUBMIT_DEFAULTS,
     FarmGroup,
     client_options,
     main,
@@ -41,8 +43,64 @@ def _parse_argument(text: str) -> Any:
         return text
 
 
+def after_options(function: F) -> F:
+    """--after JOB[,JOB...] and --after-any, taken off the command's arguments and given to
+    its client (``Client.submit_defaults``), so every submit command honours them without
+    naming them."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, after: tuple[str, ...], after_any: bool, **kwargs: Any) -> Any:
+        ids = [part.strip() for text in after for part in text.split(",")]
+        if any(not part for part in ids):
+            raise FarmError("--after takes job ids separated by commas (--after a1b2c3d4,e5f6)")
+        if after_any and not ids:
+            raise FarmError("--after-any needs --after JOB: the jobs to run after")
+        defaults = {"after": ids, "after_any": after_any} if ids else {}
+        context = click.get_current_context()
+        context.meta.setdefault(SUBMIT_DEFAULTS, {}).update(defaults)  # read as the client is made
+        client = kwargs.get("client")
+        if isinstance(client, Client):  # job_options applied below client_options
+            client.submit_defaults.update(defaults)
+        return function(*args, **kwargs)
+
+    for decorator in reversed(
+        [
+            click.option(
+                "--after",
+                multiple=True,
+                metavar="JOB[,JOB...]",
+                help="Start only when these jobs are done; fail if one fails or is cancelled.",
+            ),
+            click.option(
+                "--after-any",
+                is_flag=True,
+                help="With --after: run once those jobs have ended, whatever their state.",
+            ),
+        ]
+    ):
+        wrapper = decorator(wrapper)
+    return wrapper  # type: ignore[return-value]
+
+
+def _with_notify(function: F) -> F:
+    """Takes ``--notify`` off a submit command's arguments and hands it to the Client that
+    client_options makes (every submit goes through Client.submit_tasks, which sends it)."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, notify: tuple[str, ...] = (), **kwargs: Any) -> Any:
+        click.get_current_context().meta.setdefault(SUBMIT_DEFAULTS, {})["notify"] = list(notify)
+        client = kwargs.get("client")
+        if isinstance(client, Client):  # job_options applied below client_options
+            client.notify.extend(notify)
+        return function(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def job_options(function: F) -> F:
-    """What every submit takes: priority, name, attempts, timeout, --wait and --json."""
+    """What every submit takes: priority, name, attempts, timeout, --after, --notify,
+    --wait and --json."""
+    function = _with_notify(after_options(function))
     for decorator in reversed(
         [
             click.option(
@@ -62,6 +120,13 @@ def job_options(function: F) -> F:
                 default=None,
                 help="Seconds a task may run; past it, it is stopped "
                 "and counts as a failed attempt.",
+            ),
+            click.option(
+                "--notify",
+                "notify",
+                multiple=True,
+                metavar="URL",
+                help="POST a signed notice to URL when the job ends (repeatable).",
             ),
             click.option(
                 "--wait", "wait", is_flag=True, help="Wait for the job, showing progress."

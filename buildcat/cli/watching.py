@@ -73,6 +73,9 @@ def status(client: Client, job_id: str | None, as_json: bool) -> None:
         click.echo(f"  tasks: {counts}")
         if view.get("blender_version"):
             click.echo(f"  blender: {view['blender_version']} (every task of the job)")
+        if view.get("after"):
+            how = "whatever their outcome" if view.get("after_any") else "once they are done"
+            click.echo(f"  after: {', '.join(view['after'])} ({how})")
         if view.get("waiting"):
             click.echo(f"  waiting: {_waiting_line(view)}")
         if view.get("blocked"):

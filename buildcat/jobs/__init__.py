@@ -11,14 +11,22 @@ from __future__ import annotations
 from typing import Any
 
 from buildcat.errors import FarmError
-from buildcat.jobs import blender, python
+from buildcat.jobs import blender, command, python, script
 
 #: kind -> payload validator; every validator raises FarmError with one clear line.
-VALIDATORS = {"python": python.validate_payload, "blender": blender.validate_payload}
+VALIDATORS = {
+    "python": python.validate_payload,
+    "blender": blender.validate_payload,
+    "command": command.validate_payload,
+    "script": script.validate_payload,
+}
 #: kind -> the job function (``module:function``) a worker's child runs a task of that kind
 #: with, its payload the one argument (``python`` tasks name their own function; ``blender``
 #: ones are run with the worker's Blender as well).
-RUNNERS: dict[str, str] = {}
+RUNNERS: dict[str, str] = {
+    "command": "buildcat.jobs.command:run_task",
+    "script": "buildcat.jobs.script:run_task",
+}
 
 
 def task_kind(job_kind: str, payload: Any) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import stat
 import sys
 import threading
 from collections.abc import Callable
@@ -34,7 +35,40 @@ class TaskContext:
         return resolve(self.root, relative)
 
 
-_current = TaskContext(root=os.environ.get("BUILDCAT_ROOT", os.getcwd()))
+#: Names the pipe (``FD:INODE``) on which a program a task runs (``farm submit script``)
+#: reports progress: one ``FRACTION MESSAGE`` line per report (jobs/process.py reads it).
+PROGRESS_FD_VARIABLE = "BUILDCAT_PROGRESS_FD"
+
+
+def _no_report(fraction: float, message: str) -> None:
+    pass
+
+
+def _inherited_report() -> Callable[[float, str], None]:
+    """How ``progress()`` reports in a program a task started: on the pipe it was given,
+    if this process really holds it (a grandchild may inherit the variable alone)."""
+    number, _, inode = os.environ.get(PROGRESS_FD_VARIABLE, "").partition(":")
+    try:
+        descriptor = int(number)
+        found = os.fstat(descriptor)
+    except (ValueError, OSError):
+        return _no_report
+    if not stat.S_ISFIFO(found.st_mode) or str(found.st_ino) != inode:
+        return _no_report
+
+    def report(fraction: float, message: str) -> None:
+        line = f"{fraction!r} {message}".replace("\n", " ").replace("\r", " ") + "\n"
+        with contextlib.suppress(OSError):
+            os.write(descriptor, line.encode("utf-8", "replace"))
+
+    return report
+
+
+_current = TaskContext(
+    root=os.environ.get("BUILDCAT_ROOT", os.getcwd()),
+    task_id=os.environ.get("BUILDCAT_TASK_ID", ""),
+    report=_inherited_report(),
+)
 
 
 def current() -> TaskContext:

@@ -18,7 +18,7 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -30,11 +30,12 @@ from buildcat import auth, jobs, protocol
 from buildcat.discovery import Advertiser, advertised_addresses
 from buildcat.errors import FarmError, ProtocolError
 from buildcat.root import state_dir
-from buildcat.server import connections, outputs, snapshot
+from buildcat.server import connections, feed, notices, outputs, snapshot
 from buildcat.server import web as web_ui
 from buildcat.server.journal import Journal, JournalError, recover
 from buildcat.server.journal import encode as journal_record
 from buildcat.server.lock import StateLock
+from buildcat.server.notifier import Notifier
 from buildcat.server.scheduler import (
     FINAL_JOB_STATES,
     LOG_TAIL_CHARS,
@@ -70,6 +71,8 @@ MAX_CAPABILITIES = 256
 MAX_INFO_BYTES = 64 * 1024
 MAX_ERROR_CHARS = 4096
 MAX_TRACEBACK_CHARS = 65_536
+#: What a job id in a request may look like (ids are ours: short, plain).
+_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass(slots=True)
@@ -97,6 +100,8 @@ class ServerConfig:
     idle_timeout: float = connections.DEFAULT_IDLE_TIMEOUT
     #: Connections one IP address may hold before showing the secret or the cookie.
     max_unauthenticated: int = connections.DEFAULT_PER_PEER
+    #: URLs told of every job's end (``--notify``), besides each job's own.
+    notify: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True, eq=False)
@@ -141,6 +146,9 @@ class Farm:
         self.snapshot_at = 0
         #: The frame files each unfinished render job writes (rebuilt from the jobs below).
         self.outputs = outputs.OutputClaims()
+        #: Sends the job-end notices the scheduler owes; the feed of events for scripts.
+        self.notifier = Notifier(self)
+        self.feed = feed.Feed()
         if config.journal:
             folder = config.state_dir or state_dir(config.root)
             self.snapshot_path = folder / "snapshot.bin"
@@ -166,6 +174,22 @@ class Farm:
             for job in self.scheduler.jobs.values():
                 if job.state not in FINAL_JOB_STATES:
                     self.outputs.claim(job.id, self.job_outputs(job))
+        self.notify_unfinished()
+
+    def notify_unfinished(self) -> None:
+        """The server's ``--notify`` URLs apply to the jobs it finds unfinished too: each
+        such job gets them (journaled, ahead of whatever the job does next)."""
+        if not self.config.notify:
+            return
+        now = time.time()
+        for job in self.scheduler.jobs.values():
+            if job.state in FINAL_JOB_STATES or not isinstance(job.meta, dict):
+                continue
+            urls = list(job.meta.get(notices.META_KEY) or [])
+            missing = [url for url in self.config.notify if url not in urls]
+            if missing:
+                job.meta[notices.META_KEY] = urls + missing
+                self.record("notify", now, job.id, job.meta[notices.META_KEY])
 
     def job_outputs(self, job: Job) -> dict[outputs.Pattern, list[int]]:
         """The frames a job writes, by output pattern (see :mod:`buildcat.server.outputs`)."""
@@ -180,9 +204,15 @@ class Farm:
             return job_id in self.reserved_ids
         return job.state not in FINAL_JOB_STATES
 
-    def check_outputs(self, claims: dict[outputs.Pattern, list[int]], job_id: str = "") -> None:
-        """Refuse (409) a job that would write frames an unfinished other job writes."""
-        clash = self.outputs.conflict(claims, self.output_writer, job_id)
+    def check_outputs(
+        self,
+        claims: dict[outputs.Pattern, list[int]],
+        job_id: str = "",
+        runs_after: Collection[str] = (),
+    ) -> None:
+        """Refuse (409) a job that would write frames an unfinished other job writes; the
+        jobs it runs after (``after``) do not count: they will have ended before it starts."""
+        clash = self.outputs.conflict(claims, self.output_writer, job_id, set(runs_after))
         if clash is not None:
             other, path = clash
             raise Conflict(
@@ -277,7 +307,9 @@ class Farm:
             for future in self.job_waiters.pop(job.id, []):
                 if not future.done():
                     future.set_result(None)
-        self.scheduler.take_changed()
+        changed = self.scheduler.take_changed()
+        self.feed.observe(self, changed)
+        self.notifier.wake()
         if self.listeners:
             self.update_event.set()
             self.update_event = asyncio.Event()
@@ -348,6 +380,7 @@ class Farm:
                 if not future.done():
                     future.set_result(None)
         self.job_waiters.clear()
+        self.feed.close()
         return released
 
     async def expire_leases(self) -> None:
@@ -647,24 +680,32 @@ async def submit(request: web.Request) -> web.Response:
     priority = _bounded(body, "priority", 0, -MAX_PRIORITY, MAX_PRIORITY)
     name = _text(body, "name", "", MAX_JOB_NAME)
     owner = _text(body, "owner", "")
+    after, after_any = _after(body)
     scheduler = farm.scheduler
-    attempts = scheduler.check_submit(specs, max_attempts, timeout, key)
+    attempts = scheduler.check_submit(
+        specs, max_attempts, timeout, key, after=after, after_any=after_any
+    )
     claimed = outputs.claimed_frames(kind, ((t.payload, t.depends) for t in specs), common)
-    farm.check_outputs(claimed)
+    farm.check_outputs(claimed, runs_after=after)
     now = time.time()
     job_id = farm.new_job_id()
     meta = {**meta, "common": common}
+    meta.pop(notices.META_KEY, None)
+    notify = [*notices.check_urls(body.get("notify"))]
+    notify += [url for url in farm.config.notify if url not in notify]
+    if notify:  # journaled with the job: its end owes each a notice, across restarts
+        meta[notices.META_KEY] = notify
     requires = sorted(set(requires))
     event = (
         "submit", now, job_id, [[t.payload, t.depends] for t in specs], name, kind, priority,
-        requires, attempts, owner, meta, timeout, key, digest,
+        requires, attempts, owner, meta, timeout, key, digest, after, after_any,
     )  # fmt: skip
 
     def apply() -> Job:
         return scheduler.submit(
             specs, now, name=name, kind=kind, priority=priority, requires=requires,
             max_attempts=attempts, owner=owner, meta=meta, job_id=job_id, timeout=timeout,
-            key=key, digest=digest,
+            key=key, digest=digest, after=after, after_any=after_any,
         )  # fmt: skip
 
     # Written first, queued once on disk; the request going away does not stop it halfway.
@@ -686,6 +727,16 @@ async def submit(request: web.Request) -> web.Response:
     job = await asyncio.shield(pending)
     log.info("job %s submitted: %s, %d task(s)", job.id, job.name or kind, len(job.tasks))
     return _reply(request, {"id": job.id, "tasks": len(job.tasks)}, status=201)
+
+
+def _after(body: dict[str, Any]) -> tuple[list[str], bool]:
+    """The jobs a submit runs after (``"after": [ids]``, each once, in order) and whether it
+    runs whatever their outcome (``"after_any"``); the scheduler checks that they exist."""
+    after = _get(body, "after", list, [])
+    after_any = _get(body, "after_any", bool, False)
+    if not all(isinstance(job_id, str) and _JOB_ID.fullmatch(job_id) for job_id in after):
+        raise ProtocolError("'after' must be a list of job ids")
+    return list(dict.fromkeys(after)), after_any
 
 
 @routes.get(f"{API}/jobs")
@@ -727,9 +778,11 @@ def _frame_counts(job: Job) -> dict[str, int]:
 
 
 def _unmet(farm: Farm, job: Job) -> str:
-    """Why nothing runs, when no online worker meets the job's requirements (or has the
-    Blender version the job holds)."""
+    """Why nothing runs: the jobs it waits for (``after``), or no online worker meets the
+    job's requirements (or has the Blender version the job holds)."""
     scheduler = farm.scheduler
+    if job.waiting_for:
+        return scheduler.waiting_reason(job)
     online = [w for w in scheduler.workers.values() if w.online]
     able = [w for w in online if scheduler.can_serve(job, w)]
     if able and all(w.name in job.blocked for w in able):
@@ -821,7 +874,7 @@ async def job_action(request: web.Request) -> web.Response:
     elif action == "retry":
         scheduler.check_retry(job)
         claimed = farm.job_outputs(job)
-        farm.check_outputs(claimed, job_id)
+        farm.check_outputs(claimed, job_id, runs_after=job.after)
 
         def apply() -> Job:
             retried = scheduler.retry(job_id, now)
@@ -1173,6 +1226,12 @@ async def unregister(request: web.Request) -> web.Response:
 # ---- application ----------------------------------------------------------------------------
 
 
+async def pending_notices(request: web.Request) -> web.Response:
+    """The job-end notices not yet delivered (or given up), oldest job end first."""
+    owed = _farm(request).scheduler.notices.pending.values()
+    return _reply(request, [n.to_dict() for n in sorted(owed, key=lambda n: n.ended_at)])
+
+
 def create_app(config: ServerConfig) -> web.Application:
     """Build the application (tests can use it without sockets)."""
     app = web.Application(
@@ -1186,12 +1245,22 @@ def create_app(config: ServerConfig) -> web.Application:
     app[FARM_KEY] = farm
     app.add_routes(routes)
     web_ui.add_routes(app)
+    app[feed.FEED_KEY] = farm.feed
+    app.router.add_get(f"{API}/events/feed", feed.stream)
+    app.router.add_get(f"{API}/notices", pending_notices)
 
     async def start_background(app: web.Application) -> None:
         farm._expiry_task = asyncio.create_task(farm.expire_leases())
+        if farm.journal is not None and farm.journal.buffer:  # what the start recorded
+            try:
+                await farm.journal.commit()
+            except JournalError as exc:
+                log.error("%s", exc)
+        farm.notifier.start()
 
     async def stop_background(app: web.Application) -> None:
         farm.release_waiters()
+        await farm.notifier.stop()
         if farm.journal is not None:
             farm.journal.close()
         if farm._expiry_task is not None:

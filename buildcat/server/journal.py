@@ -44,13 +44,16 @@ READ_CHUNK = 1024 * 1024
 KINDS = (
     "generation", "submit", "register", "unregister", "lease", "complete", "fail",
     "priority", "release", "requeue", "cancel", "pause", "resume", "retry", "unblock",
+    "notify", "notified",
 )  # fmt: skip
 # Where an intact record may start, found by what its body begins with: a msgpack array
-# (every event is a list) whose first item is the name of an event kind.
+# (every event is a list: up to 15 items in one byte, else 0xdc and a 16-bit count) whose
+# first item is the name of an event kind.
 _RECORD_START = re.compile(
-    b"(?=[\\x91-\\x9f\\xdc](?:"
+    b"(?=(?:[\\x91-\\x9f]|\\xdc[\\x00-\\xff]{2})(?:"
     + b"|".join(re.escape(bytes([0xA0 | len(k)]) + k.encode()) for k in KINDS)
-    + b"))"
+    + b"))",
+    re.DOTALL,
 )
 
 T = TypeVar("T")
@@ -615,12 +618,13 @@ def _apply(scheduler: Any, event: list[Any]) -> None:
         job_id, specs, name, job_kind, priority, requires, attempts, owner, meta, timeout, *rest = (
             args
         )
-        key, digest = [*rest, "", ""][:2]  # journals from before idempotency keys lack them
+        # Journals from before idempotency keys lack them; from before jobs after jobs, after.
+        key, digest, after, after_any = [*rest, "", "", [], False][:4]
         scheduler.submit(
             [TaskSpec(payload=payload, depends=depends) for payload, depends in specs],
             now, name=name, kind=job_kind, priority=priority, requires=requires,
             max_attempts=attempts, owner=owner, meta=meta, job_id=job_id, timeout=timeout,
-            key=key, digest=digest,
+            key=key, digest=digest, after=after, after_any=bool(after_any),
         )  # fmt: skip
     elif kind == "register":
         worker_id, name, slots, capabilities, info = args
@@ -656,5 +660,11 @@ def _apply(scheduler: Any, event: list[Any]) -> None:
         scheduler.retry(args[0], now)
     elif kind == "unblock":
         scheduler.unblock(args[0], args[1])
+    elif kind == "notify":  # the server's --notify URLs, given to a job it found unfinished
+        job = scheduler.job(args[0])
+        if isinstance(job.meta, dict):
+            job.meta["notify"] = list(args[1])
+    elif kind == "notified":  # a job-end notice delivered or given up: owed no more
+        scheduler.notices.settle(args[0])
     else:
         raise JournalError(f"unknown event {kind!r}")

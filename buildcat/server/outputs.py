@@ -13,7 +13,7 @@ from __future__ import annotations
 import posixpath
 import re
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from buildcat.jobs import task_kind
@@ -110,16 +110,18 @@ class OutputClaims:
         claims: dict[Pattern, list[int]],
         alive: Callable[[str], bool],
         job_id: str = "",
+        runs_after: Collection[str] = (),
     ) -> tuple[str, str] | None:
         """(other job, frame file) for a frame an unfinished other job also writes, else
-        None. The claims of a job that has finished (``alive`` says no) go on the way."""
+        None. The claims of a job that has finished (``alive`` says no) go on the way.
+        Jobs in ``runs_after`` do not clash: the job runs only once they have ended."""
         for key, frames in claims.items():
             holders = self.by_pattern.get(key)
             if not holders:
                 continue
             ours = array("q", sorted(set(frames)))
             for owner, theirs in list(holders.items()):
-                if owner == job_id:
+                if owner == job_id or owner in runs_after:
                     continue
                 if not alive(owner):
                     self.release(owner)

@@ -12,13 +12,14 @@ import math
 import secrets
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from buildcat.errors import FarmError
-from buildcat.server.metrics import DISPATCH_BUCKETS, DURATION_BUCKETS, Histogram
+from buildcat.server.histogram import DISPATCH_BUCKETS, DURATION_BUCKETS, Histogram
+from buildcat.server.notices import Notices
 
 DEFAULT_LEASE_TIMEOUT = 30.0
 DEFAULT_MAX_ATTEMPTS = 3
@@ -29,6 +30,10 @@ LOG_TAIL_CHARS = 16_384
 #: the server restarts: a farm whose workers come and go under new names (``host-pid``)
 #: keeps a bounded list.
 DEPARTED_WORKERS_KEPT = 100
+#: A job may wait for at most this many other jobs (``after``).
+MAX_AFTER = 256
+#: A job failed because a job it waited for failed keeps that job's reason, cut to this.
+MAX_AFTER_ERROR = 4096
 #: Jobs of these kinds run every task on one version of the named capability: the version
 #: of the first worker that leases one of their tasks (one Blender for a whole shot).
 SAME_VERSION_KINDS = {"blender": "blender"}
@@ -177,6 +182,14 @@ class Job:
     #: The exact Blender version (as workers report it, "4.5.15") every task of a render job
     #: runs on: the first worker's to lease one of its tasks; "" until then.
     blender_version: str = ""
+    #: Jobs this one runs after (``--after``): none of its tasks is ready until they are
+    #: done, and it fails when one fails or is cancelled, unless ``after_any`` (then it
+    #: runs once they have all ended, whatever their state).
+    after: list[str] = field(default_factory=list)
+    after_any: bool = False
+    #: Those of ``after`` that have not ended yet: while any is left the job is queued but
+    #: out of the dispatch list, its tasks in no ready queue.
+    waiting_for: set[str] = field(default_factory=set)
 
     @property
     def order_key(self) -> tuple[int, int]:
@@ -214,6 +227,9 @@ class Job:
             "timeout": self.timeout,
             "blocked": sorted(self.blocked),
             "blender_version": self.blender_version,
+            "after": self.after,
+            "after_any": self.after_any,
+            "waiting_for": sorted(self.waiting_for),
         }
 
 
@@ -329,6 +345,10 @@ class Scheduler:
         self._departed: dict[str, Worker] = {}
         #: Idempotency keys of submits -> the job each made.
         self.submit_keys: dict[str, str] = {}
+        #: Job id -> ids of the jobs waiting for it to end (``after``), until it ends.
+        self.after_dependents: dict[str, list[str]] = {}
+        #: Every id some job's ``after`` names: a new job can close a cycle only if named.
+        self.after_named: set[str] = set()
         self.ready_total = 0
         self._active: list[Job] = []  # unfinished jobs in dispatch order
         self._active_keys: list[tuple[int, int]] = []
@@ -339,6 +359,8 @@ class Scheduler:
         self._cancel_notices: set[str] = set()
         #: (worker id, task id, error) of tasks stopped by expire() for running too long.
         self.timed_out: list[tuple[str, str, str]] = []
+        #: Job-end notices owed to notify URLs (made in _finish, settled by the notifier).
+        self.notices = Notices()
         self.dispatch_latency = Histogram(DISPATCH_BUCKETS)
         self.task_seconds = Histogram(DURATION_BUCKETS)
 
@@ -360,8 +382,13 @@ class Scheduler:
         timeout: float | None = None,
         key: str = "",
         digest: str = "",
+        after: Iterable[str] = (),
+        after_any: bool = False,
     ) -> Job:
-        attempts = self.check_submit(tasks, max_attempts, timeout, key)
+        after = list(dict.fromkeys(after))  # once each, in the order given
+        attempts = self.check_submit(
+            tasks, max_attempts, timeout, key, after=after, after_any=after_any, job_id=job_id
+        )
         self._seq += 1
         job = Job(
             id=job_id or secrets.token_hex(4),
@@ -377,6 +404,8 @@ class Scheduler:
             timeout=timeout,
             submit_key=key,
             submit_digest=digest,
+            after=after,
+            after_any=after_any,
         )
         while job.id in self.jobs:
             job.id = secrets.token_hex(4)
@@ -398,9 +427,11 @@ class Scheduler:
                 job.ready.append(index)
         job.counts[TaskState.QUEUED] = len(tasks)
         self.jobs[job.id] = job
+        self._changed.add(job.id)
+        if self._wait_after(job, now):
+            return job
         self._activate(job)
         self.ready_total += len(job.ready)
-        self._changed.add(job.id)
         return job
 
     def check_submit(
@@ -409,6 +440,10 @@ class Scheduler:
         max_attempts: int | None = None,
         timeout: float | None = None,
         key: str = "",
+        *,
+        after: Iterable[str] = (),
+        after_any: bool = False,
+        job_id: str | None = None,
     ) -> int:
         """Raise what :meth:`submit` would refuse, changing nothing; returns the attempts
         the job gets."""
@@ -428,7 +463,198 @@ class Scheduler:
                         f"task {index} depends on {dep!r}: a task may depend only on "
                         "tasks listed before it"
                     )
+        self.check_after(list(after), after_any, job_id)
         return attempts
+
+    # ---- jobs after jobs --------------------------------------------------------------
+
+    def check_after(self, after: list[str], after_any: bool, job_id: str | None = None) -> None:
+        """Refuse what a job may not wait for: more than MAX_AFTER jobs, a job the farm does
+        not know (404), itself, or a job that (through others) waits for it."""
+        if after_any and not after:
+            raise SchedulerError("after_any needs after: the jobs to run after")
+        if len(after) > MAX_AFTER:
+            raise SchedulerError(f"a job may wait for at most {MAX_AFTER} jobs")
+        for upstream in after:
+            if not isinstance(upstream, str):
+                raise SchedulerError(f"after: {upstream!r} is not a job id")
+            if upstream == job_id:
+                raise SchedulerError(f"job {job_id} cannot wait for itself")
+            if upstream not in self.jobs:
+                raise NotFound(f"after: no job {upstream[:80]!r} (a job can wait only for a job "
+                               "the farm knows)")  # fmt: skip
+        if job_id is not None and job_id in self.after_named:
+            # Only a queue whose jobs name ids the farm never made (a hand-made snapshot)
+            # gets here: every id a job names must exist when it is submitted.
+            cycle = self.after_cycle(job_id, after)
+            if cycle:
+                raise SchedulerError(
+                    f"job {job_id} cannot wait for {cycle[1]}: that would make a cycle "
+                    f"({' -> '.join(cycle)})"
+                )
+
+    def after_cycle(self, job_id: str, after: Iterable[str]) -> list[str]:
+        """The path ``job_id -> ... -> job_id`` if ``job_id`` waiting for ``after`` would
+        close a cycle (some job it would wait for already waits, through others, for
+        ``job_id``); [] if none. Jobs the ids name that the farm does not know end a path."""
+        parents: dict[str, str] = {}
+        stack = []
+        for upstream in after:
+            if upstream not in parents:
+                parents[upstream] = job_id
+                stack.append(upstream)
+        while stack:
+            current = stack.pop()
+            if current == job_id:
+                path = [job_id]
+                step = parents[job_id]
+                while step != job_id:
+                    path.append(step)
+                    step = parents[step]
+                path.append(job_id)
+                path.reverse()
+                return path
+            known = self.jobs.get(current)
+            for upstream in known.after if known is not None else ():
+                if upstream not in parents:
+                    parents[upstream] = current
+                    stack.append(upstream)
+        return []
+
+    def after_problem(self, job: Job) -> Job | None:
+        """A job this one waits for that failed or was cancelled (so this one cannot run),
+        or None; never one when ``after_any``."""
+        if job.after_any:
+            return None
+        for upstream_id in job.after:
+            upstream = self.jobs.get(upstream_id)
+            if upstream is not None and upstream.state in (JobState.FAILED, JobState.CANCELLED):
+                return upstream
+        return None
+
+    def waiting_reason(self, job: Job) -> str:
+        """Why a job's tasks are not offered yet: the jobs it waits for, with their states."""
+        if not job.waiting_for:
+            return ""
+        shown = [
+            f"{upstream_id} ({self.jobs[upstream_id].state})"
+            if upstream_id in self.jobs
+            else upstream_id
+            for upstream_id in sorted(job.waiting_for)[:10]
+        ]
+        more = len(job.waiting_for) - len(shown)
+        jobs = ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+        outcome = "whatever their outcome" if job.after_any else "until they are done"
+        return f"after job {jobs} ({outcome})"
+
+    def _wait_after(self, job: Job, now: float) -> bool:
+        """A job submitted (or retried) after others: fail it at once if one of them failed
+        or was cancelled; else note those still unfinished and wait for them. True when
+        the job is not to be offered now (it waits, or it failed)."""
+        if not job.after:
+            return False
+        self.after_named.update(job.after)
+        broken = self.after_problem(job)
+        if broken is not None:
+            self._fail_after(job, broken, now)
+            if job.id in self.after_dependents:  # a retried job others wait for
+                self._after_ended(job, now)
+            return True
+        for upstream_id in job.after:
+            if self.jobs[upstream_id].state not in FINAL_JOB_STATES:
+                job.waiting_for.add(upstream_id)
+                self.after_dependents.setdefault(upstream_id, []).append(job.id)
+        if not job.waiting_for:
+            return False
+        # Its tasks wait outside every ready queue until _release_after.
+        job.ready.clear()
+        return True
+
+    def _fail_after(self, job: Job, upstream: Job, now: float) -> None:
+        """The job cannot run: a job it waits for failed or was cancelled. None of its
+        tasks ran, so they are all cancelled; the job fails with the other job's reason."""
+        ended = "failed" if upstream.state is JobState.FAILED else "was cancelled"
+        reason = f": {upstream.error}" if upstream.error else ""
+        job.error = f"job {upstream.id} it waits for {ended}{reason}"[:MAX_AFTER_ERROR]
+        job.traceback = ""
+        job.ready.clear()  # never counted in ready_total: the job was not offered
+        self._close_tasks(job, TaskState.CANCELLED, now)
+        self._end_job(job, JobState.FAILED, now)
+
+    def _release_after(self, job: Job, now: float) -> None:
+        """Every job it waited for has ended as it needs: its tasks become ready."""
+        for task in job.tasks:
+            if task.state is TaskState.QUEUED and task.pending_deps == 0:
+                task.ready_at = now
+                job.ready.append(task.index)
+        self._activate(job)
+        if not job.paused:
+            self.ready_total += len(job.ready)
+        self._changed.add(job.id)
+
+    def _after_ended(self, job: Job, now: float) -> None:
+        """A job ended: the jobs waiting for it run (done, or ``after_any``) or fail, and
+        the jobs waiting for those in turn (a list, not recursion: chains may be long)."""
+        ended = [job]
+        while ended:
+            upstream = ended.pop()
+            for dependent_id in self.after_dependents.pop(upstream.id, ()):
+                dependent = self.jobs.get(dependent_id)
+                if dependent is None or upstream.id not in dependent.waiting_for:
+                    continue  # cancelled or ended meanwhile
+                if upstream.state is JobState.DONE or dependent.after_any:
+                    dependent.waiting_for.discard(upstream.id)
+                    if not dependent.waiting_for:
+                        self._release_after(dependent, now)
+                    continue
+                self._fail_after(dependent, upstream, now)
+                ended.append(dependent)
+
+    def link_after(self) -> None:
+        """After a snapshot is loaded: rebuild who waits for whom from each job's ``after``
+        and the states of the jobs it names. Raises ValueError for a job waiting for one
+        the snapshot lacks, or for jobs that wait for each other in a cycle."""
+        self.after_dependents.clear()
+        self.after_named.clear()
+        for job in self.jobs.values():
+            job.waiting_for.clear()
+            self.after_named.update(job.after)
+            for upstream_id in job.after:
+                upstream = self.jobs.get(upstream_id)
+                if upstream is None:
+                    raise ValueError(f"job {job.id} waits for job {upstream_id}, which is missing")
+                if job.state not in FINAL_JOB_STATES and upstream.state not in FINAL_JOB_STATES:
+                    job.waiting_for.add(upstream_id)
+                    self.after_dependents.setdefault(upstream_id, []).append(job.id)
+        cycle = self.find_cycle()
+        if cycle:
+            raise ValueError(f"jobs wait for each other in a cycle: {' -> '.join(cycle)}")
+
+    def find_cycle(self) -> list[str]:
+        """A cycle of jobs waiting for each other (``a -> b -> a``: a waits for b, which
+        waits for a), or []. One depth-first pass over every job's ``after``."""
+        done: set[str] = set()
+        for start in self.jobs:
+            if start in done:
+                continue
+            path = [start]
+            on_path = {start}
+            stack: list[Iterator[str]] = [iter(self.jobs[start].after)]
+            while stack:
+                upstream = next(stack[-1], None)
+                if upstream is None:
+                    stack.pop()
+                    left = path.pop()
+                    on_path.discard(left)
+                    done.add(left)
+                elif upstream in on_path:
+                    return [*path[path.index(upstream) :], upstream]
+                elif upstream not in done:
+                    path.append(upstream)
+                    on_path.add(upstream)
+                    known = self.jobs.get(upstream)
+                    stack.append(iter(known.after if known is not None else ()))
+        return []
 
     def submitted(self, key: str, digest: str) -> Job | None:
         """The job an earlier submit with this idempotency key made, if any; the same key
@@ -466,9 +692,12 @@ class Scheduler:
         job = self.job(job_id)
         self.check_priority(job)
         if job.priority != priority:
-            self._deactivate(job)
+            offered = not job.waiting_for  # a job that waits is in no dispatch list yet
+            if offered:
+                self._deactivate(job)
             job.priority = priority
-            self._activate(job)
+            if offered:
+                self._activate(job)
             self._changed.add(job.id)
         return job
 
@@ -718,6 +947,12 @@ class Scheduler:
             raise SchedulerError(
                 f"job {job.id} is {job.state}: only failed or cancelled jobs retry"
             )
+        broken = self.after_problem(job)
+        if broken is not None:
+            raise Conflict(
+                f"job {job.id} runs after job {broken.id}, which is {broken.state}: "
+                f"retry {broken.id} first (this job then waits for it again)"
+            )
 
     def retry(self, job_id: str, now: float) -> Job:
         """Run a failed or cancelled job's unfinished tasks again, with fresh attempts; the
@@ -745,9 +980,11 @@ class Scheduler:
         job.error = job.traceback = ""
         job.finished_at = None
         job.state = JobState.RUNNING if job.started_at is not None else JobState.QUEUED
+        self._changed.add(job.id)
+        if self._wait_after(job, now):  # the jobs it runs after are running again
+            return job
         self.ready_total += len(job.ready)
         self._activate(job)
-        self._changed.add(job.id)
         return job
 
     def progress(self, worker_id: str, task_id: str, fraction: float | None, message: str) -> None:
@@ -1033,6 +1270,12 @@ class Scheduler:
             del self._active[position]
 
     def _finish(self, job: Job, state: JobState, now: float) -> None:
+        self._end_job(job, state, now)
+        if job.id in self.after_dependents:
+            self._after_ended(job, now)
+
+    def _end_job(self, job: Job, state: JobState, now: float) -> None:
+        job.waiting_for.clear()
         self._deactivate(job)
         if job.paused:
             job.paused = False
@@ -1040,3 +1283,4 @@ class Scheduler:
         job.finished_at = now
         self._finished.append(job)
         self._changed.add(job.id)
+        self.notices.job_ended(job)

@@ -107,7 +107,8 @@ _TASK_FIELDS = (
 _JOB_FIELDS = (
     "seq", "name", "kind", "priority", "requires", "max_attempts", "created_at", "owner",
     "meta", "paused", "started_at", "finished_at", "error", "traceback", "timeout",
-    "failures_by_worker", "submit_key", "submit_digest", "blender_version",
+    "failures_by_worker", "submit_key", "submit_digest", "blender_version", "after",
+    "after_any",
 )  # fmt: skip
 _WORKER_FIELDS = (
     "name", "slots", "capabilities", "info", "registered_at", "last_seen", "online",
@@ -148,12 +149,15 @@ def dump(scheduler: Scheduler) -> dict[str, Any]:
             }
             for job in scheduler.jobs.values()
         ],
+        "notices": scheduler.notices.dump(),
     }
 
 
 def load(scheduler: Scheduler, document: dict[str, Any]) -> None:
     """Rebuild a fresh scheduler's state from :func:`dump`'s document."""
     scheduler._seq = document["seq"]
+    unfinished: list[Job] = []
+    scheduler.notices.load(document.get("notices", []))  # older snapshots have none
     for item in document["workers"]:
         worker = Worker(id=item["id"], **{f: item[f] for f in _WORKER_FIELDS if f != "online"})
         worker.online = item["online"]
@@ -189,6 +193,11 @@ def load(scheduler: Scheduler, document: dict[str, Any]) -> None:
         if job.submit_key:
             scheduler.submit_keys[job.submit_key] = job.id
         if job.state not in FINAL_JOB_STATES:
+            unfinished.append(job)
+    # Who waits for whom (jobs after jobs); a job still waiting is in no dispatch list.
+    scheduler.link_after()
+    for job in unfinished:
+        if not job.waiting_for:
             scheduler._activate(job)
             if not job.paused:
                 scheduler.ready_total += len(job.ready)

@@ -122,6 +122,11 @@ function jobRow(job) {
   const title = el("td", {}, el("strong", {}, job.name || job.kind), " ",
     el("span", { class: "muted" }, job.id));
   if (job.blender_version) title.append(el("div", { class: "muted" }, `Blender ${job.blender_version}`));
+  if (job.after && job.after.length) {
+    const how = job.after_any ? " (whatever their outcome)" : "";
+    title.append(el("div", { class: "muted", dataset: { field: "after" } },
+      `after ${job.after.join(", ")}${how}`));
+  }
   if (job.waiting) title.append(el("div", { class: "muted" }, `waiting: ${job.waiting}`));
   if (job.display_error) title.append(el("div", { class: "error" }, job.display_error));
   const row = el("tr", {
