@@ -620,24 +620,29 @@ class Client:
         requires: Iterable[str] = (),
     ) -> Job:
         """Make a render job's preview video after the fact: a job of one task that encodes
-        the frames written so far (those that exist, in frame order) into ``preview.mp4``
-        beside them, at ``fps`` (default: the rate the render recorded, else its scene's).
+        the frames that exist (in frame order) into ``preview.mp4`` beside them, at ``fps``
+        (default: the rate the render recorded, else its scene's). Of a render that has
+        not ended, the video waits for its end (done or not: ``after_any``).
         """
         from buildcat.jobs import video
 
         job_id = job.id if isinstance(job, Job) else job
-        meta = self.job(job_id).status().get("meta") or {}
+        status = self.job(job_id).status()
+        meta = status.get("meta") or {}
         pattern, frames = _render_record(job_id, meta)
         if fps is None:
             fps = meta.get("fps") or self._scene_rate(meta)
         task = video.video_task(_pattern(pattern), parse_frames(frames), fps, depends=[])
         kwargs = task["payload"]["kwargs"]
+        running = status["state"] not in FINAL_STATES
         return self.submit_tasks(
             [task],
             name=name or f"preview video of {job_id}",
             priority=priority,
             requires=requires,
             meta={"video_of": job_id, "preview_video": kwargs["video"], "fps": kwargs["fps"]},
+            after=[job_id] if running else None,
+            after_any=True if running else None,
         )
 
     def _scene_rate(self, meta: dict[str, Any]) -> float:

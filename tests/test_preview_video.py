@@ -143,6 +143,22 @@ def test_farm_video_makes_one_after_the_fact(colour_farm: Farm) -> None:
     check_video(farm.root / "later" / "preview.mp4", [1, 2, 4])
 
 
+@needs_binary
+def test_farm_video_of_a_render_still_running_waits_for_its_end(colour_farm: Farm) -> None:
+    farm = colour_farm
+    client = farm.client()
+    job = client.render("shots/colours.blend", "1-3", output="queued/f_####")
+    made = farm.cli("video", job.id, "--json")  # no worker yet: the render has not started
+    assert made.returncode == 0, made.stderr
+    video_job = client.job(json.loads(made.stdout)["id"])
+    assert video_job.status()["state"] == "queued"
+    farm.start_worker("--blender", BINARY or "blender")
+    video_job.wait(timeout=300)
+    assert job.status()["state"] == "done"
+    assert video_job.results()[0]["frames"] == [1, 2, 3]
+    check_video(farm.root / "queued" / "preview.mp4", [1, 2, 3])
+
+
 def test_a_worker_without_ffmpeg_fails_the_video_with_one_line(
     farm: Farm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
