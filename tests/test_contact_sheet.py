@@ -6,8 +6,6 @@ from __future__ import annotations
 import http.client
 import json
 import math
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,8 +15,6 @@ from buildcat import imaging
 from tests.blender_support import BINARY, needs_binary
 from tests.conftest import Farm, wait_for
 from tests.media_support import SIZE, build_colour_scene, colour_of
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @pytest.fixture
@@ -89,22 +85,6 @@ def test_a_contact_sheet_of_exr_frames_is_tone_mapped(colour_farm: Farm) -> None
         "size": sheet["size"],
     }  # fmt: skip
     check_sheet(colour_farm.root / "exr" / "contact-sheet.png", [1, 2, 3], columns=3, width=33)
-
-
-@pytest.fixture
-def browser() -> Iterator[object]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
-        )
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 def _get(farm: Farm, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from buildcat.cli.base import client_options, main, print_json, wait_and_exit
+from buildcat.cli.base import client_options, main, print_json, submitted
 from buildcat.client import Client
 
 
@@ -27,13 +27,7 @@ def video(
 
     Runs on the farm as a job of one task (a worker with ffmpeg); prints its id.
     """
-    job = client.video(job_id, fps=fps, priority=priority)
-    if as_json and not wait:
-        print_json({"id": job.id})
-    elif not as_json:
-        click.echo(job.id)
-    if wait:
-        wait_and_exit(job, as_json, None)
+    submitted(client.video(job_id, fps=fps, priority=priority), as_json, wait)
 
 
 @main.command("contact-sheet")
