@@ -361,6 +361,8 @@ class Client:
         timeout: float | None = None,
         requires: Iterable[str] = (),
         blender_version: str | None = None,
+        preview_video: bool = False,
+        fps: float | str | None = None,
         after: Iterable[Job | str] | None = None,
         after_any: bool | None = None,
         notify: str | Iterable[str] = (),
@@ -382,6 +384,8 @@ class Client:
         Frames are written as the scene's output settings say; ``format`` (PNG, JPEG,
         OPEN_EXR, OPEN_EXR_MULTILAYER), ``color_mode`` (BW, RGB, RGBA) and ``color_depth``
         (8, 16, 32) change only what they name.
+        ``preview_video`` ends the job with a task that makes ``preview.mp4`` of the frames,
+        beside them, at the scene's frame rate (``fps`` overrides it).
         """
         return self.submit_type(
             "render",
@@ -402,6 +406,8 @@ class Client:
             allow_missing=allow_missing,
             enable_autoexec=enable_autoexec,
             blender_version=blender_version,
+            preview_video=preview_video,
+            fps=fps,
             priority=priority,
             name=name,
             max_attempts=max_attempts,
@@ -573,6 +579,92 @@ class Client:
         if self._job_types is None or self._job_types[0] != key:
             self._job_types = (key, child.describe(self.root))
         return [dict(entry) for entry in self._job_types[1]]
+
+    def video(
+        self,
+        job: Job | str,
+        *,
+        fps: float | str | None = None,
+        priority: int = 0,
+        name: str = "",
+        requires: Iterable[str] = (),
+    ) -> Job:
+        """Make a render job's preview video after the fact: a job of one task that encodes
+        the frames that exist (in frame order) into ``preview.mp4`` beside them, at ``fps``
+        (default: the rate the render recorded, else its scene's). Of a render that has
+        not ended, the video waits for its end (done or not: ``after_any``).
+        """
+        from buildcat.jobs import video
+
+        job_id = job.id if isinstance(job, Job) else job
+        status = self.job(job_id).status()
+        meta = status.get("meta") or {}
+        pattern, frames = _render_record(job_id, meta)
+        if fps is None:
+            fps = meta.get("fps") or self._scene_rate(meta)
+        task = video.video_task(_pattern(pattern), parse_frames(frames), fps, depends=[])
+        kwargs = task["payload"]["kwargs"]
+        running = status["state"] not in FINAL_STATES
+        return self.submit_tasks(
+            [task],
+            name=name or f"preview video of {job_id}",
+            priority=priority,
+            requires=requires,
+            meta={"video_of": job_id, "preview_video": kwargs["video"], "fps": kwargs["fps"]},
+            after=[job_id] if running else None,
+            after_any=True if running else None,
+        )
+
+    def _scene_rate(self, meta: dict[str, Any]) -> float:
+        from buildcat.blender import blendfile
+
+        scene = meta.get("scene")
+        if not isinstance(scene, str):
+            return 24.0
+        try:
+            target = blendfile.read_blend(resolve(self.root, scene)).scene(meta.get("scene_name"))
+        except (FarmError, OSError) as exc:
+            raise FarmError(f"cannot read the frame rate of {scene} ({exc}): give --fps") from None
+        return target.frame_rate
+
+    def contact_sheet(
+        self,
+        job: Job | str,
+        *,
+        output: str | None = None,
+        columns: int | None = None,
+        width: int = 160,
+    ) -> dict[str, Any]:
+        """Thumbnails of a render job's frames (those written so far, in frame order) in a
+        grid with their frame numbers, made here with Pillow (EXR through ffmpeg) and
+        written as ``contact-sheet.png`` beside the frames, or at ``output`` (root-relative).
+        Returns where it went, the frames on it and its layout."""
+        from buildcat import imaging
+        from buildcat.ffmpeg import frame_files
+        from buildcat.jobs import video
+
+        job_id = job.id if isinstance(job, Job) else job
+        meta = self.job(job_id).status().get("meta") or {}
+        pattern, frames = _render_record(job_id, meta)
+        if columns is not None and columns < 1:
+            raise FarmError(f"columns {columns}: give at least 1")
+        target = output or video.media_paths(meta)["contact_sheet"]
+        target = relative_in_root(self.root, target)
+        found = frame_files(resolve(self.root, _pattern(pattern)), parse_frames(frames))
+        if not found:
+            raise FarmError(f"job {job_id} has no frames written yet under {pattern}")
+        sheet = imaging.contact_sheet(found, columns=columns, width=width)
+        path = resolve(self.root, target)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        imaging.save_image(sheet, path)
+        count = imaging.sheet_columns(len(found), columns)
+        return {
+            "path": target,
+            "frames": [frame for frame, _ in found],
+            "columns": count,
+            "rows": -(-len(found) // count),
+            "size": list(sheet.size),
+        }
 
     def submit_tasks(
         self,
@@ -892,6 +984,16 @@ class Job:
     def resume(self) -> dict[str, Any]:
         return dict(self.client.request("POST", f"/jobs/{self.id}/resume"))
 
+    def video(self, fps: float | str | None = None, priority: int = 0) -> Job:
+        """A preview video of this render's frames written so far (``Client.video``)."""
+        return self.client.video(self, fps=fps, priority=priority)
+
+    def contact_sheet(
+        self, output: str | None = None, columns: int | None = None, width: int = 160
+    ) -> dict[str, Any]:
+        """A contact sheet of this render's frames, made here (``Client.contact_sheet``)."""
+        return self.client.contact_sheet(self, output=output, columns=columns, width=width)
+
 
 def connect(
     host: str | None = None,
@@ -993,3 +1095,18 @@ def _owner() -> str:
         except KeyError:  # a uid with no passwd entry (some containers)
             login = f"uid{os.getuid()}"
     return f"{login}@{socket.gethostname()}"
+
+
+def _pattern(output: str) -> str:
+    """An output pattern without the image extension it may end in."""
+    from buildcat.blender import output_settings
+
+    return output_settings.split_extension(output)[0]
+
+
+def _render_record(job_id: str, meta: dict[str, Any]) -> tuple[str, str]:
+    """A render job's output pattern and frame spec, from its record."""
+    pattern, frames = meta.get("output"), meta.get("frames")
+    if not isinstance(pattern, str) or not isinstance(frames, str):
+        raise FarmError(f"job {job_id} is not a render job: it records no frames to use")
+    return pattern, frames

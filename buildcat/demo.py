@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from buildcat import imaging, launch
+from buildcat import launch
 from buildcat.blender import BlenderInstall, build_demo_scene, find_blender
 from buildcat.client import Client, Job
 from buildcat.display import ProgressDisplay
@@ -99,9 +99,8 @@ def _animation(
     echo("Tasks rendered per worker:")
     for worker_id, count in sorted(by_worker.items(), key=lambda item: names.get(item[0], "")):
         echo(f"  {names.get(worker_id, worker_id)}: {count} tasks")
-    images = [imaging.read_png(root / path) for path in frames]
-    sheet = root / "demo" / "contact_sheet.png"
-    imaging.write_png(sheet, *imaging.contact_sheet(images, columns=6))
+    sheet = client.contact_sheet(job, output="demo/contact_sheet.png", columns=6, width=64)
+    sheet = root / sheet["path"]
     echo(f"Frames: {root / 'demo' / 'frames'} ({len(frames)} PNG files)")
     echo(f"Contact sheet: {sheet}")
 

@@ -206,6 +206,27 @@ def farm(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Farm]:
                 print(f"----- {log.name} -----\n{log.read_text(errors='replace')[-4000:]}")
 
 
+#: Debian's Chromium, which the dashboard tests drive with Playwright (no browser download).
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    """Debian's Chromium under Playwright, headless."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
+        )
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
 @pytest.fixture(scope="session")
 def scene_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 64x64, 6-frame Cycles scene built by the oldest Blender here (all can open it)."""

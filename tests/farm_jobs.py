@@ -193,11 +193,11 @@ def fails_first_time(marker: str) -> str:
 def frame_image(relative: str, size: int = 16) -> dict[str, object]:
     """Writes a small PNG at a root-relative path and reports it as the task's output, as a
     render task does: the dashboard can then show it as the job's thumbnail."""
-    from buildcat.imaging import encode_png
+    from PIL import Image
 
     path = buildcat.path(relative)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(encode_png(size, size, bytes([200, 40, 40]) * (size * size)))
+    Image.new("RGB", (size, size), (200, 40, 40)).save(path, format="PNG")
     return {"outputs": [relative]}
 
 

@@ -20,7 +20,7 @@ import pytest
 import buildcat
 from buildcat import TaskCancelled, launch
 from buildcat.blender import BPY, BlenderInstall, blend_file_version, find_blender
-from buildcat.imaging import read_png
+from buildcat.imaging import read_rgb as read_png
 from buildcat.jobs import blender as blender_jobs
 from buildcat.jobs.blender import frame_path, plan_render
 from buildcat.worker import child as child_process

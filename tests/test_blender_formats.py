@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import struct
 import subprocess
-import zlib
 from pathlib import Path
 
 import numpy
@@ -16,7 +15,6 @@ import pytest
 from PIL import Image
 
 from buildcat.blender import BPY
-from buildcat.imaging import _unfilter
 from tests.blender_support import BINARY, BOTH_BLENDERS, needs_binary, run_in_blender
 from tests.conftest import Farm
 
@@ -100,19 +98,24 @@ def exr_channels(path: Path) -> dict[str, numpy.ndarray]:
     )
 
 
+#: The raw samples ffmpeg decodes a PNG to, by (colour type, bit depth), big-endian.
+_RAW_FORMATS = {
+    (0, 8): "gray", (0, 16): "gray16be", (2, 8): "rgb24", (2, 16): "rgb48be",
+    (4, 8): "ya8", (4, 16): "ya16be", (6, 8): "rgba", (6, 16): "rgba64be",
+}  # fmt: skip
+
+
 def png_pixels(path: Path) -> tuple[int, int, numpy.ndarray]:
-    """Bit depth, colour type and the samples (8- or 16-bit) of a PNG, decoded by hand:
+    """Bit depth, colour type and the samples (8- or 16-bit) of a PNG, decoded by ffmpeg:
     Pillow turns 16-bit RGBA into 8-bit."""
     data = path.read_bytes()
     width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
-    at, idat = 8, b""
-    while at < len(data):
-        (length,) = struct.unpack(">I", data[at : at + 4])
-        if data[at + 4 : at + 8] == b"IDAT":
-            idat += data[at + 8 : at + 8 + length]
-        at += 12 + length
     channels = {0: 1, 2: 3, 4: 2, 6: 4}[colour]
-    raw = bytes(_unfilter(zlib.decompress(idat), width, height, channels * depth // 8))
+    raw = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo",
+         "-pix_fmt", _RAW_FORMATS[colour, depth], "-"],
+        capture_output=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
     samples = numpy.frombuffer(raw, dtype=">u2" if depth == 16 else numpy.uint8)
     return depth, colour, samples.reshape(height, width, channels).astype(numpy.int64)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from buildcat.blender import BPY, blend_file_version
-from buildcat.imaging import read_png
+from buildcat.imaging import read_rgb as read_png
 from tests.blender_support import (
     BINARY,
     BOTH_BLENDERS,

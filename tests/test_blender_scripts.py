@@ -14,10 +14,10 @@ import shutil
 import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "buildcat" / "blender"
 BLENDER = shutil.which("blender")
@@ -106,43 +106,13 @@ def png_size(path: Path) -> tuple[int, int]:
 
 
 def read_png(path: Path) -> tuple[int, int, Rows]:
-    """An 8-bit RGB PNG's rows (top row first) of R, G, B bytes."""
-    data = path.read_bytes()
-    width, height, depth, colour_type = struct.unpack(">IIBB", data[16:26])
-    assert (depth, colour_type) == (8, 2), "expected 8-bit RGB"
-    position, compressed = 8, b""
-    while position < len(data):
-        (length,) = struct.unpack(">I", data[position : position + 4])
-        if data[position + 4 : position + 8] == b"IDAT":
-            compressed += data[position + 8 : position + 8 + length]
-        position += 12 + length
-    raw = zlib.decompress(compressed)
+    """An 8-bit RGB PNG's rows (top row first) of R, G, B bytes, read with Pillow."""
+    with Image.open(path) as image:
+        assert (image.format, image.mode) == ("PNG", "RGB"), "expected 8-bit RGB"
+        width, height = image.size
+        data = image.tobytes()
     stride = width * 3
-    previous = bytearray(stride)
-    rows = []
-    for y in range(height):
-        start = y * (stride + 1)
-        kind, line = raw[start], bytearray(raw[start + 1 : start + 1 + stride])
-        for x in range(stride):
-            left = line[x - 3] if x >= 3 else 0
-            up = previous[x]
-            up_left = previous[x - 3] if x >= 3 else 0
-            if kind == 1:
-                guess = left
-            elif kind == 2:
-                guess = up
-            elif kind == 3:
-                guess = (left + up) // 2
-            elif kind == 4:
-                p = left + up - up_left
-                pa, pb, pc = abs(p - left), abs(p - up), abs(p - up_left)
-                guess = left if pa <= pb and pa <= pc else up if pb <= pc else up_left
-            else:
-                guess = 0
-            line[x] = (line[x] + guess) & 0xFF
-        rows.append(bytes(line))
-        previous = line
-    return width, height, rows
+    return width, height, [data[y * stride : (y + 1) * stride] for y in range(height)]
 
 
 def differences(a: Path, b: Path) -> list[int]:

@@ -15,7 +15,7 @@ import pytest
 
 from buildcat import imaging
 from buildcat.blender import find_blender
-from buildcat.imaging import read_png
+from buildcat.imaging import read_rgb as read_png
 from tests.conftest import wait_for
 
 SHIM = '''#!{python}
@@ -167,7 +167,9 @@ def _check_animation(stdout: str, root: Path) -> None:
     sheet = root / "demo" / "contact_sheet.png"
     assert f"Contact sheet: {sheet}" in stdout
     width, height, rgb = read_png(sheet)
-    assert (width, height) == (6 * 64 + 7 * 2, 4 * 64 + 5 * 2)
+    # 24 thumbnails 64 pixels wide, 6 a row, each with its frame number below it.
+    gap, label = imaging.SHEET_GAP, imaging.sheet_label_height()
+    assert (width, height) == (6 * (64 + gap) + gap, 4 * (64 + label + gap) + gap)
     assert len(set(rgb[i : i + 3] for i in range(0, len(rgb), 3 * 97))) > 20  # a picture
     first, last = read_png(frames[0])[2], read_png(frames[-1])[2]
     assert first != last  # an animation: the frames differ

@@ -10,7 +10,6 @@ import http.client
 import json
 import shutil
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,7 +31,7 @@ from buildcat.server.scheduler import (
     TaskState,
 )
 from tests.conftest import Farm, secret_header, wait_for
-from tests.test_dashboard import CHROMIUM, dashboard_link
+from tests.test_dashboard import dashboard_link
 from tests.test_scheduler import REQUIREMENTS, SchedulerMachine, job_specs, ready_tasks
 
 
@@ -611,23 +610,6 @@ TestAfterMachine.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-
-
-@pytest.fixture
-def browser() -> Iterator[object]:
-    """Debian's Chromium under Playwright, as tests/test_dashboard.py drives it."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
-        )
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 def first_update(farm: Farm) -> dict[str, object]:

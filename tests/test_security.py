@@ -98,7 +98,8 @@ def fetch(
     port: int, method: str, path: str, headers: dict[str, str]
 ) -> tuple[int, bytes, dict[str, str]]:
     """One request; for the routes that read a body, one that is no msgpack at all (0xc1 is
-    never used), so nothing is submitted or changed; only the first line of an event stream."""
+    never used), so nothing is submitted or changed; only the first line of an event stream or
+    feed."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         body = b"\xc1" if method in ("POST", "PUT", "PATCH", "DELETE") else None
@@ -107,7 +108,9 @@ def fetch(
         )
         response = connection.getresponse()
         replied = dict(response.getheaders())
-        if replied.get("Content-Type", "").startswith("text/event-stream"):
+        if replied.get("Content-Type", "").startswith(
+            ("text/event-stream", "application/x-ndjson")
+        ):
             return response.status, response.readline(), replied
         return response.status, response.read(), replied
     finally:

@@ -98,6 +98,14 @@ class SceneInfo:
     camera: str | None  # the scene's active camera
     cameras: tuple[str, ...]  # every camera object in the scene's collections
     output: OutputSettings
+    #: Blender's frame rate is ``fps / fps_base`` (29.97 is 30 / 1.001).
+    fps: int = 24
+    fps_base: float = 1.0
+
+    @property
+    def frame_rate(self) -> float:
+        """Frames per second, as Blender plays the scene."""
+        return self.fps / self.fps_base
 
     @property
     def frames(self) -> str:
@@ -253,6 +261,8 @@ def _scene(block: Any) -> SceneInfo:
             exr_codec=EXR_CODECS[codec] if 0 <= codec < len(EXR_CODECS) else "NONE",
             quality=int(render(b"im_format", b"quality")),
         ),
+        fps=int(render(b"frs_sec")),
+        fps_base=float(render(b"frs_sec_base")),
     )
 
 
@@ -305,6 +315,8 @@ def read_with_blender(
             camera=scene["camera"],
             cameras=tuple(sorted(scene["cameras"])),
             output=OutputSettings(**scene["output"]),
+            fps=int(scene.get("fps", 24)),
+            fps_base=float(scene.get("fps_base", 1.0)),
         )
         for scene in info["scenes"]  # type: ignore[attr-defined]
     )

@@ -24,6 +24,8 @@ def describe(scene):
         "frame_step": scene.frame_step,
         "resolution": [scene.render.resolution_x, scene.render.resolution_y],
         "resolution_percentage": scene.render.resolution_percentage,
+        "fps": scene.render.fps,
+        "fps_base": scene.render.fps_base,
         "camera": scene.camera.name if scene.camera else None,
         "cameras": sorted(o.name for o in scene.objects if o.type == "CAMERA"),
         "output": {

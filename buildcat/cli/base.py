@@ -186,6 +186,16 @@ def wait_and_exit(job: buildcat.Job, as_json: bool, timeout: float | None) -> No
         print_json(status)
 
 
+def submitted(job: buildcat.Job, as_json: bool, wait: bool) -> None:
+    """Print the new job's id (or {"id": ...}); with --wait, follow it like farm wait."""
+    if as_json and not wait:
+        print_json({"id": job.id})
+    elif not as_json:
+        click.echo(job.id)
+    if wait:
+        wait_and_exit(job, as_json, None)
+
+
 @click.group(cls=FarmGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(buildcat.__version__, prog_name="farm")
 def main() -> None:

@@ -6,8 +6,8 @@ from typing import Any
 
 import click
 
-from buildcat.cli.base import client_options
-from buildcat.cli.submitting import _submitted, job_options, submit
+from buildcat.cli.base import client_options, submitted
+from buildcat.cli.submitting import job_options, submit
 from buildcat.client import Client
 
 
@@ -91,7 +91,7 @@ def submit_command(
         progress_regex=progress_regex,
         **_settings(requires, options),
     )
-    _submitted(job, as_json, wait)
+    submitted(job, as_json, wait)
 
 
 @submit.command("script")
@@ -138,4 +138,4 @@ def submit_script(
         map=list(map_args) if map_args else None,
         **_settings(requires, options),
     )
-    _submitted(job, as_json, wait)
+    submitted(job, as_json, wait)

@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from buildcat.cli.base import FallbackGroup, client_options, main, print_json
-from buildcat.cli.submitting import _submitted, job_options, submit
+from buildcat.cli.base import FallbackGroup, client_options, main, print_json, submitted
+from buildcat.cli.submitting import job_options, submit
 from buildcat.client import Client
 from buildcat.errors import FarmError
 from buildcat.jobtypes import JobTypeBroken
@@ -102,7 +102,7 @@ def type_command(type_name: str, commands: list[str]) -> click.Command:
         except JobTypeBroken as exc:
             hint = f"farm job-types --check {type_name} shows where"
             raise JobTypeBroken(f"{exc} ({hint})", exc.traceback) from None
-        _submitted(job, as_json, wait)
+        submitted(job, as_json, wait)
 
     return submit_job_type
 

@@ -11,7 +11,6 @@ from typing import Any, TypeVar
 
 import click
 
-import buildcat
 from buildcat.cli.base import (
     SUBMIT_DEFAULTS,
     FallbackGroup,
@@ -19,7 +18,7 @@ from buildcat.cli.base import (
     main,
     print_json,
     root_option,
-    wait_and_exit,
+    submitted,
 )
 from buildcat.client import Client
 from buildcat.display import table
@@ -138,16 +137,6 @@ def job_options(function: F) -> F:
     return function
 
 
-def _submitted(job: buildcat.Job, as_json: bool, wait: bool) -> None:
-    """Print the new job's id (or {"id": ...}); with --wait, follow it like farm wait."""
-    if as_json and not wait:
-        print_json({"id": job.id})
-    elif not as_json:
-        click.echo(job.id)
-    if wait:
-        wait_and_exit(job, as_json, None)
-
-
 @submit.command("python")
 @click.argument("function")
 @click.argument("args", nargs=-1)
@@ -247,7 +236,7 @@ def submit_python(
             max_attempts=max_attempts,
             timeout=task_timeout,
         )
-    _submitted(job, as_json, wait)
+    submitted(job, as_json, wait)
 
 
 def _pair(text: str | None, what: str) -> tuple[int, int] | None:
@@ -338,6 +327,17 @@ def _pair(text: str | None, what: str) -> tuple[int, int] | None:
     help="Let the .blend's Python run (drivers, scripts), like blender -y: only for files "
     "you trust.",
 )
+@click.option(
+    "--preview-video",
+    is_flag=True,
+    help="End with a task that makes preview.mp4 of the frames, beside them (H.264).",
+)
+@click.option(
+    "--fps",
+    default=None,
+    metavar="RATE",
+    help="The preview video's frame rate (24, 30000/1001) [default: the scene's].",
+)
 @job_options
 @client_options
 def submit_blender(
@@ -360,6 +360,8 @@ def submit_blender(
     blender_version: str | None,
     allow_missing: bool,
     enable_autoexec: bool,
+    preview_video: bool,
+    fps: str | None,
     priority: int,
     name: str,
     max_attempts: int | None,
@@ -391,8 +393,10 @@ def submit_blender(
         timeout=task_timeout,
         requires=[r.strip() for r in requires.split(",") if r.strip()],
         blender_version=blender_version,
+        preview_video=preview_video,
+        fps=fps,
     )
-    _submitted(job, as_json, wait)
+    submitted(job, as_json, wait)
 
 
 @main.command()

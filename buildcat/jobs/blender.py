@@ -29,7 +29,7 @@ from buildcat import root as farm_root
 from buildcat.blender import BPY, SCRIPTS, BlenderInstall, blend_file_version, output_settings
 from buildcat.errors import FarmError, JobFault, LimitError
 from buildcat.frames import chunk_frames, format_frames
-from buildcat.jobs import context
+from buildcat.jobs import context, video
 from buildcat.protocol import MAX_TASKS_PER_JOB
 
 #: The formats an option may ask for, with their extensions; with none, the scene's own.
@@ -183,11 +183,14 @@ def plan_render(
     settings: dict[str, Any] | None = None,
     tiles: tuple[int, int] | None = None,
     sample_split: int | None = None,
+    preview_video: bool = False,
+    fps: float | str = 24,
 ) -> list[dict[str, Any]]:
     """The tasks of a render job, with the stitch/merge tasks depending on their parts.
 
     Without ``file_format`` (or ``format``, ``color_mode``, ``color_depth`` in ``settings``)
-    frames are written as the scene's own output settings say."""
+    frames are written as the scene's own output settings say. ``preview_video`` ends the
+    job with a task making ``preview.mp4`` of the frames at ``fps`` (jobs/video.py)."""
     if tiles and sample_split:
         raise FarmError("--tiles and --sample-split cannot be combined")
     settings = dict(settings or {})
@@ -221,7 +224,7 @@ def plan_render(
     if not tiles and not sample_split:
         for group in chunk_frames(frames, chunk):
             render(group, output, {}, f"frames {format_frames(group)}")
-        return tasks
+        return video.add_preview_video(tasks, output, frames, fps) if preview_video else tasks
     for frame in frames:
         if tiles:
             columns, rows = tiles
@@ -267,7 +270,7 @@ def plan_render(
                 "depends": ids,
             }
         )
-    return tasks
+    return video.add_preview_video(tasks, output, frames, fps) if preview_video else tasks
 
 
 #: Why a multilayer EXR job cannot be tiled or split.

@@ -6,6 +6,8 @@ import os
 import time
 from typing import Any
 
+from PIL import Image
+
 from buildcat import imaging
 from buildcat.jobs import context
 
@@ -31,15 +33,15 @@ def render_tile(
 
 def assemble(output: str, tiles: list[list[Any]], width: int, height: int) -> dict[str, Any]:
     """Paste the tiles (``[path, x0, y0, w, h]`` each) into one PNG at ``output``."""
-    canvas = bytearray(width * height * 3)
+    canvas = Image.new("RGB", (width, height))
     for tile_path, x0, y0, tile_w, tile_h in tiles:
         rgb = context.path(tile_path).read_bytes()
         if len(rgb) != tile_w * tile_h * 3:
             raise ValueError(f"tile {tile_path} is {len(rgb)} bytes, not {tile_w * tile_h * 3}")
-        imaging.paste(canvas, width, rgb, x0, y0, tile_w, tile_h)
+        canvas.paste(imaging.rgb_image(tile_w, tile_h, rgb), (x0, y0))
     path = context.path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
-    imaging.write_png(path, width, height, bytes(canvas))
+    imaging.save_image(canvas, path)
     return {"image": output, "width": width, "height": height}
 
 

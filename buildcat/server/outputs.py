@@ -4,7 +4,8 @@ A job claims every frame it finishes under its output pattern: the pattern is sp
 Blender puts the frame number (the last run of ``#``, else 4 digits at the end) and its
 image extension is dropped, so ``shot/f_####`` in PNG and in EXR, or ``shot/f_####.png``,
 claim the same frames. Tiles and sample-split parts are not claimed (they live in the
-job's own parts folder); their stitch or merge claims the frame.
+job's own parts folder); their stitch or merge claims the frame. Tasks of other kinds in
+the job (a preview video) claim nothing.
 """
 
 from __future__ import annotations
@@ -54,7 +55,14 @@ def claimed_frames(
     """The frames a job's tasks finish, by output pattern, given each task's payload and
     the tasks it depends on; none for a kind that writes no frames."""
     listed = list(tasks)
-    awaited = {dep for _, depends in listed for dep in depends}
+    # A task a frame-writing task waits for is a part of a frame (a tile, a sample split);
+    # one only a Python task waits for (the preview video) still finishes its frames.
+    awaited = {
+        dep
+        for payload, depends in listed
+        if task_kind(kind, {**common, **payload} if common else payload) in CLAIMING_KINDS
+        for dep in depends
+    }
     keys: dict[str, Pattern] = {}
     claims: dict[Pattern, list[int]] = {}
     for index, (payload, _) in enumerate(listed):

@@ -11,6 +11,7 @@ secret masked; thumbnails read only regular files, in threads of their own.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import heapq
 import json
@@ -34,7 +35,7 @@ from aiohttp import web
 import buildcat
 from buildcat import auth, protocol
 from buildcat.errors import FarmError
-from buildcat.root import resolve
+from buildcat.root import resolve, state_dir
 from buildcat.server import metrics
 from buildcat.server.scheduler import FINAL_JOB_STATES, Job, Task, TaskState
 
@@ -61,8 +62,9 @@ ASSET_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css
                ".svg": "image/svg+xml", ".png": "image/png"}  # fmt: skip
 
 #: Routes a dashboard cookie may use, besides the page itself: reading, and steering jobs.
-_COOKIE_GET = re.compile(rf"^({API}/(ping|events|jobs|workers|jobs/[^/]+(/tasks|/thumbnail)?"
-                         rf"|tasks/[^/]+|job-types)|/metrics)$")  # fmt: skip
+_COOKIE_GET = re.compile(rf"^({API}/(ping|events|jobs|workers|job-types|jobs/[^/]+(/tasks"
+                         rf"|/thumbnail|/media(/video|/contact-sheet)?)?"
+                         rf"|tasks/[^/]+)|/metrics)$")  # fmt: skip
 _COOKIE_POST = re.compile(rf"^{API}/jobs/[^/]+/(cancel|pause|resume|retry|priority)$")
 _PUBLIC = re.compile(r"^/(|login|dashboard/[A-Za-z0-9_.-]+)$")
 
@@ -194,8 +196,9 @@ _LOGIN_ERROR = '<p class="error">That link is not this farm\'s: get a fresh one.
 
 def final_frames(task: Task) -> list[Any]:
     """The frames a task finishes, for the frame counts: none for a task others wait for
-    (a tile or a sample split is a part of a frame; its stitch or merge finishes it)."""
-    if task.dependents:
+    (a tile or a sample split is a part of a frame; its stitch or merge finishes it), but
+    frames only a task of another kind waits for (a preview video) are finished."""
+    if task.dependents and any(_writes_frames(task.job, index) for index in task.dependents):
         return []
     payload = task.payload
     kwargs = payload.get("kwargs")
@@ -205,6 +208,13 @@ def final_frames(task: Task) -> list[Any]:
     if not isinstance(frames, list):
         return []
     return [frame for frame in frames if isinstance(frame, int | str)]
+
+
+def _writes_frames(job: Job, index: int) -> bool:
+    from buildcat.jobs import task_kind
+    from buildcat.server.outputs import CLAIMING_KINDS
+
+    return task_kind(job.kind, job.tasks[index].payload) in CLAIMING_KINDS
 
 
 @dataclass(slots=True, eq=False)
@@ -615,6 +625,92 @@ async def thumbnail(request: web.Request) -> web.StreamResponse:
     )
 
 
+# ---- a render's preview video and contact sheet ------------------------------------------
+
+#: ``/jobs/JOB/media/<name>`` -> what it is in the job's media, and its type.
+MEDIA = {"video": ("video", "video/mp4"), "contact-sheet": ("contact_sheet", "image/png")}
+#: The media files are looked at in threads of their own, as thumbnails are read: a hung
+#: NFS file costs a media thread and a 504, never the pool the journal's writes use.
+_media_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="buildcat-media")
+
+
+async def _find_media(farm: Farm, job: Job) -> dict[str, tuple[str, os.stat_result]]:
+    future = asyncio.get_running_loop().run_in_executor(_media_pool, _job_media, farm, job)
+    try:
+        return await asyncio.wait_for(future, THUMBNAIL_TIMEOUT)
+    except TimeoutError:
+        raise web.HTTPGatewayTimeout(
+            reason=f"looking at the job's files took more than {THUMBNAIL_TIMEOUT:g}s"
+        ) from None
+
+
+def _media_file(root: Path, relative: str) -> os.stat_result | None:
+    """The file's status if it is a regular file inside the root (no symlink out), of the
+    name its path gives (no symlink to another file) and outside the farm's state folder."""
+    try:
+        path = resolve(root, relative)
+        if path.name != Path(relative).name or state_dir(root).resolve() in path.parents:
+            return None
+        info = os.stat(path)
+    except (OSError, FarmError):
+        return None
+    return info if stat.S_ISREG(info.st_mode) else None
+
+
+def _job_media(farm: Farm, job: Job) -> dict[str, tuple[str, os.stat_result]]:
+    from buildcat.jobs.video import media_paths
+
+    found = {}
+    for name, relative in media_paths(job.meta).items():
+        info = _media_file(farm.config.root, relative)
+        if info is not None:
+            found[name] = (relative, info)
+    return found
+
+
+async def media(request: web.Request) -> web.StreamResponse:
+    """The job's preview video and contact sheet, where they exist: their root-relative
+    paths, sizes and the links that serve them (``null`` where there is none yet)."""
+    from buildcat.server.app import _reply
+
+    farm = _farm(request)
+    job = farm.scheduler.job(request.match_info["job"])
+    found = await _find_media(farm, job)
+    reply: dict[str, Any] = {}
+    for route, (name, _) in MEDIA.items():
+        if name not in found:
+            reply[name] = None
+            continue
+        relative, info = found[name]
+        reply[name] = {
+            "path": relative,
+            "bytes": info.st_size,
+            "modified": info.st_mtime,
+            "url": f"{API}/jobs/{job.id}/media/{route}?v={info.st_mtime_ns}",
+        }
+    return _reply(request, reply)
+
+
+async def media_file(request: web.Request) -> web.StreamResponse:
+    """The bytes of a job's preview video or contact sheet (ranges too, for seeking): only
+    the files at the job's own media paths (``preview.mp4``, ``contact-sheet.png`` beside
+    its frames), never a path a request names."""
+    farm = _farm(request)
+    job = farm.scheduler.job(request.match_info["job"])
+    route = request.match_info["name"]
+    if route not in MEDIA:
+        raise web.HTTPNotFound(reason=f"no such media {route!r}: video or contact-sheet")
+    name, content_type = MEDIA[route]
+    found = (await _find_media(farm, job)).get(name)
+    if found is None:
+        what = "preview video" if name == "video" else "contact sheet"
+        raise web.HTTPNotFound(reason=f"job {job.id} has no {what} yet")
+    path = resolve(farm.config.root, found[0])
+    return web.FileResponse(
+        path, headers={"Content-Type": content_type, "Cache-Control": "no-store"}
+    )
+
+
 async def metrics_text(request: web.Request) -> web.StreamResponse:
     farm = _farm(request)
     overview = request.app[OVERVIEW_KEY]
@@ -643,6 +739,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/dashboard/{name}", asset)
     app.router.add_get(f"{API}/events", events)
     app.router.add_get(f"{API}/jobs/{{job}}/thumbnail", thumbnail)
+    app.router.add_get(f"{API}/jobs/{{job}}/media", media)
+    app.router.add_get(f"{API}/jobs/{{job}}/media/{{name}}", media_file)
     app.router.add_get("/metrics", metrics_text)
     app.router.add_get(f"{API}/dashboard", dashboard_link)
     app.router.add_post(f"{API}/dashboard/revoke", revoke_dashboard)

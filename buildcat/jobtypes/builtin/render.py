@@ -57,6 +57,13 @@ SETTINGS = [
         help="Let the .blend's Python run (trusted files).",
     ),
     Setting("blender_version", "str", help="Render every task on this Blender (4.5, 4.5.15)."),
+    Setting(
+        "preview_video",
+        "bool",
+        default=False,
+        help="End with a task that makes preview.mp4 of the frames, beside them.",
+    ),
+    Setting("fps", "str", help="The preview video's frame rate [default: the scene's]."),
 ]
 
 
@@ -142,6 +149,10 @@ def compile(settings: Values, job: JobPlan) -> None:
     if allow_missing:  # the worker's own check (blender/dependencies.py) too
         overrides["allow_missing"] = True
     numbers = parse_frames(frames)
+    fps = settings.fps
+    if fps is not None and not settings.preview_video:
+        raise FarmError("--fps is the preview video's frame rate: give --preview-video too")
+    rate = video_rate(target, fps) if settings.preview_video else None
     # Every limit is checked before the tasks are built: an absurd job is one line at once.
     count = blender_jobs.check_render_size(
         len(numbers),
@@ -162,6 +173,8 @@ def compile(settings: Values, job: JobPlan) -> None:
             settings=overrides,
             tiles=tiles,
             sample_split=sample_split,
+            preview_video=rate is not None,
+            fps=rate or 24,
         )
 
     sample = plan(numbers[: max(chunk, 1)])
@@ -179,6 +192,9 @@ def compile(settings: Values, job: JobPlan) -> None:
             "output": output,
             "format": written_as,
             "blend_version": saved_with,
+            "fps": rate or video_rate(target, fps),
+            **({"scene_name": scene_name} if scene_name else {}),
+            **video_meta(output, rate),
         }
     )
 
@@ -234,3 +250,19 @@ def output_options(
     if output is not None:
         blender_jobs.strip_output_extension(output, effective)
     return file_format, effective or "the scene's own"
+
+
+def video_rate(target: SceneInfo, fps: float | str | None) -> str:
+    """The preview video's frame rate: ``fps``, else the scene's own (``fps / fps_base``)."""
+    from buildcat.ffmpeg import frame_rate
+
+    rate = frame_rate(fps if fps is not None else target.fps / target.fps_base)
+    return f"{rate.numerator}/{rate.denominator}"
+
+
+def video_meta(output: str, rate: str | None) -> dict[str, Any]:
+    from buildcat.jobs import video
+
+    if rate is None:
+        return {}
+    return {"preview_video": video.video_path(output)}

@@ -177,7 +177,7 @@ function workerRow(worker) {
 
 async function renderDetail(job) {
   const section = $("#job-detail");
-  if (!job) { section.hidden = true; return; }
+  if (!job) { section.hidden = true; state.mediaKey = null; return; }
   section.hidden = false;
   $("#detail-title").textContent = `${job.name || job.kind} (${job.id})`;
   const error = $("#detail-error");
@@ -194,6 +194,7 @@ async function renderDetail(job) {
   } else {
     figure.hidden = true;
   }
+  showMedia(job);
   const response = await fetch(`${API}/jobs/${job.id}/tasks`, { credentials: "same-origin" });
   if (!response.ok) return;
   const { tasks } = await response.json();
@@ -213,6 +214,36 @@ async function renderDetail(job) {
       el("td", { class: task.error ? "error" : "muted" }, note)));
   }
   if (state.selectedLog) showLog(state.selectedLog);
+}
+
+// The job's preview video and contact sheet (GET /jobs/ID/media), looked up again only when
+// the job has moved on; a source is set only when it changed, so a playing video goes on.
+async function showMedia(job) {
+  const key = `${job.id}:${job.state}:${job.tasks.done || 0}`;
+  if (state.mediaKey === key) return;
+  state.mediaKey = key;
+  const videoBox = $("#preview-video");
+  const sheetBox = $("#contact-sheet");
+  const response = await fetch(`${API}/jobs/${job.id}/media`, { credentials: "same-origin" });
+  if (state.mediaKey !== key) return;  // another job was chosen meanwhile
+  const media = response.ok ? await response.json() : {};
+  const video = videoBox.querySelector("video");
+  if (media.video) {
+    if (video.getAttribute("src") !== media.video.url) video.setAttribute("src", media.video.url);
+    videoBox.hidden = false;
+  } else {
+    video.removeAttribute("src");
+    videoBox.hidden = true;
+  }
+  const img = sheetBox.querySelector("img");
+  if (media.contact_sheet) {
+    if (img.getAttribute("src") !== media.contact_sheet.url) img.setAttribute("src", media.contact_sheet.url);
+    sheetBox.querySelector("a").setAttribute("href", media.contact_sheet.url);
+    sheetBox.hidden = false;
+  } else {
+    img.removeAttribute("src");
+    sheetBox.hidden = true;
+  }
 }
 
 async function showLog(taskId) {
