@@ -260,6 +260,17 @@ def test_the_argv_form_runs_no_shell(farm: Farm) -> None:
     assert "[1,2][two words][;][$HOME]" in log  # ';' and $HOME reach printf as they are
 
 
+def test_a_program_is_told_the_root_as_its_working_directory(farm: Farm) -> None:
+    # Blender (no shell) resolves a relative .blend against $PWD, not the real directory:
+    # `blender -b shots/a.blend` in a command failed while PWD was the worker's own.
+    worker(farm)
+    job = farm.client().command(["env"], max_attempts=1)
+    job.wait(timeout=120)
+    variables = dict(line.split("=", 1) for line in farm.client().log(f"{job.id}.0").splitlines()
+                     if "=" in line)  # fmt: skip
+    assert Path(variables["PWD"]).resolve() == farm.root.resolve()
+
+
 def test_a_cancel_ends_the_commands_whole_process_group(farm: Farm) -> None:
     # The worker's own last resort (killing the task process) comes only after 300 s.
     process = farm.start_worker("--no-blender", "--cancel-grace", "300")

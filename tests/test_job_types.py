@@ -433,10 +433,6 @@ BAKED = (
 )
 
 
-@pytest.mark.skipif(
-    "command" not in __import__("buildcat.jobs").jobs.VALIDATORS,
-    reason="needs the command task kind (farm submit command)",
-)
 def test_the_bake_then_render_example_bakes_then_renders_in_blender(farm: Farm) -> None:
     blender = shutil.which("blender")
     if blender is None:
@@ -472,10 +468,6 @@ def test_the_bake_then_render_example_bakes_then_renders_in_blender(farm: Farm) 
     assert "BAKED [True]" in checked.stdout, checked.stdout
 
 
-@pytest.mark.skipif(
-    "command" not in __import__("buildcat.jobs").jobs.VALIDATORS,
-    reason="needs the command task kind (farm submit command)",
-)
 def test_the_render_denoise_video_example_makes_a_video(farm: Farm, scene_file: Path) -> None:
     if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
         pytest.skip("no ffmpeg on PATH")

@@ -116,6 +116,9 @@ def run(
 
     ``tail`` (a deque with a maxlen) keeps the last lines printed. Any exception while it
     runs (TaskCancelled) ends its process group before it is raised again."""
+    # $PWD names the folder it runs in (the worker's own would be inherited otherwise):
+    # programs such as Blender resolve relative paths against $PWD, not the real one.
+    env = {**env, "PWD": os.path.abspath(cwd)}
     progress_read = progress_write = -1
     pass_fds: tuple[int, ...] = ()
     if on_progress is not None:
