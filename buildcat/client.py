@@ -1031,9 +1031,8 @@ def _refusal(status: int, payload: bytes) -> FarmError:
 def _urls(notify: str | Iterable[str]) -> list[str]:
     """Notify URLs checked as the server checks them (a bad one is one line, before any
     upload)."""
-    from buildcat.server.notices import check_urls
 
-    return check_urls([notify] if isinstance(notify, str) else list(notify))
+    return protocol.check_urls([notify] if isinstance(notify, str) else list(notify))
 
 
 def _check_task_count(count: int, advice: str) -> None:

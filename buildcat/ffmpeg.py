@@ -13,6 +13,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from buildcat.errors import FarmError
+from buildcat.frames import frame_path
 
 #: Image files ffmpeg and Pillow both read, as a render writes them.
 FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg", ".exr", ".tif", ".tiff", ".webp", ".bmp")
@@ -71,7 +72,6 @@ def frame_files(pattern: Path, frames: list[int]) -> list[tuple[int, Path]]:
     """The frames of ``frames`` that exist for a render's output pattern (an absolute path
     with the pattern's ``#``), each once, in the order given (duplicates dropped). A frame
     written in two formats counts once: its newest file."""
-    from buildcat.jobs.blender import frame_path
 
     found: list[tuple[int, Path]] = []
     seen: set[int] = set()

@@ -1,5 +1,5 @@
 """Frame specs such as ``1,7,10-25,75-100:2`` or ``-5..5``: parsing, chunking and the compact
-inverse.
+inverse; and the file name Blender gives a frame of an output pattern.
 
 Pure logic, no I/O. Frames are integers (a scene's range may start at 0 or below); a range
 is ``A-B`` or Blender's own ``A..B``, and a number's minus sign sits right before its digits.
@@ -133,3 +133,18 @@ def format_frames(frames: Iterable[int]) -> str:
             stepped = "" if step == 1 else f":{step}"
             parts.append(f"{start}{separator}{end}{stepped}")
     return ",".join(parts)
+
+
+def frame_path(pattern: str, frame: int, extension: str) -> str:
+    """Blender's rule: the last run of ``#`` becomes the zero-padded frame, else 4 digits
+    are appended; then the format's extension."""
+    runs = list(re.finditer(r"#+", pattern))
+    width = len(runs[-1][0]) if runs else 4
+    # Both Blenders write the sign before the padded digits: frame -2 is -0002 for ####.
+    number = f"{'-' if frame < 0 else ''}{abs(frame):0{width}d}"
+    if runs:
+        last = runs[-1]
+        name = f"{pattern[: last.start()]}{number}{pattern[last.end() :]}"
+    else:
+        name = f"{pattern}{number}"
+    return name + extension

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgpack
 
@@ -188,3 +189,46 @@ def check_request_size(size: int, count: int, advice: str) -> None:
             f"this job would be {count:,} tasks, about {size / 2**20:,.0f} MiB to send; a "
             f"request may be at most {MAX_BODY_BYTES // 2**20} MiB: {advice}"
         )
+
+
+#: Web hooks one job may notify (``--notify``), and the longest URL taken.
+MAX_URLS = 16
+MAX_URL_LENGTH = 2048
+
+
+def check_urls(value: Any, what: str = "notify") -> list[str]:
+    """The notify URLs of a request (a string or a list of them), or ProtocolError (a 400)
+    saying why not: only http:// and https:// with a host, at most MAX_URL_LENGTH each."""
+    if value is None or value == "":
+        return []
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(url, str) for url in items):
+        raise ProtocolError(f"'{what}' must be a URL or a list of URLs")
+    if len(items) > MAX_URLS:
+        raise ProtocolError(f"'{what}' may name at most {MAX_URLS} URLs")
+    urls: list[str] = []
+    for url in items:
+        problem = url_problem(url)
+        if problem:
+            raise ProtocolError(f"{what} URL {url[:80]!r}: {problem}")
+        if url not in urls:
+            urls.append(url)
+    return urls
+
+
+def url_problem(url: str) -> str:
+    """Why ``url`` cannot be notified ("" when it can)."""
+    if len(url) > MAX_URL_LENGTH:
+        return f"longer than {MAX_URL_LENGTH} characters"
+    if any(ord(c) <= 32 or ord(c) == 127 for c in url):
+        return "contains spaces or control characters"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError as exc:
+        return f"not a URL ({exc})"
+    if parts.scheme.lower() not in ("http", "https"):
+        return "only http:// and https:// URLs can be notified"
+    if not parts.hostname:
+        return "the URL has no host"
+    return ""

@@ -20,9 +20,10 @@ import pytest
 import buildcat
 from buildcat import TaskCancelled, launch
 from buildcat.blender import BPY, BlenderInstall, blend_file_version, find_blender
+from buildcat.frames import frame_path
 from buildcat.imaging import read_rgb as read_png
 from buildcat.jobs import blender as blender_jobs
-from buildcat.jobs.blender import frame_path, plan_render
+from buildcat.jobs.blender import plan_render
 from buildcat.worker import child as child_process
 from tests.blender_support import (
     BINARY,

@@ -15,7 +15,7 @@ import pytest
 from buildcat.blender import BPY, find_blender
 from tests.blender_support import BINARY, BOTH_BLENDERS, needs_binary
 from tests.conftest import Farm, wait_for
-from tests.test_dashboard import browser, dashboard_link  # noqa: F401  (a fixture)
+from tests.test_dashboard import dashboard_link
 
 #: Frames 1 and 2 take a moment; frame 3 takes seconds (its samples are keyframed).
 LONG_SAMPLES = 5000
@@ -244,7 +244,7 @@ def test_farm_wait_on_a_finished_job_measures_from_the_jobs_start(jobs_farm: Far
 @needs_binary
 def test_the_dashboard_shows_each_frames_record_in_the_task_view(
     shot: Farm,
-    browser: object,  # noqa: F811  (the fixture imported above)
+    browser: object,
 ) -> None:
     shot.start_worker(name="renderer")
     client = shot.client()

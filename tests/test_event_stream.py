@@ -10,13 +10,13 @@ import signal
 import subprocess
 import sys
 import threading
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 import buildcat
 from buildcat.server.feed import MAX_BACKLOG, Feed
+from buildcat.server.scheduler import Scheduler
 from tests.conftest import Farm, wait_for
 
 
@@ -171,8 +171,7 @@ def test_the_feed_needs_the_farm_secret(jobs_farm: Farm) -> None:
 def test_a_reader_that_falls_behind_is_told_and_dropped() -> None:
     async def run() -> tuple[bool, list[bytes | None]]:
         feed = Feed()
-        farm = SimpleNamespace(scheduler=SimpleNamespace(jobs={}, workers={}))
-        reader = feed.join(farm)  # type: ignore[arg-type]
+        reader = feed.join(Scheduler())
         for number in range(MAX_BACKLOG + 5):
             feed.publish({"event": "job.submitted", "n": number})
         lines = []

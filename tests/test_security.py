@@ -31,12 +31,9 @@ from buildcat import auth, launch
 from buildcat.protocol import API_PREFIX as API
 from buildcat.server.app import ServerConfig, create_app
 from buildcat.server.app import routes as api_routes
-from tests import test_dashboard
 from tests.conftest import Farm, secret_header, unused_port, wait_for
 
 HERE = Path(__file__).parent
-#: Debian's Chromium driven by Playwright, as the dashboard's own tests use it.
-browser = test_dashboard.browser
 LOGIN_PAGE = resources.files("buildcat.server").joinpath("dashboard", "login.html").read_bytes()
 
 

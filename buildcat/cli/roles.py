@@ -140,8 +140,8 @@ def server(
     """Run the farm server (the task queue)."""
     import asyncio
 
+    from buildcat.protocol import check_urls
     from buildcat.server.app import ServerConfig, serve
-    from buildcat.server.notices import check_urls
 
     setup_logging(log_level)
     if (tls_cert is None) != (tls_key is None):

@@ -28,7 +28,7 @@ from buildcat import launch
 from buildcat import root as farm_root
 from buildcat.blender import BPY, SCRIPTS, BlenderInstall, blend_file_version, output_settings
 from buildcat.errors import FarmError, JobFault, LimitError
-from buildcat.frames import chunk_frames, format_frames
+from buildcat.frames import chunk_frames, format_frames, frame_path
 from buildcat.jobs import context, video
 from buildcat.protocol import MAX_TASKS_PER_JOB
 
@@ -102,21 +102,6 @@ def default_output(scene: str, scene_name: str | None = None) -> str:
     if safe in (".", ".."):
         safe = "_"
     return f"renders/{stem}/{safe}/frame_####"
-
-
-def frame_path(pattern: str, frame: int, extension: str) -> str:
-    """Blender's rule: the last run of ``#`` becomes the zero-padded frame, else 4 digits
-    are appended; then the format's extension."""
-    runs = list(re.finditer(r"#+", pattern))
-    width = len(runs[-1][0]) if runs else 4
-    # Both Blenders write the sign before the padded digits: frame -2 is -0002 for ####.
-    number = f"{'-' if frame < 0 else ''}{abs(frame):0{width}d}"
-    if runs:
-        last = runs[-1]
-        name = f"{pattern[: last.start()]}{number}{pattern[last.end() :]}"
-    else:
-        name = f"{pattern}{number}"
-    return name + extension
 
 
 def tile_rects(columns: int, rows: int) -> list[list[float]]:

@@ -309,7 +309,7 @@ class Farm:
                 if not future.done():
                     future.set_result(None)
         changed = self.scheduler.take_changed()
-        self.feed.observe(self, changed)
+        self.feed.observe(self.scheduler, changed)
         self.notifier.wake()
         if self.listeners:
             self.update_event.set()
@@ -692,7 +692,7 @@ async def submit(request: web.Request) -> web.Response:
     job_id = farm.new_job_id()
     meta = {**meta, "common": common}
     meta.pop(notices.META_KEY, None)
-    notify = [*notices.check_urls(body.get("notify"))]
+    notify = [*protocol.check_urls(body.get("notify"))]
     notify += [url for url in farm.config.notify if url not in notify]
     if notify:  # journaled with the job: its end owes each a notice, across restarts
         meta[notices.META_KEY] = notify
@@ -1233,6 +1233,15 @@ async def pending_notices(request: web.Request) -> web.Response:
     return _reply(request, [n.to_dict() for n in sorted(owed, key=lambda n: n.ended_at)])
 
 
+async def events_feed(request: web.Request) -> web.StreamResponse:
+    """``GET /api/v1/events/feed``: the farm's events, one JSON object per line."""
+    farm = _farm(request)
+    return await feed.stream(
+        request, farm.feed, farm.scheduler, str(farm.config.name),
+        lambda line: auth.redact_bytes(line, farm.secret),
+    )  # fmt: skip
+
+
 def create_app(config: ServerConfig) -> web.Application:
     """Build the application (tests can use it without sockets)."""
     app = web.Application(
@@ -1246,8 +1255,7 @@ def create_app(config: ServerConfig) -> web.Application:
     app[FARM_KEY] = farm
     app.add_routes(routes)
     web_ui.add_routes(app)
-    app[feed.FEED_KEY] = farm.feed
-    app.router.add_get(f"{API}/events/feed", feed.stream)
+    app.router.add_get(f"{API}/events/feed", events_feed)
     app.router.add_get(f"{API}/notices", pending_notices)
     jobtypes_routes.add_routes(app, config.root, _reply)
 

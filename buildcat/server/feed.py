@@ -14,18 +14,14 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 import buildcat
-from buildcat import auth
-from buildcat.server.notices import job_summary
-from buildcat.server.scheduler import FINAL_JOB_STATES, Job
-
-if TYPE_CHECKING:
-    from buildcat.server.app import Farm
+from buildcat.server.scheduler import FINAL_JOB_STATES, Job, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +55,10 @@ class Feed:
         self._workers: dict[str, bool] = {}
         self.closed = False
 
-    def join(self, farm: Farm) -> Reader:
+    def join(self, scheduler: Scheduler) -> Reader:
         if not self.readers:  # the state as it is now: only what happens from here is told
-            self._jobs = {job.id: _seen(job) for job in farm.scheduler.jobs.values()}
-            self._workers = {w.id: w.online for w in farm.scheduler.workers.values()}
+            self._jobs = {job.id: _seen(job) for job in scheduler.jobs.values()}
+            self._workers = {w.id: w.online for w in scheduler.workers.values()}
         reader = Reader()
         self.readers.add(reader)
         return reader
@@ -79,17 +75,17 @@ class Feed:
             with contextlib.suppress(asyncio.QueueFull):
                 reader.lines.put_nowait(None)
 
-    def observe(self, farm: Farm, changed: set[str]) -> None:
+    def observe(self, scheduler: Scheduler, changed: set[str]) -> None:
         """Tell the readers what the jobs in ``changed`` (and the workers) did."""
         if not self.readers:
             return
         now = time.time()
-        jobs = farm.scheduler.jobs
+        jobs = scheduler.jobs
         for job_id in sorted(changed, key=lambda j: jobs[j].seq if j in jobs else 0):
             job = jobs.get(job_id)
             if job is not None:
                 self._job_events(job, now)
-        workers = farm.scheduler.workers
+        workers = scheduler.workers
         for worker_id, worker in workers.items():
             was = self._workers.get(worker_id)
             if worker.online and not was:
@@ -124,7 +120,7 @@ class Feed:
         if final and ended_again:
             names.append(f"job.{job.state}")
         if names:
-            summary = job_summary(job)
+            summary = job.summary()
             for name in names:
                 self.publish({"event": name, "time": now, "job": summary})
 
@@ -150,25 +146,25 @@ def _seen(job: Job) -> _Seen:
     return _Seen(str(job.state), job.started_at, job.finished_at, job.paused)
 
 
-FEED_KEY = web.AppKey("feed", Feed)
-
-
-async def stream(request: web.Request) -> web.StreamResponse:
-    """``GET /api/v1/events/feed``: a ``hello`` line, then one line per event."""
-    from buildcat.server.app import FARM_KEY
-
-    farm = request.app[FARM_KEY]
-    feed = request.app[FEED_KEY]
+async def stream(
+    request: web.Request,
+    feed: Feed,
+    scheduler: Scheduler,
+    farm_name: str,
+    redact: Callable[[bytes], bytes],
+) -> web.StreamResponse:
+    """``GET /api/v1/events/feed`` (routed by the app): a ``hello`` line, then one line per
+    event, each passed through ``redact`` (the farm's secret never leaves in an event)."""
     if feed.closed:
         raise web.HTTPServiceUnavailable(reason="the server is stopping")
     response = web.StreamResponse(
         headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"}
     )
     await response.prepare(request)
-    reader = feed.join(farm)
+    reader = feed.join(scheduler)
     try:
         hello = {
-            "event": "hello", "time": time.time(), "farm": str(farm.config.name),
+            "event": "hello", "time": time.time(), "farm": farm_name,
             "version": buildcat.__version__,
         }  # fmt: skip
         await response.write((json.dumps(hello) + "\n").encode())
@@ -186,7 +182,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
                     }  # fmt: skip
                     await response.write((json.dumps(lost) + "\n").encode())
                 break
-            await response.write(auth.redact_bytes(line, farm.secret))
+            await response.write(redact(line))
     except ConnectionResetError:
         return response
     finally:

@@ -13,18 +13,10 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
-
-from buildcat.errors import ProtocolError
-
-if TYPE_CHECKING:
-    from buildcat.server.scheduler import Job
+from typing import Any
 
 #: Where a job keeps its validated URLs (the journal's submit event carries them).
 META_KEY = "notify"
-MAX_URLS = 16
-MAX_URL_LENGTH = 2048
 #: Retries: the first resend 1 s after a failure, doubling up to 5 minutes between tries,
 #: until this long after the job ended; then the notice is given up (and logged).
 FIRST_DELAY = 1.0
@@ -37,44 +29,6 @@ SIGNATURE_HEADER = "X-Buildcat-Signature"
 TIMESTAMP_HEADER = "X-Buildcat-Timestamp"
 DELIVERY_HEADER = "X-Buildcat-Delivery"
 EVENT_HEADER = "X-Buildcat-Event"
-
-
-def check_urls(value: Any, what: str = "notify") -> list[str]:
-    """The notify URLs of a request (a string or a list of them), or ProtocolError (a 400)
-    saying why not: only http:// and https:// with a host, at most MAX_URL_LENGTH each."""
-    if value is None or value == "":
-        return []
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not all(isinstance(url, str) for url in items):
-        raise ProtocolError(f"'{what}' must be a URL or a list of URLs")
-    if len(items) > MAX_URLS:
-        raise ProtocolError(f"'{what}' may name at most {MAX_URLS} URLs")
-    urls: list[str] = []
-    for url in items:
-        problem = url_problem(url)
-        if problem:
-            raise ProtocolError(f"{what} URL {url[:80]!r}: {problem}")
-        if url not in urls:
-            urls.append(url)
-    return urls
-
-
-def url_problem(url: str) -> str:
-    """Why ``url`` cannot be notified ("" when it can)."""
-    if len(url) > MAX_URL_LENGTH:
-        return f"longer than {MAX_URL_LENGTH} characters"
-    if any(ord(c) <= 32 or ord(c) == 127 for c in url):
-        return "contains spaces or control characters"
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises for a port that is not a number
-    except ValueError as exc:
-        return f"not a URL ({exc})"
-    if parts.scheme.lower() not in ("http", "https"):
-        return "only http:// and https:// URLs can be notified"
-    if not parts.hostname:
-        return "the URL has no host"
-    return ""
 
 
 @dataclass(slots=True)
@@ -110,22 +64,6 @@ def delivery_id(job_id: str, ended_at: float, state: str, url: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def job_summary(job: Job) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "name": job.name,
-        "kind": job.kind,
-        "state": str(job.state),
-        "error": job.error,
-        "owner": job.owner,
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
-        "total": len(job.tasks),
-        "tasks": {str(state): count for state, count in job.counts.items() if count},
-    }
-
-
 @dataclass(slots=True)
 class Notices:
     """The notices owed, by delivery id; new ones wait in ``fresh`` for the notifier."""
@@ -133,19 +71,20 @@ class Notices:
     pending: dict[str, Notice] = field(default_factory=dict)
     fresh: list[Notice] = field(default_factory=list)
 
-    def job_ended(self, job: Job) -> None:
-        """Called by the scheduler as ``job`` ends (in memory and in a replay alike)."""
-        urls = job.meta.get(META_KEY) if isinstance(job.meta, dict) else None
+    def job_ended(self, meta: Any, summary: dict[str, Any]) -> None:
+        """Called by the scheduler as a job ends (in memory and in a replay alike), with
+        the job's meta (where its notify URLs are) and its summary (``Job.summary``)."""
+        urls = meta.get(META_KEY) if isinstance(meta, dict) else None
         if not urls or not isinstance(urls, list):
             return
-        ended_at = float(job.finished_at or 0.0)
-        state = str(job.state)
-        summary = job_summary(job)
+        job_id = str(summary["id"])
+        ended_at = float(summary["finished_at"] or 0.0)
+        state = str(summary["state"])
         for url in urls:
             if not isinstance(url, str):
                 continue
             notice = Notice(
-                delivery_id(job.id, ended_at, state, url), url, job.id, f"job.{state}",
+                delivery_id(job_id, ended_at, state, url), url, job_id, f"job.{state}",
                 ended_at, summary,
             )  # fmt: skip
             self.pending[notice.delivery] = notice

@@ -12,17 +12,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 
 import buildcat
 from buildcat.errors import FarmError
 from buildcat.server import notices
+from buildcat.server.journal import Journal
 from buildcat.server.notices import Notice
-
-if TYPE_CHECKING:
-    from buildcat.server.app import Farm
+from buildcat.server.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +34,32 @@ CONCURRENT_SENDS = 16
 JOURNAL_RETRY_SECONDS = 5.0
 
 
+T = TypeVar("T")
+
+
+class _Config(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class Owner(Protocol):
+    """What the notifier needs of the server's state (``app.Farm``): the notices owed, the
+    journal, the farm's name and secret, and a way to journal a change."""
+
+    scheduler: Scheduler
+    journal: Journal | None
+    secret: str
+
+    @property
+    def config(self) -> _Config: ...
+
+    async def change(self, event: tuple[Any, ...], apply: Callable[[], T]) -> T: ...
+
+
 class Notifier:
     """The delivery tasks of one server."""
 
-    def __init__(self, farm: Farm) -> None:
+    def __init__(self, farm: Owner) -> None:
         self.farm = farm
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None

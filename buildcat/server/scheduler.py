@@ -199,6 +199,22 @@ class Job:
     def count(self, state: TaskState, delta: int) -> None:
         self.counts[state] = self.counts.get(state, 0) + delta
 
+    def summary(self) -> dict[str, Any]:
+        """The short view of the job that event feeds and job-end notices carry."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "kind": self.kind,
+            "state": str(self.state),
+            "error": self.error,
+            "owner": self.owner,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "total": len(self.tasks),
+            "tasks": {str(state): count for state, count in self.counts.items() if count},
+        }
+
     def to_dict(self, running_progress: float | None = None) -> dict[str, Any]:
         """``running_progress``: the summed progress of the leased tasks, when the caller
         knows it (:meth:`Scheduler.running_progress`); otherwise every task is looked at."""
@@ -1283,4 +1299,4 @@ class Scheduler:
         job.finished_at = now
         self._finished.append(job)
         self._changed.add(job.id)
-        self.notices.job_ended(job)
+        self.notices.job_ended(job.meta, job.summary())
