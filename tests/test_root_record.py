@@ -116,7 +116,7 @@ def test_the_record_says_where_the_server_is_and_holds_no_secret(
     farms.append(farm)
     path = record_file(farm.root)
     record = read_record(farm.root)
-    assert RECORD_KEYS <= set(record), sorted(record)
+    assert set(record) >= RECORD_KEYS, sorted(record)
     secret = (farm.root / ".buildcat" / "secret").read_text().strip()
     assert record["version"] == 1
     assert record["farm"] == name
@@ -152,9 +152,10 @@ def test_a_tls_farm_records_its_scheme_and_certificate(tmp_path: Path) -> None:
     try:
         record = read_record(farm.root)
         assert record["scheme"] == "https"
-        assert record["tls_fingerprint"] == json.loads(
-            (farm.root / ".buildcat" / "tls.json").read_text()
-        )["sha256"]
+        assert (
+            record["tls_fingerprint"]
+            == json.loads((farm.root / ".buildcat" / "tls.json").read_text())["sha256"]
+        )
         # A member that trusts the CA finds the farm through the root, over TLS.
         with buildcat.connect(root=farm.root, tls_ca=ca) as client:
             assert client.address == f"https://127.0.0.1:{farm.port}"
@@ -188,9 +189,7 @@ def test_a_client_and_a_worker_with_no_host_and_no_advert_find_the_server(
     assert "no farm named 'someone-else'" in other
 
 
-def test_a_record_whose_server_was_killed_is_not_trusted(
-    tmp_path: Path, farms: list[Farm]
-) -> None:
+def test_a_record_whose_server_was_killed_is_not_trusted(tmp_path: Path, farms: list[Farm]) -> None:
     farm = make_farm(tmp_path, unique("killed"))
     farms.append(farm)
     assert farm.server is not None
@@ -263,9 +262,7 @@ def test_a_record_from_a_farm_with_another_secret_is_not_trusted(
 # ---- farm discover ------------------------------------------------------------------------------
 
 
-def test_discover_shows_the_roots_record_fresh_and_stale(
-    tmp_path: Path, farms: list[Farm]
-) -> None:
+def test_discover_shows_the_roots_record_fresh_and_stale(tmp_path: Path, farms: list[Farm]) -> None:
     farm = make_farm(tmp_path, unique("shown"))
     farms.append(farm)
     shown = farm_cli(farm.root, "discover", "--timeout", "0.5")
