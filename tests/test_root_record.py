@@ -283,3 +283,24 @@ def test_discover_shows_the_roots_record_fresh_and_stale(tmp_path: Path, farms: 
     assert stale.returncode == 1
     assert str(record_file(farm.root)) in stale.stdout and "stale" in stale.stdout
     assert "stopped" in stale.stdout
+
+
+def test_an_impostor_advertising_the_farm_never_hears_from_members_that_read_the_root(
+    tmp_path: Path, farms: list[Farm]
+) -> None:
+    from tests.test_security import Impostor
+
+    farm = make_farm(tmp_path, unique("real"))
+    farms.append(farm)
+    secret = (farm.root / ".buildcat" / "secret").read_text().strip()
+    impostor = Impostor(farm.config_name, auth.farm_id(secret))
+    try:
+        worker_without_host(farm, "member")
+        status = farm_cli(farm.root, "status", "--json", FARM_DISCOVERY_TIMEOUT="5")
+        assert status.returncode == 0, status.stderr
+        with buildcat.connect(root=farm.root) as client:
+            assert client.address == f"http://127.0.0.1:{farm.port}"
+            assert client.map("farm_jobs:square", [5]).results() == [25]
+        assert impostor.connections == 0 and impostor.received == []
+    finally:
+        impostor.close()
