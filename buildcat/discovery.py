@@ -25,6 +25,7 @@ import queue
 import re
 import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -401,7 +402,7 @@ def check_root_record(
     try:
         record = read_record(root)
     except FarmError as exc:
-        return RootRecord(path, None, None, f"is damaged ({exc})", fresh=False)
+        return RootRecord(path, None, None, str(exc).removeprefix(f"{path} "), fresh=False)
     if record is None:
         return None
     stale = record.problem(time.time())
@@ -430,9 +431,19 @@ def check_root_record(
     transport = auth.choose_transport(
         root, tls=record.scheme == "https", plain_asked=False, where=where
     )
-    failures = []
+    # Every address at once: one that does not route costs its timeout, not everyone's.
+    answers: queue.Queue[tuple[str, str | None]] = queue.Queue()
     for address in addresses:
-        trouble = _probe(address, record.port, token, transport, tls_ca)
+        threading.Thread(
+            target=lambda address=address: answers.put(
+                (address, _probe(address, record.port, token, transport, tls_ca))
+            ),
+            name="farm-probe",
+            daemon=True,
+        ).start()
+    failures: dict[str, str] = {}
+    for _ in addresses:
+        address, trouble = answers.get()
         if trouble is None:
             found = FoundFarm(
                 name=record.farm, host=address, port=record.port,
@@ -441,8 +452,9 @@ def check_root_record(
                 farm_id=record.farm_id, via="root",
             )  # fmt: skip
             return verdict("", found)
-        failures.append(f"{address}:{record.port} {trouble}")
-    return verdict(f"names {record.describe()}, but " + "; ".join(failures))
+        failures[address] = f"{address}:{record.port} {trouble}"
+    told = "; ".join(failures[address] for address in addresses)
+    return verdict(f"names {record.describe()}, but {told}")
 
 
 def _is_loopback(address: str) -> bool:

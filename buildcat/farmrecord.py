@@ -162,10 +162,11 @@ def read_record_at(path: Path) -> ServerRecord | None:
     except (FileNotFoundError, NotADirectoryError, PermissionError):
         return None
     except (OSError, UnicodeDecodeError) as exc:
-        raise FarmError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        reason = getattr(exc, "strerror", None) or exc
+        raise FarmError(f"{path} cannot be read ({reason})") from None
     try:
         record = ServerRecord.from_dict(json.loads(text))
     except ValueError as exc:
-        raise FarmError(f"{path} is not a farm server record ({exc})") from None
+        raise FarmError(f"{path} is damaged (not a farm server record: {exc})") from None
     record.path = path
     return record

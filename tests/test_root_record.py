@@ -304,3 +304,13 @@ def test_an_impostor_advertising_the_farm_never_hears_from_members_that_read_the
         assert impostor.connections == 0 and impostor.received == []
     finally:
         impostor.close()
+
+
+def test_a_damaged_record_is_named_and_passed_over(tmp_path: Path) -> None:
+    state = tmp_path / ".buildcat"
+    state.mkdir()
+    (state / "secret").write_text("s" * 43)
+    (state / "secret").chmod(0o600)
+    record_file(tmp_path).write_text('{"version": 1, "farm": "half a reco')
+    line = one_line_error(farm_cli(tmp_path, "status"))
+    assert f"the root's record {record_file(tmp_path)} is damaged" in line
