@@ -431,16 +431,19 @@ def check_root_record(
     transport = auth.choose_transport(
         root, tls=record.scheme == "https", plain_asked=False, where=where
     )
+    context = auth.client_ssl_context(tls_ca) if transport.tls else None
     # Every address at once: one that does not route costs its timeout, not everyone's.
     answers: queue.Queue[tuple[str, str | None]] = queue.Queue()
+
+    def probe(address: str) -> None:
+        try:
+            trouble = _probe(address, record.port, token, transport, context)
+        except Exception as exc:  # whatever happens, the waiting member hears of it
+            trouble = f"could not be asked ({exc})"
+        answers.put((address, trouble))
+
     for address in addresses:
-        threading.Thread(
-            target=lambda address=address: answers.put(
-                (address, _probe(address, record.port, token, transport, tls_ca))
-            ),
-            name="farm-probe",
-            daemon=True,
-        ).start()
+        threading.Thread(target=probe, args=(address,), name="farm-probe", daemon=True).start()
     failures: dict[str, str] = {}
     for _ in addresses:
         address, trouble = answers.get()
@@ -465,15 +468,18 @@ def _is_loopback(address: str) -> bool:
 
 
 def _probe(
-    address: str, port: int, token: str, transport: auth.Transport, tls_ca: Path | None
+    address: str,
+    port: int,
+    token: str,
+    transport: auth.Transport,
+    context: ssl.SSLContext | None,
 ) -> str | None:
     """Ping ``address`` with the secret: ``None`` when it answers as our farm, else why not."""
     connection: http.client.HTTPConnection
-    if transport.tls:
+    if context is not None:
         connection = auth.PinnedHTTPSConnection(
-            address, port, timeout=PROBE_TIMEOUT, context=auth.client_ssl_context(tls_ca),
-            transport=transport,
-        )  # fmt: skip
+            address, port, timeout=PROBE_TIMEOUT, context=context, transport=transport
+        )
     else:
         connection = http.client.HTTPConnection(address, port, timeout=PROBE_TIMEOUT)
     headers = {"Accept": protocol.JSON, "Authorization": auth.authorization(token)}
