@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -137,8 +138,9 @@ def write_record(path: Path, record: ServerRecord) -> None:
     try:
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            with contextlib.suppress(OSError):  # whatever the umask, members may read it
-                os.fchmod(handle.fileno(), 0o644)
+            if sys.platform != "win32":  # whatever the umask, members may read it
+                with contextlib.suppress(OSError):  # a share that keeps its own modes
+                    os.fchmod(handle.fileno(), 0o644)
             json.dump(record.as_dict(), handle, indent=1, sort_keys=True)
             handle.write("\n")
             handle.flush()
