@@ -189,6 +189,27 @@ def test_a_client_and_a_worker_with_no_host_and_no_advert_find_the_server(
     assert "no farm named 'someone-else'" in other
 
 
+def test_a_worker_follows_the_record_to_a_server_restarted_on_another_port(
+    tmp_path: Path, farms: list[Farm]
+) -> None:
+    farm = make_farm(tmp_path, unique("moving"))
+    farms.append(farm)
+    worker_without_host(farm, "follower")
+    farm.wait_workers(1)
+    assert farm.server is not None
+    old_port = farm.port
+    launch.stop(farm.server)
+    farm.start_server("--name", farm.config_name, port=unused_port(avoid={old_port}))
+    assert farm.port != old_port and read_record(farm.root)["port"] == farm.port
+    with buildcat.connect(root=farm.root) as client:
+        job = client.map("farm_jobs:square", [6])
+        job.wait(timeout=90)
+        assert job.results() == [36]
+    assert f"at http://127.0.0.1:{farm.port} through the root's record" in farm.log_text(
+        "follower"
+    )
+
+
 def test_a_record_whose_server_was_killed_is_not_trusted(tmp_path: Path, farms: list[Farm]) -> None:
     farm = make_farm(tmp_path, unique("killed"))
     farms.append(farm)
