@@ -205,9 +205,7 @@ def test_a_worker_follows_the_record_to_a_server_restarted_on_another_port(
         job = client.map("farm_jobs:square", [6])
         job.wait(timeout=90)
         assert job.results() == [36]
-    assert f"at http://127.0.0.1:{farm.port} through the root's record" in farm.log_text(
-        "follower"
-    )
+    assert f"at http://127.0.0.1:{farm.port} through the root's record" in farm.log_text("follower")
 
 
 def test_a_record_whose_server_was_killed_is_not_trusted(tmp_path: Path, farms: list[Farm]) -> None:
