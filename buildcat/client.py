@@ -47,8 +47,9 @@ STREAM_SILENCE_SECONDS = 60.0
 class Client:
     """A connection to one farm server.
 
-    With no ``host`` (and no ``FARM_HOST``) the farm is found on the LAN by zeroconf at
-    the first request: the one named ``farm`` (``FARM_NAME``), or the only one there.
+    With no ``host`` (and no ``FARM_HOST``) the farm is found at the first request through
+    the root's record (``<root>/.buildcat/server.json``), else on the LAN by zeroconf: the
+    one named ``farm`` (``FARM_NAME``), or the one using this root's secret.
     The farm secret comes from ``token`` (``FARM_TOKEN``) or ``<root>/.buildcat/secret``.
     """
 
@@ -116,7 +117,7 @@ class Client:
 
     def _locate(self) -> None:
         if self.host is None:
-            found = discovery.find_farm(self.farm, farm_id=auth.farm_id(self.token))
+            found = discovery.locate(self.root, self.token, self.farm, tls_ca=self.tls_ca)
             self.host, self.port = found.host, found.port
             self.tls = self.tls or found.tls
         if self._transport is None:  # TLS as the root says, never as an advert says

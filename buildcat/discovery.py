@@ -1,20 +1,34 @@
-"""Finding the farm on the LAN: the server advertises ``_buildcat._tcp.local.`` with zeroconf.
+"""Finding the farm: through the root's record, then on the LAN with zeroconf.
 
-IPv4 only. A server advertises on the addresses it is bound to (every IPv4 address of
-the host for ``0.0.0.0``); clients and workers browse on every IPv4 interface, or on
-the addresses in ``FARM_MDNS_INTERFACES`` (comma-separated) when that is set.
+A member given no address (no --host, no FARM_HOST) first reads
+``<root>/.buildcat/server.json`` (buildcat/farmrecord.py): if it is fresh and names this
+root's farm, the first of its addresses that answers a ping carrying the secret is the
+server. That costs one file read and one round trip, with no multicast wait, and works
+where multicast does not reach (another subnet, a VPN). Otherwise (no record, a stale
+one, or none of its addresses answer) the member listens for zeroconf as before, and an
+error says what was wrong with the record.
+
+Zeroconf: the server advertises ``_buildcat._tcp.local.``, IPv4 only, on the addresses it
+is bound to (every IPv4 address of the host for ``0.0.0.0``); clients and workers browse
+on every IPv4 interface, or on the addresses in ``FARM_MDNS_INTERFACES`` (comma-separated)
+when that is set.
 """
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
+import json
 import logging
 import os
 import queue
 import re
 import socket
+import ssl
+import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ifaddr
@@ -29,14 +43,17 @@ from zeroconf import (
 )
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
-from buildcat import protocol
+from buildcat import auth, protocol
 from buildcat.errors import FarmError
+from buildcat.farmrecord import ServerRecord, read_record, record_path
 
 log = logging.getLogger(__name__)
 
 SERVICE_TYPE = "_buildcat._tcp.local."
 #: How long a client or worker given no --host listens for a farm.
 DEFAULT_TIMEOUT = 5.0
+#: How long a member waits for each address in the root's record to answer its ping.
+PROBE_TIMEOUT = 2.0
 
 
 class NoFarmFound(FarmError):
@@ -57,6 +74,12 @@ class FoundFarm:
     server: str = ""
     #: A public fingerprint of the farm's secret: members recognise their own farm by it.
     farm_id: str = ""
+    #: How it was found: ``"lan"`` (zeroconf) or ``"root"`` (the root's record).
+    via: str = "lan"
+
+    @property
+    def how(self) -> str:
+        return "through the root's record" if self.via == "root" else "on the LAN"
 
     @property
     def url(self) -> str:
@@ -74,6 +97,7 @@ class FoundFarm:
             "tls": self.tls,
             "id": self.farm_id,
             "url": self.url,
+            "via": self.via,
         }
 
 
@@ -315,3 +339,194 @@ def discovery_timeout() -> float:
     if not value > 0:
         raise FarmError("FARM_DISCOVERY_TIMEOUT must be more than 0 seconds")
     return value
+
+
+# ---- through the root -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RootRecord:
+    """What the root's record says, and whether it leads to this root's farm."""
+
+    path: Path
+    #: ``None``: the file is there but is no record.
+    record: ServerRecord | None
+    #: The server it led to (it answered with our secret); ``None`` when it did not.
+    farm: FoundFarm | None
+    #: Why it does not lead to the farm ("" when it does, or when it was not asked).
+    problem: str
+    #: Not stopped, and beating by :func:`buildcat.farmrecord.is_fresh`.
+    fresh: bool
+
+    def note(self) -> str:
+        return f"the root's record {self.path} {self.problem}"
+
+    def as_dict(self) -> dict[str, Any]:
+        record = self.record
+        found = self.farm
+        if found is not None:
+            entry = found.as_dict()
+        elif record is not None:
+            first = record.addresses[0] if record.addresses else ""
+            entry = FoundFarm(
+                name=record.farm, host=first, port=record.port,
+                addresses=tuple(record.addresses), version=record.buildcat,
+                api=str(record.api or ""), tls=record.scheme == "https", server=record.host,
+                farm_id=record.farm_id, via="root",
+            ).as_dict()  # fmt: skip
+        else:
+            entry = {"via": "root"}
+        entry.update(
+            record=str(self.path),
+            fresh=self.fresh,
+            answers=found is not None,
+            problem=self.problem or None,
+        )
+        if record is not None:
+            entry.update(pid=record.pid, started_at=record.started_at, beat_at=record.beat_at,
+                         stopped=record.stopped)  # fmt: skip
+        return entry
+
+
+def check_root_record(
+    root: str | os.PathLike[str],
+    token: str | None,
+    *,
+    wanted: str | None = None,
+    tls_ca: Path | None = None,
+) -> RootRecord | None:
+    """Read the root's record and, when it is fresh and names our farm, ping its
+    addresses with the secret. ``None`` when the root holds no record (or this host cannot
+    read it). With no ``token`` the record is only read, not tried."""
+    path = record_path(root)
+    try:
+        record = read_record(root)
+    except FarmError as exc:
+        return RootRecord(path, None, None, str(exc).removeprefix(f"{path} "), fresh=False)
+    if record is None:
+        return None
+    stale = record.problem(time.time())
+    fresh = not stale
+
+    def verdict(problem: str, farm: FoundFarm | None = None) -> RootRecord:
+        return RootRecord(path, record, farm, problem, fresh)
+
+    if token is None:
+        return verdict(stale)
+    if record.farm_id != auth.farm_id(token):
+        return verdict(
+            f"names farm {record.farm!r}, which uses another farm secret than this root's "
+            "(check --root or --token): not trusted"
+        )
+    if wanted is not None and record.farm != wanted:
+        return verdict(f"names farm {record.farm!r}, not {wanted!r}")
+    if stale:
+        return verdict(f"{stale}: not trusted")
+    # Loopback in another host's record is this host, not that server.
+    local = record.host == socket.gethostname()
+    addresses = [a for a in record.addresses if local or not _is_loopback(a)]
+    if not addresses:
+        return verdict(f"lists only loopback addresses of {record.host}")
+    where = f"{addresses[0]}:{record.port}"
+    transport = auth.choose_transport(
+        root, tls=record.scheme == "https", plain_asked=False, where=where
+    )
+    context = auth.client_ssl_context(tls_ca) if transport.tls else None
+    # Every address at once: one that does not route costs its timeout, not everyone's.
+    answers: queue.Queue[tuple[str, str | None]] = queue.Queue()
+
+    def probe(address: str) -> None:
+        try:
+            trouble = _probe(address, record.port, token, transport, context)
+        except Exception as exc:  # whatever happens, the waiting member hears of it
+            trouble = f"could not be asked ({exc})"
+        answers.put((address, trouble))
+
+    for address in addresses:
+        threading.Thread(target=probe, args=(address,), name="farm-probe", daemon=True).start()
+    failures: dict[str, str] = {}
+    for _ in addresses:
+        address, trouble = answers.get()
+        if trouble is None:
+            found = FoundFarm(
+                name=record.farm, host=address, port=record.port,
+                addresses=tuple(record.addresses), version=record.buildcat,
+                api=str(record.api or ""), tls=transport.tls, server=record.host,
+                farm_id=record.farm_id, via="root",
+            )  # fmt: skip
+            return verdict("", found)
+        failures[address] = f"{address}:{record.port} {trouble}"
+    told = "; ".join(failures[address] for address in addresses)
+    return verdict(f"names {record.describe()}, but {told}")
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
+
+
+def _probe(
+    address: str,
+    port: int,
+    token: str,
+    transport: auth.Transport,
+    context: ssl.SSLContext | None,
+) -> str | None:
+    """Ping ``address`` with the secret: ``None`` when it answers as our farm, else why not."""
+    connection: http.client.HTTPConnection
+    if context is not None:
+        connection = auth.PinnedHTTPSConnection(
+            address, port, timeout=PROBE_TIMEOUT, context=context, transport=transport
+        )
+    else:
+        connection = http.client.HTTPConnection(address, port, timeout=PROBE_TIMEOUT)
+    headers = {"Accept": protocol.JSON, "Authorization": auth.authorization(token)}
+    try:
+        connection.request("GET", protocol.API_PREFIX + "/ping", headers=headers)
+        response = connection.getresponse()
+        body = response.read(1 << 16)
+    except auth.WrongCertificate:
+        return "shows a TLS certificate that is not this farm's"
+    except ssl.SSLCertVerificationError:
+        # It is there and speaks TLS; the request that follows says what to trust.
+        return None
+    except ssl.SSLError as exc:
+        return f"fails TLS ({exc.reason or exc})"
+    except (OSError, http.client.HTTPException) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return f"does not answer ({reason or type(exc).__name__})"
+    finally:
+        connection.close()
+    if response.status == 401:
+        return "refused this root's farm secret"
+    try:
+        reply = json.loads(body)
+    except ValueError:
+        reply = None
+    if response.status != 200 or not isinstance(reply, dict) or "api" not in reply:
+        return f"did not answer like a farm server (HTTP {response.status})"
+    return None
+
+
+def locate(
+    root: str | os.PathLike[str],
+    token: str,
+    wanted: str | None = None,
+    timeout: float | None = None,
+    *,
+    tls_ca: Path | None = None,
+) -> FoundFarm:
+    """The farm to talk to, for a member given no address: through the root's record when
+    it leads to our farm, else on the LAN (:func:`find_farm`); the error then says what
+    was wrong with the record too."""
+    checked = check_root_record(root, token, wanted=wanted, tls_ca=tls_ca)
+    if checked is not None and checked.farm is not None:
+        return checked.farm
+    try:
+        return find_farm(wanted, timeout, farm_id=auth.farm_id(token))
+    except NoFarmFound as exc:
+        if checked is None:
+            raise
+        raise NoFarmFound(f"{exc}; {checked.note()}") from None

@@ -189,9 +189,10 @@ def test_state_dir_holds_the_journal_and_no_journal_forgets_everything(tmp_path:
         forgotten = client.submit("farm_jobs:square", 8)
         assert [j["id"] for j in client.jobs()] == [forgotten.id]
         kill_server(farm)
-        # No journal: only the secret and what members read beside it (dashboard salt, TLS).
+        # No journal: only the secret and what members read beside it (dashboard salt, TLS,
+        # and the record of where the --state-dir server listened: members know the root).
         state = sorted(p.name for p in (farm.root / ".buildcat").iterdir())
-        assert state == ["dashboard", "secret", "tls.json"]
+        assert state == ["dashboard", "secret", "server.json", "tls.json"]
         farm.start_server("--no-journal", port=farm.port)
         assert farm.client().jobs() == []
     finally:

@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.metadata
 import json
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
 
+from buildcat import auth, discovery
 from buildcat.cli.base import (
     client_options,
     main,
     print_json,
+    root_option,
     wait_and_exit,
 )
 from buildcat.client import Client
 from buildcat.display import duration, table
+from buildcat.errors import FarmError
 from buildcat.perf import FRAME_COLUMNS
 from buildcat.server.scheduler import requirement_met
 
@@ -367,17 +373,57 @@ def worker_info(client: Client, timeout: float, as_json: bool) -> None:
     help="Seconds to listen.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def discover(timeout: float, as_json: bool) -> None:
-    """List the farms that answer on the LAN (zeroconf), with their addresses."""
-    from buildcat import discovery
-
+@root_option
+def discover(timeout: float, as_json: bool, root: Path) -> None:
+    """List the farms that answer on the LAN (zeroconf), and what the root's record
+    (ROOT/.buildcat/server.json) says: which server, fresh or stale, whether it answers."""
+    token: str | None = None
+    with contextlib.suppress(FarmError):  # without the secret the record is only read
+        token = auth.load_token(root)
+    ca = os.environ.get("FARM_TLS_CA")
+    checked = discovery.check_root_record(root, token, tls_ca=Path(ca) if ca else None)
     farms = discovery.browse(timeout)
     if as_json:
-        print_json([farm.as_dict() for farm in farms])
+        listed = [farm.as_dict() for farm in farms]
+        print_json([*listed, checked.as_dict()] if checked is not None else listed)
         return
-    if not farms:
-        click.echo(f"farm: error: no farm answered within {timeout:g}s", err=True)
-        sys.exit(1)
     for farm in farms:
         version = f"  buildcat {farm.version}" if farm.version else ""
         click.echo(f"{farm.name}  {farm.url}{version}")
+    usable = bool(farms)
+    if checked is not None:
+        click.echo(_record_line(checked, token is not None))
+        usable = usable or checked.farm is not None or (token is None and checked.fresh)
+    if not usable:
+        click.echo(
+            f"farm: error: no farm answered within {timeout:g}s"
+            + ("" if checked is None else " and the root's record leads to none"),
+            err=True,
+        )
+        sys.exit(1)
+
+
+def _record_line(checked: discovery.RootRecord, tried: bool) -> str:
+    record = checked.record
+    where = f"the root's record {checked.path}"
+    if record is None:
+        return f"({where} {checked.problem})"
+    found = checked.farm
+    url = (
+        found.url
+        if found is not None
+        else (f"{record.scheme}://{record.addresses[0] if record.addresses else '?'}:{record.port}")
+    )
+    version = f"  buildcat {record.buildcat}" if record.buildcat else ""
+    if not checked.fresh:
+        state = f"stale: {record.problem(time.time()).removeprefix('is stale: ')}"
+    else:
+        beat = max(0.0, time.time() - record.beat_at)
+        state = f"fresh (beat {beat:.0f} s ago)"
+        if found is not None:
+            state += f", answers at {found.host}:{found.port}"
+        elif not tried:
+            state += ", not tried (no farm secret here)"
+        else:
+            state += f", but it {checked.problem}"
+    return f"{record.farm}  {url}{version}  ({where}: {state})"

@@ -32,6 +32,7 @@ from buildcat.errors import FarmError, ProtocolError
 from buildcat.root import state_dir
 from buildcat.server import connections, feed, notices, outputs, snapshot
 from buildcat.server import jobtypes as jobtypes_routes
+from buildcat.server import record as server_record
 from buildcat.server import web as web_ui
 from buildcat.server.journal import Journal, JournalError, recover
 from buildcat.server.journal import encode as journal_record
@@ -1366,6 +1367,11 @@ async def _serve(
             loop.call_soon_threadsafe(journal.refuse, reason)
 
         holder.on_lost = lost
+    if holder is not None:  # members with no --host find the server through the root
+        server_record.publish(
+            holder, root=config.root, farm=config.name, farm_id=auth.farm_id(app[FARM_KEY].secret),
+            bind=config.bind, port=port, tls_fingerprint=fingerprint, version=buildcat.__version__,
+        )  # fmt: skip
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     advertiser: Advertiser | None = None

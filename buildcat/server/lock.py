@@ -43,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from buildcat.errors import FarmError
+from buildcat.farmrecord import FRESH_SECONDS as FRESH_SECONDS
+from buildcat.farmrecord import is_fresh
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +52,8 @@ LOCK_NAME = "server.lock"
 RECORD_BYTES = 512
 #: The holder rewrites its record this often.
 REFRESH_SECONDS = 2.0
-#: A record refreshed this recently, by this host's clock, is alive.
-FRESH_SECONDS = 10.0
+# A record refreshed within FRESH_SECONDS (by this host's clock) is alive: the rule is
+# buildcat.farmrecord.is_fresh, which members also apply to the server's public record.
 #: A record that does not look fresh is watched this long for a beat before it is taken over.
 WATCH_SECONDS = 5.0
 #: The byte the lock covers: far past the record.
@@ -125,6 +127,9 @@ class StateLock:
         self.holder = holder
         #: Told (from the refresher's thread) why the folder is no longer ours.
         self.on_lost: Callable[[str], None] | None = None
+        #: Told (from the refresher's thread) of every beat written, and of the clean stop:
+        #: the server's public record (server/record.py) beats with the lock's.
+        self.on_beat: Callable[[Holder], None] | None = None
         self._stop = threading.Event()
         self._lost: str | None = None
         self._thread = threading.Thread(target=self._refresh_loop, name="state-lock", daemon=True)
@@ -204,7 +209,7 @@ class StateLock:
             f"the state folder {folder} is in use by {previous.describe()}: one server per "
             "state folder; stop that one first"
         )
-        if abs(age) < FRESH_SECONDS:
+        if is_fresh(previous.refreshed_at, time.time()):
             raise StateFolderBusy(f"{busy} (its record was refreshed {age:.0f} s ago)")
         log.info(
             "the state folder's record names %s, last refreshed %.0f s ago by this host's "
@@ -255,6 +260,7 @@ class StateLock:
             try:
                 self._write()
                 failing = False
+                self._tell_beat()
             except OSError as exc:
                 if not failing:
                     log.warning("cannot refresh %s: %s", self.path, exc.strerror)
@@ -287,4 +293,12 @@ class StateLock:
             self.holder.refreshed_at = time.time()
             with contextlib.suppress(OSError):
                 self._write()
+            self._tell_beat()
         os.close(self.fd)
+
+    def _tell_beat(self) -> None:
+        if self.on_beat is not None:
+            try:
+                self.on_beat(self.holder)
+            except Exception:  # the record is a convenience: never the lock's end
+                log.exception("telling of the lock's beat failed")

@@ -117,7 +117,7 @@ class Agent:
         self.discovered = config.host is None
         token = auth.load_token(config.root, config.token)
         auth.redact_logs(token)  # a task's error may quote the secret it printed
-        self.farm_id = auth.farm_id(token)
+        self.token = token  # the root's record is tried with it (discovery.locate)
         self.headers = {
             "Accept": protocol.MSGPACK,
             "Content-Type": protocol.MSGPACK,
@@ -181,14 +181,15 @@ class Agent:
         )
 
     async def locate(self, timeout: float | None = None) -> bool:
-        """Find the farm on the LAN; ``True`` when the address changed."""
+        """Find the farm (the root's record, then the LAN); ``True`` when the address changed."""
         found = await asyncio.to_thread(
-            discovery.find_farm, self.config.farm, timeout, farm_id=self.farm_id
-        )
+            discovery.locate, self.config.root, self.token, self.config.farm, timeout,
+            tls_ca=self.config.tls_ca,
+        )  # fmt: skip
         previous = self.base
         self.set_server(found.host, found.port, found.tls or self.config.tls_ca is not None)
         if self.base != previous:
-            log.info("found farm %r at %s", found.name, found.url)
+            log.info("found farm %r at %s %s", found.name, self.url, found.how)
         return self.base != previous
 
     async def call(self, method: str, path: str, body: Any = None, timeout: float = 30) -> Any:
