@@ -1,0 +1,78 @@
+"""macOS: POSIX process groups, signals and fcntl locks as on Linux, but no
+``PR_SET_PDEATHSIG``: a watchdog process (:mod:`buildcat.platform.watch`) ends what a
+task started when the process that started it dies.
+
+Nothing else in buildcat imports this module: :mod:`buildcat.platform` chooses it.
+"""
+
+# ruff: noqa: F401, E402 (the POSIX functions are re-exported; the assert comes first for mypy)
+
+from __future__ import annotations
+
+import sys
+
+assert sys.platform != "win32"  # mypy skips the rest when it checks for Windows
+
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+from buildcat.platform import posix
+from buildcat.platform.posix import (
+    CANCEL_SIGNAL,
+    O_NOCTTY,
+    O_NONBLOCK,
+    OPEN_FLAGS,
+    STOP_SIGNALS,
+    children_die_with_me,
+    exited,
+    fsync_folder,
+    group_alive,
+    kill,
+    kill_group,
+    lock_byte,
+    make_private,
+    new_group,
+    no_children,
+    on_stop_signals,
+    pread,
+    pwrite,
+    raise_open_files_limit,
+    reap,
+    send_cancel,
+    send_signal,
+    terminate,
+    terminate_group,
+    time_limit,
+    user_name,
+    watch_parent,
+)
+
+NAME = "darwin"
+
+
+def tied_to_me(before_exec: Callable[[], None] | None = None) -> dict[str, Any]:
+    """``Popen`` keyword arguments: a group of its own; :func:`after_start` ties it to this
+    process (there is no ``PR_SET_PDEATHSIG`` here)."""
+    options = posix.new_group()
+    if before_exec is not None:
+        options["preexec_fn"] = before_exec
+    return options
+
+
+def after_start(pid: int) -> None:
+    """Start the watchdog that kills the group ``pid`` leads if this process dies first."""
+    subprocess.Popen(
+        [sys.executable, "-m", "buildcat.platform.watch", str(pid)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # not ended with the group of the process it guards
+    )
+
+
+def become_subreaper() -> bool:
+    return False
+
+
+__all__ = posix.__all__
