@@ -5,7 +5,7 @@ task started when the process that started it dies.
 Nothing else in buildcat imports this module: :mod:`buildcat.platform` chooses it.
 """
 
-# ruff: noqa: F401, E402 (the POSIX functions are re-exported; the assert comes first for mypy)
+# ruff: noqa: E402 (the assert comes first, for mypy)
 
 from __future__ import annotations
 
@@ -75,4 +75,36 @@ def become_subreaper() -> bool:
     return False
 
 
-__all__ = posix.__all__
+__all__ = [
+    "CANCEL_SIGNAL",
+    "NAME",
+    "OPEN_FLAGS",
+    "O_NOCTTY",
+    "O_NONBLOCK",
+    "STOP_SIGNALS",
+    "after_start",
+    "become_subreaper",
+    "children_die_with_me",
+    "exited",
+    "fsync_folder",
+    "group_alive",
+    "kill",
+    "kill_group",
+    "lock_byte",
+    "make_private",
+    "new_group",
+    "no_children",
+    "on_stop_signals",
+    "pread",
+    "pwrite",
+    "raise_open_files_limit",
+    "reap",
+    "send_cancel",
+    "send_signal",
+    "terminate",
+    "terminate_group",
+    "tied_to_me",
+    "time_limit",
+    "user_name",
+    "watch_parent",
+]
