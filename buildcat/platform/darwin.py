@@ -13,6 +13,7 @@ import sys
 
 assert sys.platform != "win32"  # mypy skips the rest when it checks for Windows
 
+import os
 import subprocess
 from collections.abc import Callable
 from typing import Any
@@ -62,8 +63,13 @@ def tied_to_me(before_exec: Callable[[], None] | None = None) -> dict[str, Any]:
 
 def after_start(pid: int) -> None:
     """Start the watchdog that kills the group ``pid`` leads if this process dies first."""
-    subprocess.Popen(
-        [sys.executable, "-m", "buildcat.platform.watch", str(pid)],
+    start_watchdog(pid)
+
+
+def start_watchdog(pid: int) -> subprocess.Popen[bytes]:
+    """``python -m buildcat.platform.watch``: see :func:`buildcat.platform.watch.guard`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "buildcat.platform.watch", str(pid), str(os.getpid())],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -3,8 +3,8 @@
 
 - :func:`watch_parent`: a thread that calls back once this process's parent is gone
   (kqueue ``NOTE_EXIT`` on macOS, else it polls ``os.getppid()``).
-- ``python -m buildcat.platform.watch GROUP``: a watchdog a launcher starts beside a
-  program it cannot change (Blender, a shell command): when the launcher (the
+- ``python -m buildcat.platform.watch GROUP LAUNCHER``: a watchdog a launcher starts
+  beside a program it cannot change (Blender, a shell command): when the launcher (the
   watchdog's parent) dies, the program's process group is killed; once that group is
   gone, the watchdog leaves.
 """
@@ -81,10 +81,10 @@ def group_gone(group: int) -> bool:
     return False
 
 
-def guard(group: int, poll: float = POLL_SECONDS) -> int:
-    """The watchdog: kill process group ``group`` if this process's parent dies before the
-    group is gone. Returns the exit status."""
-    parent = os.getppid()
+def guard(group: int, parent: int, poll: float = POLL_SECONDS) -> int:
+    """The watchdog: kill process group ``group`` if this process's parent (``parent``,
+    given: it may have died before this one got to ask) dies before the group is gone.
+    Returns 1 when it killed the group, 0 when the group ended by itself."""
     while not group_gone(group):
         if wait_for_parent(parent, poll, until=time.monotonic() + poll):
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -94,11 +94,11 @@ def guard(group: int, poll: float = POLL_SECONDS) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1 or not argv[0].isdigit():
-        print("usage: python -m buildcat.platform.watch GROUP", file=sys.stderr)
+    if len(argv) != 2 or not all(arg.isdigit() for arg in argv):
+        print("usage: python -m buildcat.platform.watch GROUP LAUNCHER", file=sys.stderr)
         return 2
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides, not a terminal
-    return guard(int(argv[0]))
+    return guard(int(argv[0]), int(argv[1]))
 
 
 if __name__ == "__main__":
