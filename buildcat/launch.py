@@ -113,7 +113,8 @@ def stop_all(processes: Sequence[subprocess.Popen[bytes]], timeout: float = 15.0
 def free_log(path: Path) -> IO[bytes]:
     """A log file to append to, 0600 (a farm's logs are as private as its secret)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | platform.OPEN_FLAGS
+    return os.fdopen(os.open(path, flags, 0o600), "ab")
 
 
 __all__ = ["end", "farm_command", "free_log", "start_server", "start_worker", "stop", "stop_all"]
