@@ -146,6 +146,11 @@ def kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+def kill_group_after_exit(pid: int) -> None:
+    """SIGKILL to what is left of the process group ``pid`` led, its leader gone."""
+    kill_group(pid)
+
+
 def group_alive(pid: int) -> bool:
     """Whether any process of the group ``pid`` led is still there (its members that
     were left to this process, a subreaper, are reaped first)."""
@@ -297,6 +302,7 @@ __all__ = [
     "group_alive",
     "kill",
     "kill_group",
+    "kill_group_after_exit",
     "lock_byte",
     "make_private",
     "new_group",

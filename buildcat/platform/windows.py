@@ -268,6 +268,11 @@ def kill_group(pid: int) -> None:
         subprocess.run(kill_tree_command(pid), capture_output=True, timeout=30, check=False)
 
 
+def kill_group_after_exit(pid: int) -> None:
+    """Nothing: the leader's job object ended what it started, and once it has exited its
+    pid may already name another process."""
+
+
 def group_alive(pid: int) -> bool:
     """Windows cannot list a console group: once its leader has exited, what it left is
     the job object's (it ends with the task process)."""
@@ -362,6 +367,7 @@ __all__ = [
     "group_alive",
     "kill",
     "kill_group",
+    "kill_group_after_exit",
     "lock_byte",
     "make_private",
     "new_group",

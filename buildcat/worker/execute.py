@@ -81,7 +81,7 @@ class Child:
         # protocol pipe open would otherwise hold this slot until it ended by itself.
         # not process.wait(): that also waits for the pipes to close
         await platform.exited(process)
-        platform.kill_group(process.pid)
+        platform.kill_group_after_exit(process.pid)
         ended = await asyncio.to_thread(processes.end_marked, token)
         if ended:
             log.warning(
