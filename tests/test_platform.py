@@ -8,6 +8,7 @@ data: the job object's arguments through a fake kernel32, the options programs s
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import inspect
 import os
@@ -165,6 +166,25 @@ def test_windows_programs_start_in_a_console_group_of_their_own() -> None:
     assert set(windows.STOP_SIGNALS) == {signal.SIGINT, 21}  # SIGBREAK
     assert windows.CANCEL_SIGNAL == 21
     assert windows.OPEN_FLAGS == 0x8000  # O_BINARY: a journal is bytes, not text
+
+
+def test_windows_stop_handler_hands_ctrl_c_to_the_event_loop() -> None:
+    # The Proactor loop has no add_signal_handler: signal.signal, then call_soon_threadsafe.
+    # SIGINT is the same signal everywhere; 21 (SIGBREAK there) is SIGTTIN here.
+    before = signal.getsignal(signal.SIGINT)
+
+    async def main() -> int:
+        stopped = asyncio.Event()
+        undo = windows.on_stop_signals(asyncio.get_running_loop(), stopped.set)
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            await asyncio.wait_for(stopped.wait(), 30)
+            return 1
+        finally:
+            undo()
+
+    assert asyncio.run(main()) == 1
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 class FakePopen:
