@@ -18,7 +18,7 @@ import subprocess
 from collections.abc import Callable
 from typing import Any
 
-from buildcat.platform import posix
+from buildcat.platform import posix, watch
 from buildcat.platform.posix import (
     CANCEL_SIGNAL,
     O_NOCTTY,
@@ -68,9 +68,10 @@ def after_start(pid: int) -> None:
 
 
 def start_watchdog(pid: int) -> subprocess.Popen[bytes]:
-    """``python -m buildcat.platform.watch``: see :func:`buildcat.platform.watch.guard`."""
+    """``python watch.py GROUP LAUNCHER``: see :func:`buildcat.platform.watch.guard`. Run as
+    a file (it needs only the standard library): importing buildcat would cost a start."""
     return subprocess.Popen(
-        [sys.executable, "-m", "buildcat.platform.watch", str(pid), str(os.getpid())],
+        [sys.executable, "-I", watch.__file__, str(pid), str(os.getpid())],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

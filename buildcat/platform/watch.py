@@ -3,7 +3,7 @@
 
 - :func:`watch_parent`: a thread that calls back once this process's parent is gone
   (kqueue ``NOTE_EXIT`` on macOS, else it polls ``os.getppid()``).
-- ``python -m buildcat.platform.watch GROUP LAUNCHER``: a watchdog a launcher starts
+- ``python watch.py GROUP LAUNCHER``: a watchdog a launcher starts
   beside a program it cannot change (Blender, a shell command): when the launcher (the
   watchdog's parent) dies, the program's process group is killed; once that group is
   gone, the watchdog leaves.
@@ -95,7 +95,7 @@ def guard(group: int, parent: int, poll: float = POLL_SECONDS) -> int:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2 or not all(arg.isdigit() for arg in argv):
-        print("usage: python -m buildcat.platform.watch GROUP LAUNCHER", file=sys.stderr)
+        print("usage: python watch.py GROUP LAUNCHER", file=sys.stderr)
         return 2
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides, not a terminal
     return guard(int(argv[0]), int(argv[1]))
