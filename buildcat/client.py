@@ -10,7 +10,6 @@ import http.client
 import itertools
 import json
 import os
-import pwd
 import secrets
 import socket
 import ssl
@@ -19,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from buildcat import auth, discovery, jobs, protocol
+from buildcat import auth, discovery, jobs, platform, protocol
 from buildcat.errors import (
     ConnectionFailed,
     FarmError,
@@ -1090,10 +1089,7 @@ def _owner() -> str:
     except OSError:
         login = os.environ.get("USER", "")
     if not login:
-        try:
-            login = pwd.getpwuid(os.getuid()).pw_name
-        except KeyError:  # a uid with no passwd entry (some containers)
-            login = f"uid{os.getuid()}"
+        login = platform.user_name()
     return f"{login}@{socket.gethostname()}"
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from buildcat import platform
 from buildcat.errors import FarmError
 
 #: A render's contact sheet, beside its frames.
@@ -39,7 +40,8 @@ def save_image(image: Image.Image, path: str | os.PathLike[str], file_format: st
     temporary = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         # os.open rather than tempfile: mode 0o666 under the umask, so other hosts can read it.
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | platform.OPEN_FLAGS  # Windows: binary
+        descriptor = os.open(temporary, flags, 0o666)
         with os.fdopen(descriptor, "wb") as stream:
             image.save(stream, format=file_format)
         os.replace(temporary, target)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import selectors
@@ -14,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from buildcat import platform
 from buildcat.errors import FarmError
 
 LISTENING = re.compile(rb"listening on https?://(?P<host>[^:\s]+):(?P<port>\d+)")
@@ -84,8 +84,7 @@ def start_worker(
 def end(process: subprocess.Popen[Any], signum: int, grace: float) -> int:
     """Send ``signum``, then SIGKILL after ``grace`` seconds: never leaves the process behind."""
     if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signum)
+        platform.send_signal(process, signum)  # SIGINT on Windows: Ctrl-Break to its group
         try:
             process.wait(grace)
         except subprocess.TimeoutExpired:
@@ -106,8 +105,7 @@ def stop_all(processes: Sequence[subprocess.Popen[bytes]], timeout: float = 15.0
     """Stop processes together: signal all, then wait for each (workers before servers)."""
     for process in processes:
         if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
+            platform.send_signal(process, signal.SIGTERM)
     for process in processes:
         stop(process, timeout)
 
@@ -115,7 +113,8 @@ def stop_all(processes: Sequence[subprocess.Popen[bytes]], timeout: float = 15.0
 def free_log(path: Path) -> IO[bytes]:
     """A log file to append to, 0600 (a farm's logs are as private as its secret)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | platform.OPEN_FLAGS
+    return os.fdopen(os.open(path, flags, 0o600), "ab")
 
 
 __all__ = ["end", "farm_command", "free_log", "start_server", "start_worker", "stop", "stop_all"]

@@ -7,6 +7,7 @@ import io
 import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from buildcat import platform
 from buildcat.errors import PathError
 
 STATE_DIR_NAME = ".buildcat"
@@ -82,5 +83,6 @@ def open_private_log(path: str) -> io.TextIOWrapper:
     folder = os.path.dirname(path)
     os.makedirs(os.path.dirname(folder), mode=0o700, exist_ok=True)  # .../logs
     os.makedirs(folder, mode=0o700, exist_ok=True)  # the job's own
-    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | platform.OPEN_FLAGS
+    descriptor = os.open(path, flags, 0o600)
     return os.fdopen(descriptor, "a", buffering=1, encoding="utf-8", errors="replace")

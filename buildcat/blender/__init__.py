@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ BPY = "bpy"
 _OLD_HEADER = re.compile(rb"BLENDER[_-][vV](\d)(\d\d)")
 _NEW_HEADER = re.compile(rb"BLENDER\d\d-\d\d[vV](\d\d)(\d\d)")
 _VERSION_LINE = re.compile(r"Blender (\d+\.\d+(?:\.\d+)?)")
+_FOLDER_VERSION = re.compile(r"Blender[ _-]?(\d+)\.(\d+)")
 
 
 @dataclass(slots=True, frozen=True)
@@ -77,8 +79,89 @@ def _bpy_version(python: str) -> str | None:
     return match[1] if match else None
 
 
+def _newest_first(folders: list[Path]) -> list[Path]:
+    """``Blender 4.10`` before ``Blender 4.5`` before ``Blender 3.6``; unversioned last."""
+
+    def version(folder: Path) -> tuple[int, int]:
+        match = _FOLDER_VERSION.search(folder.name)
+        return (int(match[1]), int(match[2])) if match else (-1, -1)
+
+    return sorted(folders, key=lambda folder: (version(folder), folder.name), reverse=True)
+
+
+def _subfolders(folder: Path, pattern: str) -> list[Path]:
+    try:
+        return [path for path in folder.glob(pattern) if path.is_dir()]
+    except OSError:
+        return []
+
+
+def install_locations(
+    system: str | None = None,
+    env: Mapping[str, str] | None = None,
+    home: Path | None = None,
+    root: Path = Path("/"),
+) -> list[Path]:
+    """Where Blender's own installers put it on ``system`` (default: this one), in the
+    order they are tried; newest version first where several sit side by side.
+
+    - Windows: ``%ProgramFiles%\\Blender Foundation\\Blender X.Y\\blender.exe``, then
+      Steam's ``steamapps\\common\\Blender``.
+    - macOS: ``Blender.app`` (then ``Blender X.Y.app``) in /Applications and
+      ~/Applications, then Steam's.
+    - Linux: the snap, the flatpak (system, then the user's), then Steam's.
+    """
+    system = sys.platform if system is None else system
+    env = os.environ if env is None else env
+    home = Path.home() if home is None else home
+    found: list[Path] = []
+    if system == "win32":
+        for variable in ("ProgramFiles", "ProgramW6432"):
+            if env.get(variable):
+                foundation = Path(env[variable]) / "Blender Foundation"
+                found += [
+                    folder / "blender.exe"
+                    for folder in _newest_first(_subfolders(foundation, "Blender*"))
+                ]
+        for variable in ("ProgramFiles(x86)", "ProgramFiles"):
+            if env.get(variable):
+                steam = Path(env[variable]) / "Steam" / "steamapps" / "common" / "Blender"
+                found.append(steam / "blender.exe")
+    elif system == "darwin":
+        for applications in (root / "Applications", home / "Applications"):
+            found.append(applications / "Blender.app" / "Contents" / "MacOS" / "Blender")
+            found += [
+                app / "Contents" / "MacOS" / "Blender"
+                for app in _newest_first(_subfolders(applications, "Blender?*.app"))
+            ]
+        steam = home / "Library" / "Application Support" / "Steam" / "steamapps" / "common"
+        found.append(steam / "Blender" / "Blender.app" / "Contents" / "MacOS" / "Blender")
+    else:
+        found += [
+            root / "snap" / "bin" / "blender",
+            root / "var" / "lib" / "flatpak" / "exports" / "bin" / "org.blender.Blender",
+            home / ".local" / "share" / "flatpak" / "exports" / "bin" / "org.blender.Blender",
+            home / ".local" / "share" / "Steam" / "steamapps" / "common" / "Blender" / "blender",
+            home / ".steam" / "steam" / "steamapps" / "common" / "Blender" / "blender",
+        ]
+    unique: list[Path] = []
+    for path in found:
+        if path not in unique:
+            unique.append(path)
+    return unique
+
+
+def installed_blender(locations: list[Path]) -> Path | None:
+    """The first of ``locations`` that is a program this user may run."""
+    for path in locations:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    return None
+
+
 def find_blender(explicit: str | None = None, *, allow_bpy: bool = True) -> BlenderInstall | None:
-    """``--blender PATH`` (or ``bpy``), else ``$BLENDER``, else ``blender`` on PATH, else bpy."""
+    """``--blender PATH`` (or ``bpy``), else ``$BLENDER``, else ``blender`` on PATH, else
+    where this system's installers put it (:func:`install_locations`), else bpy."""
     for choice in (explicit, os.environ.get("BLENDER")):
         if not choice:
             continue
@@ -94,6 +177,9 @@ def find_blender(explicit: str | None = None, *, allow_bpy: bool = True) -> Blen
             raise FarmError(f"Blender {choice!r} not found")
         return BlenderInstall("binary", path, _binary_version(path))
     path = shutil.which("blender")
+    if path is None:
+        installed = installed_blender(install_locations())
+        path = str(installed) if installed is not None else None
     if path is not None:
         return BlenderInstall("binary", path, _binary_version(path))
     if allow_bpy:

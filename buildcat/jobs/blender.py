@@ -10,21 +10,19 @@ not once per task (``BUILDCAT_BLENDER_WARM=0`` starts one per task instead).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from buildcat import launch
+from buildcat import launch, platform
 from buildcat import root as farm_root
 from buildcat.blender import BPY, SCRIPTS, BlenderInstall, blend_file_version, output_settings
 from buildcat.errors import FarmError, JobFault, LimitError
@@ -379,12 +377,6 @@ def _text(payload: dict[str, Any], key: str) -> str:
 # ---- running (inside the worker's child process) --------------------------------------------
 
 
-def _die_with_parent() -> None:
-    # Blender must not outlive the child process that runs it (a worker killed with -9).
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 def installed(encoded: str) -> BlenderInstall:
     if not encoded:
         raise FarmError("this worker has no Blender (give farm worker --blender PATH)")
@@ -393,7 +385,7 @@ def installed(encoded: str) -> BlenderInstall:
 
 def start_blender(command: list[str], stdin: int) -> subprocess.Popen[str]:
     """Start Blender with its output (stdout and stderr) as lines of text to read."""
-    return subprocess.Popen(
+    process = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -401,9 +393,12 @@ def start_blender(command: list[str], stdin: int) -> subprocess.Popen[str]:
         text=True,
         errors="replace",
         bufsize=1,
-        start_new_session=True,  # the terminal's Ctrl-C is the worker's to handle
-        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        # A group of its own (the terminal's Ctrl-C is the worker's to handle), and Blender
+        # must not outlive the child process that runs it (a worker killed with -9).
+        **platform.tied_to_me(),
     )
+    platform.after_start(process.pid)
+    return process
 
 
 def run_process(command: list[str], on_line: Callable[[str], None]) -> int:

@@ -8,23 +8,29 @@ log). With ``on_progress``, it also gets the write end of a pipe, named in
 program that writes ``FRACTION MESSAGE`` lines to it) reports progress. When the program
 ends, or the task is cancelled (TaskCancelled raised in this process), what is left of
 its group gets SIGTERM, then SIGKILL after a grace period.
+
+On Windows (type-checked, not tested here) the group is a console process group: Ctrl-Break,
+then ``taskkill /T``; the output is read by a thread per pipe (``select`` takes only
+sockets there) and there is no progress pipe.
 """
 
 from __future__ import annotations
 
 import codecs
 import contextlib
-import ctypes
 import os
+import queue
 import select
 import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
+from buildcat import platform
 from buildcat.errors import FarmError
 from buildcat.jobs import context
 from buildcat.jobs.context import PROGRESS_FD_VARIABLE
@@ -48,16 +54,12 @@ class ProcessFailed(FarmError):
     complete_reason = True
 
 
-def _prepare() -> None:
-    """In the program's process, before it starts."""
+def _reset_signals() -> None:
+    """In the program's process, before it starts (POSIX)."""
     # The task process ignores SIGINT and SIGTERM (the worker decides when it stops), and
     # an ignored signal stays ignored across exec: a shell could not even trap SIGTERM.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_DFL)
-    if sys.platform.startswith("linux"):
-        # The program must not outlive the task process (a worker killed with -9).
-        with contextlib.suppress(Exception):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class _Lines:
@@ -121,7 +123,7 @@ def run(
     env = {**env, "PWD": os.path.abspath(cwd)}
     progress_read = progress_write = -1
     pass_fds: tuple[int, ...] = ()
-    if on_progress is not None:
+    if on_progress is not None and sys.platform != "win32":  # no pass_fds on Windows
         progress_read, progress_write = os.pipe()
         # The inode makes a program that inherited only the variable (not the descriptor)
         # report nothing, rather than write into whatever file has that number there.
@@ -137,8 +139,9 @@ def run(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             pass_fds=pass_fds,
-            start_new_session=True,  # one process group to end on cancel
-            preexec_fn=_prepare,
+            # One process group to end on cancel; it must not outlive the task process
+            # (a worker killed with -9).
+            **platform.tied_to_me(before_exec=_reset_signals),
         )
     except OSError as exc:
         if progress_read >= 0:
@@ -147,9 +150,10 @@ def run(
     finally:
         if progress_write >= 0:
             os.close(progress_write)
+    platform.after_start(process.pid)
     assert process.stdout is not None
     streams = {process.stdout.fileno(): _Lines(_keeping(on_line, tail))}
-    if on_progress is not None:
+    if progress_read >= 0 and on_progress is not None:
         streams[progress_read] = _Lines(on_progress)
     try:
         _pump(process, streams)
@@ -184,6 +188,9 @@ def _keeping(on_line: Callable[[str], None], tail: deque[str] | None) -> Callabl
 def _pump(process: subprocess.Popen[bytes], streams: dict[int, _Lines]) -> None:
     """Pass output on until every stream is closed, or the program has exited and a
     moment has passed (something it started holds the pipe open)."""
+    if sys.platform == "win32":
+        _pump_by_threads(process, streams)
+        return
     exited_at: float | None = None
     with selectors.DefaultSelector() as selector:
         for fd in streams:
@@ -209,8 +216,47 @@ def _pump(process: subprocess.Popen[bytes], streams: dict[int, _Lines]) -> None:
                     return
 
 
+def _pump_by_threads(process: subprocess.Popen[bytes], streams: dict[int, _Lines]) -> None:
+    """:func:`_pump` where ``select`` takes no pipes (Windows): a thread reads each one."""
+    arrived: queue.Queue[tuple[int, bytes]] = queue.Queue()
+
+    def read(fd: int) -> None:
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                data = b""
+            arrived.put((fd, data))
+            if not data:
+                return
+
+    for fd in streams:
+        threading.Thread(target=read, args=(fd,), name="output", daemon=True).start()
+    still_open = set(streams)
+    exited_at: float | None = None
+    while True:
+        with contextlib.suppress(queue.Empty):
+            fd, data = arrived.get(timeout=0.1)
+            if data:
+                streams[fd].feed(data)
+            else:
+                still_open.discard(fd)
+                streams[fd].feed(b"", final=True)
+        if process.poll() is not None:
+            if not still_open:
+                return
+            if exited_at is None:
+                exited_at = time.monotonic()
+            elif time.monotonic() - exited_at > LINGER_SECONDS:
+                return
+
+
 def _drain(streams: dict[int, _Lines]) -> None:
     """Read what is left in the pipes (their writers are gone now), then end the lines."""
+    if sys.platform == "win32":  # what is left arrives through _pump_by_threads's threads
+        for lines in streams.values():
+            lines.feed(b"", final=True)
+        return
     deadline = time.monotonic() + 1.0
     for fd, lines in streams.items():
         os.set_blocking(fd, False)
@@ -232,21 +278,7 @@ def _group_left(process: subprocess.Popen[bytes]) -> bool:
     if process.poll() is None:
         return True
     # This process is a subreaper: members whose parent died are its children now.
-    with contextlib.suppress(ChildProcessError, OSError):
-        while os.waitpid(-process.pid, os.WNOHANG)[0] != 0:
-            pass
-    try:
-        os.killpg(process.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signum)
+    return platform.group_alive(process.pid)
 
 
 def end_group(
@@ -259,10 +291,10 @@ def end_group(
     nothing was left)."""
     if not _group_left(process):
         return ""
-    _signal_group(process, signal.SIGTERM)
+    platform.terminate_group(process.pid)
     if _wait_group(process, time.monotonic() + grace, streams or {}):
         return "SIGTERM"
-    _signal_group(process, signal.SIGKILL)
+    platform.kill_group(process.pid)
     process.wait()
     _wait_group(process, time.monotonic() + grace, streams or {})
     return f"SIGKILL after {grace:g} s"
@@ -282,7 +314,7 @@ def _wait_group(
 def _read_some(streams: dict[int, _Lines], timeout: float) -> None:
     """Pass on what output is ready within ``timeout`` (or just wait that long)."""
     readable: list[int] = []
-    if streams:
+    if streams and sys.platform != "win32":  # Windows: _pump_by_threads's threads read
         with contextlib.suppress(OSError, ValueError):
             readable = select.select(list(streams), [], [], timeout)[0]
     else:

@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from buildcat import launch
+from buildcat import launch, platform
 from buildcat import root as farm_root
 from buildcat.errors import FarmError
 from buildcat.ffmpeg import exr_to_srgb, find_ffmpeg, frame_files, frame_rate
@@ -194,7 +194,7 @@ def _run(command: list[str], total: int) -> None:
     with tempfile.TemporaryFile(mode="w+", errors="replace") as errors:
         process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=errors, stdin=subprocess.DEVNULL,
-            text=True, errors="replace", start_new_session=True,
+            text=True, errors="replace", **platform.new_group(),
         )  # fmt: skip
         assert process.stdout is not None
         try:

@@ -13,9 +13,7 @@ import importlib
 import importlib.util
 import os
 import re
-import signal
 import sys
-import threading
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from buildcat import platform
 from buildcat.errors import FarmError
 from buildcat.jobtypes import JobPlan, JobTypeBroken, Setting, validate_settings
 
@@ -266,22 +265,5 @@ class _Overtime(BaseException):
 def time_limit(seconds: float, message: str) -> Iterator[None]:
     """Interrupt the code inside after ``seconds`` (SIGALRM: the main thread of a POSIX
     process; elsewhere there is no limit here, the parent's timeout still holds)."""
-    usable = (
-        hasattr(signal, "setitimer")
-        and seconds > 0
-        and threading.current_thread() is threading.main_thread()
-    )
-    if not usable:
+    with platform.time_limit(seconds, lambda: _Overtime(message)):
         yield
-        return
-
-    def overtime(signum: int, frame: Any) -> None:
-        raise _Overtime(message)
-
-    previous = signal.signal(signal.SIGALRM, overtime)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)

@@ -14,7 +14,6 @@ import math
 import os
 import re
 import secrets
-import signal
 import socket
 import time
 from collections import deque
@@ -26,7 +25,7 @@ from typing import Any, TypeVar, cast
 from aiohttp import web
 
 import buildcat
-from buildcat import auth, jobs, protocol
+from buildcat import auth, jobs, platform, protocol
 from buildcat.discovery import Advertiser, advertised_addresses
 from buildcat.errors import FarmError, ProtocolError
 from buildcat.root import state_dir
@@ -1372,8 +1371,7 @@ async def _serve(
             holder, root=config.root, farm=config.name, farm_id=auth.farm_id(app[FARM_KEY].secret),
             bind=config.bind, port=port, tls_fingerprint=fingerprint, version=buildcat.__version__,
         )  # fmt: skip
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    platform.on_stop_signals(loop, stop.set)  # SIGTERM, SIGINT; Ctrl-C, Ctrl-Break on Windows
     advertiser: Advertiser | None = None
     advertising: asyncio.Task[None] | None = None
     if config.discovery:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import resource
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from buildcat import platform
 
 log = logging.getLogger(__name__)
 
@@ -164,16 +165,7 @@ GUARD_KEY = web.AppKey("connection_guard", ConnectionGuard)
 
 def raise_open_files_limit() -> tuple[int, int]:
     """Raise this process's open-files soft limit to its hard limit; returns (before, after)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_OPEN_FILES)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-        except (OSError, ValueError) as exc:
-            log.warning("cannot raise the open-files limit from %d to %d: %s", soft, wanted, exc)
-            return soft, soft
-        return soft, wanted
-    return soft, soft
+    return platform.raise_open_files_limit(MAX_OPEN_FILES)
 
 
 class RepeatFilter(logging.Filter):

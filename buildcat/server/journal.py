@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from buildcat import protocol
+from buildcat import platform, protocol
 from buildcat.errors import FarmError
 
 log = logging.getLogger(__name__)
@@ -242,19 +242,15 @@ def encode(event: list[Any]) -> bytes:
 
 def fsync_folder(folder: Path) -> None:
     """Make a rename or a new file in ``folder`` durable."""
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    platform.fsync_folder(folder)
 
 
 def open_private(path: Path, flags: int) -> int:
     """Open (creating it 0600) a file only the farm's user may read, like the secret; one an
     older release created readable is made private too."""
-    descriptor = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    descriptor = os.open(path, flags | os.O_CREAT | platform.OPEN_FLAGS, 0o600)
     try:
-        os.fchmod(descriptor, 0o600)
+        platform.make_private(descriptor)
     except OSError:
         os.close(descriptor)
         raise
@@ -418,7 +414,7 @@ class Journal:
         self._attempted = offset
         try:
             while view:
-                written = os.pwrite(self.fd, view, offset)
+                written = platform.pwrite(self.fd, view, offset)
                 if written <= 0:
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
                 offset += written

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -42,6 +41,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from buildcat import platform
 from buildcat.errors import FarmError
 from buildcat.farmrecord import FRESH_SECONDS as FRESH_SECONDS
 from buildcat.farmrecord import is_fresh
@@ -139,8 +139,8 @@ class StateLock:
         """Take the state folder, or raise StateFolderBusy naming who holds it."""
         path = folder / LOCK_NAME
         try:
-            descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            os.fchmod(descriptor, 0o600)
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT | platform.OPEN_FLAGS, 0o600)
+            platform.make_private(descriptor)
         except OSError as exc:
             raise FarmError(f"cannot open {path}: {exc.strerror}") from None
         try:
@@ -166,7 +166,7 @@ class StateLock:
         # POSIX locks belong to the process and end when it closes *any* descriptor of the
         # file: the holder opens server.lock once and reads its record through that one.
         try:
-            fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, LOCK_OFFSET)
+            platform.lock_byte(descriptor, LOCK_OFFSET)  # fcntl; msvcrt.locking on Windows
         except OSError as exc:
             if exc.errno in (errno.EACCES, errno.EAGAIN):
                 holder = None
@@ -190,7 +190,7 @@ class StateLock:
     @staticmethod
     def _read(descriptor: int) -> Holder | None:
         try:
-            data = os.pread(descriptor, RECORD_BYTES, 0)
+            data = platform.pread(descriptor, RECORD_BYTES, 0)
         except OSError:
             return None
         return Holder.decode(data) if data.strip() else None
@@ -235,7 +235,7 @@ class StateLock:
         )
 
     def _write(self) -> None:
-        os.pwrite(self.fd, self.holder.encode(), 0)
+        platform.pwrite(self.fd, self.holder.encode(), 0)
         os.fsync(self.fd)
 
     def update(self, port: int) -> None:

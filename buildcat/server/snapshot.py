@@ -15,7 +15,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from buildcat import protocol
+from buildcat import platform, protocol
 from buildcat.errors import FarmError
 from buildcat.server.scheduler import (
     FINAL_JOB_STATES,
@@ -46,9 +46,10 @@ def write(path: Path, generation: int, scheduler: Scheduler) -> int:
     body = protocol.pack({"generation": generation, "state": dump(scheduler)})
     data = HEADER.pack(MAGIC, len(body), zlib.crc32(body)) + body
     temporary = path.with_suffix(".tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | platform.OPEN_FLAGS
+    descriptor = os.open(temporary, flags, 0o600)
     with os.fdopen(descriptor, "wb") as handle:
-        os.fchmod(descriptor, 0o600)
+        platform.make_private(descriptor)
         handle.write(data)
         handle.flush()
         os.fsync(descriptor)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 import buildcat
-from buildcat import auth, protocol
+from buildcat import auth, platform, protocol
 from buildcat.errors import FarmError
 from buildcat.root import resolve, state_dir
 from buildcat.server import metrics
@@ -535,7 +535,8 @@ def read_regular_file(path: Path, limit: int = MAX_THUMBNAIL_BYTES) -> bytes:
     without blocking and checked on the open descriptor: a FIFO, a device or a socket is
     refused without waiting for a writer, and nothing can swap the file in between."""
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        flags = os.O_RDONLY | platform.O_NONBLOCK | platform.O_NOCTTY | platform.OPEN_FLAGS
+        descriptor = os.open(path, flags)
     except OSError as exc:
         raise ThumbnailError(f"cannot open it: {exc.strerror}") from None
     with os.fdopen(descriptor, "rb") as handle:

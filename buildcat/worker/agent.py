@@ -12,8 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
-import platform
-import signal
+import platform as python_platform
 import socket
 import ssl
 import time
@@ -26,7 +25,7 @@ from typing import Any
 import aiohttp
 
 import buildcat
-from buildcat import auth, discovery, jobs, protocol
+from buildcat import auth, discovery, jobs, platform, protocol
 from buildcat.blender import BlenderInstall, find_blender
 from buildcat.errors import FarmError
 from buildcat.jobs import blender as blender_jobs
@@ -245,7 +244,7 @@ class Agent:
 
     async def register(self) -> None:
         capabilities = {tag: "" for tag in self.config.tags}
-        capabilities["python"] = platform.python_version()
+        capabilities["python"] = python_platform.python_version()
         if self.config.blender is not None:
             capabilities["blender"] = self.config.blender.version
         reply = await self.call(
@@ -257,8 +256,8 @@ class Agent:
                 "capabilities": capabilities,
                 "info": {
                     "hostname": socket.gethostname(),
-                    "platform": platform.platform(),
-                    "python": platform.python_version(),
+                    "platform": python_platform.platform(),
+                    "python": python_platform.python_version(),
                     "root": str(self.config.root),
                     "pid": os.getpid(),
                     "version": buildcat.__version__,
@@ -660,8 +659,8 @@ class Agent:
 
         if not self.base:
             await self.locate()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, on_signal)
+        stop_handler = platform.on_stop_signals(loop, on_signal)
+        platform.children_die_with_me()  # Windows: a job object; elsewhere each is tied
         env = {
             "BUILDCAT_ROOT": str(self.config.root),
             "BUILDCAT_WORKER_NAME": self.config.name,
@@ -717,8 +716,7 @@ class Agent:
             await self.session.close()
             if token_file is not None:
                 auth.remove_token_file(token_file)
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(signum)
+            stop_handler()
 
     async def find_blender(self) -> None:
         """Look for Blender while the child processes start (it takes about a second)."""

@@ -19,7 +19,7 @@ import time
 import traceback
 from typing import Any, BinaryIO
 
-from buildcat import protocol
+from buildcat import platform, protocol
 from buildcat.errors import FarmError, JobFault
 from buildcat.jobs import context
 from buildcat.jobs.context import TaskCancelled
@@ -46,7 +46,7 @@ def read_frame(stream: BinaryIO) -> Any | None:
 def _cancel(signum: int, frame: object) -> None:
     # Once per task: a second cancel must not break into the job's own cleanup (a warm
     # Blender half stopped, its input closed, left running for the idle reaper to trip on).
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(platform.CANCEL_SIGNAL, signal.SIG_IGN)
     # The class job code can import (buildcat.TaskCancelled): this module runs as __main__.
     raise TaskCancelled("cancelled")
 
@@ -69,15 +69,12 @@ def check_result(result: Any) -> None:
         )
 
 
-def _watch_parent(parent: int) -> None:
+def _parent_died() -> None:
     # A worker killed with SIGKILL cannot stop its children: they notice and leave, and
     # take what their tasks started with them.
-    while True:
-        time.sleep(1.0)
-        if os.getppid() != parent:
-            with contextlib.suppress(Exception):
-                processes.end_leftovers()
-            os._exit(1)
+    with contextlib.suppress(Exception):
+        processes.end_leftovers()
+    os._exit(1)
 
 
 def text(value: Any) -> str:
@@ -108,12 +105,13 @@ def main() -> None:
     # session of its own and leaves only when told to.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # a cancel that arrives between tasks
+    signal.signal(platform.CANCEL_SIGNAL, signal.SIG_IGN)  # a cancel between tasks
     processes.become_subreaper()  # what a task starts, even a detached daemon, stays below
+    platform.children_die_with_me()  # Windows: a job object (elsewhere each is tied)
     root = os.environ.get("BUILDCAT_ROOT", os.getcwd())
     if root not in sys.path:
         sys.path.insert(0, root)
-    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    platform.watch_parent(_parent_died)
     try:
         capture = TaskLog(max_bytes=max_log_bytes())
     except FarmError:  # the worker checks it at start; never fail here
@@ -152,7 +150,7 @@ def main() -> None:
                 f"{request.get('attempt', '?')} on {os.environ.get('BUILDCAT_WORKER_NAME', '')}\n",
             )
         sys.stdout = sys.stderr = capture
-        signal.signal(signal.SIGUSR1, _cancel)
+        signal.signal(platform.CANCEL_SIGNAL, _cancel)
         try:
             function = load_function(request["function"], root)
             result = function(*request.get("args", []), **request.get("kwargs", {}))
@@ -161,7 +159,7 @@ def main() -> None:
         except BaseException as exc:  # SystemExit from a job fails the task, not the child
             reply = failure(exc)
         finally:
-            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+            signal.signal(platform.CANCEL_SIGNAL, signal.SIG_IGN)
             sys.stdout, sys.stderr = real_stdout, real_stderr
         try:
             ended = processes.end_leftovers(keep=context.kept_processes())

@@ -8,13 +8,12 @@ import logging
 import math
 import os
 import secrets
-import signal
 import struct
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from buildcat import protocol
+from buildcat import platform, protocol
 from buildcat.worker import processes
 
 log = logging.getLogger(__name__)
@@ -70,7 +69,7 @@ class Child:
             stdout=asyncio.subprocess.PIPE,
             env=env,
             limit=2**20,
-            start_new_session=True,
+            **platform.new_group(),
         )
         self._reaper = asyncio.create_task(self._end_what_it_left(self.process, self.token))
         hello = await self._read()
@@ -80,9 +79,9 @@ class Child:
     async def _end_what_it_left(self, process: asyncio.subprocess.Process, token: str) -> None:
         # Once the child is gone, nothing it started may go on: a daemon that kept the
         # protocol pipe open would otherwise hold this slot until it ended by itself.
-        await _exited(process)  # not process.wait(): that also waits for the pipes to close
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
+        # not process.wait(): that also waits for the pipes to close
+        await platform.exited(process)
+        platform.kill_group_after_exit(process.pid)
         ended = await asyncio.to_thread(processes.end_marked, token)
         if ended:
             log.warning(
@@ -172,14 +171,12 @@ class Child:
     def interrupt(self) -> None:
         """Ask the running task to stop (it raises TaskCancelled inside the job function)."""
         if self.process is not None and self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGUSR1)
+            platform.send_cancel(self.process.pid)
 
     def kill(self) -> None:
         """Kill the child and its process group (the rest follows once it is gone)."""
         if self.process is not None and self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.process.pid, signal.SIGKILL)
+            platform.kill_group(self.process.pid)
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
 
@@ -205,28 +202,3 @@ class Child:
             except TimeoutError:
                 self.kill()
         await self.stop()
-
-
-async def _exited(process: asyncio.subprocess.Process) -> None:
-    """Return once ``process`` has exited, whoever still holds its pipes."""
-    try:
-        descriptor = os.pidfd_open(process.pid)
-    except ProcessLookupError:
-        return
-    except (AttributeError, OSError):  # no pidfd (not Linux, or an old kernel): poll
-        while process.returncode is None:
-            await asyncio.sleep(0.1)
-        return
-    loop = asyncio.get_running_loop()
-    gone = loop.create_future()
-
-    def on_exit() -> None:
-        if not gone.done():
-            gone.set_result(None)
-
-    loop.add_reader(descriptor, on_exit)
-    try:
-        await gone
-    finally:
-        loop.remove_reader(descriptor)
-        os.close(descriptor)

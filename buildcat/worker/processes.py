@@ -5,17 +5,19 @@ A worker's child process runs in a session of its own and is a *child subreaper*
 called ``setsid``, so after each task the child ends what is left below it. Everything
 started below a child carries its ``BUILDCAT_CHILD_TOKEN`` in its environment: when the
 child itself dies (killed, crashed), the agent ends what carries the token.
+
+Processes are found through ``/proc`` (Linux). Elsewhere nothing is found here: on
+Windows the job object (:mod:`buildcat.platform`) ends what a task process leaves.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
-import signal
-import sys
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+
+from buildcat import platform
 
 #: The environment variable that marks every process started below one child process.
 TOKEN_VARIABLE = "BUILDCAT_CHILD_TOKEN"
@@ -23,16 +25,11 @@ TOKEN_VARIABLE = "BUILDCAT_CHILD_TOKEN"
 END_GRACE_SECONDS = 1.0
 #: Give up on processes that keep forking faster than they are killed after this long.
 END_GIVE_UP_SECONDS = 10.0
-_PR_SET_CHILD_SUBREAPER = 36
 
 
 def become_subreaper() -> bool:
     """Make orphans of this process's descendants its own children (Linux only)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    with contextlib.suppress(Exception):
-        return bool(ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1) == 0)
-    return False
+    return platform.become_subreaper()
 
 
 def children(pid: int) -> list[int]:
@@ -97,33 +94,26 @@ def alive(pid: int) -> bool:
 
 def _reap(pids: Collection[int]) -> None:
     for pid in pids:
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(pid, os.WNOHANG)
+        platform.reap(pid)
 
 
-def _signal(pids: Collection[int], signum: int) -> None:
+def _signal(pids: Collection[int], send: Callable[[int], None]) -> None:
     for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signum)
+        send(pid)
 
 
 def end_leftovers(keep: Collection[int] = ()) -> list[str]:
     """End every process below this one except ``keep`` (and theirs): SIGTERM, then
     SIGKILL after END_GRACE_SECONDS. Returns what was running (``pid (name)``)."""
-    if hasattr(os, "waitid"):
-        try:  # one system call when the task started nothing (the usual case)
-            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return []
-        except OSError:
-            pass
+    if platform.no_children():  # one system call when the task started nothing (the usual case)
+        return []
     me = os.getpid()
     pending = [pid for pid in descendants(me, keep) if alive(pid)]
     _reap([pid for pid in children(me) if pid not in keep])  # zombies of finished ones
     if not pending:
         return []
     ended = [describe(pid) for pid in pending]
-    _signal(pending, signal.SIGTERM)
+    _signal(pending, platform.terminate)
     started = time.monotonic()
     while True:
         _reap([pid for pid in children(me) if pid not in keep])
@@ -134,7 +124,7 @@ def end_leftovers(keep: Collection[int] = ()) -> list[str]:
         if waited > END_GIVE_UP_SECONDS:
             break
         if waited > END_GRACE_SECONDS:
-            _signal(pending, signal.SIGKILL)
+            _signal(pending, platform.kill)
         time.sleep(0.02)
     _reap([pid for pid in children(me) if pid not in keep])
     return ended
@@ -165,6 +155,6 @@ def end_marked(token: str) -> list[str]:
         if not found:
             break
         ended.extend(describe(pid) for pid in found)
-        _signal(found, signal.SIGKILL)
+        _signal(found, platform.kill)
         time.sleep(0.02)
     return ended
