@@ -14,13 +14,10 @@ import math
 import os
 import re
 import secrets
-import socket
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any
 
 from aiohttp import web
 
@@ -29,35 +26,35 @@ from buildcat import auth, jobs, platform, protocol
 from buildcat.discovery import Advertiser, advertised_addresses
 from buildcat.errors import FarmError, ProtocolError
 from buildcat.root import state_dir
-from buildcat.server import connections, feed, notices, outputs, snapshot
+from buildcat.server import connections, feed, notices, outputs
 from buildcat.server import jobtypes as jobtypes_routes
 from buildcat.server import record as server_record
 from buildcat.server import web as web_ui
-from buildcat.server.journal import Journal, JournalError, recover
-from buildcat.server.journal import encode as journal_record
+from buildcat.server.farm import (
+    FARM_KEY,
+    Farm,
+    ServerConfig,
+    Waiter,
+    farm_of,
+    unmet,
+)
+from buildcat.server.journal import JournalError
 from buildcat.server.lock import StateLock
-from buildcat.server.notifier import Notifier
+from buildcat.server.replies import read_body, reply_type, respond, respond_error, respond_exact
 from buildcat.server.scheduler import (
     FINAL_JOB_STATES,
     LOG_TAIL_CHARS,
-    SAME_VERSION_KINDS,
-    Conflict,
     Job,
     JobState,
     NotFound,
-    Scheduler,
     SchedulerError,
     Task,
     TaskSpec,
     TaskState,
-    Worker,
-    requirement_met,
     requirement_problem,
-    split_requirement,
 )
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 MAX_WAIT_SECONDS = 60.0
 MAX_TASKS_PER_JOB = 1_000_000
@@ -74,394 +71,6 @@ MAX_ERROR_CHARS = 4096
 MAX_TRACEBACK_CHARS = 65_536
 #: What a job id in a request may look like (ids are ours: short, plain).
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-@dataclass(slots=True)
-class ServerConfig:
-    root: Path
-    bind: str = "127.0.0.1"
-    port: int = protocol.DEFAULT_PORT
-    name: str = field(default_factory=socket.gethostname)
-    lease_timeout: float = 30.0
-    state_dir: Path | None = None
-    journal: bool = True
-    #: Journal events between snapshots (each snapshot starts the journal afresh).
-    snapshot_every: int = 50_000
-    #: Advertise the farm on the LAN with zeroconf.
-    discovery: bool = True
-    #: The farm secret; ``None`` reads (or creates) ``<root>/.buildcat/secret``.
-    token: str | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    #: Set damage inside the journal aside and replay the rest, instead of refusing to start.
-    salvage: bool = False
-    #: Seconds a new connection has to bring a whole request header (then 401 or served).
-    header_timeout: float = connections.DEFAULT_HEADER_TIMEOUT
-    #: Seconds a member's connection may sit with no request before it is closed.
-    idle_timeout: float = connections.DEFAULT_IDLE_TIMEOUT
-    #: Connections one IP address may hold before showing the secret or the cookie.
-    max_unauthenticated: int = connections.DEFAULT_PER_PEER
-    #: URLs told of every job's end (``--notify``), besides each job's own.
-    notify: list[str] = field(default_factory=list)
-
-
-@dataclass(slots=True, eq=False)
-class _Waiter:
-    worker_id: str
-    want: int
-    future: asyncio.Future[list[Task]]
-    can_send: Callable[[Task], bool] | None = None
-
-
-class Farm:
-    """The server's state: one scheduler plus the requests waiting on it."""
-
-    def __init__(self, config: ServerConfig) -> None:
-        self.config = config
-        self.secret = (
-            auth.check_token(config.token, "--token/FARM_TOKEN")
-            if config.token
-            else auth.ensure_secret(config.root)
-        )
-        #: The salt of the dashboard's keys: read (or made) when the server starts serving.
-        self.dashboard_salt = ""
-        #: The port the server listens on (known once bound): names the dashboard cookie.
-        self.port = config.port
-        self.scheduler = Scheduler(lease_timeout=config.lease_timeout)
-        self.waiters: deque[_Waiter] = deque()
-        self.compact_waiters_at = 64
-        self.job_waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self.watchers: dict[str, asyncio.Future[None]] = {}
-        #: Submits being written to the journal: their job ids, and by idempotency key.
-        self.reserved_ids: set[str] = set()
-        self.submitting: dict[str, asyncio.Future[Job]] = {}
-        self.started_at = time.time()
-        #: Open dashboard event streams, and the event that tells them the farm changed.
-        self.listeners = 0
-        #: Set when the server starts shutting down: lease answers say so to the workers.
-        self.stopping = False
-        self.update_event = asyncio.Event()
-        self._expiry_task: asyncio.Task[None] | None = None
-        self.journal: Journal | None = None
-        self.generation = 0
-        self.snapshot_at = 0
-        #: The frame files each unfinished render job writes (rebuilt from the jobs below).
-        self.outputs = outputs.OutputClaims()
-        #: Sends the job-end notices the scheduler owes; the feed of events for scripts.
-        self.notifier = Notifier(self)
-        self.feed = feed.Feed()
-        if config.journal:
-            folder = config.state_dir or state_dir(config.root)
-            self.snapshot_path = folder / "snapshot.bin"
-            restored = snapshot.restore(self.scheduler, self.snapshot_path)
-            self.generation = restored[0] if restored else 0
-            recovery = recover(
-                folder / "journal.bin", self.scheduler, self.generation, salvage=config.salvage
-            )
-            self.journal = recovery.journal
-            self.scheduler.restarted(time.time())
-            log.info(
-                "journal: snapshot generation %d and %d event(s) replayed: %d job(s), %d worker(s)",
-                self.generation,
-                recovery.replayed,
-                len(self.scheduler.jobs),
-                len(self.scheduler.workers),
-            )
-            if recovery.set_aside or (restored and restored[1]):
-                # Salvaged (the damaged journal must go) or an old snapshot without a checksum.
-                self.write_snapshot()
-            elif recovery.restart:
-                self.journal.restart(self.generation)
-            for job in self.scheduler.jobs.values():
-                if job.state not in FINAL_JOB_STATES:
-                    self.outputs.claim(job.id, self.job_outputs(job))
-        self.notify_unfinished()
-
-    def notify_unfinished(self) -> None:
-        """The server's ``--notify`` URLs apply to the jobs it finds unfinished too: each
-        such job gets them (journaled, ahead of whatever the job does next)."""
-        if not self.config.notify:
-            return
-        now = time.time()
-        for job in self.scheduler.jobs.values():
-            if job.state in FINAL_JOB_STATES or not isinstance(job.meta, dict):
-                continue
-            urls = list(job.meta.get(notices.META_KEY) or [])
-            missing = [url for url in self.config.notify if url not in urls]
-            if missing:
-                job.meta[notices.META_KEY] = urls + missing
-                self.record("notify", now, job.id, job.meta[notices.META_KEY])
-
-    def job_outputs(self, job: Job) -> dict[outputs.Pattern, list[int]]:
-        """The frames a job writes, by output pattern (see :mod:`buildcat.server.outputs`)."""
-        return outputs.claimed_frames(
-            job.kind, ((t.payload, t.depends) for t in job.tasks), job.meta.get("common") or {}
-        )
-
-    def output_writer(self, job_id: str) -> bool:
-        """The job is unfinished (or being submitted): its frame files are still its own."""
-        job = self.scheduler.jobs.get(job_id)
-        if job is None:
-            return job_id in self.reserved_ids
-        return job.state not in FINAL_JOB_STATES
-
-    def check_outputs(
-        self,
-        claims: dict[outputs.Pattern, list[int]],
-        job_id: str = "",
-        runs_after: Collection[str] = (),
-    ) -> None:
-        """Refuse (409) a job that would write frames an unfinished other job writes; the
-        jobs it runs after (``after``) do not count: they will have ended before it starts."""
-        clash = self.outputs.conflict(claims, self.output_writer, job_id, set(runs_after))
-        if clash is not None:
-            other, path = clash
-            raise Conflict(
-                f"job {other} is unfinished and writes {path} too: wait for it or cancel it, "
-                "or give this job another --output"
-            )
-
-    async def take_snapshot(self) -> None:
-        """Write the whole queue to snapshot.bin and start the journal afresh."""
-        if self.journal is None:
-            return
-        await self.journal.settle()
-        # From here to the end nothing awaits: no request changes the queue meanwhile.
-        self.write_snapshot()
-
-    def write_snapshot(self) -> None:
-        assert self.journal is not None
-        started = time.perf_counter()
-        generation = self.generation + 1
-        size = self.journal.restart(
-            generation, lambda: snapshot.write(self.snapshot_path, generation, self.scheduler)
-        )
-        self.generation = generation
-        self.snapshot_at = self.journal.appended
-        log.info(
-            "journal: snapshot %d written (%d bytes, %.0f ms)",
-            generation,
-            size,
-            (time.perf_counter() - started) * 1000,
-        )
-
-    def record(self, *event: Any) -> None:
-        if self.journal is not None:
-            self.journal.append(*event)
-
-    async def change(self, event: tuple[Any, ...], apply: Callable[[], T]) -> T:
-        """Journal first, change second: encode ``event`` (ProtocolError, a 400), wait until
-        it is on disk (JournalError, a 503), and only then ``apply`` it, so a refused request
-        changes nothing. ``apply`` runs the moment the event is durable, in journal order,
-        even when the request is gone by then; what it raises (the queue moved on since the
-        request was checked: replay skips the event the same way) is raised here."""
-        return await self.change_all([event], apply)
-
-    async def change_all(self, events: list[tuple[Any, ...]], apply: Callable[[], T]) -> T:
-        """:meth:`change` for a request that makes several events (all or none)."""
-        if self.journal is None:
-            result = apply()
-            self.after_change()
-            return result
-        records = [journal_record(list(event)) for event in events]  # all encode, or none
-        outcome: list[tuple[bool, Any]] = []
-
-        def then() -> None:
-            try:
-                outcome.append((True, apply()))
-            except SchedulerError as exc:
-                outcome.append((False, exc))
-            except Exception as exc:
-                log.exception("applying %s failed", events[0][0])
-                outcome.append((False, exc))
-            self.after_change()
-
-        for record in records:
-            self.journal.append_record(record)
-        await self.journal.commit(then)
-        ok, value = outcome[0]
-        if not ok:
-            raise value
-        return cast(T, value)
-
-    def new_job_id(self) -> str:
-        while True:
-            job_id = secrets.token_hex(4)
-            if job_id not in self.scheduler.jobs and job_id not in self.reserved_ids:
-                return job_id
-
-    # ---- waking ------------------------------------------------------------------------
-
-    def after_change(self) -> None:
-        """Hand ready tasks to waiting workers and wake waiters of finished jobs."""
-        if self.waiters and self.scheduler.ready_total > 0:
-            self.dispatch(time.time())
-        for worker_id in self.scheduler.take_cancel_notices():
-            watcher = self.watchers.pop(worker_id, None)
-            if watcher is not None and not watcher.done():
-                watcher.set_result(None)
-        for job in self.scheduler.take_finished():
-            log.info("job %s %s", job.id, job.state)
-            self.outputs.release(job.id)
-            if job.kind == "blender":
-                self.sweep_render_leftovers(job)
-            for future in self.job_waiters.pop(job.id, []):
-                if not future.done():
-                    future.set_result(None)
-        changed = self.scheduler.take_changed()
-        self.feed.observe(self.scheduler, changed)
-        self.notifier.wake()
-        if self.listeners:
-            self.update_event.set()
-            self.update_event = asyncio.Event()
-
-    def sweep_render_leftovers(self, job: Job) -> None:
-        """A render job ended: its staging folders and empty parts folders go (in a thread:
-        the root may be a slow network share)."""
-        from buildcat.jobs import blender as blender_jobs
-
-        payloads = [task.payload for task in job.tasks]
-
-        def sweep() -> None:
-            try:
-                swept = blender_jobs.sweep_job_leftovers(self.config.root, job.id, payloads)
-            except Exception:  # never let housekeeping reach the server's loop
-                log.exception("job %s: sweeping its leftover folders failed", job.id)
-                return
-            if swept:
-                log.info("job %s: removed %d leftover folder(s)", job.id, len(swept))
-
-        # No loop (a replay at start): nothing to sweep now; the folders wait for the next
-        # run of the job, or a worker's own sweep.
-        with contextlib.suppress(RuntimeError):
-            asyncio.get_running_loop().run_in_executor(None, sweep)
-
-    def live_waiters(self) -> list[_Waiter]:
-        """Parked lease requests still waiting; finished ones are dropped from the queue
-        here too, so an idle farm's queue does not grow by one entry per long-poll."""
-        live = [waiter for waiter in self.waiters if not waiter.future.done()]
-        if len(live) < len(self.waiters):
-            self.waiters = deque(live)
-        return live
-
-    def dispatch(self, now: float) -> None:
-        unmatched: list[_Waiter] = []
-        while self.waiters and self.scheduler.ready_total > 0:
-            waiter = self.waiters.popleft()
-            if waiter.future.done():
-                continue
-            try:
-                tasks = self.scheduler.lease(waiter.worker_id, waiter.want, now, waiter.can_send)
-            except SchedulerError:
-                waiter.future.set_result([])
-                continue
-            if tasks:
-                self.record("lease", now, waiter.worker_id, [task.id for task in tasks])
-                waiter.future.set_result(tasks)
-            else:
-                unmatched.append(waiter)
-        self.waiters.extendleft(reversed(unmatched))
-
-    def release_waiters(self) -> int:
-        """At shutdown, answer every long-poll at once so nothing waits for a timeout;
-        returns how many lease requests were waiting."""
-        self.stopping = True
-        released = 0
-        while self.waiters:
-            waiter = self.waiters.popleft()
-            if not waiter.future.done():
-                waiter.future.set_result([])
-                released += 1
-        for watcher in self.watchers.values():
-            if not watcher.done():
-                watcher.set_result(None)
-        self.watchers.clear()
-        for futures in self.job_waiters.values():
-            for future in futures:
-                if not future.done():
-                    future.set_result(None)
-        self.job_waiters.clear()
-        self.feed.close()
-        return released
-
-    async def expire_leases(self) -> None:
-        interval = max(0.05, min(1.0, self.config.lease_timeout / 4))
-        while True:
-            await asyncio.sleep(interval)
-            now = time.time()
-            returned = self.scheduler.expire(now)
-            for worker_id, task_id, error in self.scheduler.timed_out:
-                log.warning("task %s %s; stopped", task_id, error)
-                self.record("fail", now, worker_id, task_id, error, "", "")
-            self.scheduler.timed_out.clear()
-            for task in returned:
-                log.warning("lease of task %s ran out; back in the queue", task.id)
-            if returned:
-                self.record("requeue", now, [task.id for task in returned])
-            self.after_change()
-            journal = self.journal
-            if (
-                journal is not None
-                and journal.appended - self.snapshot_at >= self.config.snapshot_every
-            ):
-                try:
-                    await self.take_snapshot()
-                except (OSError, FarmError) as exc:
-                    log.error("could not write a snapshot: %s", exc)
-
-
-# ---- request and response helpers ---------------------------------------------------------
-
-FARM_KEY = web.AppKey("farm", Farm)
-
-
-def _farm(request: web.Request) -> Farm:
-    return request.app[FARM_KEY]
-
-
-def _reply(request: web.Request, value: Any, status: int = 200) -> web.Response:
-    """A view: JSON replies are always valid JSON (NaN shows as null, see protocol.encode)."""
-    try:
-        return _encoded_reply(request, value, status, exact=False)
-    except ProtocolError as exc:
-        raise web.HTTPInternalServerError(reason="cannot encode reply") from exc
-
-
-def _encoded_reply(
-    request: web.Request, value: Any, status: int = 200, *, exact: bool = True
-) -> web.Response:
-    """The reply in the format the request accepts; raises ProtocolError if it cannot be."""
-    content_type = _reply_type(request)
-    body = protocol.encode(value, content_type, exact=exact)
-    return web.Response(body=body, status=status, content_type=content_type)
-
-
-def _reply_type(request: web.Request) -> str:
-    accept = request.headers.get("Accept", "")
-    return protocol.MSGPACK if protocol.MSGPACK in accept else protocol.JSON
-
-
-def _error(request: web.Request, status: int, message: str) -> web.Response:
-    return _reply(request, {"error": message}, status=status)
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    data = await request.read()
-    if not data:
-        return {}
-    content_type = request.content_type
-    if content_type not in (protocol.MSGPACK, protocol.JSON):
-        raise ProtocolError(
-            f"unsupported content type {content_type!r}: send {protocol.MSGPACK} or {protocol.JSON}"
-        )
-    value = protocol.decode(data, content_type)
-    if not isinstance(value, dict):
-        raise ProtocolError("the body must be a map")
-    return value
-
-
 _NUMBERS = {int, float, type(None)}
 
 
@@ -526,8 +135,8 @@ async def auth_middleware(
     """Every request carries the farm secret, or nothing runs (the body is not even read).
 
     The dashboard's cookie opens the routes it needs; the page itself is public."""
-    secret = _farm(request).secret
-    access = web_ui.access(request, _farm(request))
+    secret = farm_of(request).secret
+    access = web_ui.access(request, farm_of(request))
     guard = request.app.get(connections.GUARD_KEY)
     if access not in ("", "public") and guard is not None:
         guard.authenticated(request.protocol)  # no longer counts against its peer's cap
@@ -538,7 +147,7 @@ async def auth_middleware(
             response.body = auth.redact_bytes(response.body, secret)
         return response
     if not access:
-        response = _error(
+        response = respond_error(
             request,
             401,
             "missing or wrong farm secret: send 'Authorization: Bearer' with the contents "
@@ -556,18 +165,18 @@ async def errors_middleware(
     try:
         return await handler(request)
     except SchedulerError as exc:
-        return _error(request, exc.status, str(exc))
+        return respond_error(request, exc.status, str(exc))
     except JournalError as exc:
         log.error("%s", exc)
-        return _error(request, 503, f"the server cannot record changes: {exc}")
+        return respond_error(request, 503, f"the server cannot record changes: {exc}")
     except FarmError as exc:
-        return _error(request, 400, str(exc))
+        return respond_error(request, 400, str(exc))
     except web.HTTPNotFound as exc:
         found = exc.reason != "Not Found"  # a route that says what it did not find
         reason = exc.reason if found else f"no such route: {request.method} {request.path}"
-        return _error(request, 404, reason)
+        return respond_error(request, 404, reason)
     except web.HTTPRequestEntityTooLarge:
-        return _error(
+        return respond_error(
             request,
             413,
             f"the request body is larger than {protocol.MAX_BODY_BYTES:,} bytes: split the job "
@@ -575,10 +184,12 @@ async def errors_middleware(
         )
     except web.HTTPMethodNotAllowed as exc:
         allowed = ", ".join(sorted(exc.allowed_methods))
-        return _error(request, 405, f"{request.method} is not allowed here (allowed: {allowed})")
+        return respond_error(
+            request, 405, f"{request.method} is not allowed here (allowed: {allowed})"
+        )
     except web.HTTPException as exc:
         if exc.status >= 400:
-            return _error(request, exc.status, exc.reason)
+            return respond_error(request, exc.status, exc.reason)
         raise
 
 
@@ -590,9 +201,9 @@ API = protocol.API_PREFIX
 
 @routes.get(f"{API}/ping")
 async def ping(request: web.Request) -> web.Response:
-    farm = _farm(request)
+    farm = farm_of(request)
     waiting = farm.live_waiters()
-    return _reply(
+    return respond(
         request,
         {
             "name": farm.config.name,
@@ -622,8 +233,8 @@ def _task_id(item: dict[str, Any]) -> str:
 
 @routes.post(f"{API}/jobs")
 async def submit(request: web.Request) -> web.Response:
-    farm = _farm(request)
-    body = await _body(request)
+    farm = farm_of(request)
+    body = await read_body(request)
     # An idempotency key: the same submit sent again (its reply was lost) finds its job.
     key = _get(body, "key", str, "")
     if key and not _SUBMIT_KEY.fullmatch(key):
@@ -639,7 +250,7 @@ async def submit(request: web.Request) -> web.Response:
     earlier = farm.scheduler.submitted(key, digest)
     if earlier is not None:
         log.info("job %s: the same submit again (key %s)", earlier.id, key)
-        return _reply(request, {"id": earlier.id, "tasks": len(earlier.tasks), "again": True})
+        return respond(request, {"id": earlier.id, "tasks": len(earlier.tasks), "again": True})
     kind = _text(body, "kind", "python")
     raw_tasks = _get(body, "tasks", list, [])
     common = _get(body, "common", dict, {})
@@ -727,7 +338,7 @@ async def submit(request: web.Request) -> web.Response:
     pending.add_done_callback(done)
     job = await asyncio.shield(pending)
     log.info("job %s submitted: %s, %d task(s)", job.id, job.name or kind, len(job.tasks))
-    return _reply(request, {"id": job.id, "tasks": len(job.tasks)}, status=201)
+    return respond(request, {"id": job.id, "tasks": len(job.tasks)}, status=201)
 
 
 def _after(body: dict[str, Any]) -> tuple[list[str], bool]:
@@ -742,24 +353,24 @@ def _after(body: dict[str, Any]) -> tuple[list[str], bool]:
 
 @routes.get(f"{API}/jobs")
 async def list_jobs(request: web.Request) -> web.Response:
-    scheduler = _farm(request).scheduler
+    scheduler = farm_of(request).scheduler
     state = request.query.get("state")
     if state is not None and state not in set(JobState):
         raise ProtocolError(f"state must be one of {', '.join(JobState)}, not {state!r}")
-    farm = _farm(request)
+    farm = farm_of(request)
     views = [
         _job_view(farm, job.id)
         for job in scheduler.jobs.values()
         if state in (None, str(job.state))
     ]
-    return _reply(request, {"jobs": views})
+    return respond(request, {"jobs": views})
 
 
 def _job_view(farm: Farm, job_id: str) -> dict[str, Any]:
     job = farm.scheduler.job(job_id)
     view = job.to_dict()
     view["meta"] = {k: v for k, v in view["meta"].items() if k != "common"}
-    view["waiting"] = _unmet(farm, job) if job.state not in FINAL_JOB_STATES else ""
+    view["waiting"] = unmet(farm, job) if job.state not in FINAL_JOB_STATES else ""
     if "frames" in job.meta:
         view["frames"] = _frame_counts(job)
     return web_ui.showable(view)  # one job's odd data (an older journal's) never fails a list
@@ -778,49 +389,15 @@ def _frame_counts(job: Job) -> dict[str, int]:
     return {"done": len(done), "total": len(every)}
 
 
-def _unmet(farm: Farm, job: Job) -> str:
-    """Why nothing runs: the jobs it waits for (``after``), or no online worker meets the
-    job's requirements (or has the Blender version the job holds)."""
-    scheduler = farm.scheduler
-    if job.waiting_for:
-        return scheduler.waiting_reason(job)
-    online = [w for w in scheduler.workers.values() if w.online]
-    able = [w for w in online if scheduler.can_serve(job, w)]
-    if able and all(w.name in job.blocked for w in able):
-        blocked = ", ".join(sorted(w.name for w in able))
-        return f"every worker that can run it is blocked ({blocked}): farm unblock {job.id}"
-    held = job.blender_version if job.kind in SAME_VERSION_KINDS else ""
-    if able or not (job.requires or held):
-        return ""
-    needs = ", ".join(job.requires)
-    if held:
-        version = f"Blender {held}, the version this job renders every task with"
-        needs = f"{needs} and {version}" if needs else version
-    if not online:
-        return f"no worker is online; this job needs {needs}"
-    wanted = {split_requirement(r)[0] for r in job.requires}
-    names = sorted(wanted | {SAME_VERSION_KINDS[job.kind]} if held else wanted)
-
-    def has(worker: Worker) -> str:
-        shown = [f"{n} {worker.capabilities[n]}".strip() for n in names if n in worker.capabilities]
-        return ", ".join(shown) or "none"
-
-    seen = ", ".join(f"{w.name} ({has(w)})" for w in online[:5])
-    meets = [w for w in online if all(requirement_met(r, w.capabilities) for r in job.requires)]
-    if held and meets:
-        return f"no online worker has Blender {held}, the version this job renders with: {seen}"
-    return f"no online worker meets {needs}: {seen}"
-
-
 @routes.get(f"{API}/jobs/{{job}}")
 async def job_status(request: web.Request) -> web.Response:
-    return _reply(request, _job_view(_farm(request), request.match_info["job"]))
+    return respond(request, _job_view(farm_of(request), request.match_info["job"]))
 
 
 @routes.get(f"{API}/jobs/{{job}}/wait")
 async def job_wait(request: web.Request) -> web.Response:
     """Long-poll: answers when the job ends or after ``timeout`` seconds, with its status."""
-    farm = _farm(request)
+    farm = farm_of(request)
     job = farm.scheduler.job(request.match_info["job"])
     timeout = min(_query_float(request, "timeout", 30.0), MAX_WAIT_SECONDS)
     if job.state not in FINAL_JOB_STATES and timeout > 0:
@@ -834,19 +411,19 @@ async def job_wait(request: web.Request) -> web.Response:
             waiters = farm.job_waiters.get(job.id)
             if waiters and future in waiters:
                 waiters.remove(future)
-    return _reply(request, _job_view(farm, job.id))
+    return respond(request, _job_view(farm, job.id))
 
 
 @routes.get(f"{API}/jobs/{{job}}/tasks")
 async def job_tasks(request: web.Request) -> web.Response:
-    job = _farm(request).scheduler.job(request.match_info["job"])
-    return _reply(request, {"tasks": [task.to_dict() for task in job.tasks]})
+    job = farm_of(request).scheduler.job(request.match_info["job"])
+    return respond(request, {"tasks": [task.to_dict() for task in job.tasks]})
 
 
 @routes.get(f"{API}/jobs/{{job}}/results")
 async def job_results(request: web.Request) -> web.Response:
-    job = _farm(request).scheduler.job(request.match_info["job"])
-    return _reply(
+    job = farm_of(request).scheduler.job(request.match_info["job"])
+    return respond(
         request,
         {"id": job.id, "state": str(job.state), "results": [t.result for t in job.tasks]},
     )
@@ -854,10 +431,10 @@ async def job_results(request: web.Request) -> web.Response:
 
 @routes.post(f"{API}/jobs/{{job}}/{{action:cancel|pause|resume|retry|unblock}}")
 async def job_action(request: web.Request) -> web.Response:
-    farm = _farm(request)
+    farm = farm_of(request)
     job_id = request.match_info["job"]
     action = request.match_info["action"]
-    body = await _body(request)
+    body = await read_body(request)
     worker = body.get("worker")
     if worker is not None and (not isinstance(worker, str) or len(worker) > MAX_NAME):
         raise ProtocolError(f"'worker' must be a worker name of at most {MAX_NAME} characters")
@@ -891,15 +468,15 @@ async def job_action(request: web.Request) -> web.Response:
     view = _job_view(farm, job_id)
     if action in ("retry", "unblock"):
         view["unblocked"] = unblocked
-    return _reply(request, view)
+    return respond(request, view)
 
 
 @routes.post(f"{API}/jobs/{{job}}/priority")
 async def job_priority(request: web.Request) -> web.Response:
     """Move a job up or down the queue: ``{"priority": N}``, higher runs first."""
-    farm = _farm(request)
+    farm = farm_of(request)
     job_id = request.match_info["job"]
-    body = await _body(request)
+    body = await read_body(request)
     if body.get("priority") is None:
         raise ProtocolError("'priority' must be a number")
     priority = _bounded(body, "priority", None, -MAX_PRIORITY, MAX_PRIORITY)
@@ -910,19 +487,19 @@ async def job_priority(request: web.Request) -> web.Response:
         lambda: scheduler.set_priority(job_id, priority),
     )
     log.info("job %s: priority %d", job_id, priority)
-    return _reply(request, _job_view(farm, job_id))
+    return respond(request, _job_view(farm, job_id))
 
 
 @routes.get(f"{API}/tasks/{{task}}")
 async def task_detail(request: web.Request) -> web.Response:
-    task = _farm(request).scheduler.task(request.match_info["task"])
-    return _reply(request, task.to_dict(with_result=True))
+    task = farm_of(request).scheduler.task(request.match_info["task"])
+    return respond(request, task.to_dict(with_result=True))
 
 
 @routes.post(f"{API}/workers")
 async def register(request: web.Request) -> web.Response:
-    farm = _farm(request)
-    body = await _body(request)
+    farm = farm_of(request)
+    body = await read_body(request)
     capabilities = _get(body, "capabilities", dict, {})
     if len(capabilities) > MAX_CAPABILITIES or not all(
         isinstance(k, str) and isinstance(v, str) and len(k) <= MAX_NAME and len(v) <= MAX_NAME
@@ -951,7 +528,7 @@ async def register(request: web.Request) -> web.Response:
         ),
     )
     log.info("worker %s (%s) joined with %d slot(s)", worker.name, worker.id, worker.slots)
-    return _reply(
+    return respond(
         request,
         {"id": worker.id, "lease_timeout": farm.config.lease_timeout, "name": farm.config.name},
         status=201,
@@ -960,8 +537,8 @@ async def register(request: web.Request) -> web.Response:
 
 @routes.get(f"{API}/workers")
 async def list_workers(request: web.Request) -> web.Response:
-    workers = _farm(request).scheduler.workers.values()
-    return _reply(request, {"workers": [worker.to_dict() for worker in workers]})
+    workers = farm_of(request).scheduler.workers.values()
+    return respond(request, {"workers": [worker.to_dict() for worker in workers]})
 
 
 def _task_message(farm: Farm, task: Task) -> dict[str, Any]:
@@ -979,9 +556,9 @@ def _task_message(farm: Farm, task: Task) -> dict[str, Any]:
 @routes.post(f"{API}/workers/{{worker}}/lease")
 async def lease(request: web.Request) -> web.Response:
     """Long-poll for up to ``want`` tasks, waiting at most ``wait`` seconds for one."""
-    farm = _farm(request)
+    farm = farm_of(request)
     worker_id = request.match_info["worker"]
-    body = await _body(request)
+    body = await read_body(request)
     want = _get(body, "want", int, 1)
     wait = float(_get(body, "wait", (int, float), 0))
     if not 0 <= want <= MAX_WANT:
@@ -1000,7 +577,7 @@ async def lease(request: web.Request) -> web.Response:
             return False
         return True
 
-    sendable = None if _reply_type(request) == protocol.MSGPACK else can_send
+    sendable = None if reply_type(request) == protocol.MSGPACK else can_send
     tasks = farm.scheduler.lease(worker_id, want, now, sendable)
     if tasks:
         farm.record("lease", now, worker_id, [task.id for task in tasks])
@@ -1009,7 +586,7 @@ async def lease(request: web.Request) -> web.Response:
         future: asyncio.Future[list[Task]] = asyncio.get_running_loop().create_future()
         if len(farm.waiters) >= farm.compact_waiters_at:  # amortised: drop finished ones
             farm.compact_waiters_at = max(64, 2 * len(farm.live_waiters()))
-        farm.waiters.append(_Waiter(worker_id, want, future, sendable))
+        farm.waiters.append(Waiter(worker_id, want, future, sendable))
         try:
             tasks = await asyncio.wait_for(asyncio.shield(future), wait)
         except TimeoutError:
@@ -1027,7 +604,7 @@ async def lease(request: web.Request) -> web.Response:
             if not future.done():
                 future.cancel()
     if not tasks and unsendable:
-        return _error(
+        return respond_error(
             request,
             406,
             f"task {unsendable[0]} cannot be sent as JSON: ask for {protocol.MSGPACK}, "
@@ -1037,7 +614,7 @@ async def lease(request: web.Request) -> web.Response:
     if farm.stopping:
         reply["stopping"] = True  # the worker need not wonder why the next call fails
     try:
-        return _encoded_reply(request, reply)
+        return respond_exact(request, reply)
     except ProtocolError as exc:
         # Never leased to a worker that was not told: they go back, their attempts unspent.
         ids = [task.id for task in tasks]
@@ -1045,7 +622,7 @@ async def lease(request: web.Request) -> web.Response:
             farm.scheduler.release(worker_id, ids, time.time())
             farm.record("release", time.time(), worker_id, ids)
         farm.after_change()
-        return _error(
+        return respond_error(
             request,
             406,
             f"the task(s) {', '.join(ids)} cannot be sent in the format asked for ({exc}): "
@@ -1060,9 +637,9 @@ async def report(request: web.Request) -> web.Response:
     The whole message is checked before any of it is applied. Entries for tasks the server
     does not know (it restarted, the job is gone) are discarded and listed as such.
     """
-    farm = _farm(request)
+    farm = farm_of(request)
     worker_id = request.match_info["worker"]
-    body = await _body(request)
+    body = await read_body(request)
     done = []
     for item in _get(body, "done", list, []):
         if not isinstance(item, dict):
@@ -1178,15 +755,15 @@ async def report(request: web.Request) -> web.Response:
         cancel = scheduler.take_cancellations(worker_id)
     except NotFound:
         cancel = []
-    return _reply(request, {"accepted": accepted, "discarded": discarded + late, "cancel": cancel})
+    return respond(request, {"accepted": accepted, "discarded": discarded + late, "cancel": cancel})
 
 
 @routes.post(f"{API}/workers/{{worker}}/watch")
 async def watch(request: web.Request) -> web.Response:
     """Long-poll for cancellations (answers at once when there are some); a heartbeat too."""
-    farm = _farm(request)
+    farm = farm_of(request)
     worker_id = request.match_info["worker"]
-    body = await _body(request)
+    body = await read_body(request)
     wait = min(max(float(_get(body, "wait", (int, float), 0)), 0.0), MAX_WAIT_SECONDS)
     worker = farm.scheduler.touch(worker_id, time.time())
     if not worker.to_cancel and wait > 0:
@@ -1208,12 +785,12 @@ async def watch(request: web.Request) -> web.Response:
         cancels = farm.scheduler.take_cancellations(worker_id)
     except SchedulerError:
         cancels = []
-    return _reply(request, {"cancel": cancels})
+    return respond(request, {"cancel": cancels})
 
 
 @routes.delete(f"{API}/workers/{{worker}}")
 async def unregister(request: web.Request) -> web.Response:
-    farm = _farm(request)
+    farm = farm_of(request)
     worker_id = request.match_info["worker"]
     farm.scheduler.worker(worker_id)  # an unknown worker: 404, nothing journaled
     now = time.time()
@@ -1221,7 +798,7 @@ async def unregister(request: web.Request) -> web.Response:
         ("unregister", now, worker_id), lambda: farm.scheduler.unregister(worker_id, now)
     )
     log.info("worker %s left; %d task(s) back in the queue", worker_id, len(returned))
-    return _reply(request, {"returned": [task.id for task in returned]})
+    return respond(request, {"returned": [task.id for task in returned]})
 
 
 # ---- application ----------------------------------------------------------------------------
@@ -1229,13 +806,13 @@ async def unregister(request: web.Request) -> web.Response:
 
 async def pending_notices(request: web.Request) -> web.Response:
     """The job-end notices not yet delivered (or given up), oldest job end first."""
-    owed = _farm(request).scheduler.notices.pending.values()
-    return _reply(request, [n.to_dict() for n in sorted(owed, key=lambda n: n.ended_at)])
+    owed = farm_of(request).scheduler.notices.pending.values()
+    return respond(request, [n.to_dict() for n in sorted(owed, key=lambda n: n.ended_at)])
 
 
 async def events_feed(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/events/feed``: the farm's events, one JSON object per line."""
-    farm = _farm(request)
+    farm = farm_of(request)
     return await feed.stream(
         request, farm.feed, farm.scheduler, str(farm.config.name),
         lambda line: auth.redact_bytes(line, farm.secret),
@@ -1257,7 +834,7 @@ def create_app(config: ServerConfig) -> web.Application:
     web_ui.add_routes(app)
     app.router.add_get(f"{API}/events/feed", events_feed)
     app.router.add_get(f"{API}/notices", pending_notices)
-    jobtypes_routes.add_routes(app, config.root, _reply)
+    jobtypes_routes.add_routes(app, config.root, respond)
 
     async def start_background(app: web.Application) -> None:
         farm._expiry_task = asyncio.create_task(farm.expire_leases())

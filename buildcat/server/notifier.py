@@ -43,7 +43,7 @@ class _Config(Protocol):
 
 
 class Owner(Protocol):
-    """What the notifier needs of the server's state (``app.Farm``): the notices owed, the
+    """What the notifier needs of the server's state (``farm.Farm``): the notices owed, the
     journal, the farm's name and secret, and a way to journal a change."""
 
     scheduler: Scheduler

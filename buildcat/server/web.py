@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
@@ -37,10 +37,9 @@ from buildcat import auth, platform, protocol
 from buildcat.errors import FarmError
 from buildcat.root import resolve, state_dir
 from buildcat.server import metrics
+from buildcat.server.farm import Farm, farm_of, unmet
+from buildcat.server.replies import read_body, respond
 from buildcat.server.scheduler import FINAL_JOB_STATES, Job, Task, TaskState
-
-if TYPE_CHECKING:
-    from buildcat.server.app import Farm
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +123,7 @@ def _asset(name: str) -> bytes:
 
 
 async def index(request: web.Request) -> web.StreamResponse:
-    if not _cookie_valid(request, _farm(request)):
+    if not _cookie_valid(request, farm_of(request)):
         return web.Response(text=_asset("login.html").decode(), content_type="text/html")
     return web.Response(
         body=_asset("index.html"),
@@ -144,7 +143,7 @@ async def asset(request: web.Request) -> web.StreamResponse:
 
 
 async def login(request: web.Request) -> web.StreamResponse:
-    farm = _farm(request)
+    farm = farm_of(request)
     key = request.query.get("key", "")
     if not auth.dashboard_key_matches(key, farm.secret, farm.dashboard_salt):
         return web.Response(
@@ -168,24 +167,22 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 async def dashboard_link(request: web.Request) -> web.StreamResponse:
     """Members only: the key of the dashboard's login link (``farm dashboard``)."""
-    from buildcat.server.app import _reply
 
-    farm = _farm(request)
+    farm = farm_of(request)
     key = auth.dashboard_key(farm.secret, farm.dashboard_salt)
-    return _reply(request, {"key": key, "cookie": cookie_name(farm)})
+    return respond(request, {"key": key, "cookie": cookie_name(farm)})
 
 
 async def revoke_dashboard(request: web.Request) -> web.StreamResponse:
     """Members only: a new salt, so every login link and every browser's cookie stops
     working at once; the farm secret stays as it is (``farm dashboard --revoke``)."""
-    from buildcat.server.app import _body, _reply
 
-    farm = _farm(request)
-    await _body(request)  # a body that is not a map refuses, and changes nothing
+    farm = farm_of(request)
+    await read_body(request)  # a body that is not a map refuses, and changes nothing
     farm.dashboard_salt = auth.new_dashboard_salt(farm.config.root)
     log.warning("dashboard revoked: every login link and browser cookie is dead")
     key = auth.dashboard_key(farm.secret, farm.dashboard_salt)
-    return _reply(request, {"key": key, "cookie": cookie_name(farm)})
+    return respond(request, {"key": key, "cookie": cookie_name(farm)})
 
 
 _LOGIN_ERROR = '<p class="error">That link is not this farm\'s: get a fresh one.</p>'
@@ -345,7 +342,6 @@ class Overview:
         )
 
     def _job(self, farm: Farm, job: Job, running_progress: float) -> str:
-        from buildcat.server.app import _unmet
 
         try:
             summary = self._summaries.get(job.id)
@@ -359,7 +355,7 @@ class Overview:
             view["meta"] = (
                 {k: v for k, v in meta.items() if k != "common"} if isinstance(meta, dict) else meta
             )
-            view["waiting"] = _unmet(farm, job) if job.state not in FINAL_JOB_STATES else ""
+            view["waiting"] = unmet(farm, job) if job.state not in FINAL_JOB_STATES else ""
             if summary.counts_frames:
                 view["frames"] = {"done": len(summary.frames_done), "total": summary.frames_total}
             view["thumbnail"] = summary.last_frame is not None
@@ -455,7 +451,7 @@ def _key(key: Any) -> str:
 
 async def events(request: web.Request) -> web.StreamResponse:
     """Server-sent events: an ``update`` with the overview whenever the farm changes."""
-    farm = _farm(request)
+    farm = farm_of(request)
     overview = request.app[OVERVIEW_KEY]
     response = web.StreamResponse(
         headers={
@@ -609,7 +605,7 @@ def thumbnail_reader() -> ThumbnailReader:
 
 
 async def thumbnail(request: web.Request) -> web.StreamResponse:
-    farm = _farm(request)
+    farm = farm_of(request)
     job = farm.scheduler.job(request.match_info["job"])
     relative = _last_frame(job)
     if relative is None:
@@ -672,9 +668,8 @@ def _job_media(farm: Farm, job: Job) -> dict[str, tuple[str, os.stat_result]]:
 async def media(request: web.Request) -> web.StreamResponse:
     """The job's preview video and contact sheet, where they exist: their root-relative
     paths, sizes and the links that serve them (``null`` where there is none yet)."""
-    from buildcat.server.app import _reply
 
-    farm = _farm(request)
+    farm = farm_of(request)
     job = farm.scheduler.job(request.match_info["job"])
     found = await _find_media(farm, job)
     reply: dict[str, Any] = {}
@@ -689,14 +684,14 @@ async def media(request: web.Request) -> web.StreamResponse:
             "modified": info.st_mtime,
             "url": f"{API}/jobs/{job.id}/media/{route}?v={info.st_mtime_ns}",
         }
-    return _reply(request, reply)
+    return respond(request, reply)
 
 
 async def media_file(request: web.Request) -> web.StreamResponse:
     """The bytes of a job's preview video or contact sheet (ranges too, for seeking): only
     the files at the job's own media paths (``preview.mp4``, ``contact-sheet.png`` beside
     its frames), never a path a request names."""
-    farm = _farm(request)
+    farm = farm_of(request)
     job = farm.scheduler.job(request.match_info["job"])
     route = request.match_info["name"]
     if route not in MEDIA:
@@ -713,7 +708,7 @@ async def media_file(request: web.Request) -> web.StreamResponse:
 
 
 async def metrics_text(request: web.Request) -> web.StreamResponse:
-    farm = _farm(request)
+    farm = farm_of(request)
     overview = request.app[OVERVIEW_KEY]
     text = metrics.render(
         farm.scheduler,
@@ -725,12 +720,6 @@ async def metrics_text(request: web.Request) -> web.StreamResponse:
     return web.Response(
         text=text, content_type="text/plain", charset="utf-8", headers={"X-Format": "0.0.4"}
     )
-
-
-def _farm(request: web.Request) -> Farm:
-    from buildcat.server.app import FARM_KEY
-
-    return request.app[FARM_KEY]
 
 
 def add_routes(app: web.Application) -> None:

@@ -1,0 +1,422 @@
+"""The server's state: the scheduler, the journal and the requests waiting on them.
+
+:class:`Farm` is what every route works on (``request.app[FARM_KEY]``); the routes live
+in :mod:`buildcat.server.app` (the API) and :mod:`buildcat.server.web` (the dashboard).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+from aiohttp import web
+
+from buildcat import auth, protocol
+from buildcat.errors import FarmError
+from buildcat.root import state_dir
+from buildcat.server import connections, feed, notices, outputs, snapshot
+from buildcat.server.journal import Journal, recover
+from buildcat.server.journal import encode as journal_record
+from buildcat.server.notifier import Notifier
+from buildcat.server.scheduler import (
+    FINAL_JOB_STATES,
+    SAME_VERSION_KINDS,
+    Conflict,
+    Job,
+    Scheduler,
+    SchedulerError,
+    Task,
+    Worker,
+    requirement_met,
+    split_requirement,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    root: Path
+    bind: str = "127.0.0.1"
+    port: int = protocol.DEFAULT_PORT
+    name: str = field(default_factory=socket.gethostname)
+    lease_timeout: float = 30.0
+    state_dir: Path | None = None
+    journal: bool = True
+    #: Journal events between snapshots (each snapshot starts the journal afresh).
+    snapshot_every: int = 50_000
+    #: Advertise the farm on the LAN with zeroconf.
+    discovery: bool = True
+    #: The farm secret; ``None`` reads (or creates) ``<root>/.buildcat/secret``.
+    token: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: Set damage inside the journal aside and replay the rest, instead of refusing to start.
+    salvage: bool = False
+    #: Seconds a new connection has to bring a whole request header (then 401 or served).
+    header_timeout: float = connections.DEFAULT_HEADER_TIMEOUT
+    #: Seconds a member's connection may sit with no request before it is closed.
+    idle_timeout: float = connections.DEFAULT_IDLE_TIMEOUT
+    #: Connections one IP address may hold before showing the secret or the cookie.
+    max_unauthenticated: int = connections.DEFAULT_PER_PEER
+    #: URLs told of every job's end (``--notify``), besides each job's own.
+    notify: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True, eq=False)
+class Waiter:
+    worker_id: str
+    want: int
+    future: asyncio.Future[list[Task]]
+    can_send: Callable[[Task], bool] | None = None
+
+
+class Farm:
+    """The server's state: one scheduler plus the requests waiting on it."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.secret = (
+            auth.check_token(config.token, "--token/FARM_TOKEN")
+            if config.token
+            else auth.ensure_secret(config.root)
+        )
+        #: The salt of the dashboard's keys: read (or made) when the server starts serving.
+        self.dashboard_salt = ""
+        #: The port the server listens on (known once bound): names the dashboard cookie.
+        self.port = config.port
+        self.scheduler = Scheduler(lease_timeout=config.lease_timeout)
+        self.waiters: deque[Waiter] = deque()
+        self.compact_waiters_at = 64
+        self.job_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self.watchers: dict[str, asyncio.Future[None]] = {}
+        #: Submits being written to the journal: their job ids, and by idempotency key.
+        self.reserved_ids: set[str] = set()
+        self.submitting: dict[str, asyncio.Future[Job]] = {}
+        self.started_at = time.time()
+        #: Open dashboard event streams, and the event that tells them the farm changed.
+        self.listeners = 0
+        #: Set when the server starts shutting down: lease answers say so to the workers.
+        self.stopping = False
+        self.update_event = asyncio.Event()
+        self._expiry_task: asyncio.Task[None] | None = None
+        self.journal: Journal | None = None
+        self.generation = 0
+        self.snapshot_at = 0
+        #: The frame files each unfinished render job writes (rebuilt from the jobs below).
+        self.outputs = outputs.OutputClaims()
+        #: Sends the job-end notices the scheduler owes; the feed of events for scripts.
+        self.notifier = Notifier(self)
+        self.feed = feed.Feed()
+        if config.journal:
+            folder = config.state_dir or state_dir(config.root)
+            self.snapshot_path = folder / "snapshot.bin"
+            restored = snapshot.restore(self.scheduler, self.snapshot_path)
+            self.generation = restored[0] if restored else 0
+            recovery = recover(
+                folder / "journal.bin", self.scheduler, self.generation, salvage=config.salvage
+            )
+            self.journal = recovery.journal
+            self.scheduler.restarted(time.time())
+            log.info(
+                "journal: snapshot generation %d and %d event(s) replayed: %d job(s), %d worker(s)",
+                self.generation,
+                recovery.replayed,
+                len(self.scheduler.jobs),
+                len(self.scheduler.workers),
+            )
+            if recovery.set_aside or (restored and restored[1]):
+                # Salvaged (the damaged journal must go) or an old snapshot without a checksum.
+                self.write_snapshot()
+            elif recovery.restart:
+                self.journal.restart(self.generation)
+            for job in self.scheduler.jobs.values():
+                if job.state not in FINAL_JOB_STATES:
+                    self.outputs.claim(job.id, self.job_outputs(job))
+        self.notify_unfinished()
+
+    def notify_unfinished(self) -> None:
+        """The server's ``--notify`` URLs apply to the jobs it finds unfinished too: each
+        such job gets them (journaled, ahead of whatever the job does next)."""
+        if not self.config.notify:
+            return
+        now = time.time()
+        for job in self.scheduler.jobs.values():
+            if job.state in FINAL_JOB_STATES or not isinstance(job.meta, dict):
+                continue
+            urls = list(job.meta.get(notices.META_KEY) or [])
+            missing = [url for url in self.config.notify if url not in urls]
+            if missing:
+                job.meta[notices.META_KEY] = urls + missing
+                self.record("notify", now, job.id, job.meta[notices.META_KEY])
+
+    def job_outputs(self, job: Job) -> dict[outputs.Pattern, list[int]]:
+        """The frames a job writes, by output pattern (see :mod:`buildcat.server.outputs`)."""
+        return outputs.claimed_frames(
+            job.kind, ((t.payload, t.depends) for t in job.tasks), job.meta.get("common") or {}
+        )
+
+    def output_writer(self, job_id: str) -> bool:
+        """The job is unfinished (or being submitted): its frame files are still its own."""
+        job = self.scheduler.jobs.get(job_id)
+        if job is None:
+            return job_id in self.reserved_ids
+        return job.state not in FINAL_JOB_STATES
+
+    def check_outputs(
+        self,
+        claims: dict[outputs.Pattern, list[int]],
+        job_id: str = "",
+        runs_after: Collection[str] = (),
+    ) -> None:
+        """Refuse (409) a job that would write frames an unfinished other job writes; the
+        jobs it runs after (``after``) do not count: they will have ended before it starts."""
+        clash = self.outputs.conflict(claims, self.output_writer, job_id, set(runs_after))
+        if clash is not None:
+            other, path = clash
+            raise Conflict(
+                f"job {other} is unfinished and writes {path} too: wait for it or cancel it, "
+                "or give this job another --output"
+            )
+
+    async def take_snapshot(self) -> None:
+        """Write the whole queue to snapshot.bin and start the journal afresh."""
+        if self.journal is None:
+            return
+        await self.journal.settle()
+        # From here to the end nothing awaits: no request changes the queue meanwhile.
+        self.write_snapshot()
+
+    def write_snapshot(self) -> None:
+        assert self.journal is not None
+        started = time.perf_counter()
+        generation = self.generation + 1
+        size = self.journal.restart(
+            generation, lambda: snapshot.write(self.snapshot_path, generation, self.scheduler)
+        )
+        self.generation = generation
+        self.snapshot_at = self.journal.appended
+        log.info(
+            "journal: snapshot %d written (%d bytes, %.0f ms)",
+            generation,
+            size,
+            (time.perf_counter() - started) * 1000,
+        )
+
+    def record(self, *event: Any) -> None:
+        if self.journal is not None:
+            self.journal.append(*event)
+
+    async def change(self, event: tuple[Any, ...], apply: Callable[[], T]) -> T:
+        """Journal first, change second: encode ``event`` (ProtocolError, a 400), wait until
+        it is on disk (JournalError, a 503), and only then ``apply`` it, so a refused request
+        changes nothing. ``apply`` runs the moment the event is durable, in journal order,
+        even when the request is gone by then; what it raises (the queue moved on since the
+        request was checked: replay skips the event the same way) is raised here."""
+        return await self.change_all([event], apply)
+
+    async def change_all(self, events: list[tuple[Any, ...]], apply: Callable[[], T]) -> T:
+        """:meth:`change` for a request that makes several events (all or none)."""
+        if self.journal is None:
+            result = apply()
+            self.after_change()
+            return result
+        records = [journal_record(list(event)) for event in events]  # all encode, or none
+        outcome: list[tuple[bool, Any]] = []
+
+        def then() -> None:
+            try:
+                outcome.append((True, apply()))
+            except SchedulerError as exc:
+                outcome.append((False, exc))
+            except Exception as exc:
+                log.exception("applying %s failed", events[0][0])
+                outcome.append((False, exc))
+            self.after_change()
+
+        for record in records:
+            self.journal.append_record(record)
+        await self.journal.commit(then)
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return cast(T, value)
+
+    def new_job_id(self) -> str:
+        while True:
+            job_id = secrets.token_hex(4)
+            if job_id not in self.scheduler.jobs and job_id not in self.reserved_ids:
+                return job_id
+
+    # ---- waking ------------------------------------------------------------------------
+
+    def after_change(self) -> None:
+        """Hand ready tasks to waiting workers and wake waiters of finished jobs."""
+        if self.waiters and self.scheduler.ready_total > 0:
+            self.dispatch(time.time())
+        for worker_id in self.scheduler.take_cancel_notices():
+            watcher = self.watchers.pop(worker_id, None)
+            if watcher is not None and not watcher.done():
+                watcher.set_result(None)
+        for job in self.scheduler.take_finished():
+            log.info("job %s %s", job.id, job.state)
+            self.outputs.release(job.id)
+            if job.kind == "blender":
+                self.sweep_render_leftovers(job)
+            for future in self.job_waiters.pop(job.id, []):
+                if not future.done():
+                    future.set_result(None)
+        changed = self.scheduler.take_changed()
+        self.feed.observe(self.scheduler, changed)
+        self.notifier.wake()
+        if self.listeners:
+            self.update_event.set()
+            self.update_event = asyncio.Event()
+
+    def sweep_render_leftovers(self, job: Job) -> None:
+        """A render job ended: its staging folders and empty parts folders go (in a thread:
+        the root may be a slow network share)."""
+        from buildcat.jobs import blender as blender_jobs
+
+        payloads = [task.payload for task in job.tasks]
+
+        def sweep() -> None:
+            try:
+                swept = blender_jobs.sweep_job_leftovers(self.config.root, job.id, payloads)
+            except Exception:  # never let housekeeping reach the server's loop
+                log.exception("job %s: sweeping its leftover folders failed", job.id)
+                return
+            if swept:
+                log.info("job %s: removed %d leftover folder(s)", job.id, len(swept))
+
+        # No loop (a replay at start): nothing to sweep now; the folders wait for the next
+        # run of the job, or a worker's own sweep.
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().run_in_executor(None, sweep)
+
+    def live_waiters(self) -> list[Waiter]:
+        """Parked lease requests still waiting; finished ones are dropped from the queue
+        here too, so an idle farm's queue does not grow by one entry per long-poll."""
+        live = [waiter for waiter in self.waiters if not waiter.future.done()]
+        if len(live) < len(self.waiters):
+            self.waiters = deque(live)
+        return live
+
+    def dispatch(self, now: float) -> None:
+        unmatched: list[Waiter] = []
+        while self.waiters and self.scheduler.ready_total > 0:
+            waiter = self.waiters.popleft()
+            if waiter.future.done():
+                continue
+            try:
+                tasks = self.scheduler.lease(waiter.worker_id, waiter.want, now, waiter.can_send)
+            except SchedulerError:
+                waiter.future.set_result([])
+                continue
+            if tasks:
+                self.record("lease", now, waiter.worker_id, [task.id for task in tasks])
+                waiter.future.set_result(tasks)
+            else:
+                unmatched.append(waiter)
+        self.waiters.extendleft(reversed(unmatched))
+
+    def release_waiters(self) -> int:
+        """At shutdown, answer every long-poll at once so nothing waits for a timeout;
+        returns how many lease requests were waiting."""
+        self.stopping = True
+        released = 0
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.future.done():
+                waiter.future.set_result([])
+                released += 1
+        for watcher in self.watchers.values():
+            if not watcher.done():
+                watcher.set_result(None)
+        self.watchers.clear()
+        for futures in self.job_waiters.values():
+            for future in futures:
+                if not future.done():
+                    future.set_result(None)
+        self.job_waiters.clear()
+        self.feed.close()
+        return released
+
+    async def expire_leases(self) -> None:
+        interval = max(0.05, min(1.0, self.config.lease_timeout / 4))
+        while True:
+            await asyncio.sleep(interval)
+            now = time.time()
+            returned = self.scheduler.expire(now)
+            for worker_id, task_id, error in self.scheduler.timed_out:
+                log.warning("task %s %s; stopped", task_id, error)
+                self.record("fail", now, worker_id, task_id, error, "", "")
+            self.scheduler.timed_out.clear()
+            for task in returned:
+                log.warning("lease of task %s ran out; back in the queue", task.id)
+            if returned:
+                self.record("requeue", now, [task.id for task in returned])
+            self.after_change()
+            journal = self.journal
+            if (
+                journal is not None
+                and journal.appended - self.snapshot_at >= self.config.snapshot_every
+            ):
+                try:
+                    await self.take_snapshot()
+                except (OSError, FarmError) as exc:
+                    log.error("could not write a snapshot: %s", exc)
+
+
+# ---- request and response helpers ---------------------------------------------------------
+
+FARM_KEY = web.AppKey("farm", Farm)
+
+
+def farm_of(request: web.Request) -> Farm:
+    return request.app[FARM_KEY]
+
+
+def unmet(farm: Farm, job: Job) -> str:
+    """Why nothing runs: the jobs it waits for (``after``), or no online worker meets the
+    job's requirements (or has the Blender version the job holds)."""
+    scheduler = farm.scheduler
+    if job.waiting_for:
+        return scheduler.waiting_reason(job)
+    online = [w for w in scheduler.workers.values() if w.online]
+    able = [w for w in online if scheduler.can_serve(job, w)]
+    if able and all(w.name in job.blocked for w in able):
+        blocked = ", ".join(sorted(w.name for w in able))
+        return f"every worker that can run it is blocked ({blocked}): farm unblock {job.id}"
+    held = job.blender_version if job.kind in SAME_VERSION_KINDS else ""
+    if able or not (job.requires or held):
+        return ""
+    needs = ", ".join(job.requires)
+    if held:
+        version = f"Blender {held}, the version this job renders every task with"
+        needs = f"{needs} and {version}" if needs else version
+    if not online:
+        return f"no worker is online; this job needs {needs}"
+    wanted = {split_requirement(r)[0] for r in job.requires}
+    names = sorted(wanted | {SAME_VERSION_KINDS[job.kind]} if held else wanted)
+
+    def has(worker: Worker) -> str:
+        shown = [f"{n} {worker.capabilities[n]}".strip() for n in names if n in worker.capabilities]
+        return ", ".join(shown) or "none"
+
+    seen = ", ".join(f"{w.name} ({has(w)})" for w in online[:5])
+    meets = [w for w in online if all(requirement_met(r, w.capabilities) for r in job.requires)]
+    if held and meets:
+        return f"no online worker has Blender {held}, the version this job renders with: {seen}"
+    return f"no online worker meets {needs}: {seen}"
