@@ -15,6 +15,7 @@ Only :func:`load` and :func:`save` touch the disk.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ntpath
 import os
@@ -473,10 +474,8 @@ def save(root: str | os.PathLike[str], path_map: PathMap) -> str:
         os.chmod(staged, 0o644)  # every member reads it, like the root itself
         os.replace(staged, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(staged)
-        except OSError:
-            pass
         raise
     return path
 

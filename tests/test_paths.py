@@ -27,7 +27,7 @@ FARM = PathMap.from_json(
                 "windows": ["F:\\farm", "\\\\Aurora\\Farm"],
                 "macos": "/Volumes/Farm",
                 "linux": "/mnt/farm",
-            },  # fmt: skip
+            },
             "textures": {"linux": "/mnt/tex", "windows": "T:\\", "macos": "/Volumes/Textures"},
             "texture_library": {"linux": "/mnt/texture", "windows": "U:\\lib"},
             "cache": {"linux": "/mnt/cache/", "windows": "//nas/cache/"},
@@ -96,7 +96,7 @@ CASES = [
         UNMAPPED,
         "C:\\Users\\ann\\Desktop\\wood.png",
         None,
-    ),  # fmt: skip
+    ),
     ("/home/ann/wood.png", MACOS, UNMAPPED, "/home/ann/wood.png", None),
 ]
 
@@ -119,10 +119,18 @@ def test_a_farm_with_no_map_still_knows_its_root() -> None:
 
 
 def test_the_longest_location_wins() -> None:
-    nested = PathMap.from_json(
-        {"locations": {"root": {"windows": "F:\\farm"},
-                       "shots": {"windows": "F:\\farm\\shots", "linux": "/mnt/shots"}}}
-    ).with_own_root("linux", "/srv/farm").resolve("linux")  # fmt: skip
+    nested = (
+        PathMap.from_json(
+            {
+                "locations": {
+                    "root": {"windows": "F:\\farm"},
+                    "shots": {"windows": "F:\\farm\\shots", "linux": "/mnt/shots"},
+                }
+            }
+        )
+        .with_own_root("linux", "/srv/farm")
+        .resolve("linux")
+    )
     assert nested.map("F:\\farm\\shots\\a.blend").path == "/mnt/shots/a.blend"
     assert nested.map("F:\\farm\\other\\a.blend").path == "/srv/farm/other/a.blend"
 
@@ -194,8 +202,10 @@ def test_the_map_survives_its_file_and_the_wire(tmp_path: Path) -> None:
     assert written == str(tmp_path / ".buildcat" / "paths.json")
     assert paths.load(tmp_path) == FARM
     assert json.loads(Path(written).read_text())["locations"]["textures"] == {
-        "linux": "/mnt/tex", "windows": "T:\\", "macos": "/Volumes/Textures",
-    }  # fmt: skip
+        "linux": "/mnt/tex",
+        "windows": "T:\\",
+        "macos": "/Volumes/Textures",
+    }
     assert paths.Resolved.from_json(json.loads(json.dumps(LINUX.to_json()))) == LINUX
     Path(written).write_text("{not json")
     with pytest.raises(PathMapError, match="not valid JSON"):
@@ -227,7 +237,7 @@ def test_the_pure_rules_load_without_the_package() -> None:
         ("cygwin", "windows"),
         ("darwin", "macos"),
         ("freebsd14", "linux"),
-    ],  # fmt: skip
+    ],
 )
 def test_this_system(platform: str, system: str) -> None:
     assert paths.this_system(platform) == system
@@ -260,18 +270,32 @@ def farm_paths(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "BUILDCAT_ROOT": str(root)}
     return subprocess.run(
         [sys.executable, "-m", "buildcat", "paths", *args],
-        capture_output=True, text=True, env=env, timeout=60, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_farm_paths_edits_the_map_in_the_root(tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
-    added = farm_paths(root, "add", "textures", "--linux", "/mnt/textures",
-                       "--windows", "T:\\", "--macos", "/Volumes/Textures")  # fmt: skip
+    added = farm_paths(
+        root,
+        "add",
+        "textures",
+        "--linux",
+        "/mnt/textures",
+        "--windows",
+        "T:\\",
+        "--macos",
+        "/Volumes/Textures",
+    )
     assert added.returncode == 0, added.stderr
-    root_added = farm_paths(root, "add", "root", "--windows", "F:\\farm",
-                            "--windows", "//aurora/farm")  # fmt: skip
+    root_added = farm_paths(
+        root, "add", "root", "--windows", "F:\\farm", "--windows", "//aurora/farm"
+    )
     assert root_added.returncode == 0, root_added.stderr
     saved = json.loads((root / ".buildcat" / "paths.json").read_text())
     assert saved["locations"] == {

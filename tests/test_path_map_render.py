@@ -1,0 +1,141 @@
+"""A scene saved on Windows renders right on a Linux worker: its absolute paths under a
+location of the farm's path map (``F:\\farm`` is the root on Windows) are remapped before
+the render, a linked library before it loads. Without the map the files are missing, and
+`farm check`, the submit and the worker each say so. Real farm, real Blenders (both)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.blender_support import BINARY, BOTH_BLENDERS, needs_binary
+from tests.conftest import Farm, wait_for
+from tests.test_blender_assets import build_linked, job_of, pixels, plain_render, submit
+from tests.test_blendfile import build
+
+#: The library and the board's texture as a Windows artist's Blender saved them, the farm
+#: root being F:\farm there: a drive, backslashes, forward slashes mixed in, another case.
+WINDOWS_LIBRARY = "F:\\farm\\shots\\lib\\props.blend"
+WINDOWS_TEXTURE = "f:\\Farm/shots\\tex/paint.png"
+#: The same as blender-asset-tracer (`farm check`) reads them: with forward slashes.
+SLASHED = {path: path.replace("\\", "/") for path in (WINDOWS_LIBRARY, WINDOWS_TEXTURE)}
+
+#: shots/windows.blend: shots/linked.blend (tests/test_blender_assets.py) with its library
+#: and its texture at Windows absolute paths (the file's only difference). Blender on Linux
+#: turns backslashes into slashes as a path is set: windows_blend() puts them back in the
+#: saved file, as Blender on Windows writes them.
+TO_WINDOWS = """
+import bpy
+bpy.ops.wm.open_mainfile(filepath=SOURCE)
+bpy.data.libraries[0].filepath = LIBRARY
+bpy.data.images["paint.png"].filepath = TEXTURE
+bpy.ops.wm.save_as_mainfile(filepath=OUTPUT)
+"""
+
+WORKER_BLENDERS = [
+    *BOTH_BLENDERS,
+    pytest.param(BINARY or "blender", id="binary-3.4-per-task", marks=needs_binary),
+]
+
+
+def windows_blend(blender: str, linked: Path, output: Path) -> None:
+    """Save ``linked`` as ``output`` with its library and texture where Windows has them."""
+    script = (
+        f"SOURCE = {str(linked)!r}\nLIBRARY = {SLASHED[WINDOWS_LIBRARY]!r}\n"
+        f"TEXTURE = {SLASHED[WINDOWS_TEXTURE]!r}\n{TO_WINDOWS}"
+    )
+    build(blender, script, output)
+    saved = output.read_bytes()
+    for windows, slashed in SLASHED.items():
+        # Fixed-size text fields, the same length either way: the file stays whole.
+        assert saved.count(slashed.encode()) >= 1
+        saved = saved.replace(slashed.encode(), windows.encode())
+    output.write_bytes(saved)
+
+
+def farm_paths(farm: Farm, *args: str) -> subprocess.CompletedProcess[str]:
+    done = farm.cli("paths", *args)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def statuses(farm: Farm, scene: str) -> tuple[int, dict[str, tuple[str, str, str | None]]]:
+    done = farm.cli("check", scene, "--json")
+    report = json.loads(done.stdout)
+    return done.returncode, {
+        a["path"]: (a["status"], a["resolved"], a["location"])
+        for a in report["assets"]
+        if a["used_by"] == scene
+    }
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("blender", WORKER_BLENDERS)
+def test_a_scene_saved_on_windows_renders_on_linux_through_the_path_map(
+    blender: str,
+    farm: Farm,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+) -> None:
+    if request.node.callspec.id.endswith("per-task"):
+        monkeypatch.setenv("BUILDCAT_BLENDER_WARM", "0")  # override.py, before -f
+    shots = farm.root / "shots"
+    linked = build_linked(blender, shots)
+    windows_blend(blender, linked, shots / "windows.blend")
+
+    # No map: nobody knows where F:\farm is. farm check and the submit say so.
+    code, found = statuses(farm, "shots/windows.blend")
+    assert code == 1
+    library, texture = SLASHED[WINDOWS_LIBRARY], SLASHED[WINDOWS_TEXTURE]
+    assert found[library][0] == found[texture][0] == "under no location"
+    refused = submit(farm, "shots/windows.blend")
+    assert refused.returncode != 0 and refused.stderr.count("\n") == 1
+    assert f"{texture} (under no location, image " in refused.stderr
+    assert "farm paths add" in refused.stderr
+
+    # The map: the root is F:\farm on Windows. Now both are found where this machine has them.
+    farm_paths(farm, "add", "root", "--windows", "F:\\farm")
+    code, found = statuses(farm, "shots/windows.blend")
+    assert code == 0
+    assert found[library] == ("mapped", str(shots / "lib" / "props.blend"), "root")
+    assert found[texture] == ("mapped", str(shots / "tex" / "paint.png"), "root")
+    client = farm.client()
+    unmapped = client.job(job_of(farm, submit(farm, "shots/windows.blend", "--output", "a/f_####")))
+
+    # The map gone before a worker takes the task: the worker finds the files missing and
+    # fails the job at once, naming them and why (issue 13's check, before any frame).
+    farm_paths(farm, "remove", "root")
+    farm.start_worker("--blender", blender)
+    wait_for(lambda: unmapped.status()["state"] == "failed", timeout=300, interval=0.2)
+    (task,) = unmapped.tasks()
+    assert task["attempts"] == 1
+    # Blender on Linux reads the backslashes as slashes, as blender-asset-tracer does.
+    assert f"missing files: {library} (library 'props.blend', looked for " in task["error"]
+    assert f"{texture} (image 'paint.png', looked for " in task["error"]
+    assert "under no location of the farm's path map (farm paths)" in task["error"]
+    assert not list((farm.root / "a").glob("f_*"))
+
+    # With the map, the worker remaps the library (reloaded) and the texture before the
+    # render: the frame is the one Blender renders from the file with the right paths.
+    farm_paths(farm, "add", "root", "--windows", "F:\\farm")
+    job = client.job(job_of(farm, submit(farm, "shots/windows.blend", "--output", "b/f_####")))
+    job.wait(timeout=300)
+    frame = pixels(farm.root / "b" / "f_0001.png")
+    plain = plain_render(blender, linked, tmp_path / "plain")
+    difference = int(np.abs(frame - plain).max())
+    print(f"{blender}: farm frame of windows.blend against plain linked.blend: max {difference}")
+    assert difference == 0  # without the remapping: magenta board, no prop at all
+    board, prop = frame[8:24, 2:12], frame[8:24, 20:30]
+    assert (board[..., 2] > 200).all() and (board[..., 0] < 40).all()  # the blue texture
+    assert (prop[..., 0] > 200).all() and (prop[..., 2] < 40).all()  # the orange prop
+    log = farm.cli("logs", job.id)
+    assert f"buildcat: mapped library 'props.blend': {library} -> " in log.stdout
+    assert (
+        f"buildcat: mapped image 'paint.png': {texture} -> {shots / 'tex' / 'paint.png'}"
+        in log.stdout
+    )
