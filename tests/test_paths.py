@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import buildcat
 from buildcat import paths
+from buildcat.errors import FarmError
+from buildcat.jobs import command
 from buildcat.paths import LOCAL, MAPPED, NO_PATH, RELATIVE, UNMAPPED, PathMap, PathMapError
+from tests.conftest import Farm
 
 #: The farm of the docs: the root is /srv/farm on this Linux worker, F:\farm or
 #: \\aurora\farm on Windows, /Volumes/Farm on a Mac; textures and a cache share besides.
@@ -374,3 +379,64 @@ def test_farm_paths_refuses_bad_edits_with_one_line_and_changes_nothing(
     assert refused.stderr.startswith("farm: error: ") and refused.stderr.count("\n") == 1
     assert message in refused.stderr
     assert (root / ".buildcat" / "paths.json").read_text() == before
+
+
+# ---- command templates: ${PATH:NAME} ----------------------------------------------------------
+
+
+def test_a_template_names_a_location_and_each_worker_fills_in_its_own_path() -> None:
+    pieces = command.parse_template('cp "${PATH:textures}/a.png" ${PATH:root}/b $ROOT')
+    assert ("var", "PATH:textures") in pieces and ("var", "PATH:root") in pieces
+    text = command.shell_command(pieces, {})
+    assert text == (
+        'cp "${BUILDCAT_PATH_TEXTURES}/a.png" "${BUILDCAT_PATH_ROOT}"/b "${BUILDCAT_ROOT}"'
+    )
+    for bad, why in [
+        ("echo ${PATH:Textures}", "lowercase letters"),
+        ("echo ${PATH:}", "lowercase letters"),
+        ("echo $PATH", "unknown variable $PATH"),
+    ]:
+        with pytest.raises(FarmError, match=re.escape(why)):
+            command.parse_template(bad)
+    with pytest.raises(FarmError, match="outputs are relative to the root"):
+        command.validate_payload({"template": "true", "outputs": ["${PATH:textures}/a.png"]})
+
+
+def test_a_command_reads_a_location_at_this_workers_path_of_it(farm: Farm, tmp_path: Path) -> None:
+    textures = tmp_path / "texture share with spaces"
+    textures.mkdir()
+    (textures / "wood.txt").write_text("oak\n")
+    assert (
+        farm.cli(
+            "paths",
+            "add",
+            "textures",
+            "--linux",
+            str(textures),
+            "--windows",
+            "T:\\",
+            "--macos",
+            "/Volumes/Textures",
+        ).returncode
+        == 0
+    )
+    farm.start_worker("--no-blender")
+    client = farm.client()
+    shell = client.command(
+        "cat ${PATH:textures}/wood.txt > $OUTDIR/copy.txt", outdir="out", max_attempts=1
+    )
+    assert shell.wait(60)["state"] == "done"
+    assert (farm.root / "out" / "copy.txt").read_text() == "oak\n"
+    argv = client.command(["printf", "<%s>", "${PATH:textures}", "${PATH:root}"], max_attempts=1)
+    assert argv.wait(60)["state"] == "done"
+    assert f"<{textures}><{farm.root}>" in client.log(f"{argv.id}.0")
+    # A location the map lacks: the job fails at once, whichever worker takes it.
+    unknown = client.command("ls ${PATH:plates}", max_attempts=3)
+    with pytest.raises(buildcat.JobFailed, match=r"the path map has no location 'plates'"):
+        unknown.wait(60)
+    assert unknown.tasks()[0]["attempts"] == 1
+    # One with no path on this worker's system: said so, with the command to fix it.
+    assert farm.cli("paths", "add", "plates", "--windows", "P:\\").returncode == 0
+    elsewhere = client.command("ls ${PATH:plates}", max_attempts=1)
+    with pytest.raises(buildcat.JobFailed, match=r"location 'plates' has no linux path"):
+        elsewhere.wait(60)
