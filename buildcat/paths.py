@@ -402,6 +402,9 @@ class Resolved:
         if rule.target is None:
             return Mapping(written, NO_PATH, written, rule.name)
         path = join(self.system, rule.target, parts[length:])
+        separator = "\\" if flavour(self.system) == "windows" else "/"
+        if written.endswith(("/", "\\")) and not path.endswith(separator):
+            path += separator  # a folder stays one: //plates/ as Blender writes folders
         target = split(rule.target)
         same = target is not None and target[0] == rules_of and _key(*target) == key[:length]
         return Mapping(written, LOCAL if same else MAPPED, path, rule.name)

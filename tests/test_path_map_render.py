@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from tests.blender_support import BINARY, BOTH_BLENDERS, needs_binary
+from tests.blender_support import BINARY, BOTH_BLENDERS, needs_binary, run_in_blender
 from tests.conftest import Farm, wait_for
 from tests.test_blender_assets import build_linked, job_of, pixels, plain_render, submit
 from tests.test_blendfile import build
@@ -139,3 +140,85 @@ def test_a_scene_saved_on_windows_renders_on_linux_through_the_path_map(
         f"buildcat: mapped image 'paint.png': {texture} -> {shots / 'tex' / 'paint.png'}"
         in log.stdout
     )
+
+
+#: Builds every kind of path Blender exposes with Windows paths under F:\farm, remaps
+#: them with dependencies.remap and prints each as it is then.
+EVERY_KIND = """
+import json, sys, wave
+import bpy
+sys.path.insert(0, SCRIPTS)
+import dependencies
+bpy.ops.wm.read_factory_settings(use_empty=True)
+scene = bpy.context.scene
+with wave.open(WAV, "wb") as sound:
+    sound.setnchannels(1); sound.setsampwidth(2); sound.setframerate(8000)
+    sound.writeframes(b"\\0\\0" * 80)
+W = "F:\\\\farm\\\\"
+image = bpy.data.images.new("img", 4, 4)
+image.source = "FILE"
+image.filepath = W + "tex\\\\a.png"
+volume = bpy.data.volumes.new("vol")
+volume.filepath = W + "cache\\\\smoke.vdb"
+sound = bpy.data.sounds.load(WAV)
+sound.filepath = W + "audio\\\\beat.wav"
+clip = bpy.data.movieclips.load(PNG)
+clip.filepath = W + "plates\\\\p_0001.png"
+editor = scene.sequence_editor_create()
+strips = getattr(editor, "strips", None) or editor.sequences
+strip = strips.new_image("plate", PNG, 1, 1)
+strip.directory = W + "plates\\\\"
+scene.render.filepath = W + "renders\\\\frame_####"
+scene.use_nodes = True
+node = scene.node_tree.nodes.new("CompositorNodeOutputFile")
+node.base_path = W + "passes\\\\"
+mesh = bpy.data.meshes.new("domain")
+domain = bpy.data.objects.new("domain", mesh)
+scene.collection.objects.link(domain)
+fluid = domain.modifiers.new("Fluid", "FLUID")
+fluid.fluid_type = "DOMAIN"
+fluid.domain_settings.cache_directory = W + "cache\\\\fluid"
+before = {"image": image.filepath}
+notes = dependencies.remap({"path_map": MAP})
+print("PATHS " + json.dumps({
+    "before": before["image"],
+    "image": image.filepath, "volume": volume.filepath, "sound": sound.filepath,
+    "clip": clip.filepath, "strip": strip.directory, "output": scene.render.filepath,
+    "node": node.base_path, "fluid": fluid.domain_settings.cache_directory,
+    "notes": len(notes),
+}))
+"""
+
+
+@pytest.mark.parametrize("blender", BOTH_BLENDERS)
+def test_every_kind_of_path_blender_exposes_is_remapped(blender: str, tmp_path: Path) -> None:
+    from buildcat.blender import SCRIPTS
+    from buildcat.paths import PathMap
+
+    png = tmp_path / "plate_0001.png"
+    Image.new("RGB", (4, 4), (0, 0, 255)).save(png)
+    resolved = (
+        PathMap.from_json({"locations": {"root": {"windows": "F:\\farm"}}})
+        .with_own_root("linux", "/srv/farm")
+        .resolve("linux")
+    )
+    script = (
+        f"SCRIPTS = {str(SCRIPTS)!r}\nWAV = {str(tmp_path / 'beat.wav')!r}\n"
+        f"PNG = {str(png)!r}\nMAP = {resolved.to_json()!r}\n{EVERY_KIND}"
+    )
+    output = run_in_blender(blender, script)
+    (line,) = [line for line in output.splitlines() if line.startswith("PATHS ")]
+    found = json.loads(line.removeprefix("PATHS "))
+    print(found)
+    assert found.pop("before").lower().startswith("f:")  # as set: a Windows path
+    assert found.pop("notes") == 8
+    assert found == {
+        "image": "/srv/farm/tex/a.png",
+        "volume": "/srv/farm/cache/smoke.vdb",
+        "sound": "/srv/farm/audio/beat.wav",
+        "clip": "/srv/farm/plates/p_0001.png",
+        "strip": "/srv/farm/plates/",
+        "output": "/srv/farm/renders/frame_####",
+        "node": "/srv/farm/passes/",
+        "fluid": "/srv/farm/cache/fluid",
+    }

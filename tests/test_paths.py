@@ -50,7 +50,9 @@ CASES = [
     ("F:/farm/tex/wood.png", LINUX, MAPPED, "/srv/farm/tex/wood.png", "root"),
     ("F:/farm\\tex/wood.png", LINUX, MAPPED, "/srv/farm/tex/wood.png", "root"),
     ("f:\\FARM\\Tex\\Wood.PNG", LINUX, MAPPED, "/srv/farm/Tex/Wood.PNG", "root"),
-    ("F:\\farm\\", LINUX, MAPPED, "/srv/farm", "root"),
+    ("F:\\farm\\", LINUX, MAPPED, "/srv/farm/", "root"),  # a folder stays a folder
+    ("/mnt/farm/plates/", WINDOWS, MAPPED, "F:\\farm\\plates\\", "root"),
+    ("T:\\", LINUX, MAPPED, "/mnt/tex/", "textures"),
     # UNC shares, backslashes or forward slashes, any case; a share's root
     ("\\\\aurora\\farm\\shots\\a.blend", LINUX, MAPPED, "/srv/farm/shots/a.blend", "root"),
     ("\\\\AURORA\\FARM\\shots\\a.blend", MACOS, MAPPED, "/Volumes/Farm/shots/a.blend", "root"),
@@ -440,3 +442,22 @@ def test_a_command_reads_a_location_at_this_workers_path_of_it(farm: Farm, tmp_p
     elsewhere = client.command("ls ${PATH:plates}", max_attempts=1)
     with pytest.raises(buildcat.JobFailed, match=r"location 'plates' has no linux path"):
         elsewhere.wait(60)
+
+
+def test_the_worker_hands_blender_the_map_resolved_for_itself(tmp_path: Path) -> None:
+    from buildcat.jobs import blender as blender_jobs
+
+    root = tmp_path / "root"
+    root.mkdir()
+    # No map: nothing to hand over; and a submitter's own "path_map" never reaches Blender.
+    given = {"samples": 4, "path_map": {"system": "linux", "rules": [["root", "/", "/etc"]]}}
+    assert blender_jobs.with_path_map(given, root) == {"samples": 4}
+    paths.save(root, PathMap.from_json({"locations": {"root": {"windows": "F:\\farm"}}}))
+    settings = blender_jobs.with_path_map(given, root)
+    rules = paths.Resolved.from_json(settings["path_map"])
+    assert rules.system == "linux"
+    assert rules.map("F:\\farm\\tex\\a.png").path == f"{root}/tex/a.png"
+    assert rules.map("/etc/passwd").kind == UNMAPPED
+    (root / ".buildcat" / "paths.json").write_text("{")
+    with pytest.raises(blender_jobs.RenderFailed, match="not valid JSON"):
+        blender_jobs.with_path_map({}, root)
