@@ -57,6 +57,8 @@ CASES = [
     ("\\\\aurora\\farm\\shots\\a.blend", LINUX, MAPPED, "/srv/farm/shots/a.blend", "root"),
     ("\\\\AURORA\\FARM\\shots\\a.blend", MACOS, MAPPED, "/Volumes/Farm/shots/a.blend", "root"),
     ("\\\\nas\\cache\\sim\\0001.vdb", LINUX, MAPPED, "/mnt/cache/sim/0001.vdb", "cache"),
+    # a share as Blender on Linux reads it from a Windows file: slashes after the first two
+    ("\\\\aurora/farm/shots/a.blend", LINUX, MAPPED, "/srv/farm/shots/a.blend", "root"),
     # \\?\ long paths are the paths they spell
     ("\\\\?\\F:\\farm\\tex\\wood.png", LINUX, MAPPED, "/srv/farm/tex/wood.png", "root"),
     ("\\\\?\\UNC\\aurora\\farm\\x.png", LINUX, MAPPED, "/srv/farm/x.png", "root"),

@@ -378,7 +378,7 @@ def check_assets(blend: str | os.PathLike[str], root: str | os.PathLike[str]) ->
     seen: set[tuple[str, str]] = set()
     try:
         for usage in trace.deps(blend_path):
-            written = bytes(usage.asset_path).decode("utf-8", "replace")
+            written = _written(usage)
             holder = Path(usage.block.bfile.filepath).resolve()
             if (written, str(holder)) in seen:
                 continue
@@ -407,6 +407,25 @@ def check_assets(blend: str | os.PathLike[str], root: str | os.PathLike[str]) ->
     finally:
         blendfile.close_all_cached()
     return report
+
+
+def _written(usage: Any) -> str:
+    """The path as the .blend holds it. BAT turns every backslash into a slash, and so a
+    Windows share (``\\\\aurora\\farm\\x.png``) into what reads as Blender's relative
+    ``//aurora/farm/x.png``: the field's own bytes are used where they say the same path."""
+    normalised = bytes(usage.asset_path)
+    try:
+        if usage.path_full_field is not None:
+            raw = usage.block.get(usage.path_full_field.name.name_only)
+        else:
+            raw = usage.block.get(usage.path_dir_field.name.name_only) + usage.block.get(
+                usage.path_base_field.name.name_only
+            )
+    except Exception:  # a field BAT found but cannot read back: its own text will do
+        raw = None
+    if isinstance(raw, bytes) and raw.replace(b"\\", b"/") == normalised:
+        normalised = raw
+    return normalised.decode("utf-8", "replace")
 
 
 def _shown(path: Path, root: Path) -> str:
