@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from buildcat.blender import BPY
 from tests.blender_support import BINARY, BOTH_BLENDERS, needs_binary, run_in_blender
 from tests.conftest import Farm, wait_for
 from tests.test_blender_assets import build_linked, job_of, pixels, plain_render, submit
@@ -103,6 +104,9 @@ def test_a_scene_saved_on_windows_renders_on_linux_through_the_path_map(
     assert code == 0
     assert found[library] == ("mapped", str(shots / "lib" / "props.blend"), "root")
     assert found[texture] == ("mapped", str(shots / "tex" / "paint.png"), "root")
+    text = farm.cli("check", "shots/windows.blend")
+    assert text.returncode == 0, text.stderr
+    assert "shots/windows.blend: 2 files: 2 mapped" in text.stdout
     client = farm.client()
     unmapped = client.job(job_of(farm, submit(farm, "shots/windows.blend", "--output", "a/f_####")))
 
@@ -220,3 +224,34 @@ def test_every_kind_of_path_blender_exposes_is_remapped(blender: str, tmp_path: 
         "node": "/srv/farm/passes/",
         "fluid": "/srv/farm/cache/fluid",
     }
+
+
+#: shots/shared.blend: an image at an absolute path outside the root (TEXTURE).
+SHARED = """
+import bpy
+bpy.ops.wm.read_factory_settings(use_empty=True)
+image = bpy.data.images.load(TEXTURE)
+image.use_fake_user = True
+bpy.ops.wm.save_as_mainfile(filepath=OUTPUT)
+image.filepath = TEXTURE  # Blender made it relative (//../../textures/wood.png) as it saved
+bpy.ops.wm.save_as_mainfile(filepath=OUTPUT, relative_remap=False)
+"""
+
+
+def test_a_file_at_another_location_of_the_map_is_one_every_worker_finds(
+    farm: Farm, tmp_path: Path
+) -> None:
+    share = tmp_path / "textures"
+    share.mkdir()
+    Image.new("RGB", (4, 4), (0, 0, 255)).save(share / "wood.png")
+    (farm.root / "shots").mkdir()
+    build(BINARY or BPY, f"TEXTURE = {str(share / 'wood.png')!r}\n{SHARED}",
+          farm.root / "shots" / "shared.blend")  # fmt: skip
+    code, found = statuses(farm, "shots/shared.blend")
+    assert code == 1
+    assert found[str(share / "wood.png")] == ("outside the root", str(share / "wood.png"), None)
+    # A shared location of the map: workers on other systems (or mounts) map it.
+    farm_paths(farm, "add", "textures", "--linux", str(share), "--windows", "T:\\")
+    code, found = statuses(farm, "shots/shared.blend")
+    assert code == 0
+    assert found[str(share / "wood.png")] == ("absolute", str(share / "wood.png"), "textures")
