@@ -70,6 +70,11 @@ ASSET_KINDS = {
     "LA": "light profile",
 }
 RELATIVE, ABSOLUTE, OUTSIDE, MISSING = "relative", "absolute", "outside the root", "missing"
+#: Another system's path (or another mount's) under a location of the path map, found here
+#: at this machine's path of it; an absolute path of another system under none, which no
+#: worker can find.
+MAPPED, NOT_MAPPED = "mapped", "under no location"
+STATUSES = (RELATIVE, ABSOLUTE, MAPPED, OUTSIDE, NOT_MAPPED, MISSING)
 
 
 @dataclass(slots=True, frozen=True)
@@ -139,13 +144,15 @@ class Asset:
     kind: str  # image, library, cache, sound, font, volume, ...
     block: str  # the data block that uses it ("IMwood")
     path: str  # as written in the .blend ("//tex/wood.png")
-    resolved: str  # absolute path on this machine
-    status: str  # RELATIVE, ABSOLUTE, OUTSIDE or MISSING
+    resolved: str  # absolute path on this machine (mapped with the path map)
+    status: str  # one of STATUSES
     used_by: str  # the .blend (root-relative where inside) that holds the reference
+    #: The location of the path map it is under (``root``, ``textures``), if any.
+    location: str | None = None
 
     @property
     def refused(self) -> bool:
-        return self.status in (MISSING, OUTSIDE)
+        return self.status in (MISSING, OUTSIDE, NOT_MAPPED)
 
 
 @dataclass(slots=True)
@@ -167,9 +174,14 @@ class AssetReport:
     def refusal(self) -> str:
         """One line naming every missing file and every file outside the root."""
         named = "; ".join(f"{a.path} ({a.status}, {a.kind} {a.block})" for a in self.problems)
+        mapping = (
+            "; `farm paths add` names another system's location"
+            if any(a.status == NOT_MAPPED for a in self.problems)
+            else ""
+        )
         return (
             f"{self.blend} depends on files the farm cannot use: {named} "
-            "(`farm check` lists them; --allow-missing renders anyway)"
+            f"(`farm check` lists them{mapping}; --allow-missing renders anyway)"
         )
 
 
@@ -350,21 +362,34 @@ def newest_local_blender() -> Any:
 
 
 def check_assets(blend: str | os.PathLike[str], root: str | os.PathLike[str]) -> AssetReport:
-    """Every file ``blend`` depends on, through linked libraries too, each with its status."""
+    """Every file ``blend`` depends on, through linked libraries too, each with its status.
+
+    Absolute paths are read with the farm's path map (buildcat/paths.py): one under a
+    location is looked for at this machine's path of it, as a worker will remap it.
+    BAT follows a library only where it finds it as written."""
     from blender_asset_tracer import blendfile, trace
 
+    from buildcat import paths
+
+    rules = paths.for_this_machine(root)
     root_path = Path(root).resolve()
     blend_path = Path(blend).resolve()
     report = AssetReport(blend=_shown(blend_path, root_path))
     seen: set[tuple[str, str]] = set()
     try:
         for usage in trace.deps(blend_path):
-            written = bytes(usage.asset_path).decode("utf-8", "replace")
+            written = _written(usage)
             holder = Path(usage.block.bfile.filepath).resolve()
             if (written, str(holder)) in seen:
                 continue
             seen.add((written, str(holder)))
-            resolved = Path(os.path.normpath(usage.abspath))
+            mapped = rules.map(written, blender=True)
+            if mapped.kind == paths.MAPPED:
+                resolved = Path(mapped.path)
+            elif mapped.kind == paths.RELATIVE and mapped.changed:  # //tex\wood.png
+                resolved = Path(os.path.normpath(holder.parent / mapped.path[2:]))
+            else:
+                resolved = Path(os.path.normpath(usage.abspath))
             code = bytes(usage.block.code).decode("ascii", "replace")
             report.assets.append(
                 Asset(
@@ -372,8 +397,9 @@ def check_assets(blend: str | os.PathLike[str], root: str | os.PathLike[str]) ->
                     block=bytes(usage.block_name).decode("utf-8", "replace"),
                     path=written,
                     resolved=str(resolved),
-                    status=_status(written, resolved, usage.is_sequence, root_path),
+                    status=_status(written, resolved, usage.is_sequence, root_path, mapped),
                     used_by=_shown(holder, root_path),
+                    location=mapped.location,
                 )
             )
     except Exception as exc:
@@ -381,6 +407,25 @@ def check_assets(blend: str | os.PathLike[str], root: str | os.PathLike[str]) ->
     finally:
         blendfile.close_all_cached()
     return report
+
+
+def _written(usage: Any) -> str:
+    """The path as the .blend holds it. BAT turns every backslash into a slash, and so a
+    Windows share (``\\\\aurora\\farm\\x.png``) into what reads as Blender's relative
+    ``//aurora/farm/x.png``: the field's own bytes are used where they say the same path."""
+    normalised = bytes(usage.asset_path)
+    try:
+        if usage.path_full_field is not None:
+            raw = usage.block.get(usage.path_full_field.name.name_only)
+        else:
+            raw = usage.block.get(usage.path_dir_field.name.name_only) + usage.block.get(
+                usage.path_base_field.name.name_only
+            )
+    except Exception:  # a field BAT found but cannot read back: its own text will do
+        raw = None
+    if isinstance(raw, bytes) and raw.replace(b"\\", b"/") == normalised:
+        normalised = raw
+    return normalised.decode("utf-8", "replace")
 
 
 def _shown(path: Path, root: Path) -> str:
@@ -403,14 +448,31 @@ def _exists(resolved: Path, is_sequence: bool) -> bool:
     return resolved.parent.is_dir() and any(resolved.parent.glob(stem))
 
 
-def _status(written: str, resolved: Path, is_sequence: bool, root: Path) -> str:
+def _status(written: str, resolved: Path, is_sequence: bool, root: Path, mapped: Any) -> str:
+    from buildcat import paths
+
+    if mapped.kind in (paths.UNMAPPED, paths.NO_PATH) and _foreign(written):
+        return NOT_MAPPED  # C:\Users\ann\wood.png read on Linux: nobody can find it
     if not _exists(resolved, is_sequence):
         return MISSING
+    if mapped.kind == paths.MAPPED:
+        return MAPPED
+    if mapped.kind == paths.LOCAL:
+        return ABSOLUTE  # this machine's path of a location: every worker maps it
     try:
         resolved.resolve().relative_to(root)
     except ValueError:
         return OUTSIDE
     return RELATIVE if written.startswith("//") else ABSOLUTE
+
+
+def _foreign(written: str) -> bool:
+    """A path only another system could mean."""
+    from buildcat import paths
+
+    if paths.flavour(paths.this_system()) == "windows":
+        return written.startswith("/") and not written.startswith("//")
+    return paths.looks_windows(written)
 
 
 def locate_blend(scene: str, root: str | os.PathLike[str]) -> Path:
@@ -424,7 +486,7 @@ def locate_blend(scene: str, root: str | os.PathLike[str]) -> Path:
 
 def summary(report: AssetReport) -> str:
     """``3 files: 2 relative, 1 missing`` (only the statuses there are)."""
-    counts = {status: 0 for status in (RELATIVE, ABSOLUTE, OUTSIDE, MISSING)}
+    counts = {status: 0 for status in STATUSES}
     for asset in report.assets:
         counts[asset.status] += 1
     parts = [f"{count} {status}" for status, count in counts.items() if count]

@@ -26,6 +26,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bpy
+import dependencies
 import override
 from script_support import ScriptError, run, sigint_ends_the_bpy_module
 
@@ -56,8 +57,10 @@ def read_job(argv: list[str]) -> tuple[str, list[int], str, dict]:
 
 def open_blend(blend: str, settings: dict) -> None:
     """Open ``blend``; its Python (drivers, startup scripts) runs only with ``autoexec``,
-    whatever this Blender's preferences say."""
+    whatever this Blender's preferences say. Then its paths are remapped to this worker's
+    with the farm's path map (``path_map``), before anything reads them."""
     bpy.ops.wm.open_mainfile(filepath=blend, use_scripts=settings.get("autoexec") is True)
+    dependencies.remap(settings)
 
 
 def render(blend: str, frames: list[int], output: str, settings: dict) -> list[str]:

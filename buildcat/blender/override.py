@@ -32,6 +32,10 @@ imports this file and calls :func:`apply`. All JSON keys are optional:
   without it such a task stops before the first frame, naming the files
 - ``autoexec``: true lets the file's Python (drivers, scripts) run; read by whoever opens
   the file (the binary's ``-y``, ``open_mainfile(use_scripts=...)``), ignored here
+- ``path_map``: the farm's path map resolved for this worker (buildcat/paths.py
+  ``Resolved.to_json()``), set by the worker: absolute paths under its locations are
+  remapped (dependencies.py :func:`remap`) right after the file is opened, by whoever opens
+  it (:func:`main` here for the binary, ``bpy_render.open_blend``); ignored by :func:`apply`
 
 A scene or camera the file lacks raises :class:`JobFault` (``buildcat: job error:``): the
 job is wrong, not this worker.
@@ -79,6 +83,7 @@ KEYS = {
     "denoise",
     "allow_missing",
     "autoexec",
+    "path_map",
 }
 
 
@@ -333,6 +338,7 @@ def main(argv: list[str]) -> None:
             f"the Blender binary renders scene {bpy.context.scene.name!r}: "
             f"pass -S {scene.name!r} before --python"
         )
+    dependencies.remap(settings)  # the file is open: its paths first, then the overrides
     apply(settings)
 
 

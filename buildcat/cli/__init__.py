@@ -3,12 +3,14 @@
 One module per kind of command: ``roles`` (server, worker, demo), ``submitting``
 (submit python, submit blender, check), ``commands`` (submit command, submit script),
 ``jobtypes`` (job-types, submit TYPE), ``watching`` (status, wait, logs, cancel ...),
-``events`` (events, notices: the farm followed by scripts) and ``media`` (video,
-contact-sheet); ``base`` holds the group and the options they share."""
+``events`` (events, notices: the farm followed by scripts), ``media`` (video,
+contact-sheet) and ``paths`` (the path map); ``base`` holds the group and the options
+they share."""
 
-from buildcat.cli import commands, events, jobtypes, media, roles, submitting, watching
+from buildcat.cli import commands, events, jobtypes, media, paths, roles, submitting, watching
 from buildcat.cli.base import main
 
 __all__ = [
-    "commands", "events", "jobtypes", "main", "media", "roles", "submitting", "watching",
+    "commands", "events", "jobtypes", "main", "media", "paths", "roles", "submitting",
+    "watching",
 ]  # fmt: skip

@@ -406,8 +406,10 @@ def submit_blender(
 def check(scene: str, as_json: bool, root: Path) -> None:
     """List every file SCENE (a .blend) depends on, through linked libraries too.
 
-    Each is relative, absolute, outside the root or missing; exits 1 when any file is
-    missing or outside the root (what `farm submit blender` refuses).
+    Each is relative, absolute, mapped (another system's path under a location of the
+    path map: `farm paths`), outside the root, under no location (another system's path
+    that no worker can find) or missing; exits 1 when any file is missing, outside the
+    root or under no location (what `farm submit blender` refuses).
     """
     from buildcat.blender import blendfile
 
@@ -420,7 +422,11 @@ def check(scene: str, as_json: bool, root: Path) -> None:
             click.echo(table(["STATUS", "KIND", "PATH", "USED BY", "ON THIS MACHINE"], rows))
         click.echo(f"{report.blend}: {blendfile.summary(report)}")
     if report.problems:
-        click.echo(
-            f"farm: error: {len(report.problems)} file(s) missing or outside the root", err=True
+        unmapped = any(a.status == blendfile.NOT_MAPPED for a in report.problems)
+        kinds = (
+            "missing, outside the root or under no location"
+            if unmapped
+            else ("missing or outside the root")
         )
+        click.echo(f"farm: error: {len(report.problems)} file(s) {kinds}", err=True)
         sys.exit(1)

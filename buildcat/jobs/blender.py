@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from buildcat import launch, platform
+from buildcat import launch, paths, platform
 from buildcat import root as farm_root
 from buildcat.blender import BPY, SCRIPTS, BlenderInstall, blend_file_version, output_settings
 from buildcat.errors import FarmError, JobFault, LimitError
@@ -851,7 +851,7 @@ def _render(task: dict[str, Any], blender: BlenderInstall) -> dict[str, Any]:
         raise RenderFailed(f"cannot read {task['scene']}: {exc.strerror or exc}") from None
     if saved_with is None:  # changed since it was submitted: no worker could render it
         raise SceneFault(f"{task['scene']} is not a .blend file")
-    settings = dict(task.get("settings", {}))
+    settings = with_path_map(task.get("settings", {}), ctx.root)
     final_pattern = farm_root.resolve(ctx.root, task["output"])
     frames: list[int] = task["frames"]
     delivered = _Delivered.load(ctx)
@@ -915,6 +915,24 @@ def _render(task: dict[str, Any], blender: BlenderInstall) -> dict[str, Any]:
         shutil.rmtree(staging, ignore_errors=True)
         _unmark_staging(staging)
     return delivered.result(frames)
+
+
+def with_path_map(settings: dict[str, Any], root: str | os.PathLike[str]) -> dict[str, Any]:
+    """A task's settings with the farm's path map resolved for this worker (its system, its
+    path to the root) as ``path_map``, for the scripts inside Blender to remap the scene's
+    absolute paths with (blender/dependencies.py). Read at every task, so an edit of the map
+    (`farm paths`) holds from the next task on; none when the root has no map. Whatever a
+    submitter put there is replaced: the map is the worker's to read."""
+    settings = {key: value for key, value in settings.items() if key != "path_map"}
+    try:
+        path_map = paths.load(root)
+        if path_map.locations:
+            system = paths.this_system()
+            own = path_map.with_own_root(system, os.path.abspath(root))
+            settings["path_map"] = own.resolve(system).to_json()
+    except paths.PathMapError as exc:
+        raise RenderFailed(str(exc)) from None
+    return settings
 
 
 class _Delivered:

@@ -5,8 +5,11 @@ The template is one string run by ``/bin/sh -c``, or (``argv``) a list of argume
 with no shell. Frame variables are integers written in as digits; ``$ROOT``,
 ``$OUTDIR``, ``$TASK`` and ``$JOB`` reach the shell as references to environment
 variables, quoted for where they stand, so their text never becomes shell syntax (see
-docs/commands.md). Parsing, checking and planning here are pure; :func:`run_task` runs
-in the worker's child process.
+docs/commands.md). ``${PATH:NAME}`` is location NAME of the farm's path map (buildcat/paths.py)
+as this worker's system names it, so one template runs on Linux, Windows and macOS workers;
+words of a template that look like paths are never rewritten (the template is the user's
+text: only they know which words are paths). Parsing, checking and planning here are
+pure; :func:`run_task` runs in the worker's child process.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from buildcat import paths
 from buildcat import root as farm_root
-from buildcat.errors import FarmError
+from buildcat.errors import FarmError, JobFault
 from buildcat.frames import chunk_frames, format_frames, parse_frames
 from buildcat.jobs import context, process
 
@@ -39,6 +43,8 @@ VARIABLES = {
     "JOB": "the job's id",
 }
 FRAME_VARIABLES = frozenset({"START", "END", "STEP", "FRAME", "FRAMES"})
+#: ``${PATH:textures}``: a location of the path map on this worker (its variable's name).
+LOCATION_PREFIX = "PATH:"
 #: How the shell form reaches the text variables: environment variables the worker sets.
 ENVIRONMENT = {
     "ROOT": "BUILDCAT_ROOT",
@@ -61,7 +67,18 @@ Piece = tuple[str, str]  # ("text", "...") or ("var", "NAME")
 
 
 def _known() -> str:
-    return " ".join(f"${name}" for name in VARIABLES)
+    return " ".join(f"${name}" for name in VARIABLES) + " ${PATH:NAME}"
+
+
+def location_name(variable: str) -> str | None:
+    """``textures`` for the variable ``PATH:textures``; None for the other variables."""
+    return variable[len(LOCATION_PREFIX) :] if variable.startswith(LOCATION_PREFIX) else None
+
+
+def environment_name(variable: str) -> str:
+    """The environment variable the shell reads a text variable from."""
+    name = location_name(variable)
+    return ENVIRONMENT[variable] if name is None else f"BUILDCAT_PATH_{name.upper()}"
 
 
 def parse_template(template: str, what: str = "the template") -> list[Piece]:
@@ -86,6 +103,15 @@ def parse_template(template: str, what: str = "the template") -> list[Piece]:
             )
         if match["dollar"]:
             text.append("$")
+        elif (match["braced"] or "").startswith(LOCATION_PREFIX):
+            name = match["braced"]
+            try:
+                paths.check_name(name[len(LOCATION_PREFIX) :])
+            except paths.PathMapError as exc:
+                raise FarmError(f"${{{name}}} in {what}: {exc}") from None
+            pieces.append(("text", "".join(text)))
+            text = []
+            pieces.append(("var", name))
         else:
             name = match["bare"] or match["braced"] or ""
             if not _IDENTIFIER.fullmatch(name) or name not in VARIABLES:
@@ -146,11 +172,11 @@ def shell_command(pieces: Sequence[Piece], frames: dict[str, str]) -> str:
         if value in FRAME_VARIABLES:
             out.append(frames[value])  # digits, '-' and ',' only: nothing the shell reads
         elif state == '"':
-            out.append(f"${{{ENVIRONMENT[value]}}}")
+            out.append(f"${{{environment_name(value)}}}")
         elif state == "'":
-            out.append(f"'\"${{{ENVIRONMENT[value]}}}\"'")
+            out.append(f"'\"${{{environment_name(value)}}}\"'")
         else:
-            out.append(f'"${{{ENVIRONMENT[value]}}}"')
+            out.append(f'"${{{environment_name(value)}}}"')
     return "".join(out)
 
 
@@ -346,6 +372,8 @@ def _checked_output(pattern: str, outdir: str) -> tuple[frozenset[str], bool]:
     names = frozenset(used(parse_template(pattern, f"output {pattern!r}")))
     if "ROOT" in names:
         raise FarmError(f"output {pattern!r}: outputs are relative to the root; drop $ROOT")
+    if any(location_name(name) is not None for name in names):
+        raise FarmError(f"output {pattern!r}: outputs are relative to the root; drop ${{PATH:...}}")
     sample = {name: "1" for name in VARIABLES} | {"OUTDIR": outdir, "TASK": "t.1", "JOB": "t"}
     output_paths([pattern], [1], sample)
     return names, bool(_HASHES.search(pattern))
@@ -410,6 +438,32 @@ def plan_command(
 # ---- running (inside the worker's child process) --------------------------------------------
 
 
+def location_values(names: set[str], root: str) -> dict[str, str]:
+    """``{"PATH:textures": "/mnt/textures"}``: the locations the template names, on this
+    worker (its system, its path to the root), from the farm's path map as it is now."""
+    wanted = sorted(name for name in names if location_name(name) is not None)
+    if not wanted:
+        return {}
+    try:
+        here = paths.for_this_machine(root)
+    except paths.PathMapError as exc:
+        raise FarmError(str(exc)) from None
+    values = {}
+    for variable in wanted:
+        name = location_name(variable) or ""
+        path = here.location_path(name)
+        if path is None and name not in here.names:
+            known = ", ".join(here.names)
+            raise JobFault(f"${{{variable}}}: the path map has no location {name!r} (has: {known})")
+        if path is None:
+            raise FarmError(
+                f"${{{variable}}}: location {name!r} has no {here.system} path in the path map "
+                f"(farm paths add {name} --{here.system} PATH --replace)"
+            )
+        values[variable] = path
+    return values
+
+
 def run_task(payload: dict[str, Any]) -> dict[str, Any]:
     """Run one command task: exit code 0 and every output there, or it fails."""
     ctx = context.current()
@@ -439,13 +493,11 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
         "OUTDIR": str(outdir),
         "TASK": task_id,
         "JOB": job_id,
+        **location_values(names, root),
     }
     env = {
         **os.environ,
-        ENVIRONMENT["ROOT"]: root,
-        ENVIRONMENT["OUTDIR"]: str(outdir),
-        ENVIRONMENT["TASK"]: task_id,
-        ENVIRONMENT["JOB"]: job_id,
+        **{environment_name(name): values[name] for name in values if name not in FRAME_VARIABLES},
     }
     if template is not None:
         command = [SHELL, "-c", shell_command(pieces, frame_values(frames))]
