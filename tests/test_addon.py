@@ -61,7 +61,7 @@ def addon_path(addon_zip: Path) -> Path:
 
 
 PRELUDE = """
-import json, sys, time
+import json, os, sys, time
 import bpy
 sys.path.insert(0, {addon!r})
 import buildcat_farm
@@ -95,6 +95,9 @@ def run_addon(
     code = PRELUDE.format(addon=str(addon), blend=str(blend or ""), marker=RESULT)
     code += textwrap.dedent(script)
     if blender == BPY:
+        # bpy 4.5 can hang at interpreter exit, after its leak report (a bpy bug:
+        # blender/script_support.py leave_the_bpy_module): leave once all is printed.
+        code += "\nsys.stdout.flush(); sys.stderr.flush(); os._exit(0)\n"
         command = [sys.executable, "-c", code]
     else:
         command = [blender, "-b", *([str(blend)] if blend else []), "--factory-startup",
@@ -103,9 +106,13 @@ def run_addon(
     for name in ("FARM_HOST", "FARM_PORT", "BUILDCAT_ROOT", "FARM_TOKEN"):
         if name not in (env or {}):
             environment.pop(name, None)
-    done = subprocess.run(
-        command, capture_output=True, text=True, env=environment, timeout=300, check=False
-    )
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, env=environment, timeout=100, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        shown = [str(part or "") for part in (exc.stdout, exc.stderr)]
+        pytest.fail(f"Blender did not finish: {''.join(shown)[-4000:]}")
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT)]
@@ -188,7 +195,6 @@ def test_the_refusals_say_why(farm: Farm, addon_path: Path, tmp_path: Path) -> N
     result = run_addon(
         BINARY,
         f"""
-        import os
         errors = {{}}
         props.host = "127.0.0.1:{farm.port}"
         errors["unsaved"] = submit()
@@ -303,6 +309,7 @@ def test_the_farm_is_found_through_the_root(
 
     with pytest.raises(urllib.error.HTTPError) as answer:
         urllib.request.build_opener(NoRedirect).open(url, timeout=30)
+    answer.value.close()
     assert answer.value.code == 303
     assert "buildcat_dashboard" in answer.value.headers["Set-Cookie"]
 
@@ -413,7 +420,8 @@ def post(farm: Farm, path: str, body: Any, headers: dict[str, str] | None = None
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+        with exc:
+            return exc.code, json.loads(exc.read())
 
 
 def test_the_server_plans_a_job_type(shot_farm: Farm) -> None:
@@ -451,9 +459,7 @@ def test_the_zip_holds_an_add_on_and_an_extension(addon_zip: Path) -> None:
     with zipfile.ZipFile(addon_zip) as archive:
         names = set(archive.namelist())
         manifest = tomllib.loads(archive.read("buildcat_farm/blender_manifest.toml").decode())
-        sources = {
-            name: archive.read(name).decode() for name in names if name.endswith(".py")
-        }
+        sources = {name: archive.read(name).decode() for name in names if name.endswith(".py")}
     assert {"buildcat_farm/__init__.py", "buildcat_farm/farm.py"} <= names
     assert manifest["id"] == "buildcat_farm"
     assert manifest["version"] == buildcat.__version__
@@ -518,4 +524,6 @@ def test_install_enables_it_as_an_extension_in_blender_4(tmp_path: Path) -> None
 def test_install_refuses_a_blender_that_is_not_there() -> None:
     done = farm_cli("addon", "install", "--blender", "/no/such/blender")
     assert done.returncode != 0
-    assert done.stderr.strip().splitlines()[-1] == "farm: error: Blender '/no/such/blender' not found"
+    assert (
+        done.stderr.strip().splitlines()[-1] == "farm: error: Blender '/no/such/blender' not found"
+    )
