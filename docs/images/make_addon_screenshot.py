@@ -34,6 +34,7 @@ sys.path.insert(0, addons)
 import buildcat_farm
 buildcat_farm.register()
 
+bpy.context.preferences.view.show_tooltips = False  # the pointer rests over the panel
 scene = bpy.context.scene
 scene.render.filepath = "//frames/spin_"
 props = scene.buildcat
@@ -85,7 +86,9 @@ bpy.app.timers.register(step, first_interval=2.0)
 
 def main() -> None:
     xvfb = shutil.which("xvfb-run")
-    blender = find_blender(shutil.which("blender"), allow_bpy=False) if shutil.which("blender") else None
+    blender = (
+        find_blender(shutil.which("blender"), allow_bpy=False) if shutil.which("blender") else None
+    )
     if xvfb is None or blender is None:
         sys.exit("needs xvfb-run and Debian's blender (apt-get install xvfb blender)")
     with tempfile.TemporaryDirectory(prefix="buildcat-addon-shot-") as folder:
