@@ -4,13 +4,23 @@ One module per kind of command: ``roles`` (server, worker, demo), ``submitting``
 (submit python, submit blender, check), ``commands`` (submit command, submit script),
 ``jobtypes`` (job-types, submit TYPE), ``watching`` (status, wait, logs, cancel ...),
 ``events`` (events, notices: the farm followed by scripts), ``media`` (video,
-contact-sheet) and ``paths`` (the path map); ``base`` holds the group and the options
-they share."""
+contact-sheet), ``paths`` (the path map) and ``addon`` (the Blender add-on); ``base``
+holds the group and the options they share."""
 
-from buildcat.cli import commands, events, jobtypes, media, paths, roles, submitting, watching
+from buildcat.cli import (
+    addon,
+    commands,
+    events,
+    jobtypes,
+    media,
+    paths,
+    roles,
+    submitting,
+    watching,
+)
 from buildcat.cli.base import main
 
 __all__ = [
-    "commands", "events", "jobtypes", "main", "media", "paths", "roles", "submitting",
-    "watching",
+    "addon", "commands", "events", "jobtypes", "main", "media", "paths", "roles",
+    "submitting", "watching",
 ]  # fmt: skip

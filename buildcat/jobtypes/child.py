@@ -82,7 +82,11 @@ def compile_job(
         ) from None
     if done.stderr:  # what the job type printed
         sys.stderr.write(done.stderr.decode(errors="replace"))
-    return dict(_reply(done.returncode, done.stdout, done.stderr, f"job type {name!r}")["plan"])
+    return read_compile(done.returncode, done.stdout, done.stderr, name)
+
+
+def read_compile(returncode: int, stdout: bytes, stderr: bytes, name: str) -> dict[str, Any]:
+    return dict(_reply(returncode, stdout, stderr, f"job type {name!r}")["plan"])
 
 
 def _reply(returncode: int, stdout: bytes, stderr: bytes, what: str) -> dict[str, Any]:

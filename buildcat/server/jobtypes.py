@@ -1,9 +1,11 @@
 """``GET /api/v1/job-types``: the job types under the server's root and their settings, for
-forms (the dashboard, the Blender add-on).
+forms (the dashboard, the Blender add-on); ``POST /api/v1/job-types/{name}/plan``: the
+tasks a job type makes of some settings, for clients that cannot run buildcat (the add-on).
 
 Job-type code never runs in the server process: the declarations are read by a child
 (``python -m buildcat.jobtypes describe ROOT``) with a timeout, and the answer is kept
-until a file in ``<root>/jobtypes/`` changes (name, mtime, size).
+until a file in ``<root>/jobtypes/`` changes (name, mtime, size). A plan is made by a
+child too (``... compile ROOT NAME``), built-ins included (reading a .blend takes time).
 """
 
 from __future__ import annotations
@@ -67,16 +69,81 @@ class JobTypeListing:
         return listing
 
 
+#: Plans made at once: each is a child process.
+PLANS_AT_ONCE = 2
+
+
+class JobTypePlanner:
+    """Plans made by ``python -m buildcat.jobtypes compile`` children, a few at a time."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self._slots = asyncio.Semaphore(PLANS_AT_ONCE)
+
+    async def plan(self, name: str, settings: dict[str, Any]) -> dict[str, Any]:
+        """The plan of ``name`` for ``settings``; raises FarmError (a 400) with the job
+        type's refusal (SettingError, JobTypeBroken or its own one line)."""
+        limit = loading.LOAD_SECONDS + loading.compile_seconds() + child.SLACK_SECONDS
+        async with self._slots:
+            process = await asyncio.create_subprocess_exec(
+                *child.command("compile", self.root, name),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=child.environment(),
+            )
+            try:
+                out, err = await asyncio.wait_for(
+                    process.communicate(protocol.pack({"settings": settings})), limit
+                )
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+                raise FarmError(
+                    f"job type {name!r} is broken: it ran past {limit:g} s and was stopped"
+                ) from None
+        reply = child.read_compile(process.returncode or 0, out, err, name)
+        log.info("planned job type %s: %d task(s)", name, len(reply.get("tasks", ())))
+        return reply
+
+
 LISTING_KEY = web.AppKey("job_types", JobTypeListing)
+PLANNER_KEY = web.AppKey("job_type_planner", JobTypePlanner)
 Reply = Callable[[web.Request, Any], web.Response]
 
 
 def add_routes(app: web.Application, root: str | os.PathLike[str], reply: Reply) -> None:
-    """``GET /api/v1/job-types``, answered through ``reply`` (the app's own encoder: JSON
-    or msgpack as the request accepts)."""
+    """``GET /api/v1/job-types`` and ``POST /api/v1/job-types/{name}/plan``, answered
+    through ``reply`` (the app's own encoder: JSON or msgpack as the request accepts)."""
     app[LISTING_KEY] = JobTypeListing(root)
+    app[PLANNER_KEY] = JobTypePlanner(root)
 
     async def list_job_types(request: web.Request) -> web.Response:
         return reply(request, {"job_types": await request.app[LISTING_KEY].get()})
 
+    async def plan_job_type(request: web.Request) -> web.Response:
+        body = await read_map(request)
+        settings = body.get("settings", {})
+        if not isinstance(settings, dict) or not all(isinstance(k, str) for k in settings):
+            raise FarmError("'settings' must be a map of setting names to values")
+        name = request.match_info["name"]
+        return reply(request, await request.app[PLANNER_KEY].plan(name, settings))
+
     app.router.add_get(f"{protocol.API_PREFIX}/job-types", list_job_types)
+    app.router.add_post(f"{protocol.API_PREFIX}/job-types/{{name}}/plan", plan_job_type)
+
+
+async def read_map(request: web.Request) -> dict[str, Any]:
+    """A request body (msgpack or JSON) that must be a map; ``{}`` when empty."""
+    data = await request.read()
+    if not data:
+        return {}
+    if request.content_type not in (protocol.MSGPACK, protocol.JSON):
+        raise FarmError(
+            f"unsupported content type {request.content_type!r}: "
+            f"send {protocol.MSGPACK} or {protocol.JSON}"
+        )
+    value = protocol.decode(data, request.content_type)
+    if not isinstance(value, dict):
+        raise FarmError("the body must be a map")
+    return value
