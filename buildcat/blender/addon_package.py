@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
+import tomllib
 import zipfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from buildcat import __version__
 from buildcat.blender import BPY, SCRIPTS, BlenderInstall
 from buildcat.errors import FarmError
 
@@ -36,7 +36,10 @@ def addon_files() -> dict[str, bytes]:
 
 
 def default_zip_name() -> str:
-    return f"{MODULE}-{__version__}.zip"
+    """``buildcat_farm-VERSION.zip``, the version the add-on's manifest gives (the
+    package's: a test holds them equal)."""
+    manifest = tomllib.loads(addon_files()["blender_manifest.toml"].decode())
+    return f"{MODULE}-{manifest['version']}.zip"
 
 
 def write_zip(path: str | Path) -> Path:
