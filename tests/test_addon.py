@@ -217,6 +217,14 @@ def test_the_refusals_say_why(farm: Farm, addon_path: Path, tmp_path: Path) -> N
         props.host = "127.0.0.1:{unused_port(avoid={farm.port})}"
         errors["no server"] = submit()
         props.host = ""
+        # A root with the secret but no server record (this farm's server keeps its own).
+        os.makedirs({str(tmp_path / "quiet" / ".buildcat")!r})
+        with open({str(farm.root / ".buildcat" / "secret")!r}, "rb") as source:
+            secret = source.read()
+        with open({str(tmp_path / "quiet" / ".buildcat" / "secret")!r}, "wb") as copy:
+            copy.write(secret)
+        os.chmod({str(tmp_path / "quiet" / ".buildcat" / "secret")!r}, 0o600)
+        bpy.ops.wm.save_as_mainfile(filepath={str(tmp_path / "quiet" / "lost.blend")!r})
         errors["no record"] = submit()
         result(errors=errors, message=props.message)
         """,
