@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from buildcat.errors import ConnectionFailed, FarmError
-from buildcat.root import state_dir
+from buildcat.root import state_dir, write_json_whole
 
 log = logging.getLogger(__name__)
 
@@ -388,19 +388,7 @@ def write_tls_record(root: str | os.PathLike[str], fingerprint: str | None) -> N
     not talk a member into plain HTTP either. Written whole (temporary name, rename)."""
     path = tls_record_path(root)
     record = {"tls": fingerprint is not None, "sha256": fingerprint or ""}
-    temporary = path.with_name(f".{TLS_RECORD_FILE}.{os.getpid()}.tmp")
-    try:
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            json.dump(record, handle)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        raise FarmError(f"cannot write {path}: {exc.strerror}") from None
+    write_json_whole(path, record, 0o600)
 
 
 def read_tls_record(root: str | os.PathLike[str]) -> Transport | None:

@@ -10,17 +10,15 @@ with the standard library only): change them only by raising :data:`RECORD_VERSI
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from buildcat.errors import FarmError
-from buildcat.root import state_dir
+from buildcat.root import state_dir, write_json_whole
 
 RECORD_FILE = "server.json"
 RECORD_VERSION = 1
@@ -132,24 +130,9 @@ def _clock(at: float) -> str:
 
 
 def write_record(path: Path, record: ServerRecord) -> None:
-    """Write the record whole: a temporary name, fsync, then a rename over the old one, so
-    a reader sees the old record or the new, never half of one. Mode 0644."""
-    temporary = path.with_name(f".{RECORD_FILE}.{os.getpid()}.tmp")
-    try:
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            if sys.platform != "win32":  # whatever the umask, members may read it
-                with contextlib.suppress(OSError):  # a share that keeps its own modes
-                    os.fchmod(handle.fileno(), 0o644)
-            json.dump(record.as_dict(), handle, indent=1, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        raise FarmError(f"cannot write {path}: {exc.strerror}") from None
+    """Write the record whole (a reader sees the old record or the new, never half of
+    one), mode 0644: it holds no secret and every member reads it."""
+    write_json_whole(path, record.as_dict(), 0o644, indent=1)
 
 
 def read_record(root: str | os.PathLike[str]) -> ServerRecord | None:

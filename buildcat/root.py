@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
+import sys
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from buildcat import platform
-from buildcat.errors import PathError
+from buildcat.errors import FarmError, PathError
 
 STATE_DIR_NAME = ".buildcat"
 
@@ -86,3 +88,25 @@ def open_private_log(path: str) -> io.TextIOWrapper:
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | platform.OPEN_FLAGS
     descriptor = os.open(path, flags, 0o600)
     return os.fdopen(descriptor, "a", buffering=1, encoding="utf-8", errors="replace")
+
+
+def write_json_whole(path: Path, value: object, mode: int, *, indent: int | None = None) -> None:
+    """Write ``value`` as JSON whole: a temporary name, fsync, then a rename over the old
+    file, so a reader sees the old file or the new, never half of one; the file gets
+    ``mode`` whatever the umask (where the share keeps modes). FarmError when it cannot."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            if sys.platform != "win32":
+                with contextlib.suppress(OSError):  # a share that keeps its own modes
+                    os.fchmod(handle.fileno(), mode)
+            json.dump(value, handle, indent=indent, sort_keys=indent is not None)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise FarmError(f"cannot write {path}: {exc.strerror}") from None
