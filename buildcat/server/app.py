@@ -834,7 +834,7 @@ def create_app(config: ServerConfig) -> web.Application:
     web_ui.add_routes(app)
     app.router.add_get(f"{API}/events/feed", events_feed)
     app.router.add_get(f"{API}/notices", pending_notices)
-    jobtypes_routes.add_routes(app, config.root, respond)
+    jobtypes_routes.add_routes(app, config.root)
 
     async def start_background(app: web.Application) -> None:
         farm._expiry_task = asyncio.create_task(farm.expire_leases())

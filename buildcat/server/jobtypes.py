@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from aiohttp import web
 from buildcat import protocol
 from buildcat.errors import FarmError
 from buildcat.jobtypes import child, loading
+from buildcat.server.replies import read_body, respond
 
 log = logging.getLogger(__name__)
 
@@ -109,41 +109,24 @@ class JobTypePlanner:
 
 LISTING_KEY = web.AppKey("job_types", JobTypeListing)
 PLANNER_KEY = web.AppKey("job_type_planner", JobTypePlanner)
-Reply = Callable[[web.Request, Any], web.Response]
 
 
-def add_routes(app: web.Application, root: str | os.PathLike[str], reply: Reply) -> None:
-    """``GET /api/v1/job-types`` and ``POST /api/v1/job-types/{name}/plan``, answered
-    through ``reply`` (the app's own encoder: JSON or msgpack as the request accepts)."""
+def add_routes(app: web.Application, root: str | os.PathLike[str]) -> None:
+    """``GET /api/v1/job-types`` and ``POST /api/v1/job-types/{name}/plan`` (JSON or
+    msgpack, as the request speaks)."""
     app[LISTING_KEY] = JobTypeListing(root)
     app[PLANNER_KEY] = JobTypePlanner(root)
 
     async def list_job_types(request: web.Request) -> web.Response:
-        return reply(request, {"job_types": await request.app[LISTING_KEY].get()})
+        return respond(request, {"job_types": await request.app[LISTING_KEY].get()})
 
     async def plan_job_type(request: web.Request) -> web.Response:
-        body = await read_map(request)
+        body = await read_body(request)
         settings = body.get("settings", {})
         if not isinstance(settings, dict) or not all(isinstance(k, str) for k in settings):
             raise FarmError("'settings' must be a map of setting names to values")
         name = request.match_info["name"]
-        return reply(request, await request.app[PLANNER_KEY].plan(name, settings))
+        return respond(request, await request.app[PLANNER_KEY].plan(name, settings))
 
     app.router.add_get(f"{protocol.API_PREFIX}/job-types", list_job_types)
     app.router.add_post(f"{protocol.API_PREFIX}/job-types/{{name}}/plan", plan_job_type)
-
-
-async def read_map(request: web.Request) -> dict[str, Any]:
-    """A request body (msgpack or JSON) that must be a map; ``{}`` when empty."""
-    data = await request.read()
-    if not data:
-        return {}
-    if request.content_type not in (protocol.MSGPACK, protocol.JSON):
-        raise FarmError(
-            f"unsupported content type {request.content_type!r}: "
-            f"send {protocol.MSGPACK} or {protocol.JSON}"
-        )
-    value = protocol.decode(data, request.content_type)
-    if not isinstance(value, dict):
-        raise FarmError("the body must be a map")
-    return value
