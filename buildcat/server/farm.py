@@ -388,6 +388,15 @@ def farm_of(request: web.Request) -> Farm:
     return request.app[FARM_KEY]
 
 
+#: Where the auth middleware puts who sent a request (a named token's name).
+WHO_KEY = "buildcat.who"
+
+
+def who_of(request: web.Request) -> str:
+    """Who sent the request, for a job's owner and its history ("" when unknown)."""
+    return str(request.get(WHO_KEY, ""))
+
+
 def unmet(farm: Farm, job: Job) -> str:
     """Why nothing runs: the jobs it waits for (``after``), or no online worker meets the
     job's requirements (or has the Blender version the job holds)."""

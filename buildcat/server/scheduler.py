@@ -190,6 +190,10 @@ class Job:
     #: Those of ``after`` that have not ended yet: while any is left the job is queued but
     #: out of the dispatch list, its tasks in no ready queue.
     waiting_for: set[str] = field(default_factory=set)
+    #: Archived jobs are kept but left out of the default lists (``farm archive``).
+    archived: bool = False
+    #: Who steered the job and how, oldest first: ``{"at", "action", "by"}`` each.
+    history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def order_key(self) -> tuple[int, int]:
@@ -246,6 +250,8 @@ class Job:
             "after": self.after,
             "after_any": self.after_any,
             "waiting_for": sorted(self.waiting_for),
+            "archived": self.archived,
+            "history": self.history,
         }
 
 
