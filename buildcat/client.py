@@ -14,6 +14,7 @@ import secrets
 import socket
 import ssl
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -749,9 +750,14 @@ class Client:
     def job(self, job_id: str) -> Job:
         return Job(self, job_id)
 
-    def jobs(self, state: str | None = None) -> list[dict[str, Any]]:
-        path = "/jobs" + (f"?state={state}" if state else "")
-        return list(self.request("GET", path)["jobs"])
+    def jobs(self, state: str | None = None, *, archived: bool = False) -> list[dict[str, Any]]:
+        """Every job's view; archived jobs (``archive``) only with ``archived``."""
+        query = {"state": state} if state else {}
+        if archived:
+            query["archived"] = "all"
+        path = "/jobs" + (f"?{urllib.parse.urlencode(query)}" if query else "")
+        listed = list(self.request("GET", path)["jobs"])
+        return listed if archived else [job for job in listed if not job.get("archived")]
 
     def workers(self) -> list[dict[str, Any]]:
         return list(self.request("GET", "/workers")["workers"])
@@ -888,6 +894,30 @@ class Client:
             ) from None
         finally:
             connection.close()
+
+    # ---- tidying the job list, running one task again ------------------------------------
+
+    def archive(self, job: Job | str) -> dict[str, Any]:
+        """Hide an ended job from the default lists (``farm status``, the dashboard); it is
+        kept, and ``unarchive`` shows it again. Returns its view."""
+        return dict(self.request("POST", f"/jobs/{_quoted(job)}/archive", {}))
+
+    def unarchive(self, job: Job | str) -> dict[str, Any]:
+        """Show an archived job in the default lists again. Returns its view."""
+        return dict(self.request("POST", f"/jobs/{_quoted(job)}/unarchive", {}))
+
+    def delete(self, job: Job | str) -> str:
+        """Forget an ended job for good, with its logs; its outputs stay where they are.
+        Returns its id."""
+        return str(self.request("DELETE", f"/jobs/{_quoted(job)}")["deleted"])
+
+    def requeue_task(self, task_id: str) -> dict[str, Any]:
+        """Run one task (``JOB.N``) again, and the tasks that used its result (a stitch, a
+        preview video): its job is unfinished again until they are done. A running task is
+        stopped on its worker and run afresh. Returns the task's view."""
+        return dict(
+            self.request("POST", f"/tasks/{urllib.parse.quote(task_id, safe='')}/requeue", {})
+        )
 
     def worker_info(self, timeout: float | None = 60.0) -> dict[str, Any]:
         """What one worker reports about itself (host, platform, Python, root, slots)."""
@@ -1053,6 +1083,11 @@ def _split_job_options(
     taken = set(inspect.signature(submit).parameters) - {"tasks", "kind", "common", "meta"}
     options = {key: value for key, value in given.items() if key in taken}
     return options, {key: value for key, value in given.items() if key not in taken}
+
+
+def _quoted(job: Job | str) -> str:
+    """A job id as it goes in a route's path."""
+    return urllib.parse.quote(job.id if isinstance(job, Job) else str(job), safe="")
 
 
 def _job_ids(jobs: Iterable[Job | str]) -> list[str]:

@@ -3,6 +3,7 @@
 One module per kind of command: ``roles`` (server, worker, demo), ``submitting``
 (submit python, submit blender, check), ``commands`` (submit command, submit script),
 ``jobtypes`` (job-types, submit TYPE), ``watching`` (status, wait, logs, cancel ...),
+``jobs`` (archive, unarchive, delete, requeue: tidying the list, rerunning a task),
 ``events`` (events, notices: the farm followed by scripts), ``media`` (video,
 contact-sheet), ``paths`` (the path map) and ``addon`` (the Blender add-on); ``base``
 holds the group and the options they share."""
@@ -11,6 +12,7 @@ from buildcat.cli import (
     addon,
     commands,
     events,
+    jobs,
     jobtypes,
     media,
     paths,
@@ -21,6 +23,6 @@ from buildcat.cli import (
 from buildcat.cli.base import main
 
 __all__ = [
-    "addon", "commands", "events", "jobtypes", "main", "media", "paths", "roles",
+    "addon", "commands", "events", "jobs", "jobtypes", "main", "media", "paths", "roles",
     "submitting", "watching",
 ]  # fmt: skip

@@ -66,9 +66,10 @@ JOB_HEADERS = ["JOB", "STATE", "TASKS", "FRAMES", "DONE", "PRIO", "ELAPSED", "ET
 @main.command()
 @click.argument("job_id", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--archived", "with_archived", is_flag=True, help="List archived jobs too.")
 @client_options
-def status(client: Client, job_id: str | None, as_json: bool) -> None:
-    """Show one job, or every job."""
+def status(client: Client, job_id: str | None, as_json: bool, with_archived: bool) -> None:
+    """Show one job, or every job (archived ones only with --archived)."""
     if job_id:
         view = client.job(job_id).status()
         if as_json:
@@ -90,15 +91,26 @@ def status(client: Client, job_id: str | None, as_json: bool) -> None:
             )
         if view.get("error"):
             click.echo(f"  error: {view['error']}")
+        if view.get("archived"):
+            click.echo(f"  archived (farm unarchive {view['id']} lists it again)")
         return
-    jobs = client.jobs()
+    listed = client.jobs(archived=True)
+    jobs = listed if with_archived else [job for job in listed if not job.get("archived")]
+    hidden = len(listed) - len(jobs)
     if as_json:
         print_json(jobs)
         return
+    shown_hidden = f"{hidden} archived job(s) hidden: farm status --archived lists them"
     if not jobs:
-        click.echo("no jobs")
+        click.echo(f"no jobs ({shown_hidden})" if hidden else "no jobs")
         return
-    click.echo(table(JOB_HEADERS, [_job_row(job) for job in jobs]))
+    rows = [_job_row(job) for job in jobs]
+    for row, job in zip(rows, jobs, strict=True):
+        if job.get("archived"):
+            row[1] += ", archived"
+    click.echo(table(JOB_HEADERS, rows))
+    if hidden:
+        click.echo(shown_hidden)
     for job in jobs:
         if job.get("waiting"):
             click.echo(f"{job['id']} waiting: {_waiting_line(job)}")

@@ -26,7 +26,7 @@ from buildcat import auth, jobs, platform, protocol
 from buildcat.discovery import Advertiser, advertised_addresses
 from buildcat.errors import FarmError, ProtocolError
 from buildcat.root import state_dir
-from buildcat.server import connections, feed, notices, outputs
+from buildcat.server import connections, feed, jobroutes, notices, outputs
 from buildcat.server import jobtypes as jobtypes_routes
 from buildcat.server import record as server_record
 from buildcat.server import web as web_ui
@@ -835,6 +835,7 @@ def create_app(config: ServerConfig) -> web.Application:
     app.router.add_get(f"{API}/events/feed", events_feed)
     app.router.add_get(f"{API}/notices", pending_notices)
     jobtypes_routes.add_routes(app, config.root)
+    jobroutes.add_routes(app, _job_view)  # archive, unarchive, delete, requeue one task
 
     async def start_background(app: web.Application) -> None:
         farm._expiry_task = asyncio.create_task(farm.expire_leases())

@@ -45,6 +45,7 @@ KINDS = (
     "generation", "submit", "register", "unregister", "lease", "complete", "fail",
     "priority", "release", "requeue", "cancel", "pause", "resume", "retry", "unblock",
     "notify", "notified",
+    "archive", "unarchive", "delete", "requeue-task",
 )  # fmt: skip
 # Where an intact record may start, found by what its body begins with: a msgpack array
 # (every event is a list: up to 15 items in one byte, else 0xdc and a 16-bit count) whose
@@ -662,5 +663,11 @@ def _apply(scheduler: Any, event: list[Any]) -> None:
             job.meta["notify"] = list(args[1])
     elif kind == "notified":  # a job-end notice delivered or given up: owed no more
         scheduler.notices.settle(args[0])
+    elif kind in ("archive", "unarchive"):  # [kind, now, job id, by]
+        scheduler.archive(args[0], now, args[1], archived=kind == "archive")
+    elif kind == "delete":  # [kind, now, job id, by]: the job's logs went with it
+        scheduler.delete(args[0], now)
+    elif kind == "requeue-task":  # [kind, now, task id, by]
+        scheduler.requeue_task(args[0], now, args[1])
     else:
         raise JournalError(f"unknown event {kind!r}")

@@ -379,6 +379,9 @@ class Scheduler:
         self._finished: list[Job] = []
         self._changed: set[str] = set()
         self._cancel_notices: set[str] = set()
+        #: Task id -> the worker whose run of it was given back (``requeue_task``): what
+        #: that run reports is discarded, until the task is leased to that worker again.
+        self._given_back: dict[str, str] = {}
         #: (worker id, task id, error) of tasks stopped by expire() for running too long.
         self.timed_out: list[tuple[str, str, str]] = []
         #: Job-end notices owed to notify URLs (made in _finish, settled by the notifier).
@@ -845,6 +848,9 @@ class Scheduler:
                 if can_send is not None and not can_send(task):
                     deferred.append(index)
                     continue
+                if worker.to_cancel and task.id in worker.to_cancel:
+                    deferred.append(index)  # it has yet to hear to stop its earlier run
+                    continue
                 self._grant(task, worker, now)
                 granted.append(task)
             job.ready.extendleft(reversed(deferred))
@@ -869,6 +875,11 @@ class Scheduler:
         task.progress_message = ""
         worker.leased.add(task)
         self._leased.add(task)
+        if self._given_back and self._given_back.get(task.id) == worker.id:
+            # Its new run reports for it (live, a worker is leased a task it was told to
+            # stop only once it has heard so; a replay hears nothing, so forgets it here).
+            del self._given_back[task.id]
+            worker.to_cancel.discard(task.id)
         job = task.job
         if job.started_at is None:
             job.started_at = now
@@ -1001,6 +1012,7 @@ class Scheduler:
                     job.ready.append(task.index)
         job.error = job.traceback = ""
         job.finished_at = None
+        job.archived = False  # a job that runs again is shown again
         job.state = JobState.RUNNING if job.started_at is not None else JobState.QUEUED
         self._changed.add(job.id)
         if self._wait_after(job, now):  # the jobs it runs after are running again
@@ -1045,6 +1057,12 @@ class Scheduler:
         worker = self.workers.get(worker_id)
         if task.state in FINAL_TASK_STATES:
             return False
+        if (
+            self._given_back.get(task.id) == worker_id
+            and (task.state is not TaskState.LEASED or task.worker != worker_id)
+        ):  # fmt: skip
+            return False  # the run given back: its result is not the one asked for
+        self._given_back.pop(task.id, None)
         holder = task.worker if task.state is TaskState.LEASED else None
         self._unlease(task)
         if holder is not None and holder != worker_id:
@@ -1209,6 +1227,182 @@ class Scheduler:
 
     def results(self, job_id: str) -> list[Any]:
         return [task.result for task in self.job(job_id).tasks]
+
+    # ---- archiving, deleting and running one task again ----------------------------------
+    # Each is checked whole (check_*) before anything changes: a refusal leaves the queue
+    # as it was, and the journal replays exactly what was accepted.
+
+    def check_archive(self, job: Job) -> None:
+        if job.state not in FINAL_JOB_STATES:
+            raise Conflict(
+                f"job {job.id} is {job.state}: only a job that has ended is archived or "
+                "unarchived (wait for it, or cancel it first)"
+            )
+
+    def archive(self, job_id: str, now: float, by: str = "", *, archived: bool = True) -> Job:
+        """Hide an ended job from the default lists (``archived=False``: show it again).
+        Archiving an archived job changes nothing."""
+        job = self.job(job_id)
+        self.check_archive(job)
+        if job.archived != archived:
+            job.archived = archived
+            job.history.append({"at": now, "action": "archive" if archived else "unarchive",
+                                "by": by})  # fmt: skip
+            self._changed.add(job.id)
+        return job
+
+    def check_delete(self, job: Job) -> None:
+        """Only an ended job is deleted, and not while an unfinished job runs after it
+        (``after``: a retry of that job would look for it)."""
+        if job.state not in FINAL_JOB_STATES:
+            raise Conflict(
+                f"job {job.id} is {job.state}: only a job that has ended is deleted "
+                "(wait for it, or cancel it first)"
+            )
+        if job.id in self.after_named:
+            for other in self.jobs.values():
+                if job.id in other.after and other.state not in FINAL_JOB_STATES:
+                    raise Conflict(
+                        f"job {other.id} ({other.state}) runs after job {job.id}: delete "
+                        f"{job.id} once {other.id} has ended (or cancel {other.id})"
+                    )
+
+    def delete(self, job_id: str, now: float) -> Job:
+        """Forget an ended job: it leaves every index here. Jobs that ran after it no
+        longer name it (their ``after`` drops it), so none ever waits for a job that is
+        gone. Job-end notices it still owes are delivered all the same (they carry the
+        job as it ended)."""
+        job = self.job(job_id)
+        self.check_delete(job)
+        del self.jobs[job.id]
+        if job.submit_key and self.submit_keys.get(job.submit_key) == job.id:
+            del self.submit_keys[job.submit_key]
+        self._deactivate(job)  # ended jobs are in no dispatch list; kept safe all the same
+        if job.ready and not job.paused and not job.waiting_for:
+            self.ready_total -= len(job.ready)
+        job.ready.clear()
+        for task in job.tasks:
+            self._leased.discard(task)
+            self._given_back.pop(task.id, None)
+        for upstream_id in job.after:
+            waiting = self.after_dependents.get(upstream_id)
+            if waiting is not None and job.id in waiting:
+                waiting.remove(job.id)
+                if not waiting:
+                    del self.after_dependents[upstream_id]
+        self.after_dependents.pop(job.id, None)
+        if job.id in self.after_named:
+            self.after_named.discard(job.id)
+            for other in self.jobs.values():
+                if job.id in other.after:
+                    other.after = [upstream for upstream in other.after if upstream != job.id]
+                    other.after_any = other.after_any and bool(other.after)
+                    self._changed.add(other.id)
+        self._changed.add(job.id)
+        return job
+
+    def rerun_chain(self, task: Task) -> list[Task]:
+        """The tasks a rerun of ``task`` runs, in index order: the task; the tasks it waits
+        for that did not end done (they must run first); in a failed or cancelled job every
+        task that did not end done (the job runs to its end again); and every task that
+        waits, directly or through others, on one of these and is not queued (a stitch
+        whose tile reruns, a preview video whose frame reruns)."""
+        job = task.job
+        chosen: set[int] = {task.index}
+        if job.state in (JobState.FAILED, JobState.CANCELLED):
+            chosen.update(t.index for t in job.tasks if t.state in FINAL_TASK_STATES
+                          and t.state is not TaskState.DONE)  # fmt: skip
+        stack = list(task.depends)
+        while stack:  # upstream: what the task needs that is not done
+            index = stack.pop()
+            upstream = job.tasks[index]
+            if index not in chosen and upstream.state in (TaskState.FAILED, TaskState.CANCELLED):
+                chosen.add(index)
+                stack.extend(upstream.depends)
+        stack = list(chosen)
+        while stack:  # downstream: what used their results
+            for index in job.tasks[stack.pop()].dependents:
+                if index not in chosen and job.tasks[index].state is not TaskState.QUEUED:
+                    chosen.add(index)
+                    stack.append(index)
+        return [job.tasks[index] for index in sorted(chosen)]
+
+    def check_requeue_task(self, task: Task) -> None:
+        """A queued task is not requeued; a task of an ended job is, unless a job it runs
+        after failed or was cancelled (retry that one first)."""
+        if task.state is TaskState.QUEUED:
+            raise Conflict(f"task {task.id} is queued already: it runs when a worker is free")
+        job = task.job
+        if job.state in FINAL_JOB_STATES:
+            broken = self.after_problem(job)
+            if broken is not None:
+                raise Conflict(
+                    f"job {job.id} runs after job {broken.id}, which is {broken.state}: "
+                    f"retry {broken.id} first"
+                )
+
+    def requeue_task(self, task_id: str, now: float, by: str = "") -> Task:
+        """Run one task again (``rerun_chain`` says which others run with it): a running
+        one is given back (its worker is told to stop it, and its result, should one come,
+        is discarded), the others go back to the queue with fresh attempts. An ended job
+        is unfinished again (and no longer archived); it ends again once they are done."""
+        task = self.task(task_id)
+        job = task.job
+        self.check_requeue_task(task)
+        chain = self.rerun_chain(task)
+        revived = job.state in FINAL_JOB_STATES
+        for member in chain:
+            if member.state is TaskState.LEASED:
+                holder = self.workers.get(member.worker or "")
+                self._unlease(member)
+                if holder is not None:
+                    self._tell_cancel(holder, member.id)
+                    self._given_back[member.id] = holder.id
+            self._set_state(member, TaskState.QUEUED)
+            member.worker = None
+            member.finished_at = None
+            member.progress = 0.0
+            member.progress_message = ""
+            member.failures = 0
+            member.result = None
+            member.error = member.traceback = ""
+        rerun = {member.index for member in chain}
+        job.done_order = array("L", [i for i in job.done_order if i not in rerun])
+        # Waiting counts of the rerun tasks and of the queued tasks that wait on them.
+        touched = rerun | {d for member in chain for d in member.dependents}
+        offered = not job.paused and not revived and not job.waiting_for
+        ready = set(job.ready)
+        for index in sorted(touched):
+            member = job.tasks[index]
+            if member.state is not TaskState.QUEUED:
+                continue
+            member.pending_deps = sum(job.tasks[d].state is not TaskState.DONE
+                                      for d in member.depends)  # fmt: skip
+            if index in ready and member.pending_deps:
+                job.ready.remove(index)  # it waits again for a task that reruns
+                if offered:
+                    self.ready_total -= 1
+            elif index in rerun and not member.pending_deps and not job.waiting_for:
+                member.ready_at = now
+                job.ready.append(index)
+                if offered:
+                    self.ready_total += 1
+        job.history.append({"at": now, "action": "requeue-task", "by": by, "task": task.id})
+        self._changed.add(job.id)
+        if revived:
+            if job.state is not JobState.DONE:  # as a retry: every worker may try again
+                job.blocked.clear()
+                job.failures_by_worker.clear()
+            job.archived = False
+            job.error = job.traceback = ""
+            job.finished_at = None
+            job.state = JobState.RUNNING if job.started_at is not None else JobState.QUEUED
+            if self._wait_after(job, now):  # a job it runs after is running again
+                job.ready.clear()
+                return task
+            self.ready_total += len(job.ready)
+            self._activate(job)
+        return task
 
     # ---- internals --------------------------------------------------------------------
 

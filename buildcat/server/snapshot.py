@@ -110,6 +110,7 @@ _JOB_FIELDS = (
     "meta", "paused", "started_at", "finished_at", "error", "traceback", "timeout",
     "failures_by_worker", "submit_key", "submit_digest", "blender_version", "after",
     "after_any",
+    "archived", "history",
 )  # fmt: skip
 _WORKER_FIELDS = (
     "name", "slots", "capabilities", "info", "registered_at", "last_seen", "online",
@@ -151,6 +152,8 @@ def dump(scheduler: Scheduler) -> dict[str, Any]:
             for job in scheduler.jobs.values()
         ],
         "notices": scheduler.notices.dump(),
+        # Runs given back (requeue_task) whose results are discarded if they come.
+        "given_back": dict(scheduler._given_back),
     }
 
 
@@ -159,6 +162,7 @@ def load(scheduler: Scheduler, document: dict[str, Any]) -> None:
     scheduler._seq = document["seq"]
     unfinished: list[Job] = []
     scheduler.notices.load(document.get("notices", []))  # older snapshots have none
+    scheduler._given_back = dict(document.get("given_back", {}))
     for item in document["workers"]:
         worker = Worker(id=item["id"], **{f: item[f] for f in _WORKER_FIELDS if f != "online"})
         worker.online = item["online"]
