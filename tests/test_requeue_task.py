@@ -6,25 +6,32 @@ restarts and snapshots; refusals change nothing."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import invariant, precondition, rule
 
 from buildcat import protocol
 from buildcat.errors import RequestRejected
 from buildcat.server import journal, snapshot
 from buildcat.server.scheduler import (
     FINAL_JOB_STATES,
+    FINAL_TASK_STATES,
     Conflict,
     JobState,
     NotFound,
     Scheduler,
+    Task,
     TaskSpec,
     TaskState,
 )
 from tests.conftest import Farm, wait_for
 from tests.test_archive import call, kill_and_restart, shutil_copy_jobs, snapshots_written
+from tests.test_scheduler import REQUIREMENTS, WORKERS, SchedulerMachine, job_specs
 
 HERE = Path(__file__).parent
 
@@ -135,7 +142,7 @@ def test_a_running_task_is_given_back_and_its_old_run_does_not_count(queue: Sche
     [again] = queue.lease("w", 4, 4)
     assert again is tile and tile.attempts == 2
     assert queue.complete("w", "j.0", "new run", 5)
-    assert tile.result == "new run" and queue._given_back == {}
+    assert tile.result == "new run" and queue._requeued == {"j.1"}
     consistent(queue)
     run_all(queue, "v", 6)
     assert job.state is JobState.DONE
@@ -247,13 +254,13 @@ def test_requeue_replays_from_the_journal_and_a_snapshot_exactly() -> None:
     job = replayed.jobs["a"]
     assert job.state is JobState.RUNNING
     assert [t.state for t in job.tasks] == [TaskState.DONE, TaskState.QUEUED, TaskState.QUEUED]
-    assert job.tasks[1].result is None and replayed._given_back == {"a.1": "w"}
+    assert job.tasks[1].result is None and replayed._requeued == {"a.1", "a.2"}
     assert [h["by"] for h in job.history] == ["ana", "bo"]
     consistent(replayed)
     restored = Scheduler()
     snapshot.load(restored, protocol.unpack(protocol.pack(snapshot.dump(replayed)), trusted=True))
     assert restored.jobs["a"].to_dict() == job.to_dict()
-    assert restored._given_back == {"a.1": "w"} and restored.ready_total == 1
+    assert restored._requeued == {"a.1", "a.2"} and restored.ready_total == 1
     consistent(restored)
     for scheduler in (replayed, restored):
         assert scheduler.take_cancellations("w") == ["a.1"]
@@ -407,3 +414,175 @@ def test_requeue_refusals_say_why_and_change_nothing(farm: Farm) -> None:
     assert client.requeue_task(f"{first.id}.0")["state"] == "queued"
     assert first.status()["state"] == "queued"
     assert json.loads(farm.cli("status", first.id, "--json").stdout)["state"] == "queued"
+
+
+# ---- random operations, with requeues, archives and deletes ---------------------------------
+
+
+class TidyMachine(SchedulerMachine):
+    """The scheduler's state machine (tests/test_scheduler.py) with tasks run again, jobs
+    archived and jobs deleted mixed in: every invariant there still holds (counts, ready
+    queues, one holder per lease, leases only after dependencies), and every job left
+    ends, done where it can."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.made = 0
+
+    @rule(
+        specs=job_specs(),
+        priority=st.integers(0, 2),
+        requires=st.sampled_from(REQUIREMENTS),
+        max_attempts=st.integers(1, 3),
+    )
+    def submit(
+        self, specs: list[TaskSpec], priority: int, requires: tuple[str, ...], max_attempts: int
+    ) -> None:
+        # As in SchedulerMachine, with ids never used again (the server's are random and
+        # new): a worker may still be told to stop a task of a deleted job.
+        ready_before = self.farm.ready_total
+        job = self.farm.submit(
+            specs, self.now, priority=priority, requires=requires, max_attempts=max_attempts,
+            job_id=f"j{self.made}",
+        )  # fmt: skip
+        self.made += 1
+        self.submitted.append(job)
+        assert self.farm.ready_total == ready_before + len(job.ready)
+
+    def _requeueable(self) -> list[Task]:
+        return [t for job in self.submitted for t in job.tasks if t.state is not TaskState.QUEUED]
+
+    @precondition(lambda self: self._requeueable())
+    @rule(data=st.data())
+    def requeue_task(self, data: st.DataObject) -> None:
+        task = self.farm.task(data.draw(st.sampled_from([t.id for t in self._requeueable()])))
+        job = task.job
+        ended = job.state
+        chain = self.farm.rerun_chain(task)
+        holders = {t.id: t.worker or "" for t in chain if t.state is TaskState.LEASED}
+        for worker in self.farm.workers.values():  # told to stop it (a cancel), not heard yet
+            holders.update({t.id: worker.id for t in chain if t.id in worker.to_cancel})
+        done_before = {t.index for t in job.tasks if t.state is TaskState.DONE}
+
+        self.farm.requeue_task(task.id, self.now, "model")
+
+        assert chain[0] is task or task in chain
+        assert all(t.state is TaskState.QUEUED and t.worker is None for t in chain)
+        assert job.state not in FINAL_JOB_STATES and job.finished_at is None
+        rerun = {t.index for t in chain}
+        assert {t.index for t in job.tasks if t.state is TaskState.DONE} == done_before - rerun
+        for member in chain:  # what used a rerun task's result runs again too
+            for index in member.dependents:
+                assert index in rerun or job.tasks[index].state is TaskState.QUEUED
+        if ended in (JobState.FAILED, JobState.CANCELLED):  # as a retry: blocklist cleared
+            self.job_failures.pop(job.id, None)
+            assert not job.blocked
+        told: dict[str, set[str]] = {}
+        for task_id, worker_id in holders.items():
+            told.setdefault(worker_id, set()).add(task_id)
+        for worker_id, task_ids in told.items():
+            if not self.farm.workers[worker_id].online:
+                continue  # gone: it comes back under a new id, told nothing
+            # The worker hears at once here; a late report of its run is never counted.
+            assert task_ids <= set(self.farm.take_cancellations(worker_id))
+            self.lost = [(t, w) for t, w in self.lost if w != worker_id or t not in task_ids]
+            for task_id in task_ids:
+                assert not self.farm.complete(worker_id, task_id, "given back", self.now)
+
+    @precondition(lambda self: self.lost)
+    @rule(data=st.data(), taker=st.none() | st.sampled_from(sorted(WORKERS)))
+    def late_report(self, data: st.DataObject, taker: str | None) -> None:
+        """As in SchedulerMachine, except that for a task run again (requeue_task) only a
+        run leased since counts: a worker whose lease of it ran out reports in vain."""
+        task_id, late_worker = data.draw(st.sampled_from(self.lost))
+        task = self.farm.task(task_id)
+        if task_id not in self.farm._requeued:
+            SchedulerMachine.late_report(self, _Replay(task_id, late_worker), taker)
+            return
+        self.lost.remove((task_id, late_worker))
+        if taker is not None:
+            self.lease(taker, 8)
+        state, result = task.state, task.result
+        holds = task.state is TaskState.LEASED and task.worker == late_worker
+        assert self.farm.complete(late_worker, task.id, "late", self.now) is holds
+        if not holds:
+            assert (task.state, task.result) == (state, result)
+
+    @precondition(lambda self: self.submitted)
+    @rule(data=st.data(), archived=st.booleans())
+    def archive(self, data: st.DataObject, archived: bool) -> None:
+        job = self.farm.job(data.draw(st.sampled_from([job.id for job in self.submitted])))
+        if job.state not in FINAL_JOB_STATES:
+            with pytest.raises(Conflict):
+                self.farm.archive(job.id, self.now, archived=archived)
+            assert not job.archived
+            return
+        self.farm.archive(job.id, self.now, archived=archived)
+        assert job.archived is archived
+
+    @precondition(lambda self: self.submitted)
+    @rule(data=st.data())
+    def delete(self, data: st.DataObject) -> None:
+        job = self.farm.job(data.draw(st.sampled_from([job.id for job in self.submitted])))
+        ready_before = self.farm.ready_total
+        if job.state not in FINAL_JOB_STATES:
+            with pytest.raises(Conflict):
+                self.farm.delete(job.id, self.now)
+            assert job.id in self.farm.jobs and self.farm.ready_total == ready_before
+            return
+        self.farm.delete(job.id, self.now)
+        assert job.id not in self.farm.jobs and self.farm.ready_total == ready_before
+        self.submitted.remove(job)
+        gone = {task.id for task in job.tasks}
+        self.lost = [(t, w) for t, w in self.lost if t not in gone]
+        assert not any(task in self.farm._leased for task in job.tasks)
+
+    @invariant()
+    def each_leased_task_has_exactly_one_holder(self) -> None:
+        # As in SchedulerMachine; a worker may still be told to stop a task of a job deleted
+        # since (it is stopped all the same), and no task is handed to a worker that has yet
+        # to hear to stop it.
+        holders: Counter[Task] = Counter()
+        for worker in self.farm.workers.values():
+            if not worker.online:
+                assert not worker.leased, "an offline worker holds no leases"
+            for task in worker.leased:
+                holders[task] += 1
+                assert task.state is TaskState.LEASED and task.worker == worker.id
+                assert task.id not in worker.to_cancel
+            for task_id in worker.to_cancel:
+                job_id = task_id.rpartition(".")[0]
+                if job_id in self.farm.jobs:
+                    told = self.farm.task(task_id)
+                    assert told.state in FINAL_TASK_STATES or told.worker != worker.id
+        leased = {t for job in self.submitted for t in job.tasks if t.state is TaskState.LEASED}
+        assert set(holders) == leased
+        assert all(count == 1 for count in holders.values())
+        assert self.farm._leased == leased
+
+    @invariant()
+    def every_index_holds_only_jobs_that_exist(self) -> None:
+        jobs = self.farm.jobs
+        assert set(jobs) == {job.id for job in self.submitted}
+        assert all(job.id in jobs for job in self.farm._active)
+        assert all(job_id in jobs for job_id in self.farm.submit_keys.values())
+        assert all(task_id.rpartition(".")[0] in jobs for task_id in self.farm._requeued)
+
+
+class _Replay:
+    """Stands in for hypothesis' data in a call of the base rule: draws what was drawn."""
+
+    def __init__(self, *drawn: Any) -> None:
+        self.drawn = drawn
+
+    def draw(self, strategy: Any) -> Any:
+        return self.drawn
+
+
+TestTidyMachine = TidyMachine.TestCase
+TestTidyMachine.settings = settings(
+    max_examples=150,
+    stateful_step_count=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)

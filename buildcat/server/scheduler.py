@@ -379,9 +379,9 @@ class Scheduler:
         self._finished: list[Job] = []
         self._changed: set[str] = set()
         self._cancel_notices: set[str] = set()
-        #: Task id -> the worker whose run of it was given back (``requeue_task``): what
-        #: that run reports is discarded, until the task is leased to that worker again.
-        self._given_back: dict[str, str] = {}
+        #: Tasks run again by ``requeue_task``: only a run leased since counts, so what an
+        #: earlier run (given back, late, or on the old inputs) reports is discarded.
+        self._requeued: set[str] = set()
         #: (worker id, task id, error) of tasks stopped by expire() for running too long.
         self.timed_out: list[tuple[str, str, str]] = []
         #: Job-end notices owed to notify URLs (made in _finish, settled by the notifier).
@@ -875,10 +875,9 @@ class Scheduler:
         task.progress_message = ""
         worker.leased.add(task)
         self._leased.add(task)
-        if self._given_back and self._given_back.get(task.id) == worker.id:
-            # Its new run reports for it (live, a worker is leased a task it was told to
-            # stop only once it has heard so; a replay hears nothing, so forgets it here).
-            del self._given_back[task.id]
+        if worker.to_cancel:
+            # Live, a worker is leased a task it was told to stop only once it has heard so
+            # (see lease); a replay hears nothing, so the stale word goes here.
             worker.to_cancel.discard(task.id)
         job = task.job
         if job.started_at is None:
@@ -1057,12 +1056,14 @@ class Scheduler:
         worker = self.workers.get(worker_id)
         if task.state in FINAL_TASK_STATES:
             return False
-        if (
-            self._given_back.get(task.id) == worker_id
-            and (task.state is not TaskState.LEASED or task.worker != worker_id)
-        ):  # fmt: skip
-            return False  # the run given back: its result is not the one asked for
-        self._given_back.pop(task.id, None)
+        if task.state is TaskState.QUEUED and task.pending_deps:
+            # A late report of a run whose inputs run again (requeue_task): it used the old
+            # ones, so it is not the result; the task waits for the new ones.
+            return False
+        if self._requeued and task.id in self._requeued:
+            if task.state is not TaskState.LEASED or task.worker != worker_id:
+                return False  # a run from before the requeue: not the result asked for
+            self._requeued.discard(task.id)
         holder = task.worker if task.state is TaskState.LEASED else None
         self._unlease(task)
         if holder is not None and holder != worker_id:
@@ -1283,7 +1284,7 @@ class Scheduler:
         job.ready.clear()
         for task in job.tasks:
             self._leased.discard(task)
-            self._given_back.pop(task.id, None)
+            self._requeued.discard(task.id)
         for upstream_id in job.after:
             waiting = self.after_dependents.get(upstream_id)
             if waiting is not None and job.id in waiting:
@@ -1343,8 +1344,9 @@ class Scheduler:
 
     def requeue_task(self, task_id: str, now: float, by: str = "") -> Task:
         """Run one task again (``rerun_chain`` says which others run with it): a running
-        one is given back (its worker is told to stop it, and its result, should one come,
-        is discarded), the others go back to the queue with fresh attempts. An ended job
+        one is given back (its worker is told to stop it), the others go back to the queue
+        with fresh attempts; only a run leased from now on reports for them (what an earlier
+        run sends is discarded). An ended job
         is unfinished again (and no longer archived); it ends again once they are done."""
         task = self.task(task_id)
         job = task.job
@@ -1357,7 +1359,6 @@ class Scheduler:
                 self._unlease(member)
                 if holder is not None:
                     self._tell_cancel(holder, member.id)
-                    self._given_back[member.id] = holder.id
             self._set_state(member, TaskState.QUEUED)
             member.worker = None
             member.finished_at = None
@@ -1387,6 +1388,9 @@ class Scheduler:
                 job.ready.append(index)
                 if offered:
                     self.ready_total += 1
+        # From here, only runs leased from now on report for them (and for the queued
+        # tasks that wait on them: a late report of one ran on the old inputs).
+        self._requeued.update(job.tasks[index].id for index in touched)
         job.history.append({"at": now, "action": "requeue-task", "by": by, "task": task.id})
         self._changed.add(job.id)
         if revived:

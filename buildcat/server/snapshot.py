@@ -152,8 +152,8 @@ def dump(scheduler: Scheduler) -> dict[str, Any]:
             for job in scheduler.jobs.values()
         ],
         "notices": scheduler.notices.dump(),
-        # Runs given back (requeue_task) whose results are discarded if they come.
-        "given_back": dict(scheduler._given_back),
+        # Tasks run again (requeue_task): only a run leased since reports for them.
+        "requeued": sorted(scheduler._requeued),
     }
 
 
@@ -162,7 +162,7 @@ def load(scheduler: Scheduler, document: dict[str, Any]) -> None:
     scheduler._seq = document["seq"]
     unfinished: list[Job] = []
     scheduler.notices.load(document.get("notices", []))  # older snapshots have none
-    scheduler._given_back = dict(document.get("given_back", {}))
+    scheduler._requeued = set(document.get("requeued", ()))
     for item in document["workers"]:
         worker = Worker(id=item["id"], **{f: item[f] for f in _WORKER_FIELDS if f != "online"})
         worker.online = item["online"]
