@@ -62,6 +62,7 @@ def add_routes(app: web.Application, job_view: JobView) -> None:
     async def delete(request: web.Request) -> web.Response:
         farm = farm_of(request)
         job_id = request.match_info["job"]
+        await read_body(request)  # none is needed; one that is sent must decode
         scheduler = farm.scheduler
         scheduler.check_delete(scheduler.job(job_id))
         now, by = time.time(), who_of(request)
