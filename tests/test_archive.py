@@ -9,11 +9,13 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import buildcat
 from buildcat import protocol
 from buildcat.errors import UnknownJob
 from buildcat.server import journal, snapshot
@@ -366,3 +368,30 @@ def test_delete_asks_first_on_a_terminal(farm: Farm) -> None:
     assert code == 0 and f"{job.id} deleted" in output
     with pytest.raises(UnknownJob):
         job.status()
+
+
+def test_the_event_feed_tells_of_a_deleted_job(farm: Farm) -> None:
+    shutil_copy_jobs(farm)
+    client = farm.client()
+    seen: list[dict[str, Any]] = []
+    listening = threading.Event()
+
+    def read() -> None:
+        with buildcat.connect("127.0.0.1", farm.port, farm.root) as reader:
+            for event in reader.events(count=3):
+                if event["event"] == "hello":
+                    listening.set()
+                else:
+                    seen.append(event)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    assert listening.wait(30)
+    job = client.submit("farm_jobs:square", 2)  # no worker: it stays queued until cancelled
+    job.cancel()
+    client.delete(job)
+    thread.join(60)
+    assert not thread.is_alive()
+    assert [(e["event"], e["job"]["id"]) for e in seen] == [
+        ("job.submitted", job.id), ("job.cancelled", job.id), ("job.deleted", job.id),
+    ]  # fmt: skip

@@ -1,10 +1,10 @@
 """The farm's events for scripts: ``GET /api/v1/events/feed``, one JSON object per line.
 
 The dashboard's stream (:mod:`buildcat.server.web`) sends whole overviews; this one says
-what happened: a job submitted, started, paused, resumed, retried or ended, a worker that
-joined or left. Events are worked out from the jobs each change touched (the same changes
-that wake the dashboard), only while someone listens. A reader that falls too far behind
-is told so and dropped: it never holds the server.
+what happened: a job submitted, started, paused, resumed, retried, ended or deleted, a
+worker that joined or left. Events are worked out from the jobs each change touched (the
+same changes that wake the dashboard), only while someone listens. A reader that falls
+too far behind is told so and dropped: it never holds the server.
 """
 
 from __future__ import annotations
@@ -85,6 +85,8 @@ class Feed:
             job = jobs.get(job_id)
             if job is not None:
                 self._job_events(job, now)
+            elif self._jobs.pop(job_id, None) is not None:  # deleted (farm delete)
+                self.publish({"event": "job.deleted", "time": now, "job": {"id": job_id}})
         workers = scheduler.workers
         for worker_id, worker in workers.items():
             was = self._workers.get(worker_id)
