@@ -6,6 +6,7 @@ restarts and snapshots; refusals change nothing."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from buildcat.server.scheduler import (
     TaskSpec,
     TaskState,
 )
+from tests.blender_support import BOTH_BLENDERS
 from tests.conftest import Farm, wait_for
 from tests.test_archive import call, kill_and_restart, shutil_copy_jobs, snapshots_written
 from tests.test_scheduler import REQUIREMENTS, WORKERS, SchedulerMachine, job_specs
@@ -123,6 +125,34 @@ def test_a_done_task_of_a_running_job_puts_its_dependents_back_to_waiting(
     queue.complete("w", tile.id, "again", 3)
     assert [t.id for t in queue.lease("w", 4, 4)] == ["j.2"]
     consistent(queue)
+
+
+def test_a_tile_reruns_with_the_other_parts_its_stitch_used_up(queue: Scheduler) -> None:
+    """A Blender stitch deletes its parts once the frame is whole: its frame's tiles all
+    run again with it; the other frame and the preview video's inputs stay done."""
+    tile = {"step": "render", "frames": [1], "output": "parts/f_tile00_"}
+    specs = [
+        TaskSpec(payload=tile), TaskSpec(payload=tile),
+        TaskSpec(payload={"step": "stitch", "frame": 1}, depends=[0, 1]),
+        TaskSpec(payload=tile), TaskSpec(payload=tile),
+        TaskSpec(payload={"step": "stitch", "frame": 2}, depends=[3, 4]),
+        TaskSpec(payload={"kind": "python", "step": ["not", "a", "step"]}, depends=[2, 5]),
+    ]  # fmt: skip
+    job = queue.submit(specs, 0, job_id="r", kind="blender")
+    run_all(queue, "w", 1)
+    assert job.state is JobState.DONE
+    chain = [t.index for t in queue.rerun_chain(job.tasks[0])]
+    assert chain == [0, 1, 2, 6]  # frame 1's tiles, its stitch, the video
+    assert [t.index for t in queue.rerun_chain(job.tasks[5])] == [3, 4, 5, 6]
+    python = queue.submit(specs, 1, job_id="p", kind="python")  # no step is consuming here
+    run_all(queue, "w", 2)
+    assert [t.index for t in queue.rerun_chain(python.tasks[0])] == [0, 2, 6]
+    queue.requeue_task("r.1", 3)
+    assert [t.state for t in job.tasks].count(TaskState.QUEUED) == 4
+    assert sorted(job.ready) == [0, 1]
+    consistent(queue)
+    run_all(queue, "w", 4)
+    assert job.state is JobState.DONE
 
 
 def test_a_running_task_is_given_back_and_its_old_run_does_not_count(queue: Scheduler) -> None:
@@ -326,6 +356,35 @@ def test_a_done_task_reruns_on_a_real_worker_and_the_job_ends_done_again(farm: F
     assert view["id"] == f"{job.id}.2" and view["requeued"] == [f"{job.id}.2"]
     assert job.wait(timeout=60)["state"] == "done"
     assert job.results() == [1, 2, 2, 2]
+
+
+@pytest.mark.parametrize("blender", BOTH_BLENDERS)
+def test_a_tile_of_a_real_render_reruns_with_its_frame(
+    farm: Farm, scene_file: Path, blender: str
+) -> None:
+    """Real Blender: tile 0 of frame 1 again: both tiles render again and the stitch
+    writes the frame again; the job ends done, with no parts left behind."""
+    (farm.root / "shots").mkdir()
+    shutil.copy(scene_file, farm.root / "shots" / "spin.blend")
+    farm.start_worker("--blender", blender)
+    client = farm.client()
+    job = client.render(
+        "shots/spin.blend", "1", tiles=(2, 1), output="tiled/f_####", resolution=(32, 16),
+        samples=2,
+    )  # fmt: skip
+    assert job.wait(timeout=300)["state"] == "done"
+    frame = farm.root / "tiled" / "f_0001.png"
+    first = frame.read_bytes()
+    frame.unlink()  # so the frame seen next is the rerun's
+    requeued = farm.cli("requeue", f"{job.id}.0")
+    assert requeued.returncode == 0, requeued.stderr
+    assert f"with 2 task(s) that use it ({job.id}.1, {job.id}.2)" in requeued.stdout
+    final = job.wait(timeout=300)
+    assert final["state"] == "done" and final["tasks"]["done"] == 3
+    assert frame.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and len(first) > 0
+    assert [t["attempts"] for t in job.tasks()] == [2, 2, 2]
+    assert not list((farm.root / "tiled" / ".buildcat-parts").glob("*"))
+    assert "Fra:1" in client.log(f"{job.id}.1").rpartition("attempt 2")[2]
 
 
 def test_a_running_task_is_stopped_on_its_worker_and_run_afresh(jobs_farm: Farm) -> None:

@@ -37,6 +37,10 @@ MAX_AFTER_ERROR = 4096
 #: Jobs of these kinds run every task on one version of the named capability: the version
 #: of the first worker that leases one of their tasks (one Blender for a whole shot).
 SAME_VERSION_KINDS = {"blender": "blender"}
+#: Steps (a task's ``step``) of tasks that use up what the tasks they wait for wrote: a
+#: Blender stitch or merge deletes its parts once the frame is whole, so running one again
+#: runs its parts again too (``Scheduler.rerun_chain``).
+CONSUMING_STEPS = {"blender": frozenset({"stitch", "merge"})}
 
 
 class JobState(StrEnum):
@@ -1307,22 +1311,29 @@ class Scheduler:
         for that did not end done (they must run first); in a failed or cancelled job every
         task that did not end done (the job runs to its end again); and every task that
         waits, directly or through others, on one of these and is not queued (a stitch
-        whose tile reruns, a preview video whose frame reruns)."""
+        whose tile reruns, a preview video whose frame reruns). A task that used up what
+        its inputs wrote (``CONSUMING_STEPS``: a stitch, a merge) runs again with all of
+        them: a tile reruns with the others of its frame."""
         job = task.job
         chosen: set[int] = {task.index}
         if job.state in (JobState.FAILED, JobState.CANCELLED):
             chosen.update(t.index for t in job.tasks if t.state in FINAL_TASK_STATES
                           and t.state is not TaskState.DONE)  # fmt: skip
-        stack = list(task.depends)
-        while stack:  # upstream: what the task needs that is not done
-            index = stack.pop()
-            upstream = job.tasks[index]
-            if index not in chosen and upstream.state in (TaskState.FAILED, TaskState.CANCELLED):
-                chosen.add(index)
-                stack.extend(upstream.depends)
+        consuming = CONSUMING_STEPS.get(job.kind, frozenset())
         stack = list(chosen)
-        while stack:  # downstream: what used their results
-            for index in job.tasks[stack.pop()].dependents:
+        while stack:  # one pass over what is added, both ways, until nothing more is
+            member = job.tasks[stack.pop()]
+            step = member.payload.get("step") if consuming else None
+            used_up = isinstance(step, str) and step in consuming
+            for index in member.depends:  # what it needs that is not done, or that it used up
+                upstream = job.tasks[index]
+                if index not in chosen and (
+                    upstream.state in (TaskState.FAILED, TaskState.CANCELLED)
+                    or (used_up and upstream.state is TaskState.DONE)
+                ):
+                    chosen.add(index)
+                    stack.append(index)
+            for index in member.dependents:  # what used its result
                 if index not in chosen and job.tasks[index].state is not TaskState.QUEUED:
                     chosen.add(index)
                     stack.append(index)
