@@ -181,7 +181,9 @@ class Job:
     submit_key: str = ""
     submit_digest: str = ""
     #: Indices of the tasks in the order they finished done (a task done stays done), so
-    #: a reader can follow new results without scanning every task.
+    #: a reader can follow new results without scanning every task. ``requeue_task``
+    #: makes done tasks undone: it puts a new array here, so a reader that kept the old
+    #: one (``is not``) knows to start over.
     done_order: array[int] = field(default_factory=lambda: array("L"))
     #: The exact Blender version (as workers report it, "4.5.15") every task of a render job
     #: runs on: the first worker's to lease one of its tasks; "" until then.
