@@ -97,6 +97,21 @@ def test_a_deleted_job_leaves_every_index(queue: Scheduler) -> None:
     assert queue.submitted("key-of-a-0001", "") is again
 
 
+def test_a_job_end_notice_owed_is_still_delivered_after_the_job_is_deleted(
+    queue: Scheduler,
+) -> None:
+    """A notice carries the job as it ended: a receiver waiting on it still hears."""
+    queue.submit(specs(), 0, job_id="a", meta={"notify": ["http://127.0.0.1:9/hook"]})
+    finish_all(queue, 1)
+    [owed] = queue.notices.pending.values()
+    queue.delete("a", 2)
+    assert list(queue.notices.pending.values()) == [owed]
+    assert owed.job["id"] == "a" and owed.job["state"] == "done"
+    restored = Scheduler()
+    snapshot.load(restored, protocol.unpack(protocol.pack(snapshot.dump(queue)), trusted=True))
+    assert list(restored.notices.pending) == [owed.delivery] and "a" not in restored.jobs
+
+
 def test_delete_is_refused_for_unfinished_jobs_and_jobs_an_unfinished_job_runs_after(
     queue: Scheduler,
 ) -> None:
