@@ -303,7 +303,8 @@ def test_refusals_say_why_and_change_nothing(farm: Farm) -> None:
     farm.start_worker("--no-blender", "--slots", "2")
     client = farm.client()
     first = client.submit("farm_jobs:square", 5)
-    assert first.results() == [25]
+    spare = client.submit("farm_jobs:square", 6)
+    assert first.results() == [25] and spare.results() == [36]
     gate = farm.gate("refusals")
     running = client.submit("farm_jobs:gated", "refusals", "ok", after=[first])
     gate.wait_started()
@@ -330,9 +331,9 @@ def test_refusals_say_why_and_change_nothing(farm: Farm) -> None:
         (("archive", first.id, running.id),
          f"farm: error: job {running.id} is running: only a job that has ended is archived"),
         (("delete", "--yes", "nosuchjob"), "farm: error: no job 'nosuchjob'"),
-        (("delete", "--yes", first.id),
+        (("delete", "--yes", spare.id, first.id),  # the first of them is not deleted either
          f"farm: error: job {running.id} (running) runs after job {first.id}"),
-        (("delete", first.id), "farm: error: delete asks first and there is no terminal to "
+        (("delete", spare.id), "farm: error: delete asks first and there is no terminal to "
          "ask on: add --yes"),
     ]:  # fmt: skip
         refused = cli_without_terminal(farm, *args)

@@ -60,12 +60,21 @@ def delete(client: Client, job_ids: tuple[str, ...], yes: bool) -> None:
 
     On a terminal it asks first; elsewhere (a script) it needs --yes."""
     views = _ended(client, job_ids, "deleted")
+    named = {view["id"] for view in views}
+    for other in client.jobs(archived=True):  # as the server refuses each: none goes
+        waited = [job_id for job_id in other.get("after", []) if job_id in named]
+        if waited and other["state"] not in FINAL_STATES:
+            raise FarmError(
+                f"job {other['id']} ({other['state']}) runs after job {waited[0]}: delete "
+                f"{waited[0]} once {other['id']} has ended (or cancel {other['id']}); nothing "
+                "was deleted"
+            )
     if not yes:
         if not sys.stdin.isatty():
             raise FarmError("delete asks first and there is no terminal to ask on: add --yes")
-        named = ", ".join(f"{v['id']} ({v['name'] or v['kind']}, {v['state']})" for v in views)
+        listed = ", ".join(f"{v['id']} ({v['name'] or v['kind']}, {v['state']})" for v in views)
         click.confirm(
-            f"Delete {len(views)} job(s) and their logs: {named}? Their outputs stay.",
+            f"Delete {len(views)} job(s) and their logs: {listed}? Their outputs stay.",
             abort=True,
         )
     for view in views:

@@ -67,6 +67,7 @@ def add_routes(app: web.Application, job_view: JobView) -> None:
         scheduler.check_delete(scheduler.job(job_id))
         now, by = time.time(), who_of(request)
         job = await farm.change(("delete", now, job_id, by), lambda: scheduler.delete(job_id, now))
+        farm.outputs.release(job_id)  # an ended job claims no frames; kept sure of here
         log.info(
             "job %s deleted%s; its logs go, its outputs stay", job_id, f" by {by}" if by else ""
         )
