@@ -26,7 +26,7 @@ from buildcat import auth, jobs, platform, protocol
 from buildcat.discovery import Advertiser, advertised_addresses
 from buildcat.errors import FarmError, ProtocolError
 from buildcat.root import state_dir
-from buildcat.server import connections, feed, jobroutes, notices, outputs, views
+from buildcat.server import connections, feed, jobroutes, notices, outputs, taskfiles, views
 from buildcat.server import jobtypes as jobtypes_routes
 from buildcat.server import record as server_record
 from buildcat.server import web as web_ui
@@ -380,12 +380,6 @@ async def job_wait(request: web.Request) -> web.Response:
             if waiters and future in waiters:
                 waiters.remove(future)
     return respond(request, views.job_view(farm, job.id))
-
-
-@routes.get(f"{API}/jobs/{{job}}/tasks")
-async def job_tasks(request: web.Request) -> web.Response:
-    job = farm_of(request).scheduler.job(request.match_info["job"])
-    return respond(request, {"tasks": [task.to_dict() for task in job.tasks]})
 
 
 @routes.get(f"{API}/jobs/{{job}}/results")
@@ -803,7 +797,8 @@ def create_app(config: ServerConfig) -> web.Application:
     app.router.add_get(f"{API}/events/feed", events_feed)
     app.router.add_get(f"{API}/notices", pending_notices)
     jobtypes_routes.add_routes(app, config.root)
-    jobroutes.add_routes(app)  # archive, unarchive, delete, requeue one task
+    jobroutes.add_routes(app)
+    taskfiles.add_routes(app)  # the task table in pages, logs in pieces, frames
 
     async def start_background(app: web.Application) -> None:
         farm._expiry_task = asyncio.create_task(farm.expire_leases())

@@ -47,7 +47,10 @@ API = protocol.API_PREFIX
 COOKIE = "buildcat_dashboard"
 #: Header every dashboard POST carries: a cross-site form cannot set it.
 CSRF_HEADER = "X-Buildcat-Dashboard"
-#: Jobs sent with each live update: every unfinished one plus this many recent others.
+#: Jobs sent with each live update: the first unfinished ones in dispatch order and the
+#: most recently finished (the page lists jobs from ``GET /api/v1/jobs`` in pages; the
+#: update tells it what changed, at a size that does not grow with the queue).
+ACTIVE_JOBS = 200
 RECENT_JOBS = 50
 #: Live updates go out at most this often, however busy the farm.
 UPDATE_INTERVAL = 0.3
@@ -59,9 +62,11 @@ ASSET_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css
 
 #: Routes a dashboard cookie may use, besides the page itself: reading, and steering jobs.
 _COOKIE_GET = re.compile(rf"^({API}/(ping|events|jobs|workers|job-types|jobs/[^/]+(/tasks"
-                         rf"|/thumbnail|/media(/video|/contact-sheet)?)?"
-                         rf"|tasks/[^/]+)|/metrics)$")  # fmt: skip
-_COOKIE_POST = re.compile(rf"^{API}/jobs/[^/]+/(cancel|pause|resume|retry|priority)$")
+                         rf"|/thumbnail|/frames|/media(/video|/contact-sheet)?)?"
+                         rf"|tasks/[^/]+(/log|/image)?)|/metrics)$")  # fmt: skip
+_COOKIE_POST = re.compile(rf"^{API}/(jobs/[^/]+/(cancel|pause|resume|retry|priority|archive"
+                          rf"|unarchive)|tasks/[^/]+/requeue)$")  # fmt: skip
+_COOKIE_DELETE = re.compile(rf"^{API}/jobs/[^/]+$")
 _PUBLIC = re.compile(r"^/(|login|dashboard/[A-Za-z0-9_.-]+)$")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -103,9 +108,10 @@ def access(request: web.Request, farm: Farm) -> str:
     if _cookie_valid(request, farm):
         if request.method in ("GET", "HEAD") and _COOKIE_GET.match(path):
             return "dashboard"
+        steering = _COOKIE_POST if request.method == "POST" else _COOKIE_DELETE
         if (
-            request.method == "POST"
-            and _COOKIE_POST.match(path)
+            request.method in ("POST", "DELETE")
+            and steering.match(path)
             and request.headers.get(CSRF_HEADER) == "1"
         ):
             return "dashboard"
@@ -199,6 +205,9 @@ class _JobSummary:
     frames_done: set[Any] = field(default_factory=set)
     last_frame: str | None = None
     seen: int = 0
+    #: The job's ``done_order`` when it was read: a requeue puts a new one in its place
+    #: (frames done again are no longer done), and the summary starts over.
+    order: Any = None
 
     @classmethod
     def of(cls, job: Job) -> _JobSummary:
@@ -214,6 +223,7 @@ class _JobSummary:
             summary.frames_total = len(every)
         summary.last_frame = _last_frame(job)
         summary.seen = len(job.done_order)
+        summary.order = job.done_order
         return summary
 
     def update(self, job: Job) -> None:
@@ -301,7 +311,8 @@ class Overview:
         active = [job for job in jobs.values() if job.state not in FINAL_JOB_STATES]
         finished = [job for job in jobs.values() if job.state in FINAL_JOB_STATES]
         recent = heapq.nlargest(RECENT_JOBS, finished, key=lambda job: job.finished_at or 0)
-        shown = sorted(active, key=lambda job: job.order_key) + recent
+        first = heapq.nsmallest(ACTIVE_JOBS, active, key=lambda job: job.order_key)
+        shown = first + recent
         running = scheduler.running_progress()
         job_parts = [self._job(farm, job, running.get(job.id, 0.0)) for job in shown]
         worker_parts = [
@@ -311,7 +322,7 @@ class Overview:
         head = {"name": str(farm.config.name), "version": buildcat.__version__}
         return (
             f'{{"farm":{json.dumps(head)},"jobs":[{",".join(job_parts)}],'
-            f'"more_jobs":{max(0, len(finished) - RECENT_JOBS)},'
+            f'"more_jobs":{len(jobs) - len(shown)},"active_jobs":{len(active)},'
             f'"workers":[{",".join(worker_parts)}]}}'
         )
 
@@ -319,7 +330,7 @@ class Overview:
 
         try:
             summary = self._summaries.get(job.id)
-            if summary is None:
+            if summary is None or summary.order is not job.done_order:
                 summary = self._summaries[job.id] = _JobSummary.of(job)
             else:
                 summary.update(job)
