@@ -67,7 +67,7 @@ _COOKIE_GET = re.compile(rf"^({API}/(ping|events|jobs|workers|job-types|jobs/[^/
 _COOKIE_POST = re.compile(rf"^{API}/(jobs/[^/]+/(cancel|pause|resume|retry|priority|archive"
                           rf"|unarchive)|tasks/[^/]+/requeue)$")  # fmt: skip
 _COOKIE_DELETE = re.compile(rf"^{API}/jobs/[^/]+$")
-_PUBLIC = re.compile(r"^/(|login|dashboard/[A-Za-z0-9_.-]+)$")
+_PUBLIC = re.compile(r"^/(|login|dashboard/((css|js)/)?[A-Za-z0-9_-][A-Za-z0-9_.-]*)$")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -137,12 +137,15 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 async def asset(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
+    if not _PUBLIC.match(f"/dashboard/{name}"):
+        raise web.HTTPNotFound()
     try:
         body = _asset(name)
     except (FileNotFoundError, IsADirectoryError):
         raise web.HTTPNotFound() from None
     content_type = ASSET_TYPES.get(Path(name).suffix) or "application/octet-stream"
-    return web.Response(body=body, content_type=content_type)
+    # The page's files change with the release: a browser checks them on each load.
+    return web.Response(body=body, content_type=content_type, headers={"Cache-Control": "no-cache"})
 
 
 async def login(request: web.Request) -> web.StreamResponse:
@@ -633,7 +636,7 @@ def add_routes(app: web.Application) -> None:
     app[OVERVIEW_KEY] = Overview()
     app.router.add_get("/", index)
     app.router.add_get("/login", login)
-    app.router.add_get("/dashboard/{name}", asset)
+    app.router.add_get("/dashboard/{name:.+}", asset)
     app.router.add_get(f"{API}/events", events)
     app.router.add_get(f"{API}/jobs/{{job}}/thumbnail", thumbnail)
     app.router.add_get(f"{API}/jobs/{{job}}/media", media)
