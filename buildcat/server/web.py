@@ -136,7 +136,8 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 
 async def asset(request: web.Request) -> web.StreamResponse:
-    name = request.match_info["name"]
+    folder = request.match_info.get("folder")
+    name = f"{folder}/{request.match_info['name']}" if folder else request.match_info["name"]
     if not _PUBLIC.match(f"/dashboard/{name}"):
         raise web.HTTPNotFound()
     try:
@@ -636,7 +637,8 @@ def add_routes(app: web.Application) -> None:
     app[OVERVIEW_KEY] = Overview()
     app.router.add_get("/", index)
     app.router.add_get("/login", login)
-    app.router.add_get("/dashboard/{name:.+}", asset)
+    app.router.add_get("/dashboard/{name}", asset)
+    app.router.add_get("/dashboard/{folder:css|js}/{name}", asset)
     app.router.add_get(f"{API}/events", events)
     app.router.add_get(f"{API}/jobs/{{job}}/thumbnail", thumbnail)
     app.router.add_get(f"{API}/jobs/{{job}}/media", media)

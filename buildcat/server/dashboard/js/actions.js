@@ -19,7 +19,7 @@ export function jobActions(job) {
       : button("pause", () => act(`/jobs/${id}/pause`), { title: `pause job ${job.id}` }));
     box.append(button("cancel", async () => {
       const sure = await confirmFirst(
-        `Cancel job “${name}”? Its running tasks are stopped and nothing more of it runs.`, "Cancel the job");
+        `Cancel job “${name}” (${job.id})? Its running tasks are stopped and nothing more of it runs.`, "Cancel the job");
       if (sure) act(`/jobs/${id}/cancel`);
     }, { danger: true, title: `cancel job ${job.id}` }));
   }
@@ -32,7 +32,7 @@ export function jobActions(job) {
       : button("archive", () => act(`/jobs/${id}/archive`), { title: `hide job ${job.id} from the list, keeping it` }));
     box.append(button("delete", async () => {
       const sure = await confirmFirst(
-        `Delete job “${name}” and its logs? Its rendered files stay where they are. This cannot be undone.`, "Delete the job");
+        `Delete job “${name}” (${job.id}) and its logs? Its rendered files stay where they are. This cannot be undone.`, "Delete the job");
       if (!sure) return;
       if (await attempt(() => remove(`/jobs/${id}`))) {
         say(`job ${job.id} deleted`, false);
