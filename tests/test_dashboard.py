@@ -166,7 +166,9 @@ def test_the_python_api_link_logs_in_and_a_clicked_task_shows_its_log(
 
     page = browser.new_page()  # type: ignore[attr-defined]
     page.goto(link)
-    assert page.url == f"http://127.0.0.1:{farm.port}/#/jobs"  # logged in: the dashboard, no login page
+    assert (
+        page.url == f"http://127.0.0.1:{farm.port}/#/jobs"
+    )  # logged in: the dashboard, no login page
     row = page.locator(f'tr[data-job="{job.id}"]')
     row.wait_for(timeout=30_000)
     row.click()

@@ -109,7 +109,7 @@ function render(reply, page) {
   const hidden = route.params.archived === "1" ? "" : reply.archived ? ` · ${reply.archived} archived not shown` : "";
   const others = reply.total - reply.archived - (route.params.archived === "1" ? 0 : reply.matched);
   const notMatching = filtered && others > 0 ? ` · ${others} others do not match` : "";
-  $("#jobs-count").textContent = `${first}–${last} of ${reply.matched}${notMatching}${hidden}`;
+  $("#jobs-count").textContent = `${first}-${last} of ${reply.matched}${notMatching}${hidden}`;
   $("#jobs-newer").disabled = page === 0;
   $("#jobs-older").disabled = last >= reply.matched;
   markSelected();
