@@ -330,3 +330,71 @@ def first_update(page: Any) -> dict[str, Any]:
         })"""
     )
     return dict(json.loads(text))
+
+
+def by_name(client: Any, name: str) -> dict[str, Any]:
+    return next(worker for worker in client.workers() if worker["name"] == name)
+
+
+def test_the_workers_view_drains_disables_enables_schedules_and_forgets(
+    jobs_farm: Farm, browser: object
+) -> None:
+    farm = jobs_farm
+    farm.start_worker("--no-blender", "--tags", "gpu,lookdev", name="ws-gpu")
+    other = farm.start_worker("--no-blender", name="ws-cpu")
+    farm.wait_workers(2)
+    client = farm.client()
+    gate = farm.gate("on-the-gpu")
+    task = {"payload": {"function": "farm_jobs:gated", "args": ["on-the-gpu", "rendered"]}}
+    held = client.submit_tasks([task], name="gpu shot", requires=["gpu"])
+    gate.wait_started()
+
+    page = open_page(browser, farm, NARROW, "#/workers")
+    gpu = page.locator('tr[data-worker="ws-gpu"]')
+    gpu.locator('[data-field="state"]').filter(has_text="running").wait_for(timeout=30_000)
+    assert "gpu" in gpu.locator(".tag").all_inner_texts()
+    current = gpu.locator('[data-field="current"] a')
+    assert held.id in current.inner_text() and "gpu shot" in current.inner_text()
+    assert no_sideways_scroll(page)
+
+    # Drain: what it runs finishes; it takes nothing more until enabled.
+    gpu.locator('button[data-action="drain"]').click()
+    gpu.locator('[data-field="state"]').filter(has_text="draining").wait_for(timeout=30_000)
+    assert by_name(client, "ws-gpu")["draining"] is True
+    gate.open()
+    assert held.results() == ["rendered"]
+    waiting = client.submit_tasks([task], name="gpu shot 2", requires=["gpu"])
+    wait_for(lambda: "draining" in waiting.status()["waiting"], 30)
+    gpu.locator('button[data-action="enable"]').click()
+    assert waiting.results() == ["rendered"]  # the gate is open: it runs at once
+
+    # Disable asks first; kept, nothing changes.
+    cpu = page.locator('tr[data-worker="ws-cpu"]')
+    cpu.locator('button[data-action="disable"]').click()
+    page.locator("#confirm").filter(has_text="ws-cpu").wait_for(timeout=10_000)
+    page.locator("#confirm-cancel").click()
+    assert by_name(client, "ws-cpu")["enabled"] is True
+    cpu.locator('button[data-action="disable"]').click()
+    page.locator("#confirm-ok").click()
+    cpu.locator('[data-field="state"]').filter(has_text="disabled").wait_for(timeout=30_000)
+    cpu.locator('button[data-action="enable"]').click()
+    cpu.locator('[data-field="state"]').filter(has_text="idle").wait_for(timeout=30_000)
+
+    # A schedule that starts the day after tomorrow: asleep now, and it says when it wakes.
+    day = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[(time.gmtime().tm_wday + 2) % 7]
+    cpu.locator('button[data-action="schedule"]').click()
+    page.locator("#schedule-spec").fill(f"{day} 00:00-24:00")
+    page.locator("#schedule-timezone").fill("UTC")
+    page.locator("#schedule-save").click()
+    cpu.locator('[data-field="state"]').filter(has_text="asleep").wait_for(timeout=30_000)
+    assert f"{day} 00:00-24:00" in cpu.locator('[data-field="schedule"]').inner_text()
+    assert "wakes" in cpu.locator('[data-field="schedule"]').inner_text()
+    assert by_name(client, "ws-cpu")["schedule"]["timezone"] == "UTC"
+
+    # A worker that has left is forgotten, after asking.
+    launch.stop(other)
+    cpu.locator('[data-field="state"]').filter(has_text="offline").wait_for(timeout=60_000)
+    cpu.locator('button[data-action="forget"]').click()
+    page.locator("#confirm-ok").click()
+    cpu.wait_for(state="detached", timeout=30_000)
+    assert "ws-cpu" not in {worker["name"] for worker in client.workers()}
