@@ -98,7 +98,7 @@ _WORDS = {
     Action.READ: "read the farm",
     Action.SUBMIT: "submit work",
     Action.STEER: "steer jobs",
-    Action.ADMIN: "do that (admins only)",
+    Action.ADMIN: "manage the farm (tokens, workers, the dashboard key: admins only)",
 }
 
 
