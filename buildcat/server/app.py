@@ -171,10 +171,10 @@ async def auth_middleware(
         return respond_error(request, 403, problem)
     # A cookie or a named token reads and steers; whatever a job wrote, it never reads
     # the secret.
-    response = await handler(request)
-    if isinstance(response, web.Response) and isinstance(response.body, bytes):
-        response.body = auth.redact_bytes(response.body, secret)
-    return response
+    answer = await handler(request)
+    if isinstance(answer, web.Response) and isinstance(answer.body, bytes):
+        answer.body = auth.redact_bytes(answer.body, secret)
+    return answer
 
 
 @web.middleware
