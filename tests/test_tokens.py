@@ -70,6 +70,11 @@ def test_revocation_takes_effect_at_once_for_the_token_and_its_cookies(farm: Far
         "name": "vi", "role": "viewer", "via": "dashboard",
     }  # fmt: skip
     key_cookie = login(farm, "key=" + farm.cli("dashboard").stdout.strip().split("key=")[1])
+    # A dashboard open meanwhile: its live stream ends with the token.
+    stream = http.client.HTTPConnection("127.0.0.1", farm.port, timeout=30)
+    stream.request("GET", "/api/v1/events", headers=cookie)
+    live = stream.getresponse()
+    assert live.status == 200 and live.readline() == b"event: update\n"
 
     assert call(farm, "DELETE", "/tokens/vi", admin(farm)) == (
         200,
@@ -77,6 +82,8 @@ def test_revocation_takes_effect_at_once_for_the_token_and_its_cookies(farm: Far
     )
     assert call(farm, "GET", "/jobs", bearer(text))[0] == 401
     assert call(farm, "GET", "/jobs", cookie)[0] == 401
+    live.read()  # the server ends the stream (the read would time out otherwise)
+    stream.close()
     assert call(farm, "GET", "/jobs", key_cookie)[0] == 200  # others' cookies live on
     # The name made again is a new token: the old text and cookie stay dead.
     again = add_token(farm, "vi", "viewer")

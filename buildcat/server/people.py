@@ -9,6 +9,7 @@ import time
 from aiohttp import web
 
 from buildcat import protocol
+from buildcat.server import web as web_ui
 from buildcat.server.farm import caller_of, farm_of
 from buildcat.server.replies import read_body, respond, respond_error
 
@@ -52,6 +53,7 @@ async def revoke_token(request: web.Request) -> web.Response:
         token = await farm.tokens.revoke(name, caller_of(request).name)
     except KeyError:
         raise web.HTTPNotFound(reason=f"no token named {name!r} (farm token list)") from None
+    request.app[web_ui.OVERVIEW_KEY].wake()  # its open dashboards' streams end now
     return respond(request, {"revoked": token.name, "role": token.role})
 
 

@@ -38,7 +38,7 @@ from buildcat import auth, platform, protocol
 from buildcat.errors import FarmError, ProtocolError
 from buildcat.root import resolve, state_dir
 from buildcat.server import metrics, tokens
-from buildcat.server.farm import Caller, Farm, farm_of, unmet
+from buildcat.server.farm import VIA_KEY, Caller, Farm, farm_of, unmet
 from buildcat.server.replies import read_body, respond
 from buildcat.server.scheduler import FINAL_JOB_STATES, Job, Task, TaskState
 
@@ -230,6 +230,7 @@ async def revoke_dashboard(request: web.Request) -> web.StreamResponse:
     farm = farm_of(request)
     await read_body(request)  # a body that is not a map refuses, and changes nothing
     farm.dashboard_salt = auth.new_dashboard_salt(farm.config.root)
+    request.app[OVERVIEW_KEY].wake()  # open dashboards' streams end now
     log.warning("dashboard revoked: every login link and browser cookie is dead")
     key = auth.dashboard_key(farm.secret, farm.dashboard_salt)
     return respond(request, {"key": key, "cookie": cookie_name(farm)})
@@ -323,6 +324,12 @@ class Overview:
         self._summaries: dict[str, _JobSummary] = {}
         self._task: asyncio.Task[None] | None = None
         self._failed = False
+
+    def wake(self) -> None:
+        """Wake every open stream without a new update: each looks again at whether its
+        credential still lets it in (a token was revoked)."""
+        published, self.published = self.published, asyncio.Event()
+        published.set()
 
     def join(self, farm: Farm) -> None:
         self.streams += 1
@@ -516,6 +523,8 @@ async def events(request: web.Request) -> web.StreamResponse:
     try:
         while True:
             published = overview.published
+            if not still_let_in(request, farm):  # a token revoked, the dashboard revoked
+                break
             if overview.version != sent and overview.message:
                 sent = overview.version
                 await response.write(overview.message)  # the same bytes for every viewer
@@ -526,9 +535,21 @@ async def events(request: web.Request) -> web.StreamResponse:
                 await response.write(b": still here\n\n")
     except ConnectionResetError:
         # The viewer left between the connection's loss and this handler's cancellation.
-        return response
+        pass
     finally:
         overview.leave(farm)
+    return response
+
+
+def still_let_in(request: web.Request, farm: Farm) -> bool:
+    """Whether the credential that opened a long request still opens it (a stream ends
+    when its token, or the dashboard key that bought its cookie, is revoked)."""
+    if request.get(VIA_KEY) == "secret":
+        return True
+    try:
+        return isinstance(access(request, farm), Caller)
+    except FarmError:
+        return False
 
 
 OVERVIEW_KEY = web.AppKey("overview", Overview)
