@@ -26,7 +26,17 @@ from buildcat import auth, jobs, platform, protocol
 from buildcat.discovery import Advertiser, advertised_addresses
 from buildcat.errors import FarmError, ProtocolError
 from buildcat.root import state_dir
-from buildcat.server import connections, feed, jobroutes, notices, outputs, people, rights
+from buildcat.server import (
+    connections,
+    feed,
+    jobroutes,
+    notices,
+    outputs,
+    people,
+    rights,
+    taskfiles,
+    views,
+)
 from buildcat.server import jobtypes as jobtypes_routes
 from buildcat.server import record as server_record
 from buildcat.server import web as web_ui
@@ -40,7 +50,6 @@ from buildcat.server.farm import (
     ServerConfig,
     Waiter,
     farm_of,
-    unmet,
     who_of,
 )
 from buildcat.server.journal import JournalError
@@ -50,12 +59,10 @@ from buildcat.server.scheduler import (
     FINAL_JOB_STATES,
     LOG_TAIL_CHARS,
     Job,
-    JobState,
     NotFound,
     SchedulerError,
     Task,
     TaskSpec,
-    TaskState,
     requirement_problem,
 )
 
@@ -374,45 +381,16 @@ def _after(body: dict[str, Any]) -> tuple[list[str], bool]:
 
 @routes.get(f"{API}/jobs")
 async def list_jobs(request: web.Request) -> web.Response:
-    scheduler = farm_of(request).scheduler
-    state = request.query.get("state")
-    if state is not None and state not in set(JobState):
-        raise ProtocolError(f"state must be one of {', '.join(JobState)}, not {state!r}")
+    """Jobs, filtered and in pages (``docs/http-api.md``): the cost follows the page asked
+    for, plus one pass over the jobs' fields to filter and count them."""
     farm = farm_of(request)
-    views = [
-        _job_view(farm, job.id)
-        for job in scheduler.jobs.values()
-        if state in (None, str(job.state))
-    ]
-    return respond(request, {"jobs": views})
-
-
-def _job_view(farm: Farm, job_id: str) -> dict[str, Any]:
-    job = farm.scheduler.job(job_id)
-    view = job.to_dict()
-    view["meta"] = {k: v for k, v in view["meta"].items() if k != "common"}
-    view["waiting"] = unmet(farm, job) if job.state not in FINAL_JOB_STATES else ""
-    if "frames" in job.meta:
-        view["frames"] = _frame_counts(job)
-    return web_ui.showable(view)  # one job's odd data (an older journal's) never fails a list
-
-
-def _frame_counts(job: Job) -> dict[str, int]:
-    """Frames finished and in all, counting the tasks that write final frames (a tile or a
-    sample split is a part of a frame: its stitch or merge task finishes the frame)."""
-    done: set[Any] = set()
-    every: set[Any] = set()
-    for task in job.tasks:
-        frames = web_ui.final_frames(task)
-        every.update(frames)
-        if task.state is TaskState.DONE:
-            done.update(frames)
-    return {"done": len(done), "total": len(every)}
+    query = views.JobQuery.parse(request.query)
+    return respond(request, views.job_page(farm, query))
 
 
 @routes.get(f"{API}/jobs/{{job}}")
 async def job_status(request: web.Request) -> web.Response:
-    return respond(request, _job_view(farm_of(request), request.match_info["job"]))
+    return respond(request, views.job_view(farm_of(request), request.match_info["job"]))
 
 
 @routes.get(f"{API}/jobs/{{job}}/wait")
@@ -432,13 +410,7 @@ async def job_wait(request: web.Request) -> web.Response:
             waiters = farm.job_waiters.get(job.id)
             if waiters and future in waiters:
                 waiters.remove(future)
-    return respond(request, _job_view(farm, job.id))
-
-
-@routes.get(f"{API}/jobs/{{job}}/tasks")
-async def job_tasks(request: web.Request) -> web.Response:
-    job = farm_of(request).scheduler.job(request.match_info["job"])
-    return respond(request, {"tasks": [task.to_dict() for task in job.tasks]})
+    return respond(request, views.job_view(farm, job.id))
 
 
 @routes.get(f"{API}/jobs/{{job}}/results")
@@ -495,7 +467,7 @@ async def job_action(request: web.Request) -> web.Response:
     # it is a fifth field (older journals have four: replayed as by nobody known).
     await farm.change((action, now, job_id, worker if action == "unblock" else None, by), steer)
     log.info("job %s: %s%s", job_id, action, f" by {by}" if by else "")
-    view = _job_view(farm, job_id)
+    view = views.job_view(farm, job_id)
     if action in ("retry", "unblock"):
         view["unblocked"] = unblocked
     return respond(request, view)
@@ -522,7 +494,7 @@ async def job_priority(request: web.Request) -> web.Response:
     # Who did it is a fourth field (older journals have three).
     await farm.change(("priority", now, job_id, priority, by), apply)
     log.info("job %s: priority %d%s", job_id, priority, f" by {by}" if by else "")
-    return respond(request, _job_view(farm, job_id))
+    return respond(request, views.job_view(farm, job_id))
 
 
 @routes.get(f"{API}/tasks/{{task}}")
@@ -870,7 +842,8 @@ def create_app(config: ServerConfig) -> web.Application:
     app.router.add_get(f"{API}/events/feed", events_feed)
     app.router.add_get(f"{API}/notices", pending_notices)
     jobtypes_routes.add_routes(app, config.root)
-    jobroutes.add_routes(app, _job_view)  # archive, unarchive, delete, requeue one task
+    jobroutes.add_routes(app)
+    taskfiles.add_routes(app)  # the task table in pages, logs in pieces, frames
     people.add_routes(app)  # named tokens, whoami
 
     async def start_background(app: web.Application) -> None:

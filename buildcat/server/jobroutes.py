@@ -14,9 +14,7 @@ import logging
 import re
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
@@ -25,12 +23,11 @@ from buildcat.root import state_dir
 from buildcat.server.farm import Farm, farm_of, who_of
 from buildcat.server.replies import read_body, respond
 from buildcat.server.scheduler import FINAL_JOB_STATES, Job, Task
+from buildcat.server.views import job_view
 
 log = logging.getLogger(__name__)
 
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-#: What a route replies for a job: the same view as ``GET /api/v1/jobs/{job}``.
-JobView = Callable[[Farm, str], dict[str, Any]]
 
 
 def logs_folder(root: Path, job_id: str) -> Path:
@@ -38,7 +35,7 @@ def logs_folder(root: Path, job_id: str) -> Path:
     return state_dir(root) / "logs" / job_id
 
 
-def add_routes(app: web.Application, job_view: JobView) -> None:
+def add_routes(app: web.Application) -> None:
     api = protocol.API_PREFIX
 
     async def archive(request: web.Request) -> web.Response:

@@ -58,8 +58,7 @@ ROUTES: tuple[Route, ...] = (
     _route("POST", rf"{API}/tasks/(?P<task>[^/]+)/requeue", Action.STEER),
     _route(
         "GET HEAD",
-        rf"{API}/(ping|whoami|events|events/feed|job-types|workers(/[^/]+)*"
-        rf"|jobs(/[^/]+(/(tasks|wait|results|thumbnail|media(/[^/]+)?))?)?|tasks/[^/]+)"
+        rf"{API}/(ping|whoami|events|events/feed|job-types|(jobs|tasks|workers)(/[^/]+)*)"
         r"|/metrics",
         Action.READ,
     ),

@@ -17,7 +17,6 @@ import contextlib
 import heapq
 import json
 import logging
-import math
 import os
 import queue
 import re
@@ -37,7 +36,7 @@ import buildcat
 from buildcat import auth, platform, protocol
 from buildcat.errors import FarmError, ProtocolError
 from buildcat.root import resolve, state_dir
-from buildcat.server import metrics, tokens
+from buildcat.server import metrics, tokens, views
 from buildcat.server.farm import VIA_KEY, Caller, Farm, farm_of, unmet
 from buildcat.server.replies import read_body, respond
 from buildcat.server.scheduler import FINAL_JOB_STATES, Job, Task, TaskState
@@ -49,13 +48,14 @@ API = protocol.API_PREFIX
 COOKIE = "buildcat_dashboard"
 #: Header every dashboard POST carries: a cross-site form cannot set it.
 CSRF_HEADER = "X-Buildcat-Dashboard"
-#: Jobs sent with each live update: every unfinished one plus this many recent others.
+#: Jobs sent with each live update: the first unfinished ones in dispatch order and the
+#: most recently finished (the page lists jobs from ``GET /api/v1/jobs`` in pages; the
+#: update tells it what changed, at a size that does not grow with the queue).
+ACTIVE_JOBS = 200
 RECENT_JOBS = 50
 #: Live updates go out at most this often, however busy the farm.
 UPDATE_INTERVAL = 0.3
 HEARTBEAT_SECONDS = 15.0
-#: Tasks listed for each worker in a live update (``holding`` counts them all).
-CURRENT_SHOWN = 20
 #: Thumbnails are served for these formats only (what a browser shows).
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 ASSET_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css",
@@ -64,8 +64,8 @@ ASSET_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css
 #: Routes a dashboard cookie may use, besides the page itself: reading, and steering jobs
 #: and workers (what its role allows of these: server/rights.py).
 _COOKIE_GET = re.compile(rf"^({API}/(ping|whoami|events|jobs|workers|job-types|jobs/[^/]+(/tasks"
-                         rf"|/thumbnail|/media(/video|/contact-sheet)?)?"
-                         rf"|tasks/[^/]+)|/metrics)$")  # fmt: skip
+                         rf"|/thumbnail|/frames|/media(/video|/contact-sheet)?)?"
+                         rf"|tasks/[^/]+(/log|/image)?)|/metrics)$")  # fmt: skip
 _COOKIE_POST = re.compile(rf"^{API}/(jobs/[^/]+/(cancel|pause|resume|retry|priority|archive"
                           rf"|unarchive)|tasks/[^/]+/requeue"
                           rf"|workers/[^/]+/(?!(lease|report|watch)$)[A-Za-z0-9_-]+)$")  # fmt: skip
@@ -242,29 +242,6 @@ _LOGIN_ERROR = '<p class="error">That link is not this farm\'s: get a fresh one.
 # ---- live updates ---------------------------------------------------------------------------
 
 
-def final_frames(task: Task) -> list[Any]:
-    """The frames a task finishes, for the frame counts: none for a task others wait for
-    (a tile or a sample split is a part of a frame; its stitch or merge finishes it), but
-    frames only a task of another kind waits for (a preview video) are finished."""
-    if task.dependents and any(_writes_frames(task.job, index) for index in task.dependents):
-        return []
-    payload = task.payload
-    kwargs = payload.get("kwargs")
-    frames = payload.get("frames") or (kwargs.get("frames") if isinstance(kwargs, dict) else None)
-    if frames is None and "frame" in payload:
-        frames = [payload["frame"]]
-    if not isinstance(frames, list):
-        return []
-    return [frame for frame in frames if isinstance(frame, int | str)]
-
-
-def _writes_frames(job: Job, index: int) -> bool:
-    from buildcat.jobs import task_kind
-    from buildcat.server.outputs import CLAIMING_KINDS
-
-    return task_kind(job.kind, job.tasks[index].payload) in CLAIMING_KINDS
-
-
 @dataclass(slots=True, eq=False)
 class _JobSummary:
     """What the lists show of a job that depends on its tasks (frames done, whether it has
@@ -276,6 +253,9 @@ class _JobSummary:
     frames_done: set[Any] = field(default_factory=set)
     last_frame: str | None = None
     seen: int = 0
+    #: The job's ``done_order`` when it was read: a requeue puts a new one in its place
+    #: (frames done again are no longer done), and the summary starts over.
+    order: Any = None
 
     @classmethod
     def of(cls, job: Job) -> _JobSummary:
@@ -284,13 +264,14 @@ class _JobSummary:
         if summary.counts_frames:
             every: set[Any] = set()
             for task in job.tasks:
-                frames = final_frames(task)
+                frames = views.final_frames(task)
                 every.update(frames)
                 if task.state is TaskState.DONE:
                     summary.frames_done.update(frames)
             summary.frames_total = len(every)
         summary.last_frame = _last_frame(job)
         summary.seen = len(job.done_order)
+        summary.order = job.done_order
         return summary
 
     def update(self, job: Job) -> None:
@@ -298,7 +279,7 @@ class _JobSummary:
         for index in order[self.seen :]:
             task = job.tasks[index]
             if self.counts_frames:
-                self.frames_done.update(final_frames(task))
+                self.frames_done.update(views.final_frames(task))
             path = _image_output(task)
             if path is not None:
                 self.last_frame = path
@@ -384,17 +365,18 @@ class Overview:
         active = [job for job in jobs.values() if job.state not in FINAL_JOB_STATES]
         finished = [job for job in jobs.values() if job.state in FINAL_JOB_STATES]
         recent = heapq.nlargest(RECENT_JOBS, finished, key=lambda job: job.finished_at or 0)
-        shown = sorted(active, key=lambda job: job.order_key) + recent
+        first = heapq.nsmallest(ACTIVE_JOBS, active, key=lambda job: job.order_key)
+        shown = first + recent
         running = scheduler.running_progress()
         job_parts = [self._job(farm, job, running.get(job.id, 0.0)) for job in shown]
         worker_parts = [
-            _encode_view(_worker_view(worker), f"worker {worker.name!r}")
+            views.encode_view(views.worker_view(worker), f"worker {worker.name!r}")
             for worker in sorted(scheduler.workers.values(), key=lambda w: w.name)
         ]
         head = {"name": str(farm.config.name), "version": buildcat.__version__}
         return (
             f'{{"farm":{json.dumps(head)},"jobs":[{",".join(job_parts)}],'
-            f'"more_jobs":{max(0, len(finished) - RECENT_JOBS)},'
+            f'"more_jobs":{len(jobs) - len(shown)},"active_jobs":{len(active)},'
             f'"workers":[{",".join(worker_parts)}]}}'
         )
 
@@ -402,7 +384,7 @@ class Overview:
 
         try:
             summary = self._summaries.get(job.id)
-            if summary is None:
+            if summary is None or summary.order is not job.done_order:
                 summary = self._summaries[job.id] = _JobSummary.of(job)
             else:
                 summary.update(job)
@@ -425,85 +407,7 @@ class Overview:
                 "tasks": {}, "progress": 0.0, "meta": {}, "error": "", "waiting": "",
                 "thumbnail": False, "display_error": f"this job cannot be shown: {exc!r}"[:300],
             }  # fmt: skip
-        return _encode_view(view, f"job {job.id}")
-
-
-def _worker_view(worker: Any) -> dict[str, Any]:
-    """A worker as the lists show it: the first tasks it holds, not every one it has
-    prefetched (hundreds, for short tasks), so an update's size stays bounded."""
-    view: dict[str, Any] = worker.to_dict()
-    del view["tasks"]
-    first = heapq.nsmallest(CURRENT_SHOWN, worker.leased, key=lambda t: (t.job.seq, t.index))
-    view["current"] = [
-        {"id": task.id, "label": task.payload.get("label", ""), "progress": task.progress}
-        for task in first
-    ]
-    view["holding"] = len(worker.leased)
-    return view
-
-
-def _encode_view(view: dict[str, Any], what: str) -> str:
-    """One job's or worker's part of the overview; values JSON cannot carry (NaN, a
-    non-text key, something nested too deep) are replaced, and the part says so."""
-    try:
-        return json.dumps(view, default=_as_text, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError, RecursionError) as exc:
-        log.debug("dashboard: %s has values JSON cannot carry: %s", what, exc)
-        plain = _plain(view, 0)
-        plain["display_error"] = f"shown in part: some of its values are not JSON ({exc})"[:300]
-        return json.dumps(plain, allow_nan=False, separators=(",", ":"))
-
-
-def showable(view: dict[str, Any]) -> dict[str, Any]:
-    """A job's API view as it is when JSON (strict: no NaN) and msgpack both carry it;
-    otherwise a copy with the odd values replaced and a ``display_error`` saying so, so
-    one job's data never fails a reply that lists others."""
-    try:
-        json.dumps(view, allow_nan=False, default=_text_of_bytes)
-        protocol.pack(view)
-    except (TypeError, ValueError, RecursionError, FarmError) as exc:
-        plain = _plain(view, 0)
-        plain["display_error"] = f"shown in part: some of its values are not JSON ({exc})"[:300]
-        return plain
-    return view
-
-
-def _as_text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def _text_of_bytes(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def _plain(value: Any, depth: int) -> Any:
-    """``value`` with only what JSON and msgpack carry: text keys, finite floats, 64-bit
-    integers, lists, maps (deeper than 32 levels is cut)."""
-    if depth > 32:
-        return "…"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value if -(2**63) <= value < 2**64 else str(value)
-    if isinstance(value, str | bool) or value is None:
-        return value
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {_key(key): _plain(item, depth + 1) for key, item in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_plain(item, depth + 1) for item in value]
-    return str(value)
-
-
-def _key(key: Any) -> str:
-    if isinstance(key, str):
-        return key
-    if isinstance(key, bytes):
-        return key.decode("utf-8", "replace")
-    return str(key)
+        return views.encode_view(view, f"job {job.id}")
 
 
 async def events(request: web.Request) -> web.StreamResponse:
