@@ -9,6 +9,7 @@ import time
 from aiohttp import web
 
 from buildcat import protocol
+from buildcat.errors import FarmError
 from buildcat.server import web as web_ui
 from buildcat.server.farm import caller_of, farm_of
 from buildcat.server.replies import read_body, respond, respond_error
@@ -36,6 +37,8 @@ async def add_token(request: web.Request) -> web.Response:
     except KeyError:
         why = "the farm secret's name" if name == "admin" else "taken"
         return respond_error(request, 409, f"the token name {name!r} is {why}: choose another")
+    except FarmError as exc:  # tokens.json could not be written: nothing changed
+        return respond_error(request, 503, f"the server cannot record the token: {exc}")
     return respond(request, {"name": token.name, "role": token.role, "token": text}, status=201)
 
 
@@ -53,6 +56,8 @@ async def revoke_token(request: web.Request) -> web.Response:
         token = await farm.tokens.revoke(name, caller_of(request).name)
     except KeyError:
         raise web.HTTPNotFound(reason=f"no token named {name!r} (farm token list)") from None
+    except FarmError as exc:
+        return respond_error(request, 503, f"the server cannot record the revocation: {exc}")
     request.app[web_ui.OVERVIEW_KEY].wake()  # its open dashboards' streams end now
     return respond(request, {"revoked": token.name, "role": token.role})
 
