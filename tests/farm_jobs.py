@@ -242,3 +242,23 @@ def nested(depth: int) -> object:
 def echo(value: object) -> object:
     """Returns its argument."""
     return value
+
+
+def talk_until(name: str, lines: int) -> int:
+    """Prints ``said 1`` … ``said LINES``, each once the test writes gates/NAME.say-N, then
+    finishes: a log that grows while the test watches it."""
+    _mark(name, "started", str(os.getpid()))
+    for number in range(1, lines + 1):
+        while not _gate(name, f"say-{number}").exists():
+            time.sleep(0.02)
+        print(f"said {number}", flush=True)
+    return lines
+
+
+def long_log(kilobytes: int) -> int:
+    """Prints about ``kilobytes`` KiB of numbered lines, then ``the last line``."""
+    line = 0
+    for line in range(kilobytes * 1024 // 32):
+        print(f"line {line:08d} of a long log...", flush=False)
+    print("the last line", flush=True)
+    return line

@@ -46,7 +46,7 @@ def test_dashboard_shows_live_progress_a_frame_and_cancels(
 
     page = browser.new_page(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
     page.goto(dashboard_link(farm))
-    assert page.url == f"http://127.0.0.1:{farm.port}/"
+    assert page.url == f"http://127.0.0.1:{farm.port}/#/jobs"
     row = page.locator(f'tr[data-job="{job_id}"]')
     row.wait_for(timeout=30_000)
     page.evaluate("window.notReloaded = true")
@@ -61,9 +61,9 @@ def test_dashboard_shows_live_progress_a_frame_and_cancels(
     )
     assert page.evaluate("window.notReloaded") is True
     assert page.locator("#live").inner_text() == "live"
-    assert page.locator('tr[data-worker="render-1"]').count() == 1
 
     row.click()
+    assert page.url.endswith(f"#/jobs/{job_id}")  # the selection is in the URL
     image = page.locator("#thumbnail img")
     page.wait_for_function(
         "() => { const i = document.querySelector('#thumbnail img');"
@@ -75,6 +75,32 @@ def test_dashboard_shows_live_progress_a_frame_and_cancels(
     job.wait(timeout=120)
     row.locator('[data-field="state"]').filter(has_text="done").wait_for(timeout=30_000)
     assert row.locator('button[data-action="cancel"]').count() == 0  # nothing left to cancel
+    # Every rendered frame is in the strip, its render time in the chart; the last is shown
+    # large, and the arrow keys step through the others.
+    strip = page.locator("#frame-strip .frame-cell")
+    page.wait_for_function(
+        "() => document.querySelectorAll('#frame-strip .frame-cell').length === 6", timeout=30_000
+    )
+    assert [strip.nth(i).get_attribute("data-frame") for i in range(6)] == [
+        str(frame) for frame in range(1, 7)
+    ]
+    assert page.locator("#frame-chart rect").count() == 6
+    caption = page.locator("#thumbnail figcaption")
+    assert caption.inner_text().startswith("frame 6")
+    page.locator("#frame-strip").focus()
+    page.keyboard.press("ArrowLeft")
+    caption.filter(has_text="frame 5").wait_for(timeout=10_000)
+    assert page.locator("#frame-strip .frame-cell.on").get_attribute("data-frame") == "5"
+    page.wait_for_function(
+        f"() => {{ const i = document.querySelector('#thumbnail img');"
+        f" return i.complete && i.naturalWidth === 64 && i.src.includes('/tasks/{job_id}.4/'); }}",
+        timeout=30_000,
+    )
+    # Workers have their own view.
+    page.locator("#nav-workers").click()
+    page.locator('tr[data-worker="render-1"]').wait_for(timeout=30_000)
+    assert not page.locator("#jobs-view").is_visible()
+    page.locator("#nav-jobs").click()
     screenshot = tmp_path / "dashboard.png"
     page.screenshot(path=str(screenshot), full_page=True)
     assert screenshot.stat().st_size > 10_000
@@ -87,7 +113,14 @@ def test_dashboard_shows_live_progress_a_frame_and_cancels(
     held_row = page.locator(f'tr[data-job="{held.id}"]')
     held_row.locator('[data-field="state"]').filter(has_text="running").wait_for(timeout=30_000)
     assert held.status()["state"] == "running"
+    # Cancel asks first: keeping it changes nothing.
     held_row.locator('button[data-action="cancel"]').click()
+    page.locator("#confirm").filter(has_text=held.id).wait_for(timeout=10_000)
+    page.locator("#confirm-cancel").click()
+    assert not page.locator("#confirm").is_visible()
+    assert held.status()["state"] == "running"
+    held_row.locator('button[data-action="cancel"]').click()
+    page.locator("#confirm-ok").click()
     held_row.locator('[data-field="state"]').filter(has_text="cancelled").wait_for(timeout=30_000)
     assert held.status()["state"] == "cancelled"
     assert held_row.locator('button[data-action="cancel"]').count() == 0
@@ -133,7 +166,9 @@ def test_the_python_api_link_logs_in_and_a_clicked_task_shows_its_log(
 
     page = browser.new_page()  # type: ignore[attr-defined]
     page.goto(link)
-    assert page.url == f"http://127.0.0.1:{farm.port}/"  # logged in: the dashboard, no login page
+    assert (
+        page.url == f"http://127.0.0.1:{farm.port}/#/jobs"
+    )  # logged in: the dashboard, no login page
     row = page.locator(f'tr[data-job="{job.id}"]')
     row.wait_for(timeout=30_000)
     row.click()
@@ -252,7 +287,7 @@ def test_the_dashboard_cookie_reads_and_steers_but_never_runs_code(jobs_farm: Fa
     job = farm.client().map("farm_jobs:square", [4])
     with_cookie = {"Cookie": cookie}
     steer = {**with_cookie, "X-Buildcat-Dashboard": "1", "Content-Type": "application/json"}
-    assert request(port, "GET", "/", with_cookie)[1].count(b"app.js") == 1
+    assert request(port, "GET", "/", with_cookie)[1].count(b"js/main.js") == 1
     assert request(port, "GET", "/api/v1/jobs", with_cookie)[0] == 200
     assert request(port, "GET", "/metrics", with_cookie)[0] == 200
     # Submitting work or acting as a worker needs the secret itself.

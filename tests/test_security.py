@@ -40,7 +40,9 @@ LOGIN_PAGE = resources.files("buildcat.server").joinpath("dashboard", "login.htm
 #: Routes anyone may fetch: the login page, the login link's check and the page's own files.
 #: Every other route the server registers must answer 401 without the secret.
 PUBLIC_ROUTES = {
-    (method, path) for method in ("GET", "HEAD") for path in ("/", "/login", "/dashboard/{name}")
+    (method, path)
+    for method in ("GET", "HEAD")
+    for path in ("/", "/login", "/dashboard/{name}", "/dashboard/{folder}/{name}")
 }
 #: aiohttp's pattern for a plain ``{name}`` placeholder: one path segment.
 ANY_SEGMENT = "[^{}/]+"
@@ -148,10 +150,10 @@ def test_every_route_answers_401_without_the_right_secret(farm: Farm, tmp_path: 
     (worker,) = client.workers()
     members = secret_header(farm.root)
     token = members["Authorization"].split()[1]
+    page = resources.files("buildcat.server").joinpath("dashboard")
+    folders = [page, *(entry for entry in page.iterdir() if entry.is_dir())]
     assets = sorted(
-        entry.name
-        for entry in resources.files("buildcat.server").joinpath("dashboard").iterdir()
-        if entry.is_file()
+        {entry.name for folder in folders for entry in folder.iterdir() if entry.is_file()}
     )
     routes = registered_routes(
         tmp_path / "scratch",
@@ -173,7 +175,7 @@ def test_every_route_answers_401_without_the_right_secret(farm: Farm, tmp_path: 
     paths = {(method, path) for method, _, path in routes}
     for action in ("cancel", "pause", "resume", "retry", "unblock", "priority"):
         assert ("POST", f"{API}/jobs/{job.id}/{action}") in paths, action
-    for name in ("app.js", "index.html", "login.html", "style.css"):
+    for name in ("js/main.js", "index.html", "login.html", "css/dashboard.css"):
         assert ("GET", f"/dashboard/{name}") in paths, name
     assert len(routes) >= 40
 
@@ -221,7 +223,7 @@ def test_every_route_answers_401_without_the_right_secret(farm: Farm, tmp_path: 
     # The public routes give no farm data away: the login page, a refused key, and the
     # dashboard's own files exactly as they ship.
     public = [(m, p) for m, r, p in routes if (m, r) in PUBLIC_ROUTES]
-    assert len(public) == 2 * (2 + len(assets))
+    assert len(public) == 2 * (2 + len(assets) * 3)  # /, /login; NAME, css/NAME, js/NAME
     for method, path in public:
         status, body, headers = fetch(farm.port, method, path, {})
         assert "Set-Cookie" not in headers, path
@@ -229,7 +231,12 @@ def test_every_route_answers_401_without_the_right_secret(farm: Farm, tmp_path: 
         if method == "HEAD":
             continue
         if path.startswith("/dashboard/"):
-            shipped = resources.files("buildcat.server").joinpath("dashboard", path[11:])
+            shipped = resources.files("buildcat.server").joinpath(
+                "dashboard", *path[11:].split("/")
+            )
+            if not shipped.is_file():  # a name from another folder (css/main.js)
+                assert status == 404, path
+                continue
             assert (status, body) == (200, shipped.read_bytes()), path
         elif path == "/":
             assert status == 200 and body == LOGIN_PAGE
@@ -458,7 +465,7 @@ def test_a_new_secret_logs_every_browser_out(jobs_farm: Farm) -> None:
     assert status == 303
     old = {"Cookie": headers["Set-Cookie"].split(";")[0]}
     steer = {**old, "X-Buildcat-Dashboard": "1"}
-    assert fetch(farm.port, "GET", "/", old)[1].count(b"app.js") == 1  # logged in
+    assert fetch(farm.port, "GET", "/", old)[1].count(b"js/main.js") == 1  # logged in
     assert fetch(farm.port, "GET", f"{API}/jobs", old)[0] == 200
     assert fetch(farm.port, "GET", f"{API}/events", old)[:2] == (200, b"event: update\n")
     old_secret = (farm.root / ".buildcat" / "secret").read_text().strip()

@@ -70,7 +70,7 @@ _COOKIE_POST = re.compile(rf"^{API}/(jobs/[^/]+/(cancel|pause|resume|retry|prior
                           rf"|unarchive)|tasks/[^/]+/requeue"
                           rf"|workers/[^/]+/(?!(lease|report|watch)$)[A-Za-z0-9_-]+)$")  # fmt: skip
 _COOKIE_DELETE = re.compile(rf"^{API}/jobs/[^/]+$")
-_PUBLIC = re.compile(r"^/(|login|dashboard/[A-Za-z0-9_.-]+)$")
+_PUBLIC = re.compile(r"^/(|login|dashboard/((css|js)/)?[A-Za-z0-9_-][A-Za-z0-9_.-]*)$")
 #: With the farm secret: the person a request is made for (``farm`` sends ``$USER``).
 USER_HEADER = "X-Buildcat-User"
 #: Who the farm secret, and a cookie bought with the dashboard key, are.
@@ -172,13 +172,17 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 
 async def asset(request: web.Request) -> web.StreamResponse:
-    name = request.match_info["name"]
+    folder = request.match_info.get("folder")
+    name = f"{folder}/{request.match_info['name']}" if folder else request.match_info["name"]
+    if not _PUBLIC.match(f"/dashboard/{name}"):
+        raise web.HTTPNotFound()
     try:
         body = _asset(name)
     except (FileNotFoundError, IsADirectoryError):
         raise web.HTTPNotFound() from None
     content_type = ASSET_TYPES.get(Path(name).suffix) or "application/octet-stream"
-    return web.Response(body=body, content_type=content_type)
+    # The page's files change with the release: a browser checks them on each load.
+    return web.Response(body=body, content_type=content_type, headers={"Cache-Control": "no-cache"})
 
 
 async def login(request: web.Request) -> web.StreamResponse:
@@ -702,6 +706,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/", index)
     app.router.add_get("/login", login)
     app.router.add_get("/dashboard/{name}", asset)
+    app.router.add_get("/dashboard/{folder:css|js}/{name}", asset)
     app.router.add_get(f"{API}/events", events)
     app.router.add_get(f"{API}/jobs/{{job}}/thumbnail", thumbnail)
     app.router.add_get(f"{API}/jobs/{{job}}/media", media)

@@ -2,6 +2,9 @@
 a Blender render and a Python job, and Debian's Chromium driven by Playwright.
 
     python docs/images/take_screenshots.py        # writes docs/images/dashboard*.png
+
+The job list, a render's detail beside it (frame strip, chart, a task's log), the same
+at 800 px wide, and the workers' view.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from buildcat.blender import BPY, build_demo_scene, find_blender
 
 HERE = Path(__file__).parent
 JOBS = HERE.parent.parent / "tests" / "farm_jobs.py"
+SHOTS = ("dashboard.png", "dashboard-job.png", "dashboard-narrow.png", "dashboard-workers.png")
 
 
 def farm(root: Path, port: int, *args: str) -> str:
@@ -68,27 +72,36 @@ def main() -> None:
                     executable_path=shutil.which("chromium") or "/usr/bin/chromium",
                     args=["--no-sandbox"],
                 )
-                page = browser.new_page(viewport={"width": 1280, "height": 860})
+                page = browser.new_page(viewport={"width": 1400, "height": 900})
                 page.goto(link)
                 row = page.locator(f'tr[data-job="{render}"]')
                 row.wait_for()
                 page.wait_for_function(
                     f"""() => {{ const c = document.querySelector('tr[data-job="{render}"] .count');
-                    return c && parseInt(c.textContent) >= 4; }}"""
+                    return c && parseInt(c.textContent) >= 6; }}"""
                 )
+                page.screenshot(path=str(HERE / "dashboard.png"))
                 row.click()
                 page.wait_for_function(
                     "() => { const i = document.querySelector('#thumbnail img');"
-                    " return i && i.complete && i.naturalWidth > 0; }"
+                    " return i && i.complete && i.naturalWidth > 0"
+                    " && document.querySelectorAll('#frame-strip .frame-cell').length >= 4; }"
                 )
                 page.locator('#tasks tr[data-task$=".1"]').click()
-                page.locator("#task-log pre").wait_for()
-                page.screenshot(path=str(HERE / "dashboard.png"), full_page=True)
+                page.locator("#task-log pre").filter(has_text="Fra:").wait_for()
+                page.screenshot(path=str(HERE / "dashboard-job.png"))
+                page.set_viewport_size({"width": 800, "height": 1000})
+                page.screenshot(path=str(HERE / "dashboard-narrow.png"))
+                page.set_viewport_size({"width": 1400, "height": 900})
+                page.locator("#nav-workers").click()
+                page.locator('tr[data-worker="render-02"]').wait_for()
+                page.screenshot(path=str(HERE / "dashboard-workers.png"))
                 browser.close()
         finally:
             launch.stop_all(workers)
             launch.stop(server)
-    print(f"wrote {HERE / 'dashboard.png'}", file=sys.stderr)
+    for name in SHOTS:
+        print(f"wrote {HERE / name}", file=sys.stderr)
 
 
 if __name__ == "__main__":
