@@ -273,6 +273,40 @@ def session_cookie_valid(value: str, token: str, salt: str, now: float) -> bool:
     return hmac.compare_digest(_raw(value), session_cookie(token, salt, expires).encode())
 
 
+def token_session_cookie(token: str, salt: str, expires: int, name: str, sha256: str) -> str:
+    """A dashboard cookie bought with a named token: ``EXPIRES.NAME.MAC``. It opens what
+    that token's role may do on the dashboard, and dies with the token (the MAC covers
+    the token's hash: a token made again under the same name buys new cookies)."""
+    message = f"buildcat dashboard session\0{salt}\0{expires}\0{name}\0{sha256}".encode()
+    mac = hmac.new(token.encode(), message, hashlib.sha256).hexdigest()[:32]
+    return f"{expires}.{name}.{mac}"
+
+
+def session_cookie_token(value: str) -> tuple[int, str] | None:
+    """``(expires, name)`` of a named token's cookie, unchecked; ``None`` for any other."""
+    expires_text, _, rest = value.partition(".")
+    name, _, _ = rest.rpartition(".")
+    if not (expires_text.isascii() and expires_text.isdigit() and len(expires_text) <= 12):
+        return None
+    return (int(expires_text), name) if name else None
+
+
+def token_session_cookie_valid(
+    value: str, token: str, salt: str, now: float, name: str, sha256: str
+) -> bool:
+    parsed = session_cookie_token(value)
+    if parsed is None or parsed[1] != name or parsed[0] <= now:
+        return False
+    expected = token_session_cookie(token, salt, parsed[0], name, sha256)
+    return hmac.compare_digest(_raw(value), expected.encode())
+
+
+def bearer(header: str | None) -> str:
+    """The credential an ``Authorization: Bearer`` header carries ("" when none)."""
+    scheme, _, given = (header or "").partition(" ")
+    return given.strip() if scheme.lower() == "bearer" else ""
+
+
 def dashboard_salt_path(root: str | os.PathLike[str]) -> Path:
     return state_dir(root) / DASHBOARD_SALT_FILE
 

@@ -6,10 +6,12 @@ open, so a request costs one round trip.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import itertools
 import json
 import os
+import re
 import secrets
 import socket
 import ssl
@@ -135,7 +137,16 @@ class Client:
         return self._secret
 
     def _auth_headers(self) -> dict[str, str]:
-        return {"Authorization": auth.authorization(self.token)}
+        headers = {"Authorization": auth.authorization(self.token)}
+        user = "" if self.named_token else _user_name()
+        if user:  # with the farm secret, who the history says did it (a token says itself)
+            headers[USER_HEADER] = user
+        return headers
+
+    @property
+    def named_token(self) -> bool:
+        """Whether this client sends a person's named token, not the farm secret."""
+        return self.token.startswith(TOKEN_PREFIX)
 
     def request(
         self,
@@ -203,6 +214,13 @@ class Client:
                     if self._token or os.environ.get("FARM_TOKEN")
                     else (str(auth.secret_path(self.root)))
                 )
+                if self.named_token:
+                    raise NotAuthorized(
+                        401,
+                        f"the farm server at {self.host}:{self.port} refused the token from "
+                        f"{source}: it is unknown or was revoked (an admin lists them with "
+                        "farm token list)",
+                    )
                 raise NotAuthorized(
                     401,
                     f"the farm server at {self.host}:{self.port} refused the farm secret from "
@@ -821,7 +839,11 @@ class Client:
         return text if not text or text.endswith("\n") else text + "\n"
 
     def dashboard_url(self) -> str:
-        """The link that logs a browser into this farm's dashboard."""
+        """The link that logs a browser into this farm's dashboard: with a named token, the
+        link of that token (its role's rights); with the farm secret, the dashboard key's."""
+        if self.named_token:
+            self.whoami()  # a revoked or unknown token says so here, not in the browser
+            return f"{self.address}/login?token={urllib.parse.quote(self.token, safe='')}"
         reply = self.request("GET", "/dashboard")
         return f"{self.address}/login?key={reply['key']}"
 
@@ -918,6 +940,28 @@ class Client:
         return dict(
             self.request("POST", f"/tasks/{urllib.parse.quote(task_id, safe='')}/requeue", {})
         )
+
+    # ---- people -------------------------------------------------------------------------
+
+    def whoami(self) -> dict[str, Any]:
+        """Who this client's credential is: ``{"name", "role", "via"}`` (``via``:
+        ``secret`` or ``token``)."""
+        return dict(self.request("GET", "/whoami"))
+
+    def add_token(self, name: str, role: str) -> dict[str, Any]:
+        """Make a named token for a person (admins only): ``role`` is ``viewer``, ``artist``
+        or ``admin``. Returns ``{"name", "role", "token"}``: the token's text is shown this
+        once (the server keeps only its hash)."""
+        return dict(self.request("POST", "/tokens", {"name": name, "role": role}))
+
+    def tokens(self) -> list[dict[str, Any]]:
+        """The named tokens (admins only): ``{"name", "role", "created_at", "created_by"}``."""
+        return list(self.request("GET", "/tokens")["tokens"])
+
+    def revoke_token(self, name: str) -> dict[str, Any]:
+        """Revoke a named token (admins only): its next request, and its dashboard
+        cookies', are refused."""
+        return dict(self.request("DELETE", f"/tokens/{urllib.parse.quote(name, safe='')}"))
 
     def worker_info(self, timeout: float | None = 60.0) -> dict[str, Any]:
         """What one worker reports about itself (host, platform, Python, root, slots)."""
@@ -1114,6 +1158,20 @@ def _function_spec(function: str | Callable[..., Any]) -> str:
             "it in a module the workers can import"
         )
     return f"{module}:{name}"
+
+
+#: With the farm secret: the person a request is made for (the job's history says so).
+USER_HEADER = "X-Buildcat-User"
+#: What a named token begins with (server/tokens.py).
+TOKEN_PREFIX = "bc_"
+_USER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+@functools.cache
+def _user_name() -> str:
+    """This process's login, if it can name a person in a header (else "")."""
+    login = _owner().partition("@")[0]
+    return login if _USER_NAME.fullmatch(login) else ""
 
 
 def _owner() -> str:

@@ -5,7 +5,8 @@ One module per kind of command: ``roles`` (server, worker, demo), ``submitting``
 ``jobtypes`` (job-types, submit TYPE), ``watching`` (status, wait, logs, cancel ...),
 ``jobs`` (archive, unarchive, delete, requeue: tidying the list, rerunning a task),
 ``events`` (events, notices: the farm followed by scripts), ``media`` (video,
-contact-sheet), ``paths`` (the path map) and ``addon`` (the Blender add-on); ``base``
+contact-sheet), ``paths`` (the path map), ``tokens`` (people's named tokens, whoami)
+and ``addon`` (the Blender add-on); ``base``
 holds the group and the options they share."""
 
 from buildcat.cli import (
@@ -18,11 +19,12 @@ from buildcat.cli import (
     paths,
     roles,
     submitting,
+    tokens,
     watching,
 )
 from buildcat.cli.base import main
 
 __all__ = [
     "addon", "commands", "events", "jobs", "jobtypes", "main", "media", "paths", "roles",
-    "submitting", "watching",
+    "submitting", "tokens", "watching",
 ]  # fmt: skip

@@ -93,6 +93,8 @@ def status(client: Client, job_id: str | None, as_json: bool, with_archived: boo
             click.echo(f"  error: {view['error']}")
         if view.get("archived"):
             click.echo(f"  archived (farm unarchive {view['id']} lists it again)")
+        for entry in view.get("history") or []:
+            click.echo(f"  {history_line(entry)}")
         return
     listed = client.jobs(archived=True)
     jobs = listed if with_archived else [job for job in listed if not job.get("archived")]
@@ -114,6 +116,33 @@ def status(client: Client, job_id: str | None, as_json: bool, with_archived: boo
     for job in jobs:
         if job.get("waiting"):
             click.echo(f"{job['id']} waiting: {_waiting_line(job)}")
+
+
+_DONE_WORDS = {
+    "cancel": "cancelled", "pause": "paused", "resume": "resumed", "retry": "retried",
+    "archive": "archived", "unarchive": "unarchived", "unblock": "unblocked",
+}  # fmt: skip
+
+
+def history_line(entry: dict[str, Any], now: float | None = None) -> str:
+    """One steering action as a person reads it: ``cancelled by ana, 14:02``."""
+    action = str(entry.get("action", "?"))
+    if action == "priority":
+        what = f"priority set to {entry.get('priority')}"
+    elif action == "requeue-task":
+        what = f"task {entry.get('task', '?')} requeued"
+    elif action == "unblock" and entry.get("worker"):
+        what = f"unblocked {entry['worker']}"
+    else:
+        what = _DONE_WORDS.get(action, action)
+    by = f" by {entry['by']}" if entry.get("by") else ""
+    at = entry.get("at")
+    if not isinstance(at, int | float):
+        return f"{what}{by}"
+    when = time.localtime(at)
+    today = time.localtime(time.time() if now is None else now)
+    shown = "%H:%M" if when[:3] == today[:3] else "%Y-%m-%d %H:%M"
+    return f"{what}{by}, {time.strftime(shown, when)}"
 
 
 def _waiting_line(job: dict[str, Any]) -> str:
@@ -349,7 +378,10 @@ def _frame_row(row: dict[str, Any]) -> list[str]:
 )
 @client_options
 def dashboard(client: Client, open_browser: bool, revoke: bool) -> None:
-    """Print the link that logs a browser into the farm's live dashboard."""
+    """Print the link that logs a browser into the farm's live dashboard.
+
+    With a named token (--token/FARM_TOKEN) the link logs in as you, with your role's
+    rights; with the farm secret it is the dashboard key's link (an admin's)."""
     if revoke:
         url = client.revoke_dashboard()
         click.echo("every browser is logged out and old links are dead; the new link:", err=True)

@@ -26,16 +26,31 @@ from buildcat import auth, jobs, platform, protocol
 from buildcat.discovery import Advertiser, advertised_addresses
 from buildcat.errors import FarmError, ProtocolError
 from buildcat.root import state_dir
-from buildcat.server import connections, feed, jobroutes, notices, outputs, taskfiles, views
+from buildcat.server import (
+    connections,
+    feed,
+    jobroutes,
+    notices,
+    outputs,
+    people,
+    rights,
+    taskfiles,
+    views,
+)
 from buildcat.server import jobtypes as jobtypes_routes
 from buildcat.server import record as server_record
 from buildcat.server import web as web_ui
 from buildcat.server.farm import (
     FARM_KEY,
+    ROLE_KEY,
+    VIA_KEY,
+    WHO_KEY,
+    Caller,
     Farm,
     ServerConfig,
     Waiter,
     farm_of,
+    who_of,
 )
 from buildcat.server.journal import JournalError
 from buildcat.server.lock import StateLock
@@ -129,30 +144,44 @@ def _query_float(request: web.Request, key: str, default: float) -> float:
 async def auth_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Every request carries the farm secret, or nothing runs (the body is not even read).
+    """Every request carries the farm secret, a named token or the dashboard's cookie, or
+    nothing runs (the body is not even read); what it may do is its role's (rights.py).
 
-    The dashboard's cookie opens the routes it needs; the page itself is public."""
-    secret = farm_of(request).secret
-    access = web_ui.access(request, farm_of(request))
-    guard = request.app.get(connections.GUARD_KEY)
-    if access not in ("", "public") and guard is not None:
-        guard.authenticated(request.protocol)  # no longer counts against its peer's cap
-    if access == "dashboard":
-        # The cookie reads and steers; whatever a job wrote, it never reads the secret.
-        response = await handler(request)
-        if isinstance(response, web.Response) and isinstance(response.body, bytes):
-            response.body = auth.redact_bytes(response.body, secret)
-        return response
-    if not access:
+    The page itself is public."""
+    farm = farm_of(request)
+    secret = farm.secret
+    caller = web_ui.access(request, farm)
+    if caller == "public":
+        return await handler(request)
+    if not isinstance(caller, Caller):
         response = respond_error(
             request,
             401,
             "missing or wrong farm secret: send 'Authorization: Bearer' with the contents "
-            "of ROOT/.buildcat/secret",
+            "of ROOT/.buildcat/secret (or a named token that is not revoked)",
         )
         response.headers["WWW-Authenticate"] = 'Bearer realm="buildcat"'
         return response
-    return await handler(request)
+    guard = request.app.get(connections.GUARD_KEY)
+    if guard is not None:
+        guard.authenticated(request.protocol)  # no longer counts against its peer's cap
+    request[WHO_KEY], request[ROLE_KEY], request[VIA_KEY] = caller.name, caller.role, caller.via
+    if caller.via == "secret":
+        return await handler(request)
+    wanted = rights.classify(request.method, request.path)
+    owner = None
+    if wanted.job:
+        job = farm.scheduler.jobs.get(wanted.job)
+        owner = job.owner if job is not None else None  # none: the route says so (404)
+    problem = rights.refusal(caller.role, caller.name, False, wanted, owner)
+    if problem:
+        return respond_error(request, 403, problem)
+    # A cookie or a named token reads and steers; whatever a job wrote, it never reads
+    # the secret.
+    answer = await handler(request)
+    if isinstance(answer, web.Response) and isinstance(answer.body, bytes):
+        answer.body = auth.redact_bytes(answer.body, secret)
+    return answer
 
 
 @web.middleware
@@ -289,6 +318,8 @@ async def submit(request: web.Request) -> web.Response:
     priority = _bounded(body, "priority", 0, -MAX_PRIORITY, MAX_PRIORITY)
     name = _text(body, "name", "", MAX_JOB_NAME)
     owner = _text(body, "owner", "")
+    if request.get(VIA_KEY) == "token":  # a person's own token: the job is theirs
+        owner = who_of(request)
     after, after_any = _after(body)
     scheduler = farm.scheduler
     attempts = scheduler.check_submit(
@@ -424,9 +455,18 @@ async def job_action(request: web.Request) -> web.Response:
         scheduler.check_unblock(job, worker)
         unblocked = [worker] if worker is not None else unblocked
         apply = lambda: scheduler.unblock(job_id, worker)  # noqa: E731
-    # Only unblock needs a worker; no other action journals what the body holds.
-    await farm.change((action, now, job_id, worker if action == "unblock" else None), apply)
-    log.info("job %s: %s", job_id, action)
+    by = who_of(request)
+    extra = {"worker": worker} if action == "unblock" and worker is not None else {}
+
+    def steer() -> Any:
+        result = apply()
+        scheduler.note(job_id, now, action, by, **extra)
+        return result
+
+    # Only unblock needs a worker; no other action journals what the body holds. Who did
+    # it is a fifth field (older journals have four: replayed as by nobody known).
+    await farm.change((action, now, job_id, worker if action == "unblock" else None, by), steer)
+    log.info("job %s: %s%s", job_id, action, f" by {by}" if by else "")
     view = views.job_view(farm, job_id)
     if action in ("retry", "unblock"):
         view["unblocked"] = unblocked
@@ -444,11 +484,16 @@ async def job_priority(request: web.Request) -> web.Response:
     priority = _bounded(body, "priority", None, -MAX_PRIORITY, MAX_PRIORITY)
     scheduler = farm.scheduler
     scheduler.check_priority(scheduler.job(job_id))
-    await farm.change(
-        ("priority", time.time(), job_id, priority),
-        lambda: scheduler.set_priority(job_id, priority),
-    )
-    log.info("job %s: priority %d", job_id, priority)
+    now, by = time.time(), who_of(request)
+
+    def apply() -> Job:
+        job = scheduler.set_priority(job_id, priority)
+        scheduler.note(job_id, now, "priority", by, priority=priority)
+        return job
+
+    # Who did it is a fourth field (older journals have three).
+    await farm.change(("priority", now, job_id, priority, by), apply)
+    log.info("job %s: priority %d%s", job_id, priority, f" by {by}" if by else "")
     return respond(request, views.job_view(farm, job_id))
 
 
@@ -799,6 +844,7 @@ def create_app(config: ServerConfig) -> web.Application:
     jobtypes_routes.add_routes(app, config.root)
     jobroutes.add_routes(app)
     taskfiles.add_routes(app)  # the task table in pages, logs in pieces, frames
+    people.add_routes(app)  # named tokens, whoami
 
     async def start_background(app: web.Application) -> None:
         farm._expiry_task = asyncio.create_task(farm.expire_leases())

@@ -39,6 +39,7 @@ from buildcat.server.scheduler import (
     requirement_met,
     split_requirement,
 )
+from buildcat.server.tokens import TOKENS_FILE, TokenTable
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,10 @@ class Farm:
             auth.check_token(config.token, "--token/FARM_TOKEN")
             if config.token
             else auth.ensure_secret(config.root)
+        )
+        #: People's named tokens (``farm token add``), beside the journal.
+        self.tokens = TokenTable.load(
+            (config.state_dir or state_dir(config.root)) / TOKENS_FILE if config.journal else None
         )
         #: The salt of the dashboard's keys: read (or made) when the server starts serving.
         self.dashboard_salt = ""
@@ -388,13 +393,28 @@ def farm_of(request: web.Request) -> Farm:
     return request.app[FARM_KEY]
 
 
-#: Where the auth middleware puts who sent a request (a named token's name).
+#: Where the auth middleware puts who sent a request (a named token's name; with the farm
+#: secret, the person its ``X-Buildcat-User`` header names, else "admin"), their role,
+#: and what they sent: ``"secret"``, ``"token"`` (a named token) or ``"dashboard"``.
 WHO_KEY = "buildcat.who"
+ROLE_KEY = "buildcat.role"
+VIA_KEY = "buildcat.via"
+
+
+@dataclass(slots=True, frozen=True)
+class Caller:
+    name: str
+    role: str
+    via: str
 
 
 def who_of(request: web.Request) -> str:
     """Who sent the request, for a job's owner and its history ("" when unknown)."""
     return str(request.get(WHO_KEY, ""))
+
+
+def caller_of(request: web.Request) -> Caller:
+    return Caller(who_of(request), str(request.get(ROLE_KEY, "")), str(request.get(VIA_KEY, "")))
 
 
 def unmet(farm: Farm, job: Job) -> str:

@@ -599,6 +599,21 @@ def _set_aside(path: Path, damage: list[Damage]) -> list[tuple[Path, Damage]]:
     return kept
 
 
+#: The job actions of ``POST /api/v1/jobs/{job}/{action}``, as replayed.
+_STEERING: dict[str, Callable[[Any, str, float, Any], Any]] = {
+    "cancel": lambda scheduler, job_id, now, _: scheduler.cancel(job_id, now),
+    "pause": lambda scheduler, job_id, now, _: scheduler.pause(job_id),
+    "resume": lambda scheduler, job_id, now, _: scheduler.resume(job_id),
+    "retry": lambda scheduler, job_id, now, _: scheduler.retry(job_id, now),
+    "unblock": lambda scheduler, job_id, now, worker: scheduler.unblock(job_id, worker),
+}
+
+
+def _by(args: list[Any], index: int) -> str:
+    """Who steered, from a record that says (journals before named tokens do not: "")."""
+    return str(args[index]) if len(args) > index and isinstance(args[index], str) else ""
+
+
 def replay(scheduler: Any, events: Iterator[list[Any]]) -> int:
     """Apply recorded events to a fresh scheduler, in order; returns how many."""
     count = 0
@@ -641,22 +656,18 @@ def _apply(scheduler: Any, event: list[Any]) -> None:
             worker_id, task_id, error, traceback, now, log_text, True, started_at, seconds,
             job_fault=bool(job_fault),
         )  # fmt: skip
-    elif kind == "priority":
+    elif kind == "priority":  # [kind, now, job id, priority, by] (older: no by)
         scheduler.set_priority(args[0], args[1])
+        scheduler.note(args[0], now, kind, _by(args, 2), priority=args[1])
     elif kind == "release":
         scheduler.release(args[0], args[1], now)
     elif kind == "requeue":
         scheduler.requeue_exactly(args[0], now)
-    elif kind == "cancel":
-        scheduler.cancel(args[0], now)
-    elif kind == "pause":
-        scheduler.pause(args[0])
-    elif kind == "resume":
-        scheduler.resume(args[0])
-    elif kind == "retry":
-        scheduler.retry(args[0], now)
-    elif kind == "unblock":
-        scheduler.unblock(args[0], args[1])
+    elif kind in _STEERING:  # [kind, now, job id, worker (unblock) or None, by]
+        worker = args[1] if len(args) > 1 else None
+        _STEERING[kind](scheduler, args[0], now, worker)
+        extra = {"worker": worker} if kind == "unblock" and worker is not None else {}
+        scheduler.note(args[0], now, kind, _by(args, 2), **extra)
     elif kind == "notify":  # the server's --notify URLs, given to a job it found unfinished
         job = scheduler.job(args[0])
         if isinstance(job.meta, dict):

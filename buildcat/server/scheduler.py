@@ -739,6 +739,13 @@ class Scheduler:
             task.started_at = started_at
             self.task_seconds.observe(task.seconds)
 
+    def note(self, job_id: str, now: float, action: str, by: str, **extra: Any) -> None:
+        """Add a steering action to the job's history (who did what, when): ``cancel``,
+        ``pause``, ``resume``, ``retry``, ``unblock``, ``priority`` (``priority=N``)."""
+        job = self.job(job_id)
+        job.history.append({"at": now, "action": action, "by": by, **extra})
+        self._changed.add(job.id)
+
     def cancel(self, job_id: str, now: float) -> Job:
         job = self.job(job_id)
         if job.state not in FINAL_JOB_STATES:

@@ -4,8 +4,9 @@
 A browser logs in once with the dashboard link (``/login?key=…``, printed by the server
 and by ``farm dashboard``); the key, derived from the farm secret and a revocable salt,
 buys a cookie of its own (neither the key nor the secret) that may read the farm and
-steer jobs but not submit work or act as a worker. Everything the cookie reads has the
-secret masked; thumbnails read only regular files, in threads of their own.
+steer jobs but not submit work or act as a worker; a named token (``/login?token=…``)
+buys one that does what its role may (a viewer reads). Everything the cookie reads has
+the secret masked; thumbnails read only regular files, in threads of their own.
 """
 
 from __future__ import annotations
@@ -33,10 +34,10 @@ from aiohttp import web
 
 import buildcat
 from buildcat import auth, platform, protocol
-from buildcat.errors import FarmError
+from buildcat.errors import FarmError, ProtocolError
 from buildcat.root import resolve, state_dir
-from buildcat.server import metrics, views
-from buildcat.server.farm import Farm, farm_of, unmet
+from buildcat.server import metrics, tokens, views
+from buildcat.server.farm import VIA_KEY, Caller, Farm, farm_of, unmet
 from buildcat.server.replies import read_body, respond
 from buildcat.server.scheduler import FINAL_JOB_STATES, Job, Task, TaskState
 
@@ -60,14 +61,20 @@ IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 ASSET_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css",
                ".svg": "image/svg+xml", ".png": "image/png"}  # fmt: skip
 
-#: Routes a dashboard cookie may use, besides the page itself: reading, and steering jobs.
-_COOKIE_GET = re.compile(rf"^({API}/(ping|events|jobs|workers|job-types|jobs/[^/]+(/tasks"
+#: Routes a dashboard cookie may use, besides the page itself: reading, and steering jobs
+#: and workers (what its role allows of these: server/rights.py).
+_COOKIE_GET = re.compile(rf"^({API}/(ping|whoami|events|jobs|workers|job-types|jobs/[^/]+(/tasks"
                          rf"|/thumbnail|/frames|/media(/video|/contact-sheet)?)?"
                          rf"|tasks/[^/]+(/log|/image)?)|/metrics)$")  # fmt: skip
 _COOKIE_POST = re.compile(rf"^{API}/(jobs/[^/]+/(cancel|pause|resume|retry|priority|archive"
-                          rf"|unarchive)|tasks/[^/]+/requeue)$")  # fmt: skip
+                          rf"|unarchive)|tasks/[^/]+/requeue"
+                          rf"|workers/[^/]+/(?!(lease|report|watch)$)[A-Za-z0-9_-]+)$")  # fmt: skip
 _COOKIE_DELETE = re.compile(rf"^{API}/jobs/[^/]+$")
 _PUBLIC = re.compile(r"^/(|login|dashboard/((css|js)/)?[A-Za-z0-9_-][A-Za-z0-9_.-]*)$")
+#: With the farm secret: the person a request is made for (``farm`` sends ``$USER``).
+USER_HEADER = "X-Buildcat-User"
+#: Who the farm secret, and a cookie bought with the dashboard key, are.
+SECRET_CALLER = Caller(tokens.SECRET_NAME, "admin", "secret")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -91,30 +98,59 @@ def load_dashboard_salt(root: Path) -> str:
         return secrets.token_urlsafe(16)
 
 
-def _cookie_valid(request: web.Request, farm: Farm) -> bool:
+def _cookie_caller(request: web.Request, farm: Farm) -> Caller | None:
+    """Who bought the browser's cookie: the dashboard key (the farm secret's admin) or a
+    named token still in the table; ``None`` for no cookie, or a dead one."""
     value = request.cookies.get(cookie_name(farm), "")
-    return bool(value) and auth.session_cookie_valid(
-        value, farm.secret, farm.dashboard_salt, time.time()
+    if not value:
+        return None
+    now = time.time()
+    named = auth.session_cookie_token(value)
+    if named is None:
+        valid = auth.session_cookie_valid(value, farm.secret, farm.dashboard_salt, now)
+        return Caller(SECRET_CALLER.name, SECRET_CALLER.role, "dashboard") if valid else None
+    token = farm.tokens.tokens.get(named[1])
+    if token is None or not auth.token_session_cookie_valid(
+        value, farm.secret, farm.dashboard_salt, now, token.name, token.sha256
+    ):
+        return None
+    return Caller(token.name, token.role, "dashboard")
+
+
+def _cookie_route(request: web.Request) -> bool:
+    path, method = request.path, request.method
+    if method in ("GET", "HEAD"):
+        return bool(_COOKIE_GET.match(path))
+    if request.headers.get(CSRF_HEADER) != "1":  # a cross-site form cannot set it
+        return False
+    return bool(
+        (method == "POST" and _COOKIE_POST.match(path))
+        or (method == "DELETE" and _COOKIE_DELETE.match(path))
     )
 
 
-def access(request: web.Request, farm: Farm) -> str:
-    """``"member"`` (the farm secret), ``"dashboard"`` (the cookie), ``"public"`` or ``""``."""
-    if auth.token_matches(request.headers.get("Authorization"), farm.secret):
-        return "member"
-    path = request.path
-    if request.method in ("GET", "HEAD") and _PUBLIC.match(path):
+def access(request: web.Request, farm: Farm) -> Caller | str:
+    """Who is calling: the farm secret's admin, a named token's person, a dashboard
+    cookie's (on the routes a cookie may use); else ``"public"`` (the page, the login) or
+    ``""`` (nobody: 401)."""
+    header = request.headers.get("Authorization")
+    if auth.token_matches(header, farm.secret):
+        user = request.headers.get(USER_HEADER)
+        if user is None:
+            return SECRET_CALLER
+        problem = tokens.name_problem(user)
+        if problem:
+            raise ProtocolError(f"{USER_HEADER} must name a person: {problem}")
+        return Caller(user, "admin", "secret")
+    token = farm.tokens.find(auth.bearer(header)) if header else None
+    if token is not None:
+        return Caller(token.name, token.role, "token")
+    if request.method in ("GET", "HEAD") and _PUBLIC.match(request.path):
         return "public"
-    if _cookie_valid(request, farm):
-        if request.method in ("GET", "HEAD") and _COOKIE_GET.match(path):
-            return "dashboard"
-        steering = _COOKIE_POST if request.method == "POST" else _COOKIE_DELETE
-        if (
-            request.method in ("POST", "DELETE")
-            and steering.match(path)
-            and request.headers.get(CSRF_HEADER) == "1"
-        ):
-            return "dashboard"
+    if _cookie_route(request):
+        caller = _cookie_caller(request, farm)
+        if caller is not None:
+            return caller
     return ""
 
 
@@ -126,7 +162,7 @@ def _asset(name: str) -> bytes:
 
 
 async def index(request: web.Request) -> web.StreamResponse:
-    if not _cookie_valid(request, farm_of(request)):
+    if _cookie_caller(request, farm_of(request)) is None:
         return web.Response(text=_asset("login.html").decode(), content_type="text/html")
     return web.Response(
         body=_asset("index.html"),
@@ -150,19 +186,30 @@ async def asset(request: web.Request) -> web.StreamResponse:
 
 
 async def login(request: web.Request) -> web.StreamResponse:
+    """``/login?key=…`` (the dashboard key: the farm secret's admin) or ``/login?token=…``
+    (a named token: what its role may do) buys the browser a cookie."""
     farm = farm_of(request)
-    key = request.query.get("key", "")
-    if not auth.dashboard_key_matches(key, farm.secret, farm.dashboard_salt):
+    expires = int(time.time()) + auth.SESSION_SECONDS
+    named = request.query.get("token")
+    token = farm.tokens.find(named) if named is not None else None
+    if token is not None:
+        value = auth.token_session_cookie(
+            farm.secret, farm.dashboard_salt, expires, token.name, token.sha256
+        )
+    elif named is None and auth.dashboard_key_matches(
+        request.query.get("key", ""), farm.secret, farm.dashboard_salt
+    ):
+        value = auth.session_cookie(farm.secret, farm.dashboard_salt, expires)
+    else:
         return web.Response(
             status=401,
             text=_asset("login.html").decode().replace("<!--error-->", _LOGIN_ERROR),
             content_type="text/html",
         )
     response = web.HTTPSeeOther("/")
-    expires = int(time.time()) + auth.SESSION_SECONDS
     response.set_cookie(
         cookie_name(farm),
-        auth.session_cookie(farm.secret, farm.dashboard_salt, expires),
+        value,
         httponly=True,  # no script reads it, this page's or another port's
         samesite="Strict",  # no other site's page sends it
         secure=request.secure,
@@ -187,6 +234,7 @@ async def revoke_dashboard(request: web.Request) -> web.StreamResponse:
     farm = farm_of(request)
     await read_body(request)  # a body that is not a map refuses, and changes nothing
     farm.dashboard_salt = auth.new_dashboard_salt(farm.config.root)
+    request.app[OVERVIEW_KEY].wake()  # open dashboards' streams end now
     log.warning("dashboard revoked: every login link and browser cookie is dead")
     key = auth.dashboard_key(farm.secret, farm.dashboard_salt)
     return respond(request, {"key": key, "cookie": cookie_name(farm)})
@@ -261,6 +309,12 @@ class Overview:
         self._summaries: dict[str, _JobSummary] = {}
         self._task: asyncio.Task[None] | None = None
         self._failed = False
+
+    def wake(self) -> None:
+        """Wake every open stream without a new update: each looks again at whether its
+        credential still lets it in (a token was revoked)."""
+        published, self.published = self.published, asyncio.Event()
+        published.set()
 
     def join(self, farm: Farm) -> None:
         self.streams += 1
@@ -377,6 +431,8 @@ async def events(request: web.Request) -> web.StreamResponse:
     try:
         while True:
             published = overview.published
+            if not still_let_in(request, farm):  # a token revoked, the dashboard revoked
+                break
             if overview.version != sent and overview.message:
                 sent = overview.version
                 await response.write(overview.message)  # the same bytes for every viewer
@@ -387,9 +443,21 @@ async def events(request: web.Request) -> web.StreamResponse:
                 await response.write(b": still here\n\n")
     except ConnectionResetError:
         # The viewer left between the connection's loss and this handler's cancellation.
-        return response
+        pass
     finally:
         overview.leave(farm)
+    return response
+
+
+def still_let_in(request: web.Request, farm: Farm) -> bool:
+    """Whether the credential that opened a long request still opens it (a stream ends
+    when its token, or the dashboard key that bought its cookie, is revoked)."""
+    if request.get(VIA_KEY) == "secret":
+        return True
+    try:
+        return isinstance(access(request, farm), Caller)
+    except FarmError:
+        return False
 
 
 OVERVIEW_KEY = web.AppKey("overview", Overview)
