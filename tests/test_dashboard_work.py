@@ -398,3 +398,33 @@ def test_the_workers_view_drains_disables_enables_schedules_and_forgets(
     page.locator("#confirm-ok").click()
     cpu.wait_for(state="detached", timeout=30_000)
     assert "ws-cpu" not in {worker["name"] for worker in client.workers()}
+
+
+def test_a_named_tokens_dashboard_shows_who_and_only_what_they_may_do(
+    jobs_farm: Farm, browser: object
+) -> None:
+    from tests.people_support import add_token
+
+    farm = jobs_farm
+    viewer = add_token(farm, "vic", "viewer")
+    artist = add_token(farm, "ana", "artist")
+    client = farm.client()
+    theirs = client.map("farm_jobs:square", [1], name="someone else's")  # no worker: queued
+    base = f"http://127.0.0.1:{farm.port}"
+
+    page = browser.new_page(viewport=WIDE)  # type: ignore[attr-defined]
+    page.goto(f"{base}/login?token={viewer}")
+    page.locator("#whoami").filter(has_text="vic (viewer)").wait_for(timeout=30_000)
+    row = page.locator(f'tr[data-job="{theirs.id}"]')
+    row.wait_for(timeout=30_000)
+    assert not row.locator('button[data-action="cancel"]').is_visible()
+    row.click()
+    page.locator("#detail-title").filter(has_text=theirs.id).wait_for(timeout=30_000)
+
+    page = browser.new_page(viewport=WIDE)  # type: ignore[attr-defined]
+    page.goto(f"{base}/login?token={artist}")
+    page.locator("#whoami").filter(has_text="ana (artist)").wait_for(timeout=30_000)
+    row = page.locator(f'tr[data-job="{theirs.id}"]')
+    row.locator('button[data-action="pause"]').click()  # the page offers it; the server says no
+    page.locator("#toast").filter(has_text="belongs to").wait_for(timeout=30_000)
+    assert theirs.status()["state"] == "queued"
