@@ -1,0 +1,161 @@
+"""What the server keeps per worker NAME, whatever its registrations: enabled, draining,
+its sleep schedule and whether it gives its tasks back when the schedule ends.
+
+Kept by the scheduler (``Scheduler.worker_settings``), changed only through journaled
+``worker-set`` and ``worker-forget`` events and written into snapshots, so settings
+survive a restart and a worker that registers again under its name. The rules here are
+pure: the time is passed in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from buildcat import schedule as schedules
+from buildcat.errors import ProtocolError
+
+#: Where a change came from: an admin (CLI, API, dashboard) or the worker's own register.
+#: A schedule an admin set (or cleared) wins over what a later register says.
+ADMIN = "admin"
+REGISTER = "register"
+
+
+@dataclass(slots=True)
+class WorkerSettings:
+    enabled: bool = True
+    draining: bool = False
+    #: The schedule's spec and time zone ("" spec: none, awake around the clock).
+    spec: str = ""
+    timezone: str = ""
+    give_back: bool = False
+    #: Who last set the schedule (ADMIN or REGISTER); "" when nobody has.
+    schedule_by: str = ""
+    parsed: schedules.Schedule | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def is_default(self) -> bool:
+        return self.enabled and not self.draining and not self.spec and not self.schedule_by
+
+    def schedule(self) -> schedules.Schedule | None:
+        if not self.spec:
+            return None
+        if self.parsed is None:
+            self.parsed = schedules.parse(self.spec, self.timezone or "UTC")
+        return self.parsed
+
+    def asleep(self, now: float) -> bool:
+        parsed = self.schedule()
+        return parsed is not None and not parsed.awake(now)
+
+    def takes_work(self, now: float) -> bool:
+        return self.enabled and not self.draining and not self.asleep(now)
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "enabled": self.enabled,
+            "draining": self.draining,
+            "spec": self.spec,
+            "timezone": self.timezone,
+            "give_back": self.give_back,
+            "schedule_by": self.schedule_by,
+        }
+
+    @classmethod
+    def load(cls, item: dict[str, Any]) -> WorkerSettings:
+        known = {key: item[key] for key in cls.__dataclass_fields__ if key in item}
+        known.pop("parsed", None)
+        return cls(**known)
+
+
+def check_changes(changes: Any) -> dict[str, Any]:
+    """A ``worker-set`` change as the journal carries it, checked whole: ``enabled``,
+    ``draining`` (bools) and ``schedule``: None or {spec, timezone, give_back}."""
+    if not isinstance(changes, dict):
+        raise ProtocolError("worker settings must be a map")
+    checked: dict[str, Any] = {}
+    for key in ("enabled", "draining"):
+        if key in changes:
+            if not isinstance(changes[key], bool):
+                raise ProtocolError(f"{key!r} must be true or false")
+            checked[key] = changes[key]
+    if "schedule" in changes:
+        wanted = changes["schedule"]
+        if wanted is None:
+            checked["schedule"] = None
+        else:
+            if not isinstance(wanted, dict):
+                raise ProtocolError("'schedule' must be a map or null")
+            spec, zone, give_back = (wanted.get("spec"), wanted.get("timezone"),
+                                     wanted.get("give_back", False))  # fmt: skip
+            if not isinstance(spec, str) or not isinstance(zone, str):
+                raise ProtocolError("a schedule needs 'spec' and 'timezone' as text")
+            if not isinstance(give_back, bool):
+                raise ProtocolError("'give_back' must be true or false")
+            parsed = schedules.parse(spec, zone)  # ScheduleError: a 400 naming the bad part
+            checked["schedule"] = {"spec": parsed.spec, "timezone": zone, "give_back": give_back}
+    unknown = sorted(set(changes) - {"enabled", "draining", "schedule"})
+    if unknown:
+        raise ProtocolError(f"unknown worker setting {unknown[0]!r}")
+    return checked
+
+
+def apply(
+    book: dict[str, WorkerSettings], name: str, changes: dict[str, Any], source: str
+) -> WorkerSettings:
+    """Change ``name``'s settings (``changes`` checked by :func:`check_changes`). A schedule
+    from a register is taken only while no admin has set one; a name whose settings are back
+    to the defaults leaves the book."""
+    settings = book.get(name) or WorkerSettings()
+    for key in ("enabled", "draining"):
+        if key in changes:
+            setattr(settings, key, bool(changes[key]))
+    if "schedule" in changes and (source == ADMIN or settings.schedule_by != ADMIN):
+        wanted = changes["schedule"]
+        settings.spec = wanted["spec"] if wanted else ""
+        settings.timezone = wanted["timezone"] if wanted else ""
+        settings.give_back = bool(wanted and wanted.get("give_back"))
+        settings.parsed = None
+        # An empty schedule from a register is nobody's choice; an admin's clearing is.
+        settings.schedule_by = source if (wanted or source == ADMIN) else ""
+    if settings.is_default:
+        book.pop(name, None)
+    else:
+        book[name] = settings
+    return settings
+
+
+def status(settings: WorkerSettings | None, online: bool, holding: int, now: float) -> str:
+    """What a worker is doing, in the words a list shows: offline, disabled, draining,
+    asleep (each takes no new work; a draining or sleeping worker may still finish tasks),
+    else running or idle."""
+    if not online:
+        return "offline"
+    if settings is not None:
+        if not settings.enabled:
+            return "disabled"
+        if settings.draining:
+            return "draining"
+        if settings.asleep(now):
+            return "asleep"
+    return "running" if holding else "idle"
+
+
+def schedule_view(settings: WorkerSettings | None, now: float) -> dict[str, Any]:
+    """The schedule fields of a worker's view: schedule {spec, timezone, give_back} or
+    None, asleep, and wakes_at / sleeps_at (epoch seconds, None when not due)."""
+    parsed = settings.schedule() if settings is not None else None
+    if settings is None or parsed is None:
+        return {"schedule": None, "asleep": False, "wakes_at": None, "sleeps_at": None}
+    asleep = not parsed.awake(now)
+    change = parsed.next_change(now)
+    return {
+        "schedule": {
+            "spec": settings.spec,
+            "timezone": settings.timezone,
+            "give_back": settings.give_back,
+        },
+        "asleep": asleep,
+        "wakes_at": change if asleep else None,
+        "sleeps_at": None if asleep else change,
+    }
