@@ -26,6 +26,7 @@ import aiohttp
 
 import buildcat
 from buildcat import auth, discovery, jobs, platform, protocol
+from buildcat import schedule as schedule_rules
 from buildcat.blender import BlenderInstall, find_blender
 from buildcat.errors import FarmError
 from buildcat.jobs import blender as blender_jobs
@@ -80,6 +81,12 @@ class WorkerConfig:
     blender: BlenderInstall | None = None
     #: Seconds a cancelled task has to stop before its process is killed and replaced.
     cancel_grace: float = CANCEL_GRACE_SECONDS
+    #: When to take work (``farm worker --schedule``; "" for always), in ``timezone``
+    #: (this machine's, reported at register either way), and whether to give tasks back
+    #: when it ends. The server keeps it; one an admin sets later wins.
+    schedule: str = ""
+    timezone: str = field(default_factory=schedule_rules.local_timezone)
+    give_back: bool = False
 
 
 def refused(item: dict[str, Any], reason: str) -> dict[str, Any]:
@@ -247,23 +254,27 @@ class Agent:
         capabilities["python"] = python_platform.python_version()
         if self.config.blender is not None:
             capabilities["blender"] = self.config.blender.version
-        reply = await self.call(
-            "POST",
-            "/workers",
-            {
-                "name": self.config.name,
-                "slots": self.config.slots,
-                "capabilities": capabilities,
-                "info": {
-                    "hostname": socket.gethostname(),
-                    "platform": python_platform.platform(),
-                    "python": python_platform.python_version(),
-                    "root": str(self.config.root),
-                    "pid": os.getpid(),
-                    "version": buildcat.__version__,
-                },
+        body: dict[str, Any] = {
+            "name": self.config.name,
+            "slots": self.config.slots,
+            "capabilities": capabilities,
+            "info": {
+                "hostname": socket.gethostname(),
+                "platform": python_platform.platform(),
+                "python": python_platform.python_version(),
+                "root": str(self.config.root),
+                "pid": os.getpid(),
+                "version": buildcat.__version__,
+                "timezone": self.config.timezone,
             },
-        )
+        }
+        if self.config.schedule:
+            body["schedule"] = {
+                "spec": self.config.schedule,
+                "timezone": self.config.timezone,
+                "give_back": self.config.give_back,
+            }
+        reply = await self.call("POST", "/workers", body)
         self.worker_id = reply["id"]
         self.heartbeat_seconds = max(0.05, float(reply.get("lease_timeout", 30.0)) / 3)
         log.info("registered with %s as %s (%s)", self.base, self.config.name, self.worker_id)
