@@ -89,7 +89,28 @@ class Schedule:
             for minute in minutes:
                 for fold in (0, 1):
                     moments.add(_at(day, minute, zone, fold))
+            # A clock change inside a window's edge (a start in the hour that is skipped)
+            # moves the edge to the change itself.
+            change = _clock_change(_at(day, 0, zone, 0), _at(day, 0, zone, 0) + 86400, zone)
+            if change is not None:
+                moments.add(change)
         return sorted(moments)
+
+
+def _clock_change(start: float, end: float, zone: ZoneInfo) -> float | None:
+    """The first second in [start, end) at which the zone's offset from UTC changes (a
+    daylight saving change), or None: found by halving, as zoneinfo does not list them."""
+    before = datetime.fromtimestamp(start, zone).utcoffset()
+    if datetime.fromtimestamp(end, zone).utcoffset() == before:
+        return None
+    low, high = int(start), int(end)  # offset(low) == before != offset(high)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if datetime.fromtimestamp(middle, zone).utcoffset() == before:
+            low = middle
+        else:
+            high = middle
+    return float(high)
 
 
 def _at(day: date, minute: int, zone: ZoneInfo, fold: int) -> float:
