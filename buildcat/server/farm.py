@@ -472,9 +472,9 @@ def _not_taking(scheduler: Scheduler, job: Job, workers: list[Worker], now: floa
         if settings is None:
             continue
         if not settings.enabled:
-            groups.setdefault("disabled (farm worker-enable NAME)", []).append(worker.name)
+            groups.setdefault("disabled", []).append(worker.name)
         elif settings.draining:
-            groups.setdefault("draining (farm worker-enable NAME)", []).append(worker.name)
+            groups.setdefault("draining", []).append(worker.name)
         else:
             parsed = settings.schedule()
             wakes = parsed.next_change(now) if parsed is not None else None
@@ -485,4 +485,6 @@ def _not_taking(scheduler: Scheduler, job: Job, workers: list[Worker], now: floa
             groups.setdefault(f"asleep{when}", []).append(worker.name)
     which = f"with {', '.join(job.requires)}" if job.requires else "online"
     said = "; ".join(f"{state} ({', '.join(names)})" for state, names in groups.items())
-    return f"the only workers {which} are {said}"
+    steered = "disabled" in groups or "draining" in groups
+    hint = "; farm worker-enable NAME lets one take work again" if steered else ""
+    return f"the only workers {which} are {said}{hint}"
