@@ -57,11 +57,16 @@ def test_tags_route_every_kind_of_submit_to_the_workers_that_have_them(jobs_farm
     command = jobs_farm.cli("submit", "command", "echo frame $FRAME", "--frames", "1-3",
                             "--requires", "cpu", "--wait", "--json")  # fmt: skip
     assert command.returncode == 0, command.stderr
+    (jobs_farm.root / "hello.py").write_text("print('hello from a script')\n")
+    script = jobs_farm.cli("submit", "script", "hello.py", "--requires", "lookdev", "--wait",
+                           "--json")  # fmt: skip
+    assert script.returncode == 0, script.stderr
     mapped = client.map("farm_jobs:square", [1, 2, 3, 4], requires=["lookdev"])
     mapped.wait(30)
     routed = {
         json.loads(python.stdout)["id"]: "gpu-box",
         json.loads(command.stdout)["id"]: "cpu-box",
+        json.loads(script.stdout)["id"]: "gpu-box",
         mapped.id: "gpu-box",
     }
     for job_id, worker in routed.items():

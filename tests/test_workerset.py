@@ -128,3 +128,23 @@ def test_a_retry_does_not_wait_for_a_disabled_worker() -> None:
     scheduler.fail("w-b", task.id, "boom", "", NOON)
     journal.replay(scheduler, iter([setting("ws-ana", {"enabled": False})]))
     assert [t.id for t in scheduler.lease("w-b", 1, NOON)] == [task.id]
+
+
+def test_the_schedule_timer_wakes_at_a_schedules_start_and_gives_back_at_its_end() -> None:
+    book: dict[str, workerset.WorkerSettings] = {}
+    nights = {**NIGHTS, "give_back": True}
+    workerset.apply(book, "ws-ana", workerset.check_changes({"schedule": nights}), "admin")
+    seen: dict[str, bool] = {}
+    evening = datetime(2026, 3, 3, 19, 0, tzinfo=ZoneInfo("Europe/Berlin")).timestamp()
+    morning = datetime(2026, 3, 4, 8, 0, tzinfo=ZoneInfo("Europe/Berlin")).timestamp()
+
+    first = workerset.tick(book, NOON, seen, lambda name: True)
+    assert (first.flipped, first.give_back, first.at) == (False, ["ws-ana"], evening)
+    assert workerset.tick(book, evening - 1, seen, lambda name: True).at == evening
+    woke = workerset.tick(book, evening, seen, lambda name: True)
+    assert (woke.flipped, woke.give_back, woke.at) == (True, [], morning)
+    slept = workerset.tick(book, morning, seen, lambda name: False)  # holds nothing
+    assert (slept.flipped, slept.give_back) == (True, [])
+    workerset.apply(book, "ws-ana", {"schedule": None}, "admin")
+    cleared = workerset.tick(book, morning, seen, lambda name: True)
+    assert (cleared.flipped, cleared.give_back, cleared.at, seen) == (False, [], None, {})

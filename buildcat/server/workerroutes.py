@@ -132,6 +132,10 @@ def worker_named(scheduler: Scheduler, name: str) -> dict[str, Any]:
     raise FarmError(f"no worker named {name!r}")  # checked by the caller: not reached
 
 
+def _holding(scheduler: Scheduler, name: str) -> bool:
+    return any(worker.online and worker.leased for worker in scheduler.workers_named(name))
+
+
 async def give_back_tasks(farm: Farm, name: str, now: float) -> None:
     """A worker's schedule ended and it gives back: its tasks go back to the queue."""
     try:
@@ -154,37 +158,12 @@ async def run_schedules(farm: Farm, changed: asyncio.Event) -> None:
     while True:
         changed.clear()  # before looking: a change meanwhile wakes the next wait at once
         now = time.time()
-        scheduler = farm.scheduler
-        due: float | None = None
-        flipped = False
-        give_back: list[str] = []
-        for name, settings in list(scheduler.worker_settings.items()):
-            try:
-                parsed = settings.schedule()
-            except FarmError as exc:  # a journal from a release with other rules
-                log.warning("worker %s: its schedule cannot be read: %s", name, exc)
-                continue
-            if parsed is None:
-                was_awake.pop(name, None)
-                continue
-            awake = parsed.awake(now)
-            flipped = flipped or was_awake.get(name, awake) != awake
-            was_awake[name] = awake
-            if (
-                not awake
-                and settings.give_back
-                and any(worker.online and worker.leased for worker in scheduler.workers_named(name))
-            ):
-                give_back.append(name)
-            change = parsed.next_change(now)
-            if change is not None:
-                due = change if due is None else min(due, change)
-        for gone in set(was_awake) - set(scheduler.worker_settings):
-            del was_awake[gone]
-        for name in give_back:
+        due = workerset.tick(farm.scheduler.worker_settings, now, was_awake,
+                             lambda name: _holding(farm.scheduler, name))  # fmt: skip
+        for name in due.give_back:
             await give_back_tasks(farm, name, now)
-        if flipped:
+        if due.flipped:
             farm.after_change()  # a worker woke: hand it work; lists show the change
-        wait = RECHECK_SECONDS if due is None else min(RECHECK_SECONDS, due - time.time())
+        wait = RECHECK_SECONDS if due.at is None else min(RECHECK_SECONDS, due.at - time.time())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(changed.wait(), max(0.05, wait + 0.01))

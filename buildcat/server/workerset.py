@@ -9,11 +9,15 @@ pure: the time is passed in.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from buildcat import schedule as schedules
-from buildcat.errors import ProtocolError
+from buildcat.errors import FarmError, ProtocolError
+
+log = logging.getLogger(__name__)
 
 #: Where a change came from: an admin (CLI, API, dashboard) or the worker's own register.
 #: A schedule an admin set (or cleared) wins over what a later register says.
@@ -159,3 +163,50 @@ def schedule_view(settings: WorkerSettings | None, now: float) -> dict[str, Any]
         "wakes_at": change if asleep else None,
         "sleeps_at": None if asleep else change,
     }
+
+
+@dataclass(slots=True)
+class Tick:
+    """What the schedule timer does at one moment (``tick``)."""
+
+    #: Some worker woke or fell asleep since the last tick: serve parked long-polls,
+    #: refresh the lists.
+    flipped: bool
+    #: Names of sleeping workers that give back and still hold tasks: requeue those.
+    give_back: list[str]
+    #: When the next schedule starts or ends (epoch seconds); None when none will.
+    at: float | None
+
+
+def tick(
+    book: dict[str, WorkerSettings],
+    now: float,
+    was_awake: dict[str, bool],
+    holding: Callable[[str], bool],
+) -> Tick:
+    """The schedule timer's rule at ``now``; ``was_awake`` (name -> awake at the last
+    tick) is brought up to date. ``holding(name)``: an online worker of that name holds
+    tasks."""
+    flipped = False
+    give_back: list[str] = []
+    due: float | None = None
+    for name, settings in book.items():
+        try:
+            parsed = settings.schedule()
+        except FarmError as exc:  # a journal from a release with other rules
+            log.warning("worker %s: its schedule cannot be read: %s", name, exc)
+            continue
+        if parsed is None:
+            was_awake.pop(name, None)
+            continue
+        awake = parsed.awake(now)
+        flipped = flipped or was_awake.get(name, awake) != awake
+        was_awake[name] = awake
+        if not awake and settings.give_back and holding(name):
+            give_back.append(name)
+        change = parsed.next_change(now)
+        if change is not None:
+            due = change if due is None else min(due, change)
+    for gone in set(was_awake) - set(book):
+        del was_awake[gone]
+    return Tick(flipped, give_back, due)
