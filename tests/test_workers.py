@@ -192,7 +192,7 @@ def test_a_sleeping_worker_gets_nothing_until_its_schedule_is_cleared(jobs_farm:
     assert view["wakes_at"] == wakes and view["sleeps_at"] is None
     job = client.map("farm_jobs:square", [3])
     waiting = wait_for(lambda: job.status().get("waiting"))
-    assert "the only workers online are asleep until" in waiting and "(ws-ana)" in waiting
+    assert "every online worker is asleep until" in waiting and "(ws-ana)" in waiting
     listed = jobs_farm.cli("workers").stdout
     assert "ws-ana asleep until" in listed
     cleared = jobs_farm.cli("worker-schedule", "ws-ana", "--clear")

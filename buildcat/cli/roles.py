@@ -226,7 +226,7 @@ def server(
     "--timezone",
     default=None,
     metavar="TZ",
-    help="Time zone of --schedule (default: this machine's).",
+    help="This worker's time zone, for its schedule (default: this machine's).",
 )
 @click.option(
     "--give-back",
@@ -261,8 +261,8 @@ def worker(
     zone = schedule.check_timezone(timezone) if timezone else schedule.local_timezone()
     if schedule_spec.strip():
         schedule.parse(schedule_spec, zone)  # a bad spec is one line, before anything runs
-    elif give_back or timezone:
-        raise FarmError("--give-back and --timezone go with --schedule")
+    elif give_back:
+        raise FarmError("--give-back goes with --schedule (when the schedule ends)")
     setup_logging(log_level)
     config = WorkerConfig(
         host=host,

@@ -477,14 +477,15 @@ def _not_taking(scheduler: Scheduler, job: Job, workers: list[Worker], now: floa
             groups.setdefault("draining", []).append(worker.name)
         else:
             parsed = settings.schedule()
-            wakes = parsed.next_change(now) if parsed is not None else None
+            wakes = settings.span(now)[1]
             when = ""
             if parsed is not None and wakes is not None:
                 local = datetime.datetime.fromtimestamp(wakes, parsed.zone)
                 when = f" until {local:%a %H:%M} {parsed.timezone}"
             groups.setdefault(f"asleep{when}", []).append(worker.name)
-    which = f"with {', '.join(job.requires)}" if job.requires else "online"
     said = "; ".join(f"{state} ({', '.join(names)})" for state, names in groups.items())
     steered = "disabled" in groups or "draining" in groups
     hint = "; farm worker-enable NAME lets one take work again" if steered else ""
-    return f"the only workers {which} are {said}{hint}"
+    if job.requires:
+        return f"the only workers with {', '.join(job.requires)} are {said}{hint}"
+    return f"every online worker is {said}{hint}"

@@ -36,6 +36,9 @@ class WorkerSettings:
     #: Who last set the schedule (ADMIN or REGISTER); "" when nobody has.
     schedule_by: str = ""
     parsed: schedules.Schedule | None = field(default=None, repr=False, compare=False)
+    #: (from, until, awake): the schedule is ``awake`` from ``from`` until ``until`` (None:
+    #: for good). Lists ask for every worker on every update; this answers them all.
+    _span: tuple[float, float | None, bool] | None = field(default=None, repr=False, compare=False)
 
     @property
     def is_default(self) -> bool:
@@ -48,9 +51,22 @@ class WorkerSettings:
             self.parsed = schedules.parse(self.spec, self.timezone or "UTC")
         return self.parsed
 
-    def asleep(self, now: float) -> bool:
+    def span(self, now: float) -> tuple[bool, float | None]:
+        """Whether the schedule is awake at ``now``, and when that next changes (None:
+        never); (True, None) with no schedule."""
         parsed = self.schedule()
-        return parsed is not None and not parsed.awake(now)
+        if parsed is None:
+            return True, None
+        known = self._span
+        if known is not None and known[0] <= now and (known[1] is None or now < known[1]):
+            return known[2], known[1]
+        awake = parsed.awake(now)
+        change = parsed.next_change(now)
+        self._span = (now, change, awake)
+        return awake, change
+
+    def asleep(self, now: float) -> bool:
+        return not self.span(now)[0]
 
     def takes_work(self, now: float) -> bool:
         return self.enabled and not self.draining and not self.asleep(now)
@@ -69,6 +85,7 @@ class WorkerSettings:
     def load(cls, item: dict[str, Any]) -> WorkerSettings:
         known = {key: item[key] for key in cls.__dataclass_fields__ if key in item}
         known.pop("parsed", None)
+        known.pop("_span", None)
         return cls(**known)
 
 
@@ -120,6 +137,7 @@ def apply(
         settings.timezone = wanted["timezone"] if wanted else ""
         settings.give_back = bool(wanted and wanted.get("give_back"))
         settings.parsed = None
+        settings._span = None
         # An empty schedule from a register is nobody's choice; an admin's clearing is.
         settings.schedule_by = source if (wanted or source == ADMIN) else ""
     if settings.is_default:
@@ -151,8 +169,8 @@ def schedule_view(settings: WorkerSettings | None, now: float) -> dict[str, Any]
     parsed = settings.schedule() if settings is not None else None
     if settings is None or parsed is None:
         return {"schedule": None, "asleep": False, "wakes_at": None, "sleeps_at": None}
-    asleep = not parsed.awake(now)
-    change = parsed.next_change(now)
+    awake, change = settings.span(now)
+    asleep = not awake
     return {
         "schedule": {
             "spec": settings.spec,
@@ -199,12 +217,11 @@ def tick(
         if parsed is None:
             was_awake.pop(name, None)
             continue
-        awake = parsed.awake(now)
+        awake, change = settings.span(now)
         flipped = flipped or was_awake.get(name, awake) != awake
         was_awake[name] = awake
         if not awake and settings.give_back and holding(name):
             give_back.append(name)
-        change = parsed.next_change(now)
         if change is not None:
             due = change if due is None else min(due, change)
     for gone in set(was_awake) - set(book):
