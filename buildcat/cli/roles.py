@@ -233,6 +233,12 @@ def server(
     is_flag=True,
     help="When the schedule ends, give running tasks back instead of finishing them.",
 )
+@click.option(
+    "--nimby",
+    is_flag=True,
+    help="Stay away while the machine is in use: someone logged in at its console, or its "
+    "CPU busy with other programs.",
+)
 @log_level_option
 def worker(
     host: str | None,
@@ -252,6 +258,7 @@ def worker(
     schedule_spec: str,
     timezone: str | None,
     give_back: bool,
+    nimby: bool,
     log_level: str,
 ) -> None:
     """Run a worker: pull tasks from the server and run them."""
@@ -280,6 +287,7 @@ def worker(
         schedule=schedule_spec.strip(),
         timezone=zone,
         give_back=give_back,
+        nimby=nimby,
     )
     if name:
         config.name = name

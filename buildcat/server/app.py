@@ -721,10 +721,17 @@ async def report(request: web.Request) -> web.Response:
     released = _get(body, "release", list, [])
     if not all(isinstance(task_id, str) and _TASK_ID.fullmatch(task_id) for task_id in released):
         raise ProtocolError("'release' must be a list of task ids")
+    nimby = _get(body, "nimby", (str, type(None)), None)
 
     scheduler = farm.scheduler
     now = time.time()
-    scheduler.touch(worker_id, now)  # a heartbeat, whatever else happens
+    reporter = scheduler.touch(worker_id, now)  # a heartbeat, whatever else happens
+    if nimby is not None and reporter.nimby != nimby[:MAX_NAME]:
+        # The worker's live state (--nimby): kept in memory, sent with every heartbeat.
+        reporter.nimby = nimby[:MAX_NAME]
+        log.info("worker %s: %s", reporter.name,
+                 f"stays away: {reporter.nimby}" if nimby else "takes work again")  # fmt: skip
+        farm.after_change()  # one that takes work again is served a parked long-poll
     for task_id, fraction, message in progress:  # kept in memory only: never journaled
         with contextlib.suppress(NotFound):
             scheduler.progress(worker_id, task_id, fraction, message)

@@ -469,7 +469,9 @@ def _not_taking(scheduler: Scheduler, job: Job, workers: list[Worker], now: floa
     groups: dict[str, list[str]] = {}
     for worker in sorted(workers, key=lambda w: w.name):
         settings = scheduler.worker_settings.get(worker.name)
-        if settings is None:
+        if settings is None or (worker.nimby and settings.takes_work(now)):
+            if worker.nimby:
+                groups.setdefault("in use by someone (--nimby)", []).append(worker.name)
             continue
         if not settings.enabled:
             groups.setdefault("disabled", []).append(worker.name)

@@ -276,6 +276,9 @@ class Worker:
     online: bool = True
     tasks_done: int = 0
     tasks_failed: int = 0
+    #: Why a ``--nimby`` worker stays away now, as it last reported ("" when it takes
+    #: work): its live state, kept in memory only (it reports it with every heartbeat).
+    nimby: str = ""
 
     @property
     def state(self) -> WorkerState:
@@ -296,6 +299,7 @@ class Worker:
             "tasks": sorted(task.id for task in self.leased),
             "tasks_done": self.tasks_done,
             "tasks_failed": self.tasks_failed,
+            "nimby": self.nimby,
         }
 
 
@@ -835,7 +839,10 @@ class Scheduler:
         return worker
 
     def takes_work(self, worker: Worker, now: float) -> bool:
-        """Not disabled, not draining and not asleep by its schedule (its name's settings)."""
+        """Not disabled, not draining and not asleep by its schedule (its name's settings),
+        nor staying away while its machine is in use (``--nimby``)."""
+        if worker.nimby:
+            return False
         settings = self.worker_settings.get(worker.name)
         return settings is None or settings.takes_work(now)
 

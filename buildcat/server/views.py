@@ -201,7 +201,10 @@ def _with_settings(
 ) -> dict[str, Any]:
     capabilities = view.get("capabilities") or {}
     view["tags"] = sorted(name for name, version in capabilities.items() if version == "")
-    view["status"] = workerset.status(settings, online, view.get("holding", 0), now)
+    view.setdefault("nimby", "")
+    view["status"] = workerset.status(
+        settings, online, view.get("holding", 0), now, view["nimby"] if online else ""
+    )
     view["enabled"] = settings.enabled if settings is not None else True
     view["draining"] = settings.draining if settings is not None else False
     view["drained"] = view["draining"] and not view.get("holding", 0)

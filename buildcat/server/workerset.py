@@ -147,10 +147,12 @@ def apply(
     return settings
 
 
-def status(settings: WorkerSettings | None, online: bool, holding: int, now: float) -> str:
+def status(
+    settings: WorkerSettings | None, online: bool, holding: int, now: float, nimby: str = ""
+) -> str:
     """What a worker is doing, in the words a list shows: offline, disabled, draining,
-    asleep (each takes no new work; a draining or sleeping worker may still finish tasks),
-    else running or idle."""
+    asleep (by its schedule, or while its machine is in use: ``nimby``), each taking no new
+    work (a draining or sleeping worker may still finish tasks), else running or idle."""
     if not online:
         return "offline"
     if settings is not None:
@@ -160,6 +162,8 @@ def status(settings: WorkerSettings | None, online: bool, holding: int, now: flo
             return "draining"
         if settings.asleep(now):
             return "asleep"
+    if nimby:
+        return "asleep"
     return "running" if holding else "idle"
 
 
