@@ -963,6 +963,53 @@ class Client:
         cookies', are refused."""
         return dict(self.request("DELETE", f"/tokens/{urllib.parse.quote(name, safe='')}"))
 
+    # ---- steering workers (by name) ---------------------------------------------------------
+
+    def _worker_action(self, name: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        path = f"/workers/{urllib.parse.quote(name, safe='')}/{action}"
+        return dict(self.request("POST", path, body))
+
+    def drain_worker(self, name: str) -> dict[str, Any]:
+        """Let the worker finish what it runs and take nothing more (``enable_worker``
+        undoes it). Returns its view."""
+        return self._worker_action(name, "drain", {})
+
+    def disable_worker(self, name: str) -> dict[str, Any]:
+        """Take nothing more, and give back what it runs now: its tasks are stopped there
+        and go back to the queue (not counted as failed attempts). Returns its view."""
+        return self._worker_action(name, "disable", {})
+
+    def enable_worker(self, name: str) -> dict[str, Any]:
+        """Undo ``drain_worker`` and ``disable_worker``. Returns its view."""
+        return self._worker_action(name, "enable", {})
+
+    def requeue_worker(self, name: str) -> dict[str, Any]:
+        """Put the worker's current tasks back in the queue (stopped there, not counted as
+        failed attempts); it stays enabled. Returns its view (``requeued``: how many)."""
+        return self._worker_action(name, "requeue", {})
+
+    def forget_worker(self, name: str) -> str:
+        """Drop a departed worker from the lists, with its settings (409 while online).
+        Returns its name."""
+        return str(self._worker_action(name, "forget", {})["forgotten"])
+
+    def set_worker_schedule(
+        self,
+        name: str,
+        schedule: str,
+        *,
+        timezone: str | None = None,
+        give_back: bool = False,
+    ) -> dict[str, Any]:
+        """When the worker takes work: ``"mon-fri 19:00-08:00; sat,sun 00:00-24:00"`` in
+        ``timezone`` (default: the worker's own), ``""`` to clear. With ``give_back`` its
+        running tasks go back to the queue when the schedule ends (otherwise they finish).
+        This setting wins over the worker's own ``--schedule``. Returns its view."""
+        body: dict[str, Any] = {"schedule": schedule, "give_back": give_back}
+        if timezone:
+            body["timezone"] = timezone
+        return self._worker_action(name, "schedule", body)
+
     def worker_info(self, timeout: float | None = 60.0) -> dict[str, Any]:
         """What one worker reports about itself (host, platform, Python, root, slots)."""
         job = self.submit("buildcat.jobs.builtin:worker_info", after=())  # never held back

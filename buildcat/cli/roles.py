@@ -15,6 +15,7 @@ from buildcat.cli.base import (
     server_address_options,
     setup_logging,
 )
+from buildcat.errors import FarmError
 
 # ---- server and worker ------------------------------------------------------------------------
 
@@ -213,6 +214,31 @@ def server(
     show_default=True,
     help="Seconds a cancelled task has to stop before its process is killed and replaced.",
 )
+@click.option(
+    "--schedule",
+    "schedule_spec",
+    default="",
+    metavar="SPEC",
+    help='When to take work, in local time: "mon-fri 19:00-08:00; sat,sun 00:00-24:00" '
+    "(a schedule set later with farm worker-schedule wins).",
+)
+@click.option(
+    "--timezone",
+    default=None,
+    metavar="TZ",
+    help="This worker's time zone, for its schedule (default: this machine's).",
+)
+@click.option(
+    "--give-back",
+    is_flag=True,
+    help="When the schedule ends, give running tasks back instead of finishing them.",
+)
+@click.option(
+    "--nimby",
+    is_flag=True,
+    help="Stay away while the machine is in use: someone logged in at its console, or its "
+    "CPU busy with other programs.",
+)
 @log_level_option
 def worker(
     host: str | None,
@@ -229,11 +255,21 @@ def worker(
     blender: str | None,
     no_blender: bool,
     cancel_grace: float,
+    schedule_spec: str,
+    timezone: str | None,
+    give_back: bool,
+    nimby: bool,
     log_level: str,
 ) -> None:
     """Run a worker: pull tasks from the server and run them."""
+    from buildcat import schedule
     from buildcat.worker.agent import WorkerConfig, run_worker
 
+    zone = schedule.check_timezone(timezone) if timezone else schedule.local_timezone()
+    if schedule_spec.strip():
+        schedule.parse(schedule_spec, zone)  # a bad spec is one line, before anything runs
+    elif give_back:
+        raise FarmError("--give-back goes with --schedule (when the schedule ends)")
     setup_logging(log_level)
     config = WorkerConfig(
         host=host,
@@ -248,6 +284,10 @@ def worker(
         max_tasks=max_tasks,
         blender_choice=None if no_blender else (blender or ""),
         cancel_grace=cancel_grace,
+        schedule=schedule_spec.strip(),
+        timezone=zone,
+        give_back=give_back,
+        nimby=nimby,
     )
     if name:
         config.name = name

@@ -201,36 +201,6 @@ def results(client: Client, job_id: str, as_json: bool) -> None:
         click.echo(json.dumps(value, default=str))
 
 
-@main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@client_options
-def workers(client: Client, as_json: bool) -> None:
-    """List the workers the server knows."""
-    listing = client.workers()
-    if as_json:
-        print_json(listing)
-        return
-    if not listing:
-        click.echo("no workers")
-        return
-    now = time.time()
-    rows = [
-        [
-            item["name"],
-            item["state"],
-            str(item["slots"]),
-            ",".join(item["tasks"]) or "-",
-            str(item["tasks_done"]),
-            str(item["tasks_failed"]),
-            f"{duration(max(0.0, now - item['last_seen']))} ago",
-            ", ".join(f"{k} {v}".strip() for k, v in sorted(item["capabilities"].items())),
-        ]
-        for item in listing
-    ]
-    headers = ["WORKER", "STATE", "SLOTS", "RUNNING", "DONE", "FAILED", "LAST SEEN", "CAPABILITIES"]
-    click.echo(table(headers, rows))
-
-
 def _job_action(action: str) -> click.Command:
     @click.argument("job_id")
     @client_options

@@ -36,6 +36,8 @@ from buildcat.server import (
     rights,
     taskfiles,
     views,
+    workerroutes,
+    workerset,
 )
 from buildcat.server import jobtypes as jobtypes_routes
 from buildcat.server import record as server_record
@@ -524,16 +526,27 @@ async def register(request: web.Request) -> web.Response:
     if len(protocol.pack(info)) > MAX_INFO_BYTES:
         raise ProtocolError(f"'info' is larger than {MAX_INFO_BYTES} bytes")
     name = _get(body, "name", str, "worker")[:200]
+    settings_event = _register_schedule(farm, name, body)
     now = time.time()
     worker_id = f"w-{secrets.token_hex(4)}"
     while worker_id in farm.scheduler.workers:
         worker_id = f"w-{secrets.token_hex(4)}"
-    worker = await farm.change(
-        ("register", now, worker_id, name, slots, capabilities, info),
-        lambda: farm.scheduler.register(
+    events: list[tuple[Any, ...]] = [("register", now, worker_id, name, slots, capabilities, info)]
+    if settings_event is not None:
+        events.append(("worker-set", now, name, settings_event, workerset.REGISTER, name))
+
+    def apply() -> Any:
+        registered = farm.scheduler.register(
             name, slots, capabilities, now, info=info, worker_id=worker_id
-        ),
-    )
+        )
+        if settings_event is not None:
+            workerset.apply(farm.scheduler.worker_settings, name, settings_event,
+                            workerset.REGISTER)  # fmt: skip
+        return registered
+
+    worker = await farm.change_all(events, apply)
+    if settings_event is not None:
+        request.app[workerroutes.SLEEPER_KEY].set()
     log.info("worker %s (%s) joined with %d slot(s)", worker.name, worker.id, worker.slots)
     return respond(
         request,
@@ -542,10 +555,30 @@ async def register(request: web.Request) -> web.Response:
     )
 
 
+def _register_schedule(farm: Farm, name: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``worker-set`` change a register makes: the schedule the worker was started
+    with (``farm worker --schedule``), or clearing the one an earlier start of it gave;
+    None when nothing changes. A schedule an admin set wins (server/workerset.py)."""
+    wanted = body.get("schedule")
+    settings = farm.scheduler.worker_settings.get(name)
+    if wanted is None:
+        if settings is not None and settings.schedule_by == workerset.REGISTER:
+            return {"schedule": None}
+        return None
+    if not isinstance(wanted, dict):
+        raise ProtocolError("'schedule' must be a map: {spec, timezone, give_back}")
+    return workerset.check_changes({"schedule": wanted})
+
+
 @routes.get(f"{API}/workers")
 async def list_workers(request: web.Request) -> web.Response:
-    workers = farm_of(request).scheduler.workers.values()
-    return respond(request, {"workers": [worker.to_dict() for worker in workers]})
+    """Every worker by name: its view (``views.worker_view``) and the ids of all it holds."""
+    scheduler = farm_of(request).scheduler
+    listed = views.workers_view(scheduler)
+    held = {w.id: sorted(task.id for task in w.leased) for w in scheduler.workers.values()}
+    for view in listed:
+        view["tasks"] = held.get(view["id"], [])
+    return respond(request, {"workers": listed})
 
 
 def _task_message(farm: Farm, task: Task) -> dict[str, Any]:
@@ -688,10 +721,17 @@ async def report(request: web.Request) -> web.Response:
     released = _get(body, "release", list, [])
     if not all(isinstance(task_id, str) and _TASK_ID.fullmatch(task_id) for task_id in released):
         raise ProtocolError("'release' must be a list of task ids")
+    nimby = _get(body, "nimby", (str, type(None)), None)
 
     scheduler = farm.scheduler
     now = time.time()
-    scheduler.touch(worker_id, now)  # a heartbeat, whatever else happens
+    reporter = scheduler.touch(worker_id, now)  # a heartbeat, whatever else happens
+    if nimby is not None and reporter.nimby != nimby[:MAX_NAME]:
+        # The worker's live state (--nimby): kept in memory, sent with every heartbeat.
+        reporter.nimby = nimby[:MAX_NAME]
+        log.info("worker %s: %s", reporter.name,
+                 f"stays away: {reporter.nimby}" if nimby else "takes work again")  # fmt: skip
+        farm.after_change()  # one that takes work again is served a parked long-poll
     for task_id, fraction, message in progress:  # kept in memory only: never journaled
         with contextlib.suppress(NotFound):
             scheduler.progress(worker_id, task_id, fraction, message)
@@ -845,9 +885,14 @@ def create_app(config: ServerConfig) -> web.Application:
     jobroutes.add_routes(app)
     taskfiles.add_routes(app)  # the task table in pages, logs in pieces, frames
     people.add_routes(app)  # named tokens, whoami
+    workerroutes.add_routes(app)  # drain, disable, enable, requeue, forget, schedule
+    sleeper: list[asyncio.Task[None]] = []
 
     async def start_background(app: web.Application) -> None:
         farm._expiry_task = asyncio.create_task(farm.expire_leases())
+        sleeper.append(
+            asyncio.create_task(workerroutes.run_schedules(farm, app[workerroutes.SLEEPER_KEY]))
+        )
         if farm.journal is not None and farm.journal.buffer:  # what the start recorded
             try:
                 await farm.journal.commit()
@@ -856,6 +901,10 @@ def create_app(config: ServerConfig) -> web.Application:
         farm.notifier.start()
 
     async def stop_background(app: web.Application) -> None:
+        for task in sleeper:  # first: it journals (a schedule's end gives tasks back)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         farm.release_waiters()
         await farm.notifier.stop()
         if farm.journal is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import secrets
 import socket
@@ -428,6 +429,10 @@ def unmet(farm: Farm, job: Job) -> str:
     if able and all(w.name in job.blocked for w in able):
         blocked = ", ".join(sorted(w.name for w in able))
         return f"every worker that can run it is blocked ({blocked}): farm unblock {job.id}"
+    now = time.time()
+    unblocked = [w for w in able if w.name not in job.blocked]
+    if unblocked and not any(scheduler.takes_work(w, now) for w in unblocked):
+        return _not_taking(scheduler, job, unblocked, now)
     held = job.blender_version if job.kind in SAME_VERSION_KINDS else ""
     if able or not (job.requires or held):
         return ""
@@ -445,7 +450,44 @@ def unmet(farm: Farm, job: Job) -> str:
         return ", ".join(shown) or "none"
 
     seen = ", ".join(f"{w.name} ({has(w)})" for w in online[:5])
+    tags = {split_requirement(r)[0] for r in job.requires if not split_requirement(r)[1]}
+    missing = [n for n in sorted(tags) if not any(n in w.capabilities for w in online)]
+    if missing:
+        return (
+            f"no online worker has {', '.join(missing)} (this job requires {needs}; "
+            f"farm worker --tags {missing[0]} gives a worker a tag): {seen}"
+        )
     meets = [w for w in online if all(requirement_met(r, w.capabilities) for r in job.requires)]
     if held and meets:
         return f"no online worker has Blender {held}, the version this job renders with: {seen}"
     return f"no online worker meets {needs}: {seen}"
+
+
+def _not_taking(scheduler: Scheduler, job: Job, workers: list[Worker], now: float) -> str:
+    """Every online worker that could run the job takes no work now: which are disabled,
+    draining or asleep (until when, on their own clocks)."""
+    groups: dict[str, list[str]] = {}
+    for worker in sorted(workers, key=lambda w: w.name):
+        settings = scheduler.worker_settings.get(worker.name)
+        if settings is None or (worker.nimby and settings.takes_work(now)):
+            if worker.nimby:
+                groups.setdefault("in use by someone (--nimby)", []).append(worker.name)
+            continue
+        if not settings.enabled:
+            groups.setdefault("disabled", []).append(worker.name)
+        elif settings.draining:
+            groups.setdefault("draining", []).append(worker.name)
+        else:
+            parsed = settings.schedule()
+            wakes = settings.span(now)[1]
+            when = ""
+            if parsed is not None and wakes is not None:
+                local = datetime.datetime.fromtimestamp(wakes, parsed.zone)
+                when = f" until {local:%a %H:%M} {parsed.timezone}"
+            groups.setdefault(f"asleep{when}", []).append(worker.name)
+    said = "; ".join(f"{state} ({', '.join(names)})" for state, names in groups.items())
+    steered = "disabled" in groups or "draining" in groups
+    hint = "; farm worker-enable NAME lets one take work again" if steered else ""
+    if job.requires:
+        return f"the only workers with {', '.join(job.requires)} are {said}{hint}"
+    return f"every online worker is {said}{hint}"

@@ -46,6 +46,7 @@ KINDS = (
     "priority", "release", "requeue", "cancel", "pause", "resume", "retry", "unblock",
     "notify", "notified",
     "archive", "unarchive", "delete", "requeue-task",
+    "worker-set", "worker-requeue", "worker-forget",
 )  # fmt: skip
 # Where an intact record may start, found by what its body begins with: a msgpack array
 # (every event is a list: up to 15 items in one byte, else 0xdc and a 16-bit count) whose
@@ -680,5 +681,13 @@ def _apply(scheduler: Any, event: list[Any]) -> None:
         scheduler.delete(args[0], now)
     elif kind == "requeue-task":  # [kind, now, task id, by]
         scheduler.requeue_task(args[0], now, args[1])
+    elif kind == "worker-set":  # [kind, now, worker name, changes, source, by]
+        from buildcat.server import workerset
+
+        workerset.apply(scheduler.worker_settings, args[0], args[1], args[2])
+    elif kind == "worker-requeue":  # [kind, now, worker name, by]
+        scheduler.requeue_worker(args[0], now)
+    elif kind == "worker-forget":  # [kind, now, worker name, by]
+        scheduler.forget_worker(args[0])
     else:
         raise JournalError(f"unknown event {kind!r}")

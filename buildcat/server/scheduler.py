@@ -20,6 +20,7 @@ from typing import Any
 from buildcat.errors import FarmError
 from buildcat.server.histogram import DISPATCH_BUCKETS, DURATION_BUCKETS, Histogram
 from buildcat.server.notices import Notices
+from buildcat.server.workerset import WorkerSettings
 
 DEFAULT_LEASE_TIMEOUT = 30.0
 DEFAULT_MAX_ATTEMPTS = 3
@@ -275,6 +276,9 @@ class Worker:
     online: bool = True
     tasks_done: int = 0
     tasks_failed: int = 0
+    #: Why a ``--nimby`` worker stays away now, as it last reported ("" when it takes
+    #: work): its live state, kept in memory only (it reports it with every heartbeat).
+    nimby: str = ""
 
     @property
     def state(self) -> WorkerState:
@@ -295,6 +299,7 @@ class Worker:
             "tasks": sorted(task.id for task in self.leased),
             "tasks_done": self.tasks_done,
             "tasks_failed": self.tasks_failed,
+            "nimby": self.nimby,
         }
 
 
@@ -388,6 +393,8 @@ class Scheduler:
         #: Tasks run again by ``requeue_task``: only a run leased since counts, so what an
         #: earlier run (given back, late, or on the old inputs) reports is discarded.
         self._requeued: set[str] = set()
+        #: Settings kept per worker name (enabled, draining, schedule): server/workerset.py.
+        self.worker_settings: dict[str, WorkerSettings] = {}
         #: (worker id, task id, error) of tasks stopped by expire() for running too long.
         self.timed_out: list[tuple[str, str, str]] = []
         #: Job-end notices owed to notify URLs (made in _finish, settled by the notifier).
@@ -831,6 +838,57 @@ class Scheduler:
             task.lease_expires_at = expires
         return worker
 
+    def takes_work(self, worker: Worker, now: float) -> bool:
+        """Not disabled, not draining and not asleep by its schedule (its name's settings),
+        nor staying away while its machine is in use (``--nimby``)."""
+        if worker.nimby:
+            return False
+        settings = self.worker_settings.get(worker.name)
+        return settings is None or settings.takes_work(now)
+
+    def workers_named(self, name: str) -> list[Worker]:
+        """The records under a name, online first: several when it came back (a restarted
+        worker's old record lingers offline until it registers again)."""
+        named = [w for w in self.workers.values() if w.name == name]
+        return sorted(named, key=lambda w: (not w.online, -w.last_seen))
+
+    def check_worker_name(self, name: str) -> None:
+        """A name the farm knows: a worker under it is listed, or settings are kept for it."""
+        if name not in self.worker_settings and not any(
+            w.name == name for w in self.workers.values()
+        ):
+            raise NotFound(f"no worker named {name[:80]!r} (farm workers lists them)")
+
+    def requeue_worker(self, name: str, now: float) -> list[Task]:
+        """Every task the workers of this name hold goes back to the queue, in task order,
+        without counting as an attempt; each worker is told to stop them (as a cancel)."""
+        returned: list[Task] = []
+        for worker in self.workers_named(name):
+            held = list(worker.leased)
+            for task in held:
+                task.attempts -= 1
+            back = self._requeue_all(held, now)
+            for task in back:
+                self._tell_cancel(worker, task.id)  # after _unlease, which clears old word
+            returned.extend(back)
+        return returned
+
+    def check_forget(self, name: str) -> None:
+        self.check_worker_name(name)
+        if any(w.online for w in self.workers_named(name)):
+            raise Conflict(
+                f"worker {name!r} is online: stop it first (or farm worker-disable {name}), "
+                "then forget it"
+            )
+
+    def forget_worker(self, name: str) -> None:
+        """A departed worker leaves the lists, and its settings go."""
+        self.check_forget(name)
+        for worker in self.workers_named(name):
+            del self.workers[worker.id]
+            self._departed.pop(worker.id, None)
+        self.worker_settings.pop(name, None)
+
     # ---- leases -----------------------------------------------------------------------
 
     def lease(
@@ -845,7 +903,7 @@ class Scheduler:
         keeps its place, untouched."""
         worker = self.touch(worker_id, now)
         granted: list[Task] = []
-        if want <= 0 or self.ready_total <= 0:
+        if want <= 0 or self.ready_total <= 0 or not self.takes_work(worker, now):
             return granted
         for job in self._active:
             if job.paused or not job.ready or not self._job_fits(job, worker):
@@ -855,7 +913,7 @@ class Scheduler:
             while job.ready and len(granted) < want:
                 index = job.ready.popleft()
                 task = job.tasks[index]
-                if task.failed_on and not self.may_take(worker, task):
+                if task.failed_on and not self.may_take(worker, task, now):
                     deferred.append(index)  # keeps its place for a worker that has not failed it
                     continue
                 if can_send is not None and not can_send(task):
@@ -948,9 +1006,10 @@ class Scheduler:
             or worker.capabilities.get(held) == job.blender_version
         )
 
-    def may_take(self, worker: Worker, task: Task) -> bool:
+    def may_take(self, worker: Worker, task: Task, now: float | None = None) -> bool:
         """A retry goes to a worker that has not failed the task while such a worker is
-        online and idle; otherwise (all busy, or all failed it) any worker may try again."""
+        online, idle and taking work (at ``now``); otherwise (all busy, or all failed it)
+        any worker may try again."""
         if not self._job_fits(task.job, worker):
             return False
         if worker.name not in task.failed_on:
@@ -961,6 +1020,7 @@ class Scheduler:
             and other is not worker
             and other.name not in task.failed_on
             and self._job_fits(task.job, other)
+            and (now is None or self.takes_work(other, now))
             for other in self.workers.values()
         )
 

@@ -26,6 +26,7 @@ from buildcat.server.scheduler import (
     TaskState,
     Worker,
 )
+from buildcat.server.workerset import WorkerSettings
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,10 @@ def dump(scheduler: Scheduler) -> dict[str, Any]:
         "notices": scheduler.notices.dump(),
         # Tasks run again (requeue_task): only a run leased since reports for them.
         "requeued": sorted(scheduler._requeued),
+        # Per worker name: enabled, draining, schedule (server/workerset.py).
+        "worker_settings": {
+            name: settings.dump() for name, settings in scheduler.worker_settings.items()
+        },
     }
 
 
@@ -163,6 +168,10 @@ def load(scheduler: Scheduler, document: dict[str, Any]) -> None:
     unfinished: list[Job] = []
     scheduler.notices.load(document.get("notices", []))  # older snapshots have none
     scheduler._requeued = set(document.get("requeued", ()))
+    scheduler.worker_settings = {  # older snapshots have none
+        name: WorkerSettings.load(item)
+        for name, item in document.get("worker_settings", {}).items()
+    }
     for item in document["workers"]:
         worker = Worker(id=item["id"], **{f: item[f] for f in _WORKER_FIELDS if f != "online"})
         worker.online = item["online"]

@@ -9,14 +9,25 @@ import heapq
 import json
 import logging
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from buildcat import protocol
 from buildcat.errors import FarmError, ProtocolError
+from buildcat.server import workerset
 from buildcat.server.farm import Farm, unmet
-from buildcat.server.scheduler import FINAL_JOB_STATES, Job, JobState, Task, TaskState
+from buildcat.server.scheduler import (
+    FINAL_JOB_STATES,
+    Job,
+    JobState,
+    Scheduler,
+    Task,
+    TaskState,
+    Worker,
+)
+from buildcat.server.workerset import WorkerSettings
 
 log = logging.getLogger(__name__)
 
@@ -160,18 +171,63 @@ def _writes_frames(job: Job, index: int) -> bool:
     return task_kind(job.kind, job.tasks[index].payload) in CLAIMING_KINDS
 
 
-def worker_view(worker: Any) -> dict[str, Any]:
+def worker_view(
+    worker: Worker, scheduler: Scheduler | None = None, now: float | None = None
+) -> dict[str, Any]:
     """A worker as the lists show it: the first tasks it holds, not every one it has
-    prefetched (hundreds, for short tasks), so an update's size stays bounded."""
+    prefetched (hundreds, for short tasks), so an update's size stays bounded; its tags
+    (the capabilities with no version: ``farm worker --tags``), and what its name's
+    settings say (status, enabled, draining, schedule, asleep, wakes_at, sleeps_at)."""
     view: dict[str, Any] = worker.to_dict()
     del view["tasks"]
     first = heapq.nsmallest(CURRENT_SHOWN, worker.leased, key=lambda t: (t.job.seq, t.index))
     view["current"] = [
-        {"id": task.id, "label": task.payload.get("label", ""), "progress": task.progress}
+        {
+            "id": task.id,
+            "job": task.job.id,
+            "job_name": task.job.name,
+            "label": task.payload.get("label", ""),
+            "progress": task.progress,
+        }
         for task in first
     ]
     view["holding"] = len(worker.leased)
+    settings = scheduler.worker_settings.get(worker.name) if scheduler is not None else None
+    return _with_settings(view, settings, worker.online, time.time() if now is None else now)
+
+
+def _with_settings(
+    view: dict[str, Any], settings: WorkerSettings | None, online: bool, now: float
+) -> dict[str, Any]:
+    capabilities = view.get("capabilities") or {}
+    view["tags"] = sorted(name for name, version in capabilities.items() if version == "")
+    view.setdefault("nimby", "")
+    view["status"] = workerset.status(
+        settings, online, view.get("holding", 0), now, view["nimby"] if online else ""
+    )
+    view["enabled"] = settings.enabled if settings is not None else True
+    view["draining"] = settings.draining if settings is not None else False
+    view["drained"] = view["draining"] and not view.get("holding", 0)
+    view.update(workerset.schedule_view(settings, now))
     return view
+
+
+def workers_view(scheduler: Scheduler, now: float | None = None) -> list[dict[str, Any]]:
+    """Every worker the farm knows, by name: each record, and an offline entry for a name
+    whose settings are kept but that has no record (it left before the server restarted)."""
+    now = time.time() if now is None else now
+    shown = [worker_view(worker, scheduler, now) for worker in scheduler.workers.values()]
+    listed = {worker.name for worker in scheduler.workers.values()}
+    for name, settings in scheduler.worker_settings.items():
+        if name in listed:
+            continue
+        view: dict[str, Any] = {
+            "id": None, "name": name, "state": "offline", "slots": 0, "capabilities": {},
+            "info": {}, "registered_at": None, "last_seen": None, "tasks_done": 0,
+            "tasks_failed": 0, "current": [], "holding": 0,
+        }  # fmt: skip
+        shown.append(_with_settings(view, settings, False, now))
+    return sorted(shown, key=lambda view: (str(view["name"]), view["status"] == "offline"))
 
 
 def encode_view(view: dict[str, Any], what: str) -> str:

@@ -374,8 +374,8 @@ class Overview:
         running = scheduler.running_progress()
         job_parts = [self._job(farm, job, running.get(job.id, 0.0)) for job in shown]
         worker_parts = [
-            views.encode_view(views.worker_view(worker), f"worker {worker.name!r}")
-            for worker in sorted(scheduler.workers.values(), key=lambda w: w.name)
+            views.encode_view(view, f"worker {view['name']!r}")
+            for view in views.workers_view(scheduler)
         ]
         head = {"name": str(farm.config.name), "version": buildcat.__version__}
         return (

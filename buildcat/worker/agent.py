@@ -26,10 +26,11 @@ import aiohttp
 
 import buildcat
 from buildcat import auth, discovery, jobs, platform, protocol
+from buildcat import schedule as schedule_rules
 from buildcat.blender import BlenderInstall, find_blender
 from buildcat.errors import FarmError
 from buildcat.jobs import blender as blender_jobs
-from buildcat.worker import tasklog
+from buildcat.worker import nimby, tasklog
 from buildcat.worker.execute import Child, ChildConfused, ChildDied
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,14 @@ class WorkerConfig:
     blender: BlenderInstall | None = None
     #: Seconds a cancelled task has to stop before its process is killed and replaced.
     cancel_grace: float = CANCEL_GRACE_SECONDS
+    #: When to take work (``farm worker --schedule``; "" for always), in ``timezone``
+    #: (this machine's, reported at register either way), and whether to give tasks back
+    #: when it ends. The server keeps it; one an admin sets later wins.
+    schedule: str = ""
+    timezone: str = field(default_factory=schedule_rules.local_timezone)
+    give_back: bool = False
+    #: Stay away while the machine is in use (``farm worker --nimby``: worker/nimby.py).
+    nimby: bool = False
 
 
 def refused(item: dict[str, Any], reason: str) -> dict[str, Any]:
@@ -146,6 +155,10 @@ class Agent:
         self.finished = 0
         self.draining = False
         self.stopping = False
+        #: Why this --nimby worker stays away now ("" when it takes work), and whether the
+        #: server has yet to hear a change of it.
+        self.nimby = ""
+        self.nimby_unsent = False
         #: Mean task duration per job (recent jobs only): sizes the prefetch, so a job of
         #: tiny tasks is leased in batches while a job of long ones is not hoarded.
         self.mean_seconds: dict[str, float] = {}
@@ -247,23 +260,27 @@ class Agent:
         capabilities["python"] = python_platform.python_version()
         if self.config.blender is not None:
             capabilities["blender"] = self.config.blender.version
-        reply = await self.call(
-            "POST",
-            "/workers",
-            {
-                "name": self.config.name,
-                "slots": self.config.slots,
-                "capabilities": capabilities,
-                "info": {
-                    "hostname": socket.gethostname(),
-                    "platform": python_platform.platform(),
-                    "python": python_platform.python_version(),
-                    "root": str(self.config.root),
-                    "pid": os.getpid(),
-                    "version": buildcat.__version__,
-                },
+        body: dict[str, Any] = {
+            "name": self.config.name,
+            "slots": self.config.slots,
+            "capabilities": capabilities,
+            "info": {
+                "hostname": socket.gethostname(),
+                "platform": python_platform.platform(),
+                "python": python_platform.python_version(),
+                "root": str(self.config.root),
+                "pid": os.getpid(),
+                "version": buildcat.__version__,
+                "timezone": self.config.timezone,
             },
-        )
+        }
+        if self.config.schedule:
+            body["schedule"] = {
+                "spec": self.config.schedule,
+                "timezone": self.config.timezone,
+                "give_back": self.config.give_back,
+            }
+        reply = await self.call("POST", "/workers", body)
         self.worker_id = reply["id"]
         self.heartbeat_seconds = max(0.05, float(reply.get("lease_timeout", 30.0)) / 3)
         log.info("registered with %s as %s (%s)", self.base, self.config.name, self.worker_id)
@@ -365,8 +382,12 @@ class Agent:
                 self.wake_leaser.clear()
                 await self.wake_leaser.wait()
                 continue
+            if self.config.nimby and await self.stay_away():
+                continue
             # A worker that leaves when idle must notice an empty queue quickly.
             wait = IDLE_POLL_SECONDS if self.config.exit_when_idle else LONG_POLL_SECONDS
+            if self.config.nimby:
+                wait = min(wait, nimby.CHECK_SECONDS)  # and look at the machine again soon
             try:
                 reply = await self.call_as_worker(
                     "POST", "/lease", {"want": want, "wait": wait}, timeout=wait + 30
@@ -393,6 +414,25 @@ class Agent:
             elif self.config.exit_when_idle and self.idle() and not self.outbox:
                 self.begin_drain("no work left (--exit-when-idle)")
                 return
+
+    async def stay_away(self) -> bool:
+        """--nimby: look at the machine; while it is in use, tell the server (it leases
+        this worker nothing meanwhile) and wait a while. True when it stayed away."""
+        why = await asyncio.to_thread(nimby.check, len(self.running))
+        if why != self.nimby:
+            if why:
+                log.info("staying away while the machine is in use (--nimby): %s", why)
+            else:
+                log.info("the machine is free again: taking work (--nimby)")
+            self.nimby = why
+            self.nimby_unsent = True
+            self.wake_reporter.set()
+        if not why:
+            return False
+        self.wake_leaser.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wake_leaser.wait(), nimby.CHECK_SECONDS)
+        return True
 
     def drop_duplicates(self, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Leave out tasks this worker already runs or holds: the server hands a task out
@@ -522,7 +562,7 @@ class Agent:
         while True:
             while True:
                 finished = self.draining and not self.running
-                if finished or self.outbox or self.to_release:
+                if finished or self.outbox or self.to_release or self.nimby_unsent:
                     break
                 since = time.monotonic() - last_sent
                 due = self.heartbeat_seconds - since
@@ -548,7 +588,10 @@ class Agent:
                 {"id": task_id, "fraction": fraction, "message": text}
                 for task_id, (fraction, text) in self.progress.items()
             ]
-            body = {"done": done, "progress": progress, "release": release}
+            body: dict[str, Any] = {"done": done, "progress": progress, "release": release}
+            if self.config.nimby:
+                body["nimby"] = self.nimby
+                self.nimby_unsent = False
             try:
                 reply = await self.call_as_worker("POST", "/report", body, timeout=60)
             except FarmError as exc:  # refused (4xx): resending the same would fail again
