@@ -21,13 +21,13 @@ from typing import Any
 from aiohttp import web
 
 from buildcat import auth, protocol
-from buildcat.errors import FarmError, ProtocolError
-from buildcat.root import resolve, state_dir
+from buildcat.errors import ProtocolError
+from buildcat.root import state_dir
 from buildcat.server import views
 from buildcat.server.farm import farm_of
 from buildcat.server.replies import respond
 from buildcat.server.scheduler import Task, TaskState
-from buildcat.server.web import IMAGE_TYPES, ThumbnailError, thumbnail_reader
+from buildcat.server.web import IMAGE_TYPES, frame_response
 
 API = protocol.API_PREFIX
 #: The most a piece of a log holds, and what a first look at a log shows of its end.
@@ -214,16 +214,7 @@ async def task_image(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound(
             reason=f"output {position} of task {task.id} is not an image a browser shows"
         )
-    try:
-        path = resolve(farm.config.root, relative)
-        body = await thumbnail_reader().read(path)
-    except (FarmError, ThumbnailError) as exc:
-        raise web.HTTPNotFound(reason=f"the frame {relative} is not readable: {exc}") from None
-    return web.Response(
-        body=body,
-        content_type=IMAGE_TYPES[path.suffix.lower()],
-        headers={"Cache-Control": "private, max-age=60", "X-Buildcat-Frame": relative},
-    )
+    return await frame_response(farm, relative, "private, max-age=60")
 
 
 def add_routes(app: web.Application) -> None:

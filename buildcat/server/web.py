@@ -589,6 +589,12 @@ async def thumbnail(request: web.Request) -> web.StreamResponse:
     relative = _last_frame(job)
     if relative is None:
         raise web.HTTPNotFound(reason=f"job {job.id} has no finished frame a browser can show")
+    return await frame_response(farm, relative, "no-store")
+
+
+async def frame_response(farm: Farm, relative: str, cache: str) -> web.Response:
+    """The bytes of a frame a task's result names (root-relative), read in the
+    thumbnail reader's threads; 404 with the reason when it cannot be read."""
     try:
         path = resolve(farm.config.root, relative)
         body = await thumbnail_reader().read(path)
@@ -597,7 +603,7 @@ async def thumbnail(request: web.Request) -> web.StreamResponse:
     return web.Response(
         body=body,
         content_type=IMAGE_TYPES[path.suffix.lower()],
-        headers={"Cache-Control": "no-store", "X-Buildcat-Frame": relative},
+        headers={"Cache-Control": cache, "X-Buildcat-Frame": relative},
     )
 
 
