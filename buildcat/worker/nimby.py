@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 
 #: Busy: the 1-minute load average above this share of the cores while the worker runs
 #: nothing (while it runs tasks, the load is its own: only the console counts then).
@@ -57,6 +58,7 @@ def check(running: int) -> str:
             found = subprocess.run([who], capture_output=True, text=True, timeout=5, check=False)
             users = console_users(found.stdout)
     load = None
-    with contextlib.suppress(AttributeError, OSError):
-        load = os.getloadavg()[0]
+    if sys.platform != "win32":  # Windows has no load average
+        with contextlib.suppress(OSError):
+            load = os.getloadavg()[0]
     return reason(users, load, os.cpu_count() or 1, running)
