@@ -748,7 +748,8 @@ class Scheduler:
 
     def note(self, job_id: str, now: float, action: str, by: str, **extra: Any) -> None:
         """Add a steering action to the job's history (who did what, when): ``cancel``,
-        ``pause``, ``resume``, ``retry``, ``unblock``, ``priority`` (``priority=N``)."""
+        ``pause``, ``resume``, ``retry``, ``unblock``, ``priority`` (``priority=N``),
+        ``archive``, ``unarchive``, ``requeue-task`` (``task=ID``)."""
         job = self.job(job_id)
         job.history.append({"at": now, "action": action, "by": by, **extra})
         self._changed.add(job.id)
@@ -1320,9 +1321,7 @@ class Scheduler:
         self.check_archive(job)
         if job.archived != archived:
             job.archived = archived
-            job.history.append({"at": now, "action": "archive" if archived else "unarchive",
-                                "by": by})  # fmt: skip
-            self._changed.add(job.id)
+            self.note(job_id, now, "archive" if archived else "unarchive", by)
         return job
 
     def check_delete(self, job: Job) -> None:
@@ -1471,8 +1470,7 @@ class Scheduler:
         # From here, only runs leased from now on report for them (and for the queued
         # tasks that wait on them: a late report of one ran on the old inputs).
         self._requeued.update(job.tasks[index].id for index in touched)
-        job.history.append({"at": now, "action": "requeue-task", "by": by, "task": task.id})
-        self._changed.add(job.id)
+        self.note(job.id, now, "requeue-task", by, task=task.id)
         if revived:
             if job.state is not JobState.DONE:  # as a retry: every worker may try again
                 job.blocked.clear()

@@ -39,15 +39,6 @@ MAX_FRAMES = 100_000
 _TASK_STATES = {str(state) for state in TaskState}
 
 
-def _number(query: Mapping[str, str], key: str, default: int, high: int) -> int:
-    text = query.get(key)
-    if text is None:
-        return default
-    if not text.isdigit() or int(text) > high:
-        raise ProtocolError(f"{key} must be a whole number between 0 and {high:,}")
-    return int(text)
-
-
 # ---- the task table -------------------------------------------------------------------------
 
 
@@ -62,8 +53,8 @@ def task_page(tasks: list[Task], query: Mapping[str, str]) -> dict[str, Any]:
             f"state must be among {', '.join(sorted(_TASK_STATES))}, not {bad[0]!r}"
         )
     search = query.get("q", "").strip().casefold()
-    offset = _number(query, "offset", 0, 10**9)
-    limit = _number(query, "limit", 0, MAX_TASK_PAGE) if "limit" in query else None
+    offset = views.query_number(query, "offset", 0, 0, 10**9)
+    limit = views.query_number(query, "limit", 0, 0, MAX_TASK_PAGE) if "limit" in query else None
     if states or search:
         tasks = [
             task
@@ -123,9 +114,9 @@ async def task_log(request: web.Request) -> web.Response:
     farm = farm_of(request)
     task = farm.scheduler.task(request.match_info["task"])
     query = request.query
-    limit = _number(query, "limit", MAX_LOG_PIECE, MAX_LOG_PIECE) or MAX_LOG_PIECE
-    tail = _number(query, "tail", DEFAULT_TAIL, MAX_LOG_PIECE)
-    offset = _number(query, "offset", 0, 2**62) if "offset" in query else None
+    limit = views.query_number(query, "limit", MAX_LOG_PIECE, 0, MAX_LOG_PIECE) or MAX_LOG_PIECE
+    tail = views.query_number(query, "tail", DEFAULT_TAIL, 0, MAX_LOG_PIECE)
+    offset = views.query_number(query, "offset", 0, 0, 2**62) if "offset" in query else None
     path = log_path(farm.config.root, task)
     data, start, size = await asyncio.to_thread(read_piece, path, offset, limit, tail)
     data, start = _whole_lines(data, start, from_tail=offset is None)
@@ -208,7 +199,7 @@ async def task_image(request: web.Request) -> web.StreamResponse:
     outputs = task.result.get("outputs") if isinstance(task.result, dict) else None
     if task.state is not TaskState.DONE or not isinstance(outputs, list) or not outputs:
         raise web.HTTPNotFound(reason=f"task {task.id} has no finished image")
-    position = _number(request.query, "output", len(outputs) - 1, len(outputs) - 1)
+    position = views.query_number(request.query, "output", len(outputs) - 1, 0, len(outputs) - 1)
     relative = outputs[position]
     if not isinstance(relative, str) or Path(relative).suffix.lower() not in IMAGE_TYPES:
         raise web.HTTPNotFound(

@@ -70,12 +70,12 @@ class JobQuery:
         order = query.get("order", "oldest")
         if order not in _ORDERS:
             raise ProtocolError(f"order must be one of {', '.join(_ORDERS)}, not {order!r}")
-        offset = _whole(query, "offset", 0, 10**9)
-        limit = _whole(query, "limit", 1, MAX_PAGE) if "limit" in query else None
+        offset = query_number(query, "offset", 0, 0, 10**9)
+        limit = query_number(query, "limit", 1, 1, MAX_PAGE) if "limit" in query else None
         search = query.get("q", "").strip().casefold()
         if len(search) > 256:
             raise ProtocolError("q is longer than 256 characters")
-        return cls(states, query.get("owner"), search, archived, order, offset or 0, limit)
+        return cls(states, query.get("owner"), search, archived, order, offset, limit)
 
     def matches(self, job: Job) -> bool:
         if (self.archived == "no" and job.archived) or (
@@ -89,10 +89,11 @@ class JobQuery:
         return not self.search or self.search in f"{job.id} {job.name}".casefold()
 
 
-def _whole(query: Mapping[str, str], key: str, low: int, high: int) -> int | None:
+def query_number(query: Mapping[str, str], key: str, default: int, low: int, high: int) -> int:
+    """A whole-number field of a query string, ``default`` when it is absent."""
     text = query.get(key)
     if text is None:
-        return None
+        return default
     if not text.isdigit() or not low <= int(text) <= high:
         raise ProtocolError(f"{key} must be a whole number between {low} and {high}")
     return int(text)

@@ -1,7 +1,7 @@
 // The job list: filters (state, owner, search, archived), newest first, a page at a time
 // from GET /api/v1/jobs, with the count of what matched and of what is hidden.
 import { get, query } from "./api.js";
-import { $, el, badge, seconds, now, FINAL, debounce } from "./ui.js";
+import { $, el, badge, seconds, now, FINAL, debounce, replaceRows } from "./ui.js";
 import { jobActions, priorityControl } from "./actions.js";
 
 export const PAGE = 50;
@@ -77,13 +77,9 @@ async function load() {
   }
 }
 
-let shown = new Map();
-export const shownJob = (id) => shown.get(id);
-
 function render(reply, page) {
   const body = $("#jobs tbody");
   const rows = [];
-  shown = new Map(reply.jobs.map((job) => [job.id, job]));
   for (const job of reply.jobs) {
     try {
       rows.push(jobRow(job));
@@ -92,14 +88,7 @@ function render(reply, page) {
         el("td", { colspan: "8", class: "error" }, `job ${job.id}: cannot be shown (${error})`)));
     }
   }
-  const focused = document.activeElement;
-  const focusKey = focused && body.contains(focused)
-    ? [focused.closest("tr")?.dataset.job, focused.dataset.action] : null;
-  body.replaceChildren(...rows);
-  if (focusKey) {  // a live update keeps the keyboard where it was
-    const again = body.querySelector(`tr[data-job="${CSS.escape(focusKey[0] || "")}"] ${focusKey[1] ? `[data-action="${focusKey[1]}"]` : "a"}`);
-    if (again) again.focus();
-  }
+  replaceRows(body, rows, "job");
   const filtered = route.params.q || route.params.state || route.params.owner;
   $("#no-jobs").hidden = reply.jobs.length > 0;
   $("#no-jobs").textContent = filtered || route.params.archived === "1"

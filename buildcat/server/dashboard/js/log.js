@@ -11,8 +11,6 @@ let timer = null;
 let busy = false;
 let tail = "";        // the traceback shown after the text, if the run failed
 
-export const logTask = () => task;
-
 export async function followLog(id) {
   if (task === id) return;
   closeLog();

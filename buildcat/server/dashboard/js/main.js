@@ -72,8 +72,6 @@ function update(overview) {
   job.changed(overview);
 }
 
-export const overview = () => farm;
-
 function connect() {
   const badge = $("#live");
   live(update, (open) => {

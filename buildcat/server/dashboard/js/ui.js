@@ -93,6 +93,19 @@ export function button(label, action, { name = label, danger = false, title = ""
   }, label);
 }
 
+// Puts a table's new rows in place of the old; a live update keeps the keyboard where it
+// was (the same row's same button, or its link).
+export function replaceRows(body, rows, key) {
+  const focused = document.activeElement;
+  const held = focused && body.contains(focused)
+    ? [focused.closest("tr")?.dataset[key], focused.dataset.action] : null;
+  body.replaceChildren(...rows);
+  if (!held) return;
+  const inside = held[1] ? `[data-action="${held[1]}"]` : "a";
+  const again = body.querySelector(`tr[data-${key}="${CSS.escape(held[0] || "")}"] ${inside}`);
+  if (again) again.focus();
+}
+
 export function debounce(fn, wait) {
   let timer = null;
   return (...args) => { clearTimeout(timer); timer = setTimeout(() => fn(...args), wait); };

@@ -2,18 +2,16 @@
 // what each runs, tags and capabilities, schedule, last seen; drain, disable, enable,
 // requeue its tasks, forget a departed one, set its schedule.
 import { post } from "./api.js";
-import { $, el, badge, seconds, now, clock, button, confirmFirst, attempt, say } from "./ui.js";
+import { $, el, badge, seconds, now, clock, button, confirmFirst, attempt, say, replaceRows } from "./ui.js";
 import { refresh } from "./actions.js";
 
 let workers = [];
-let visible = false;
 
 export function init() {
   $("#schedule-dialog").addEventListener("close", saveSchedule);
 }
 
 export function show() {
-  visible = true;
   render();
 }
 
@@ -27,8 +25,6 @@ const status = (worker) => worker.status || worker.state;
 function render() {
   const body = $("#workers tbody");
   $("#no-workers").hidden = workers.length > 0;
-  const focused = document.activeElement;
-  const focusKey = focused && body.contains(focused) ? [focused.closest("tr")?.dataset.worker, focused.dataset.action] : null;
   const rows = [...workers].sort((a, b) => a.name.localeCompare(b.name)).map((worker) => {
     try {
       return workerRow(worker);
@@ -37,12 +33,7 @@ function render() {
         el("td", { colspan: "8", class: "error" }, `worker ${worker.name}: cannot be shown (${error})`));
     }
   });
-  body.replaceChildren(...rows);
-  if (focusKey) {
-    const again = body.querySelector(`tr[data-worker="${CSS.escape(focusKey[0] || "")}"] [data-action="${focusKey[1]}"]`);
-    if (again) again.focus();
-  }
-  visible = true;
+  replaceRows(body, rows, "worker");
 }
 
 function current(worker) {
@@ -149,4 +140,3 @@ async function saveSchedule() {
   }
 }
 
-export const isVisible = () => visible;
