@@ -28,18 +28,17 @@ import platform
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from common import cpu_seconds, farm, free_port, memory_mb, percentile, wait_until
 
 import buildcat
 from buildcat import auth, launch, protocol
@@ -49,62 +48,6 @@ HERE = Path(__file__).resolve().parent
 SCALE_WORKERS = 2_000
 DASHBOARDS = 20
 BACKLOG_TASKS = 200_000
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise SystemExit(f"benchmark: {what} did not happen within {timeout:g}s")
-        time.sleep(0.01)
-
-
-@contextlib.contextmanager
-def farm(
-    root: Path,
-    workers: int,
-    *worker_args: str,
-    env: dict[str, str] | None = None,
-    server_args: tuple[str, ...] = (),
-) -> Iterator[tuple[buildcat.Client, int, int]]:
-    """A server and ``workers`` worker processes on loopback; yields (client, port, pid)."""
-    server, port = launch.start_server(
-        root, "--log-level", "warning", "--no-discovery", *server_args
-    )
-    previous = dict(os.environ)
-    os.environ.update(env or {})
-    try:
-        processes = [
-            launch.start_worker(
-                port, root, "--name", f"bench-{n}", "--log-level", "warning", *worker_args
-            )
-            for n in range(workers)
-        ]
-    finally:
-        os.environ.clear()
-        os.environ.update(previous)
-    client = buildcat.connect("127.0.0.1", port, root)
-    try:
-        wait_until(lambda: len(client.workers()) >= workers, 60, f"{workers} workers joining")
-        yield client, port, server.pid
-    finally:
-        client.close()
-        launch.stop_all(processes)
-        launch.stop(server)
 
 
 # ---- 1. no-op tasks: farm and RQ ----------------------------------------------------------
@@ -254,18 +197,11 @@ def scale(workers: int) -> dict[str, Any]:
         try:
             token = auth.load_token(root)
             figures = asyncio.run(_scale(port, token, workers))
-            figures["server_rss_mb"] = _memory(server.pid, "VmRSS")
-            figures["server_peak_mb"] = _memory(server.pid, "VmHWM")
+            figures["server_rss_mb"] = memory_mb(server.pid, "VmRSS")
+            figures["server_peak_mb"] = memory_mb(server.pid, "VmHWM")
         finally:
             launch.stop(server)
     return figures
-
-
-def _memory(pid: int, field: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 async def _scale(port: int, token: str, count: int) -> dict[str, Any]:
@@ -364,11 +300,11 @@ def dashboards(tasks: int, workers: int, rounds: int, viewers: int, backlog: int
         def rate(cpu: list[float]) -> float:
             """Tasks per second; appends the server's CPU microseconds per task to ``cpu``
             (a figure other load on the machine leaves alone)."""
-            used = _cpu_seconds(server_pid)
+            used = cpu_seconds(server_pid)
             started = time.perf_counter()
             client.map("buildcat.jobs.builtin:noop", range(tasks)).wait(timeout=1800)
             elapsed = time.perf_counter() - started
-            cpu.append((_cpu_seconds(server_pid) - used) / tasks * 1e6)
+            cpu.append((cpu_seconds(server_pid) - used) / tasks * 1e6)
             return tasks / elapsed
 
         closed, opened, received = [], [], 0
@@ -392,12 +328,6 @@ def dashboards(tasks: int, workers: int, rounds: int, viewers: int, backlog: int
         "server_cpu_us_open": statistics.median(cpu_opened),
         "stream_mb": received / 2**20,
     }
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class _EventStreams:

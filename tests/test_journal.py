@@ -26,7 +26,7 @@ import msgpack
 import pytest
 
 import buildcat
-from buildcat import launch
+from buildcat import launch, protocol
 from buildcat.errors import FarmError
 from buildcat.server import snapshot
 from buildcat.server.app import Farm as ServerFarm
@@ -403,10 +403,12 @@ def test_a_snapshot_an_older_release_wrote_loads_and_is_rewritten_with_a_checksu
         ids = [client.submit("farm_jobs:square", n).id for n in range(12)]
         wait_for(lambda: "journal: snapshot 1 written" in farm.log_text("server"))
         kill_server(farm)
-        # Before checksums a snapshot was the bare msgpack document.
+        # Before checksums a snapshot was the bare msgpack document of two keys.
         current = (state / "snapshot.bin").read_bytes()
         assert current.startswith(snapshot.MAGIC)
-        (state / "snapshot.bin").write_bytes(current[snapshot.HEADER.size :])
+        document = protocol.unpack(current[snapshot.HEADER.size :], trusted=True)
+        assert document.pop("after")[1] > 0  # written while the server ran
+        (state / "snapshot.bin").write_bytes(protocol.pack(document))
         farm.start_server(port=farm.port)
         assert [job["id"] for job in client.jobs()] == ids
         assert "has no checksum (an older release wrote it)" in farm.log_text("server")

@@ -24,6 +24,9 @@ import pytest
 
 import buildcat
 from buildcat import launch
+from buildcat.server import snapshot
+from buildcat.server.app import Farm as ServerFarm
+from buildcat.server.app import ServerConfig
 from buildcat.server.journal import read_events
 from tests.conftest import Farm, secret_header, unused_port, wait_for
 
@@ -271,41 +274,47 @@ def test_a_snapshot_brings_back_failed_and_cancelled_jobs_errors_and_blocklists(
 
 
 def test_a_crash_in_the_middle_of_a_snapshot_loses_and_repeats_nothing(tmp_path: Path) -> None:
-    """A snapshot is written (then renamed into place) before the journal restarts under the
-    new generation. A crash in between leaves the new snapshot beside the old journal,
-    whose events the snapshot already holds; a crash while writing leaves a partial
+    """A running server's snapshot is written by a forked child while the journal goes on;
+    it names the journal generation and offset it holds. A crash after it is renamed into
+    place but before the journal restarts leaves it beside the old journal, whose records
+    after that offset it does not hold; a crash while writing leaves a partial
     ``snapshot.tmp`` beside the old snapshot. Neither may lose or repeat a thing."""
     farm = new_farm(tmp_path)
     state = farm.root / ".buildcat"
-    farm.start_server("--snapshot-every", "10")
+    farm.start_server()
     try:
         client = farm.client()
-        for n in range(10):
-            client.submit("farm_jobs:square", n)
-        wait_for(lambda: "journal: snapshot 1 written" in farm.log_text("server"))
-        # Generation 1's journal, with jobs after snapshot 1 in it.
+        first = [client.submit("farm_jobs:square", n) for n in range(7)]
+        kill_server(farm)
+        # What the child writes, from the queue of the first seven jobs, set aside.
+        server = ServerFarm(ServerConfig(root=farm.root, discovery=False))
+        assert server.journal is not None
+        mark = (server.journal.generation, server.journal.size)
+        snapshot.write(state / "next.bin", server.generation + 1, server.scheduler, mark)
+        server.journal.close()
+        # Three more jobs are journaled after the mark while the child writes ...
+        farm.start_server(port=farm.port)
         later = [client.submit("farm_jobs:square", n) for n in (10, 11, 12)]
-        kill_server(farm)
-        old_journal = (state / "journal.bin").read_bytes()
-        assert [e[0] for e in read_events(state / "journal.bin")] == ["generation"] + ["submit"] * 3
-
-        farm.start_server("--snapshot-every", "10", port=farm.port)
-        for n in range(10):
-            client.submit("farm_jobs:square", n)
-        wait_for(lambda: "journal: snapshot 2 written" in farm.log_text("server"))
         before = client.jobs()
-        assert len(before) == 23 and {job.id for job in later} <= {j["id"] for j in before}
         kill_server(farm)
-        assert [e[0] for e in read_events(state / "journal.bin")] == ["generation"]
-        # The crash between the two steps: snapshot 2 on disk, generation 1's journal too.
-        (state / "journal.bin").write_bytes(old_journal)
+        # ... and the crash comes between its rename and the journal's restart.
+        os.replace(state / "next.bin", state / "snapshot.bin")
         (state / "snapshot.tmp").write_bytes(b"\x85half a snapsh")  # and a torn next one
-        farm.start_server("--snapshot-every", "10", port=farm.port)
+        assert read_events(state / "journal.bin").__next__() == ["generation", mark[0]]
+        farm.start_server(port=farm.port)
         assert client.jobs() == before  # the later jobs once each, none twice
-        assert "snapshot generation 2 and 0 event(s) replayed: 23 job(s)" in farm.log_text("server")
+        assert "snapshot generation 1 and 3 event(s) replayed: 10 job(s)" in farm.log_text("server")
+        # The start made the journal generation 1, holding only what the snapshot lacks.
+        assert [e[0] for e in read_events(state / "journal.bin")] == ["generation"] + ["submit"] * 3
+        assert next(read_events(state / "journal.bin")) == ["generation", 1]
+        kill_server(farm)
+        farm.start_server(port=farm.port)
+        assert client.jobs() == before
         farm.start_worker("--no-blender")
-        assert [job.results() for job in later] == [[100], [121], [144]]
-        assert len(client.jobs()) == 23
+        assert [job.results() for job in first + later] == [
+            [n * n] for n in (*range(7), 10, 11, 12)
+        ]
+        assert len(client.jobs()) == 10
     finally:
         farm.stop()
 

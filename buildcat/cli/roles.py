@@ -75,7 +75,8 @@ from buildcat.errors import FarmError
     type=click.IntRange(min=10),
     default=50_000,
     show_default=True,
-    help="Journal events between snapshots of the whole queue.",
+    help="Journal events between snapshots of the whole queue (at least; a snapshot also "
+    "waits for as many events as the last one held tasks).",
 )
 @click.option(
     "--state-dir",

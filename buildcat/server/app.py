@@ -243,6 +243,10 @@ async def ping(request: web.Request) -> web.Response:
             # once however many requests it has parked; and those requests.
             "waiting_workers": len({waiter.worker_id for waiter in waiting}),
             "waiting_requests": len(waiting),
+            # How the server keeps up: its event loop's longest pause since it started,
+            # and the snapshots it wrote in the background.
+            "loop_pause_max_ms": round(farm.loop_pause_max * 1000, 1),
+            "snapshots": farm.snapshots,
         },
     )
 
@@ -890,6 +894,7 @@ def create_app(config: ServerConfig) -> web.Application:
 
     async def start_background(app: web.Application) -> None:
         farm._expiry_task = asyncio.create_task(farm.expire_leases())
+        sleeper.append(asyncio.create_task(farm.watch_loop()))
         sleeper.append(
             asyncio.create_task(workerroutes.run_schedules(farm, app[workerroutes.SLEEPER_KEY]))
         )
@@ -907,6 +912,7 @@ def create_app(config: ServerConfig) -> web.Application:
                 await task
         farm.release_waiters()
         await farm.notifier.stop()
+        await farm.stop_snapshot()
         if farm.journal is not None:
             farm.journal.close()
         if farm._expiry_task is not None:

@@ -56,7 +56,9 @@ class ServerConfig:
     lease_timeout: float = 30.0
     state_dir: Path | None = None
     journal: bool = True
-    #: Journal events between snapshots (each snapshot starts the journal afresh).
+    #: Journal events between snapshots (each snapshot starts the journal afresh), at the
+    #: least: a snapshot also waits for as many events as the last one held tasks, so
+    #: what snapshots cost grows with the work, not with its square.
     snapshot_every: int = 50_000
     #: Advertise the farm on the LAN with zeroconf.
     discovery: bool = True
@@ -120,6 +122,14 @@ class Farm:
         self.journal: Journal | None = None
         self.generation = 0
         self.snapshot_at = 0
+        #: The snapshot being written in the background, and how many were written.
+        self.snapshot_task: asyncio.Task[None] | None = None
+        self.snapshot_child: snapshot.Child | None = None
+        self.snapshots = 0
+        #: Tasks the last snapshot (or the start) held: the next waits for as many events.
+        self.snapshot_tasks = 0
+        #: The longest the event loop was late for its 50 ms tick (seconds), since start.
+        self.loop_pause_max = 0.0
         #: The frame files each unfinished render job writes (rebuilt from the jobs below).
         self.outputs = outputs.OutputClaims()
         #: Sends the job-end notices the scheduler owes; the feed of events for scripts.
@@ -128,10 +138,17 @@ class Farm:
         if config.journal:
             folder = config.state_dir or state_dir(config.root)
             self.snapshot_path = folder / "snapshot.bin"
+            for unfinished in snapshot.child_files(folder):  # its server was killed
+                with contextlib.suppress(OSError):
+                    unfinished.unlink()
             restored = snapshot.restore(self.scheduler, self.snapshot_path)
-            self.generation = restored[0] if restored else 0
+            self.generation = restored.generation if restored else 0
             recovery = recover(
-                folder / "journal.bin", self.scheduler, self.generation, salvage=config.salvage
+                folder / "journal.bin",
+                self.scheduler,
+                self.generation,
+                salvage=config.salvage,
+                after=restored.after if restored else None,
             )
             self.journal = recovery.journal
             self.scheduler.restarted(time.time())
@@ -142,14 +159,18 @@ class Farm:
                 len(self.scheduler.jobs),
                 len(self.scheduler.workers),
             )
-            if recovery.set_aside or (restored and restored[1]):
+            if recovery.set_aside or (restored and restored.legacy):
                 # Salvaged (the damaged journal must go) or an old snapshot without a checksum.
                 self.write_snapshot()
+            elif recovery.rebase is not None:
+                # A snapshot written while the server ran, its journal not yet restarted.
+                self.journal.rebase_now(self.generation, recovery.rebase)
             elif recovery.restart:
                 self.journal.restart(self.generation)
             for job in self.scheduler.jobs.values():
                 if job.state not in FINAL_JOB_STATES:
                     self.outputs.claim(job.id, self.job_outputs(job))
+            self.snapshot_tasks = self.tasks_held()
         self.notify_unfinished()
 
     def notify_unfinished(self) -> None:
@@ -196,17 +217,92 @@ class Farm:
                 "or give this job another --output"
             )
 
+    def snapshot_due(self) -> bool:
+        """Enough has been journaled since the last snapshot: ``snapshot_every`` events, and
+        as many as the last snapshot held tasks (a snapshot costs what the queue holds, so
+        each is paid for by as much work as it writes)."""
+        journal = self.journal
+        if journal is None or self.snapshot_task is not None:
+            return False
+        since = journal.appended - self.snapshot_at
+        return since >= max(self.config.snapshot_every, self.snapshot_tasks)
+
+    def tasks_held(self) -> int:
+        return sum(len(job.tasks) for job in self.scheduler.jobs.values())
+
+    def start_snapshot(self) -> None:
+        """Take a snapshot in the background (one at a time)."""
+        if self.snapshot_task is None:
+            self.snapshot_task = asyncio.create_task(self._snapshot_in_background())
+
+    async def _snapshot_in_background(self) -> None:
+        try:
+            await self.take_snapshot()
+        except (OSError, FarmError) as exc:
+            log.error("could not write a snapshot: %s", exc)
+        finally:
+            self.snapshot_task = None
+
     async def take_snapshot(self) -> None:
-        """Write the whole queue to snapshot.bin and start the journal afresh."""
-        if self.journal is None:
+        """Write the whole queue to snapshot.bin and start the journal afresh. Where the
+        platform forks, a child writes it while the server goes on (see
+        :mod:`buildcat.server.snapshot`); elsewhere it is written on the event loop."""
+        journal = self.journal
+        if journal is None:
             return
-        await self.journal.settle()
-        # From here to the end nothing awaits: no request changes the queue meanwhile.
-        self.write_snapshot()
+        await journal.settle()
+        # From here to the fork nothing awaits: no request changes the queue meanwhile.
+        if not snapshot.CAN_FORK:
+            self.write_snapshot()
+            return
+        started = time.perf_counter()
+        generation, offset = self.generation + 1, journal.size
+        child = snapshot.write_in_child(
+            self.snapshot_path, generation, self.scheduler, (journal.generation, offset)
+        )
+        forked = time.perf_counter() - started
+        self.snapshot_child, self.snapshot_at = child, journal.appended
+        self.snapshot_tasks = self.tasks_held()
+        try:
+            size = await asyncio.to_thread(child.wait)
+        finally:
+            self.snapshot_child = None
+        # Snapshot `generation` is in place; it holds the journal up to `offset`.
+        self.generation = generation
+        self.snapshots += 1
+        await journal.rebase(generation, offset)
+        log.info(
+            "journal: snapshot %d written in the background (%d bytes, %.0f ms; the fork took "
+            "%.1f ms)",
+            generation,
+            size,
+            (time.perf_counter() - started) * 1000,
+            forked * 1000,
+        )
+
+    async def stop_snapshot(self) -> None:
+        """At shutdown: a snapshot still being written is given up (the one before it and
+        the journal hold everything)."""
+        if self.snapshot_child is not None:
+            self.snapshot_child.kill()
+        if self.snapshot_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.snapshot_task
+
+    async def watch_loop(self) -> None:
+        """Measure how late the event loop is for a 50 ms tick: its longest pause."""
+        tick = 0.05
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(tick)
+            late = time.perf_counter() - started - tick
+            if late > self.loop_pause_max:
+                self.loop_pause_max = late
 
     def write_snapshot(self) -> None:
         assert self.journal is not None
         started = time.perf_counter()
+        self.snapshot_tasks = self.tasks_held()
         generation = self.generation + 1
         size = self.journal.restart(
             generation, lambda: snapshot.write(self.snapshot_path, generation, self.scheduler)
@@ -374,15 +470,8 @@ class Farm:
             if returned:
                 self.record("requeue", now, [task.id for task in returned])
             self.after_change()
-            journal = self.journal
-            if (
-                journal is not None
-                and journal.appended - self.snapshot_at >= self.config.snapshot_every
-            ):
-                try:
-                    await self.take_snapshot()
-                except (OSError, FarmError) as exc:
-                    log.error("could not write a snapshot: %s", exc)
+            if self.snapshot_due():
+                self.start_snapshot()
 
 
 # ---- request and response helpers ---------------------------------------------------------

@@ -108,6 +108,9 @@ class JournalReader:
     path: Path
     #: Damage is recorded and skipped instead of raising :class:`JournalDamaged`.
     salvage: bool = False
+    #: Once set (after the first record, the generation), reading goes on from this offset:
+    #: the records before it are in a snapshot already.
+    resume_at: int = 0
     #: ``(offset, bytes)`` of a torn final record, which a start cuts off.
     torn: tuple[int, int] | None = None
     damage: list[Damage] = field(default_factory=list)
@@ -137,6 +140,9 @@ class JournalReader:
                     self.records += 1
                     self.end = offset
                     yield event
+                    if self.resume_at > offset:
+                        offset = self.end = self.resume_at
+                        self.resume_at = 0
                     continue
                 following = self._next_record(offset + 1)
                 if following is None and self._may_be_torn(offset):
@@ -274,6 +280,8 @@ class Journal:
         #: For each buffered record: a fact (applied already, so kept through a failed write
         #: for the next one) or a change still waiting on this write (dropped with it).
         self._facts: list[bool] = []
+        #: The generation its first record names (0: none yet).
+        self.generation = 0
         self.written = 0  # events settled: on disk, or refused
         self.appended = 0  # events appended
         self._writer: asyncio.Task[None] | None = None
@@ -450,27 +458,18 @@ class Journal:
         except JournalGone as exc:
             self.refuse(str(exc))
             raise
-        fresh_path = self.path.with_name(self.path.stem + ".tmp")
-        record = encode(["generation", generation])
-        fresh = open_private(fresh_path, os.O_RDWR | os.O_TRUNC)
-
-        def discard() -> None:
-            os.close(fresh)
-            with contextlib.suppress(OSError):
-                fresh_path.unlink()
-
+        fresh, fresh_path = self._fresh(generation)
         try:
-            os.write(fresh, record)
             os.fsync(fresh)
             result = snapshot() if snapshot is not None else None
         except BaseException:
-            discard()  # nothing changed: the old journal goes on
+            _discard(fresh, fresh_path)  # nothing changed: the old journal goes on
             raise
         try:
             self._check_in_place()
             os.replace(fresh_path, self.path)
         except (OSError, JournalGone) as exc:
-            discard()
+            _discard(fresh, fresh_path)
             # The snapshot of this generation is in place: the old journal's later records
             # would be taken for stale at the next start, so none may be acknowledged.
             reason = str(exc) if isinstance(exc, JournalGone) else exc.strerror
@@ -480,7 +479,8 @@ class Journal:
             raise JournalError(self.gone or reason) from None
         old, self.fd = self.fd, fresh
         os.close(old)
-        self.size, self._attempted = len(record), None
+        self.size, self._attempted = os.fstat(fresh).st_size, None
+        self.generation = generation
         try:
             fsync_folder(self.path.parent)
         except OSError as exc:
@@ -489,12 +489,95 @@ class Journal:
         self.written = self.appended
         return result
 
+    async def rebase(self, generation: int, offset: int) -> None:
+        """Start a journal of a new ``generation`` that holds only this one's records from
+        ``offset`` on (a snapshot holds those before it). The records are copied off the
+        event loop while the server goes on; only the last few are copied with nothing in
+        flight (after :meth:`settle`)."""
+        if self.gone is not None:
+            raise JournalError(self.gone)
+        fresh, fresh_path = self._fresh(generation)
+        try:
+            copied = offset
+            while self.size - copied > READ_CHUNK:  # what is on disk already, in a thread
+                end = self.size
+                await asyncio.to_thread(_copy_range, self.fd, fresh, copied, end)
+                copied = end
+            await self.settle()
+            # From here to the swap nothing awaits: no record is appended meanwhile.
+            self._finish_rebase(fresh, fresh_path, generation, copied)
+        except BaseException:
+            _discard(fresh, fresh_path)
+            raise
+
+    def rebase_now(self, generation: int, offset: int) -> None:
+        """:meth:`rebase` at a start, before anything is appended."""
+        fresh, fresh_path = self._fresh(generation)
+        try:
+            self._finish_rebase(fresh, fresh_path, generation, offset)
+        except BaseException:
+            _discard(fresh, fresh_path)
+            raise
+
+    def _fresh(self, generation: int) -> tuple[int, Path]:
+        fresh_path = self.path.with_name(self.path.stem + ".tmp")
+        fresh = open_private(fresh_path, os.O_RDWR | os.O_TRUNC)
+        try:
+            os.write(fresh, encode(["generation", generation]))
+        except BaseException:
+            _discard(fresh, fresh_path)
+            raise
+        return fresh, fresh_path
+
+    def _finish_rebase(self, fresh: int, fresh_path: Path, generation: int, copied: int) -> None:
+        _copy_range(self.fd, fresh, copied, self.size)
+        os.fsync(fresh)
+        self._swap(fresh, fresh_path, generation)
+
+    def _swap(self, fresh: int, fresh_path: Path, generation: int) -> None:
+        """The fresh journal takes this one's place (both complete, nothing in flight)."""
+        try:
+            self._check_in_place()
+            os.replace(fresh_path, self.path)
+        except (OSError, JournalGone) as exc:
+            reason = str(exc) if isinstance(exc, JournalGone) else exc.strerror
+            # The snapshot holds its mark in this journal: appending to it stays right.
+            raise JournalError(
+                f"the journal did not restart as generation {generation}: {reason}"
+            ) from None
+        old, self.fd = self.fd, fresh
+        os.close(old)
+        self.size, self._attempted = os.fstat(fresh).st_size, None
+        self.generation = generation
+        try:
+            fsync_folder(self.path.parent)
+        except OSError as exc:
+            log.warning("journal: cannot fsync %s: %s", self.path.parent, exc.strerror)
+
     def close(self) -> None:
         if self.buffer and self.gone is None:
             with contextlib.suppress(OSError, JournalError):  # unacknowledged: may be lost
                 self._sync_write(b"".join(self.buffer))
                 self.buffer, self._facts = [], []
         os.close(self.fd)
+
+
+def _discard(fresh: int, fresh_path: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fresh)
+    with contextlib.suppress(OSError):
+        fresh_path.unlink()
+
+
+def _copy_range(source: int, target: int, start: int, end: int) -> None:
+    """Append bytes ``start`` to ``end`` of the file ``source`` to the file ``target``."""
+    position = start
+    while position < end:
+        data = platform.pread(source, min(READ_CHUNK, end - position), position)
+        if not data:
+            raise OSError(errno.EIO, f"the journal ended at byte {position}, not {end}")
+        os.write(target, data)
+        position += len(data)
 
 
 @dataclass(slots=True)
@@ -509,15 +592,26 @@ class Recovery:
     set_aside: list[tuple[Path, Damage]]
     #: The journal must start afresh (stale, empty or salvaged) once this start is done.
     restart: bool
+    #: The snapshot holds the journal up to this offset: it must start afresh with only
+    #: what follows (:meth:`Journal.rebase_now`).
+    rebase: int | None = None
 
 
 def recover(
-    path: Path, scheduler: Any, snapshot_generation: int, *, salvage: bool = False
+    path: Path,
+    scheduler: Any,
+    snapshot_generation: int,
+    *,
+    salvage: bool = False,
+    after: tuple[int, int] | None = None,
 ) -> Recovery:
     """Replay the journal at ``path`` onto a scheduler that holds the snapshot of
     ``snapshot_generation``, one record at a time; cut a torn final record off; with
     ``salvage``, set damaged parts aside. Raises JournalDamaged (changing nothing) for
-    damage without ``salvage``."""
+    damage without ``salvage``. ``after``: the older journal generation and the offset in
+    it up to which the snapshot holds it (a snapshot written while the server ran): a
+    journal of that generation is replayed from there on, and is to be rebased
+    (``Recovery.rebase``) rather than restarted."""
     reader = JournalReader(path, salvage=salvage)
     events = reader.events()
     generation, replayed, stale = 0, 0, False
@@ -533,7 +627,20 @@ def recover(
                 "the snapshot alone"
             )
         replayed += _apply_counted(scheduler, first, replayed)
-    if generation < snapshot_generation:
+    resumed = after is not None and generation == after[0] < snapshot_generation
+    if resumed:
+        assert after is not None
+        size = path.stat().st_size
+        if after[1] > size:
+            events.close()
+            raise JournalError(
+                f"the snapshot holds the journal {path} up to byte {after[1]} but it has "
+                f"{size}: it was cut short; move it aside to start from the snapshot alone"
+            )
+        reader.resume_at = after[1]
+        for event in events:
+            replayed += _apply_counted(scheduler, event, replayed)
+    elif generation < snapshot_generation:
         stale = True  # a crash right after a snapshot: this journal is in it already
         events.close()
     else:
@@ -554,8 +661,10 @@ def recover(
         except OSError as exc:
             raise JournalError(f"cannot cut the torn record off {path}: {exc.strerror}") from None
     journal = Journal(path)
+    journal.generation = generation
     restart = stale or journal.size == 0 or bool(set_aside)
-    return Recovery(journal, generation, replayed, set_aside, restart)
+    rebase = after[1] if resumed and after is not None and not restart else None
+    return Recovery(journal, generation, replayed, set_aside, restart, rebase)
 
 
 def _apply_counted(scheduler: Any, event: list[Any], index: int) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import posixpath
 import re
 from array import array
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from buildcat.jobs import task_kind
@@ -50,7 +50,7 @@ def frame_name(key: Pattern, frame: int) -> str:
 
 
 def claimed_frames(
-    kind: str, tasks: Iterable[tuple[dict[str, Any], list[int]]], common: dict[str, Any]
+    kind: str, tasks: Iterable[tuple[dict[str, Any], Sequence[int]]], common: dict[str, Any]
 ) -> dict[Pattern, list[int]]:
     """The frames a job's tasks finish, by output pattern, given each task's payload and
     the tasks it depends on; none for a kind that writes no frames."""

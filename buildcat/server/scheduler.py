@@ -95,17 +95,22 @@ class TaskSpec:
 
 @dataclass(slots=True, eq=False)
 class Task:
+    """One task of a job. A million of them may be queued at once, so what most tasks never
+    use costs nothing: no dependencies and no failures are one shared empty tuple and
+    frozenset, not an empty list and set each (see docs/scaling.md)."""
+
     job: Job
     index: int
     payload: dict[str, Any]
-    depends: list[int]
-    dependents: list[int] = field(default_factory=list)
+    depends: tuple[int, ...] = ()
+    dependents: tuple[int, ...] = ()
     pending_deps: int = 0
     state: TaskState = TaskState.QUEUED
     worker: str | None = None
     attempts: int = 0
     failures: int = 0
-    failed_on: set[str] = field(default_factory=set)
+    #: The names of the workers it failed on (replaced, never changed in place).
+    failed_on: frozenset[str] = frozenset()
     lease_expires_at: float = 0.0
     leased_at: float | None = None
     finished_at: float | None = None
@@ -303,6 +308,12 @@ class Worker:
         }
 
 
+def link_dependents(tasks: list[Task], dependents: dict[int, list[int]]) -> None:
+    """Give each task the indexes of the tasks that wait for it."""
+    for index, waiting in dependents.items():
+        tasks[index].dependents = tuple(waiting)
+
+
 def is_task_index(text: str) -> bool:
     """``"12"`` is; ``"²"``, ``"-1"``, ``"٣"`` and a 5,000-digit number are not."""
     return 0 < len(text) <= 9 and text.isascii() and text.isdigit()
@@ -449,20 +460,20 @@ class Scheduler:
             job.id = secrets.token_hex(4)
         if key:
             self.submit_keys[key] = job.id
+        append, ready = job.tasks.append, job.ready.append
+        dependents: dict[int, list[int]] = {}
         for index, spec in enumerate(tasks):
-            task = Task(
-                job=job,
-                index=index,
-                payload=spec.payload,
-                depends=sorted(set(spec.depends)),
-                ready_at=now,
-            )
-            task.pending_deps = len(task.depends)
-            for dep in task.depends:
-                job.tasks[dep].dependents.append(index)
-            job.tasks.append(task)
-            if task.pending_deps == 0:
-                job.ready.append(index)
+            if spec.depends:
+                depends = tuple(sorted(set(spec.depends)))
+                append(
+                    Task(job, index, spec.payload, depends, pending_deps=len(depends), ready_at=now)
+                )
+                for dep in depends:
+                    dependents.setdefault(dep, []).append(index)
+            else:
+                append(Task(job, index, spec.payload, ready_at=now))
+                ready(index)
+        link_dependents(job.tasks, dependents)
         job.counts[TaskState.QUEUED] = len(tasks)
         self.jobs[job.id] = job
         self._changed.add(job.id)
@@ -1203,7 +1214,7 @@ class Scheduler:
         job = task.job
         if worker is not None and not job_fault:
             worker.tasks_failed += 1
-            task.failed_on.add(worker.name)
+            task.failed_on = task.failed_on | {worker.name}
             count = job.failures_by_worker.get(worker.name, 0) + 1
             job.failures_by_worker[worker.name] = count
             if count >= self.block_after and worker.name not in job.blocked:

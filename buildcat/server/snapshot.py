@@ -1,17 +1,36 @@
 """The whole queue as one msgpack document, so the journal can start afresh from it.
 
 On disk: ``MAGIC``, the body's length (u64) and CRC-32 (u32), then the msgpack body
-``{"generation": N, "state": ...}``. A file whose checksum does not match is refused
-whole (:class:`SnapshotDamaged`): a flipped bit never becomes silently changed state.
+``{"generation": N, "after": [G, OFFSET], "state": ...}``. A file whose checksum does not
+match is refused whole (:class:`SnapshotDamaged`): a flipped bit never becomes silently
+changed state.
+
+A running server writes its snapshots without stopping (:func:`write_in_child`, where the
+platform can fork): a child process, a copy of the server at one instant, writes the
+queue as it was then, while the server goes on answering and journaling. Such a snapshot
+of generation N holds journal generation G up to byte OFFSET (``after``); until the
+journal restarts as generation N, a start replays generation G from OFFSET on. A task's
+fields are stored as columns (one list per field for each job), which a million-task job
+packs, reads and rebuilds several times faster than a million small maps.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import dataclasses
+import gc
+import itertools
 import logging
 import os
+import resource
+import signal
 import struct
+import sys
+import warnings
 import zlib
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +44,7 @@ from buildcat.server.scheduler import (
     Task,
     TaskState,
     Worker,
+    link_dependents,
 )
 from buildcat.server.workerset import WorkerSettings
 
@@ -41,12 +61,32 @@ class SnapshotDamaged(FarmError):
     """The snapshot fails its checksum, or does not decode into a queue."""
 
 
-def write(path: Path, generation: int, scheduler: Scheduler) -> int:
+#: A forked child can write snapshots while the server runs (not on Windows).
+CAN_FORK = hasattr(os, "fork")
+#: Linux: the child asks to die with the server (loaded here: the child loads nothing).
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+_PR_SET_PDEATHSIG = 1
+
+
+def write(
+    path: Path,
+    generation: int,
+    scheduler: Scheduler,
+    after: tuple[int, int] | None = None,
+    *,
+    temporary: Path | None = None,
+    wanted: Callable[[], bool] = lambda: True,
+) -> int:
     """Write the queue to ``path`` (via a temporary file, fsynced, renamed into place, mode
-    0600); returns its size. The caller fsyncs the folder."""
-    body = protocol.pack({"generation": generation, "state": dump(scheduler)})
+    0600); returns its size. ``after``: the journal generation and byte offset the queue
+    holds, when the journal is not restarted with the snapshot. ``wanted`` is asked last,
+    before the rename: false drops the file. The caller fsyncs the folder."""
+    document: dict[str, Any] = {"generation": generation, "state": dump(scheduler)}
+    if after is not None:
+        document["after"] = list(after)
+    body = protocol.pack(document)
     data = HEADER.pack(MAGIC, len(body), zlib.crc32(body)) + body
-    temporary = path.with_suffix(".tmp")
+    temporary = temporary or path.with_suffix(".tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | platform.OPEN_FLAGS
     descriptor = os.open(temporary, flags, 0o600)
     with os.fdopen(descriptor, "wb") as handle:
@@ -54,13 +94,107 @@ def write(path: Path, generation: int, scheduler: Scheduler) -> int:
         handle.write(data)
         handle.flush()
         os.fsync(descriptor)
+    if not wanted():
+        temporary.unlink()
+        raise FarmError("the server it was written for is gone")
     os.replace(temporary, path)
     return len(data)
 
 
-def read(path: Path) -> tuple[int, dict[str, Any], bool] | None:
-    """The snapshot's generation, its queue document and whether it is in the old format
-    without a checksum; None when there is none."""
+def child_files(folder: Path) -> list[Path]:
+    """Snapshots a child left unfinished (its server was killed meanwhile)."""
+    return sorted(folder.glob("snapshot.*.tmp"))
+
+
+@dataclasses.dataclass(slots=True)
+class Child:
+    """A snapshot being written by a forked copy of the server."""
+
+    pid: int
+    #: The child reports on this pipe: the snapshot's size, or why it failed.
+    report: int
+    generation: int
+    after: tuple[int, int]
+
+    def wait(self) -> int:
+        """Block until the child is done (call from a thread); its snapshot's size. Raises
+        FarmError when it failed (the snapshot before it stays in place)."""
+        try:
+            with os.fdopen(self.report, "rb") as pipe:
+                message = pipe.read().decode("utf-8", "replace")
+            _, status = os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            status = 0  # reaped elsewhere: its report says how it went
+        if message.startswith("ok "):
+            return int(message[3:])
+        code = os.waitstatus_to_exitcode(status)
+        raise FarmError(message or f"the snapshot process ended with status {code}")
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, 9)
+
+
+def write_in_child(
+    path: Path, generation: int, scheduler: Scheduler, after: tuple[int, int]
+) -> Child:
+    """Fork: the child writes the queue as it is this instant (see :func:`write`), fsyncs
+    the folder and exits; the server goes on at once. The child touches nothing shared:
+    it closes every file it inherited (the listening sockets, the journal, the lock), so a
+    server that dies meanwhile leaves nothing held but the snapshot being finished."""
+    readable, writable = os.pipe()
+    parent = os.getpid()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns that a forked child of a threaded process may find locks held.
+        # This one takes none: it packs plain objects, writes its own files and _exits.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child's coverage is not collected
+        _child(path, generation, scheduler, after, readable, writable, parent)
+    os.close(writable)
+    return Child(pid, readable, generation, after)
+
+
+def _child(
+    path: Path,
+    generation: int,
+    scheduler: Scheduler,
+    after: tuple[int, int],
+    readable: int,
+    writable: int,
+    parent: int,
+) -> None:  # pragma: no cover - runs in the forked child
+    message = b"the snapshot process failed"
+    try:
+        gc.disable()  # a collection would touch (and copy) every page of the server's heap
+        if _LIBC is not None:  # killed with the server: a snapshot is only its server's
+            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        os.close(readable)
+        os.closerange(3, writable)
+        os.closerange(writable + 1, limit if limit > 0 else 65536)
+        size = write(
+            path,
+            generation,
+            scheduler,
+            after,
+            temporary=path.with_name(f"{path.stem}.{os.getpid()}.tmp"),
+            wanted=lambda: os.getppid() == parent,  # not a server that took over since
+        )
+        platform.fsync_folder(path.parent)
+        message = f"ok {size}".encode()
+    except BaseException as exc:  # reported to the server, then _exit
+        message = f"cannot write the snapshot {path}: {exc}".encode()
+    finally:
+        with contextlib.suppress(OSError):
+            os.write(writable, message)
+        os._exit(0)
+
+
+def read(path: Path) -> tuple[int, dict[str, Any], bool, tuple[int, int] | None] | None:
+    """The snapshot's generation, its queue document, whether it is in the old format
+    without a checksum, and the journal (generation, offset) it holds when it was written
+    without restarting the journal; None when there is none."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -85,13 +219,18 @@ def read(path: Path) -> tuple[int, dict[str, Any], bool] | None:
     try:
         document = protocol.unpack(body, trusted=True)
         generation, state = document["generation"], document["state"]
-    except (FarmError, KeyError, TypeError) as exc:
+        after = document.get("after")
+    except (FarmError, KeyError, TypeError, AttributeError) as exc:
         raise _damaged(path, f"it does not decode: {exc}") from None
     if not isinstance(generation, int) or not isinstance(state, dict):
         raise _damaged(path, "it does not decode into a queue")
+    if after is not None and not (
+        isinstance(after, list) and len(after) == 2 and all(isinstance(n, int) for n in after)
+    ):
+        raise _damaged(path, "its journal mark is not a generation and an offset")
     with contextlib.suppress(OSError):
         os.chmod(path, 0o600)  # an older release left it readable to all
-    return generation, state, legacy
+    return generation, state, legacy, (after[0], after[1]) if after else None
 
 
 def _damaged(path: Path, reason: str) -> SnapshotDamaged:
@@ -138,17 +277,7 @@ def dump(scheduler: Scheduler) -> dict[str, Any]:
                 "blocked": sorted(job.blocked),
                 "ready": list(job.ready),
                 **{f: getattr(job, f) for f in _JOB_FIELDS},
-                "tasks": [
-                    {
-                        "payload": t.payload,
-                        "depends": t.depends,
-                        "state": str(t.state),
-                        "worker": t.worker,
-                        "failed_on": sorted(t.failed_on),
-                        **{f: getattr(t, f) for f in _TASK_FIELDS},
-                    }
-                    for t in job.tasks
-                ],
+                "task_columns": dump_tasks(job.tasks),
             }
             for job in scheduler.jobs.values()
         ],
@@ -160,6 +289,58 @@ def dump(scheduler: Scheduler) -> dict[str, Any]:
             name: settings.dump() for name, settings in scheduler.worker_settings.items()
         },
     }
+
+
+#: Task fields the snapshot keeps; the rest are rebuilt (the job, its index, who waits).
+_TASK_COLUMNS = ("payload", "depends", "state", "worker", "failed_on", *_TASK_FIELDS)
+_REBUILT = {"job", "index", "dependents", "pending_deps"}
+_STATES = list(TaskState)
+_STATE_CODE = {state: code for code, state in enumerate(_STATES)}
+_NO_FAILURES: frozenset[str] = frozenset()
+
+
+def dump_tasks(tasks: list[Task]) -> dict[str, list[Any]]:
+    """A job's tasks as one list per field (states as small numbers)."""
+    columns = {name: [getattr(t, name) for t in tasks] for name in _TASK_COLUMNS}
+    columns["state"] = [_STATE_CODE[state] for state in columns["state"]]
+    columns["failed_on"] = [sorted(names) if names else None for names in columns["failed_on"]]
+    return columns
+
+
+def load_tasks(job: Job, columns: dict[str, list[Any]]) -> None:
+    """Rebuild a job's tasks from :func:`dump_tasks`, in one pass over the columns."""
+    count = len(columns["payload"])
+    converted = dict(columns)
+    converted["state"] = [_STATES[code] for code in columns["state"]]
+    converted["depends"] = [tuple(d) if d else () for d in columns["depends"]]
+    converted["failed_on"] = [frozenset(n) if n else _NO_FAILURES for n in columns["failed_on"]]
+    if any(len(column) != count for column in converted.values()):
+        raise ValueError(f"job {job.id}: its task columns differ in length")
+    rebuilt = {
+        "job": itertools.repeat(job, count),
+        "index": range(count),
+        "dependents": itertools.repeat((), count),
+        "pending_deps": itertools.repeat(0, count),
+    }
+    # The dataclass's own field order: a field added to Task needs a column or a default.
+    ordered = [
+        rebuilt[f.name] if f.name in _REBUILT else converted[f.name]
+        for f in dataclasses.fields(Task)
+    ]
+    job.tasks = list(itertools.starmap(Task, zip(*ordered, strict=True)))
+
+
+def _load_task_maps(job: Job, maps: list[dict[str, Any]]) -> None:
+    """Tasks as snapshots before columns wrote them: one map each."""
+    for index, raw in enumerate(maps):
+        task = Task(job=job, index=index, payload=raw["payload"], depends=tuple(raw["depends"]))
+        task.state = TaskState(raw["state"])
+        task.worker = raw["worker"]
+        task.failed_on = frozenset(raw["failed_on"])
+        for f in _TASK_FIELDS:
+            if f in raw:  # snapshots from before a field existed keep its default
+                setattr(task, f, raw[f])
+        job.tasks.append(task)
 
 
 def load(scheduler: Scheduler, document: dict[str, Any]) -> None:
@@ -183,25 +364,11 @@ def load(scheduler: Scheduler, document: dict[str, Any]) -> None:
         job.paused = item["paused"]
         job.state = JobState(item["state"])
         job.blocked = set(item["blocked"])
-        for index, raw in enumerate(item["tasks"]):
-            task = Task(job=job, index=index, payload=raw["payload"], depends=raw["depends"])
-            task.state = TaskState(raw["state"])
-            task.worker = raw["worker"]
-            task.failed_on = set(raw["failed_on"])
-            for f in _TASK_FIELDS:
-                if f in raw:  # snapshots from before a field existed keep its default
-                    setattr(task, f, raw[f])
-            job.tasks.append(task)
-            job.count(task.state, 1)
-        for task in job.tasks:
-            for dep in task.depends:
-                job.tasks[dep].dependents.append(task.index)
-            task.pending_deps = sum(job.tasks[d].state is not TaskState.DONE for d in task.depends)
-            if task.state is TaskState.LEASED:
-                holder = scheduler.workers.get(task.worker or "")
-                if holder is not None:
-                    holder.leased.add(task)
-                scheduler._leased.add(task)
+        if "task_columns" in item:
+            load_tasks(job, item["task_columns"])
+        else:
+            _load_task_maps(job, item["tasks"])
+        _link(scheduler, job)
         job.ready.extend(item["ready"])
         scheduler.jobs[job.id] = job
         if job.submit_key:
@@ -217,15 +384,43 @@ def load(scheduler: Scheduler, document: dict[str, Any]) -> None:
                 scheduler.ready_total += len(job.ready)
 
 
-def restore(scheduler: Scheduler, path: Path) -> tuple[int, bool] | None:
-    """Load the snapshot at ``path`` into a fresh scheduler: its generation, and whether it
-    is in the old format without a checksum (rewrite it); None when there is none."""
+def _link(scheduler: Scheduler, job: Job) -> None:
+    """Counts by state, who waits for whom, and the leases, from a job's loaded tasks."""
+    tasks = job.tasks
+    for state, number in Counter(task.state for task in tasks).items():
+        job.count(state, number)
+    dependents: dict[int, list[int]] = {}
+    done, leased = TaskState.DONE, TaskState.LEASED
+    for task in tasks:
+        if task.depends:
+            for dep in task.depends:
+                dependents.setdefault(dep, []).append(task.index)
+            task.pending_deps = sum(tasks[d].state is not done for d in task.depends)
+        if task.state is leased:
+            holder = scheduler.workers.get(task.worker or "")
+            if holder is not None:
+                holder.leased.add(task)
+            scheduler._leased.add(task)
+    link_dependents(tasks, dependents)
+
+
+@dataclasses.dataclass(slots=True, frozen=True)
+class Restored:
+    generation: int
+    #: In the old format without a checksum: rewrite it.
+    legacy: bool
+    #: The journal generation and offset it holds (written without restarting the journal).
+    after: tuple[int, int] | None
+
+
+def restore(scheduler: Scheduler, path: Path) -> Restored | None:
+    """Load the snapshot at ``path`` into a fresh scheduler; None when there is none."""
     found = read(path)
     if found is None:
         return None
-    generation, state, legacy = found
+    generation, state, legacy, after = found
     try:
         load(scheduler, state)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise _damaged(path, f"it does not make a queue: {type(exc).__name__}: {exc}") from None
-    return generation, legacy
+    return Restored(generation, legacy, after)

@@ -1,0 +1,83 @@
+"""What the benchmarks share: a farm on loopback, percentiles, waiting, /proc readings."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import buildcat
+from buildcat import launch
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise SystemExit(f"benchmark: {what} did not happen within {timeout:g}s")
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def farm(
+    root: Path,
+    workers: int,
+    *worker_args: str,
+    env: dict[str, str] | None = None,
+    server_args: tuple[str, ...] = (),
+) -> Iterator[tuple[buildcat.Client, int, int]]:
+    """A server and ``workers`` worker processes on loopback; yields (client, port, pid)."""
+    server, port = launch.start_server(
+        root, "--log-level", "warning", "--no-discovery", *server_args
+    )
+    previous = dict(os.environ)
+    os.environ.update(env or {})
+    try:
+        processes = [
+            launch.start_worker(
+                port, root, "--name", f"bench-{n}", "--log-level", "warning", *worker_args
+            )
+            for n in range(workers)
+        ]
+    finally:
+        os.environ.clear()
+        os.environ.update(previous)
+    client = buildcat.connect("127.0.0.1", port, root)
+    try:
+        wait_until(lambda: len(client.workers()) >= workers, 60, f"{workers} workers joining")
+        yield client, port, server.pid
+    finally:
+        client.close()
+        launch.stop_all(processes)
+        launch.stop(server)
+
+
+def memory_mb(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

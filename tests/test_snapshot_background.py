@@ -1,0 +1,155 @@
+"""Snapshots written while the farm goes on (issue 17): a forked child writes the queue as
+it was at one instant; the server answers and journals meanwhile; a snapshot waits for as
+many journal events as the last one held tasks; a start resumes the journal the snapshot
+names from the offset it holds."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+import buildcat
+from buildcat.server import snapshot
+from buildcat.server.app import Farm as ServerFarm
+from buildcat.server.app import ServerConfig
+from buildcat.server.journal import read_events
+from buildcat.server.scheduler import TaskSpec
+from tests.conftest import wait_for
+from tests.test_reliability import kill_server, new_farm
+
+pytestmark = pytest.mark.skipif(not snapshot.CAN_FORK, reason="snapshots fork here")
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def test_the_farm_answers_and_journals_while_a_snapshot_is_being_written(tmp_path: Path) -> None:
+    farm = new_farm(tmp_path)
+    farm.start_server("--snapshot-every", "10")
+    assert farm.server is not None
+    server_pid = farm.server.pid
+    try:
+        client = farm.client()
+        big = client.map("farm_jobs:square", range(60_000))
+        early = [client.submit("farm_jobs:square", n) for n in range(9)]  # 10 events: due
+        # The child writing the snapshot of 60,000 tasks: held still while we work.
+        [child] = wait_for(lambda: children(server_pid), timeout=60, interval=0.002)
+        os.kill(child, signal.SIGSTOP)
+        try:
+            assert client.ping()["snapshots"] == 0
+            during = [client.submit("farm_jobs:square", n) for n in range(5)]
+            assert [job.status()["state"] for job in during] == ["queued"] * 5
+            assert children(server_pid) == [child]  # answered with the snapshot unfinished
+        finally:
+            os.kill(child, signal.SIGCONT)
+        wait_for(lambda: client.ping()["snapshots"] == 1, timeout=120)
+        state = farm.root / ".buildcat"
+        # The journal restarted as generation 1 holding only what came after the fork.
+        events = list(read_events(state / "journal.bin"))
+        assert events[0] == ["generation", 1]
+        assert [e[0] for e in events[1:]] == ["submit"] * 5
+        kill_server(farm)
+        farm.start_server(port=farm.port)
+        jobs = client.jobs()
+        assert [job["id"] for job in jobs] == [j.id for j in [big, *early, *during]]
+        assert client.job(big.id).status()["tasks"]["queued"] == 60_000
+        farm.start_worker("--no-blender")
+        assert [job.results() for job in during] == [[n * n] for n in range(5)]
+    finally:
+        farm.stop()
+
+
+def test_a_snapshot_waits_for_as_many_events_as_the_last_one_held_tasks(tmp_path: Path) -> None:
+    """Before, a snapshot of the whole queue came every ``snapshot_every`` events, so a
+    big job paid for it with the square of its size."""
+    (tmp_path / "root").mkdir()
+    config = ServerConfig(root=tmp_path / "root", discovery=False, snapshot_every=10)
+
+    async def run() -> list[bool]:
+        server = ServerFarm(config)
+        assert server.journal is not None
+        seen = []
+        server.scheduler.submit([TaskSpec({"args": [n]}) for n in range(2_000)], time.time())
+        for _ in range(10):
+            server.record("pause", time.time(), "none")
+        seen.append(server.snapshot_due())  # the first: after snapshot_every events
+        await server.take_snapshot()
+        assert server.snapshots == 1 and server.generation == 1
+        for _ in range(1_500):
+            server.record("pause", time.time(), "none")
+        seen.append(server.snapshot_due())  # fewer events than the 2,000 tasks it held
+        for _ in range(500):
+            server.record("pause", time.time(), "none")
+        seen.append(server.snapshot_due())
+        await server.journal.settle()
+        server.journal.close()
+        return seen
+
+    assert asyncio.run(run()) == [True, False, True]
+
+
+def test_without_fork_the_snapshot_is_written_on_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows has no fork: there the snapshot and the journal's restart happen in one
+    step, as before."""
+    monkeypatch.setattr(snapshot, "CAN_FORK", False)
+    (tmp_path / "root").mkdir()
+    config = ServerConfig(root=tmp_path / "root", discovery=False)
+
+    async def run() -> None:
+        server = ServerFarm(config)
+        assert server.journal is not None
+        job = server.scheduler.submit([TaskSpec({"args": [1]})], time.time())
+        server.record("pause", time.time(), job.id)
+        await server.take_snapshot()
+        server.journal.close()
+
+    asyncio.run(run())
+    state = tmp_path / "root" / ".buildcat"
+    assert list(read_events(state / "journal.bin")) == [["generation", 1]]
+    found = snapshot.read(state / "snapshot.bin")
+    assert found is not None and found[0] == 1 and found[3] is None
+
+
+def test_a_server_killed_during_a_snapshot_leaves_nothing_held(tmp_path: Path) -> None:
+    """The child dies with its server and closes what it inherited: a server started after
+    the first was killed mid-snapshot binds the same port, finds every job, and no
+    half-written snapshot is left behind or renamed into place later."""
+    farm = new_farm(tmp_path)
+    farm.start_server("--snapshot-every", "10")
+    assert farm.server is not None
+    server_pid = farm.server.pid
+    try:
+        client: buildcat.Client = farm.client()
+        big = client.map("farm_jobs:square", range(60_000))
+        for _ in range(9):
+            client.job(big.id).pause()  # 10 events: the snapshot is due
+        [child] = wait_for(lambda: children(server_pid), timeout=60, interval=0.002)
+        os.kill(child, signal.SIGSTOP)
+        kill_server(farm)
+        wait_for(lambda: not Path(f"/proc/{child}").exists())  # it died with its server
+        farm.start_server(port=farm.port)
+        assert [job["id"] for job in client.jobs()] == [big.id]
+        assert client.job(big.id).status()["state"] == "paused"
+        assert client.job(big.id).status()["tasks"]["queued"] == 60_000
+        state = farm.root / ".buildcat"
+        assert snapshot.child_files(state) == [] and not (state / "snapshot.bin").exists()
+    finally:
+        farm.stop()
