@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.machinery
 import importlib.util
@@ -17,6 +18,17 @@ from buildcat.errors import FarmError, PathError
 
 def split_spec(spec: Any) -> tuple[str, str]:
     """Split ``module:function`` / ``file.py:function``; refuse anything else with one line."""
+    if isinstance(spec, str):
+        return _split_text(spec)  # a million tasks of one function: checked once
+    return _split(spec)
+
+
+@functools.lru_cache(maxsize=1024)
+def _split_text(spec: str) -> tuple[str, str]:
+    return _split(spec)
+
+
+def _split(spec: Any) -> tuple[str, str]:
     if not isinstance(spec, str) or spec.count(":") < 1:
         raise FarmError(
             f"function {spec!r} must look like module:function or path/file.py:function"

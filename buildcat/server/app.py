@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import math
 import os
@@ -34,6 +33,7 @@ from buildcat.server import (
     outputs,
     people,
     rights,
+    submits,
     taskfiles,
     views,
     workerroutes,
@@ -65,6 +65,7 @@ from buildcat.server.scheduler import (
     SchedulerError,
     Task,
     TaskSpec,
+    build_tasks,
     requirement_problem,
 )
 
@@ -266,16 +267,16 @@ def _task_id(item: dict[str, Any]) -> str:
 @routes.post(f"{API}/jobs")
 async def submit(request: web.Request) -> web.Response:
     farm = farm_of(request)
-    body = await read_body(request)
+    # In pieces (server/submits.py): a million tasks never hold the event loop long.
+    if request.can_read_body and request.content_type == protocol.MSGPACK:
+        body = await submits.decode_body(await request.read())
+    else:
+        body = await read_body(request)
     # An idempotency key: the same submit sent again (its reply was lost) finds its job.
     key = _get(body, "key", str, "")
     if key and not _SUBMIT_KEY.fullmatch(key):
         raise ProtocolError("'key' must be 8 to 64 letters, digits, '-' or '_'")
-    digest = (
-        hashlib.sha256(protocol.pack({k: v for k, v in body.items() if k != "key"})).hexdigest()
-        if key
-        else ""
-    )
+    digest = await submits.digest(body) if key else ""
     while key in farm.submitting:  # the same submit, still being written: wait for it
         with contextlib.suppress(Exception):
             await asyncio.shield(farm.submitting[key])
@@ -301,6 +302,7 @@ async def submit(request: web.Request) -> web.Response:
         except FarmError as exc:
             raise FarmError(f"task {index}: {exc}") from None
         specs.append(TaskSpec(payload=payload, depends=depends))
+        await submits.pause(index + 1)
     requires = _get(body, "requires", list, [])
     if len(requires) > MAX_REQUIRES or not all(
         isinstance(r, str) and len(r) <= MAX_NAME for r in requires
@@ -328,13 +330,9 @@ async def submit(request: web.Request) -> web.Response:
         owner = who_of(request)
     after, after_any = _after(body)
     scheduler = farm.scheduler
-    attempts = scheduler.check_submit(
-        specs, max_attempts, timeout, key, after=after, after_any=after_any
-    )
     claimed = outputs.claimed_frames(kind, ((t.payload, t.depends) for t in specs), common)
     farm.check_outputs(claimed, runs_after=after)
     now = time.time()
-    job_id = farm.new_job_id()
     meta = {**meta, "common": common}
     meta.pop(notices.META_KEY, None)
     notify = [*protocol.check_urls(body.get("notify"))]
@@ -342,21 +340,44 @@ async def submit(request: web.Request) -> web.Response:
     if notify:  # journaled with the job: its end owes each a notice, across restarts
         meta[notices.META_KEY] = notify
     requires = sorted(set(requires))
-    event = (
-        "submit", now, job_id, [[t.payload, t.depends] for t in specs], name, kind, priority,
-        requires, attempts, owner, meta, timeout, key, digest, after, after_any,
-    )  # fmt: skip
+    job_id = farm.new_job_id()
+    farm.reserved_ids.add(job_id)
+    try:
+        # The job and its tasks are made (a piece at a time) and encoded before anything
+        # changes; once its record is on disk it is only queued.
+        job = scheduler.new_job(
+            specs, now, name=name, kind=kind, priority=priority, requires=requires,
+            max_attempts=max_attempts, owner=owner, meta=meta, job_id=job_id,
+            timeout=timeout, key=key, digest=digest, after=after, after_any=after_any,
+        )  # fmt: skip
+        for _ in build_tasks(job, specs, now, submits.PIECE):
+            await asyncio.sleep(0)
+        event = [
+            "submit", now, job_id, None, name, kind, priority, requires, job.max_attempts,
+            owner, meta, timeout, key, digest, after, after_any,
+        ]  # fmt: skip
+        tasks = ([t.payload, t.depends] for t in specs)
+        record = await submits.encode_event(event, 3, tasks, len(specs))
+        # Other requests went on meanwhile: the same submit sent again goes first, and
+        # the frames this job writes are checked again.
+        while key in farm.submitting:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(farm.submitting[key])
+        earlier = farm.scheduler.submitted(key, digest)
+        if earlier is None:
+            farm.check_outputs(claimed, runs_after=after)
+    except BaseException:
+        farm.reserved_ids.discard(job_id)
+        raise
+    if earlier is not None:
+        farm.reserved_ids.discard(job_id)
+        return respond(request, {"id": earlier.id, "tasks": len(earlier.tasks), "again": True})
 
     def apply() -> Job:
-        return scheduler.submit(
-            specs, now, name=name, kind=kind, priority=priority, requires=requires,
-            max_attempts=attempts, owner=owner, meta=meta, job_id=job_id, timeout=timeout,
-            key=key, digest=digest, after=after, after_any=after_any,
-        )  # fmt: skip
+        return scheduler.add_job(job, now)
 
     # Written first, queued once on disk; the request going away does not stop it halfway.
-    pending = asyncio.ensure_future(farm.change(event, apply))
-    farm.reserved_ids.add(job_id)
+    pending = asyncio.ensure_future(farm.change_records([record], apply))
     farm.outputs.claim(job_id, claimed)  # at once: a submit meanwhile sees these frames taken
     if key:
         farm.submitting[key] = pending
@@ -370,7 +391,8 @@ async def submit(request: web.Request) -> web.Response:
             farm.outputs.release(job_id)
 
     pending.add_done_callback(done)
-    job = await asyncio.shield(pending)
+    with farm.hold_dispatch():  # ends with the answer: workers are woken after it
+        await asyncio.shield(pending)
     log.info("job %s submitted: %s, %d task(s)", job.id, job.name or kind, len(job.tasks))
     return respond(request, {"id": job.id, "tasks": len(job.tasks)}, status=201)
 

@@ -14,7 +14,7 @@ import secrets
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -45,6 +45,9 @@ from buildcat.server.tokens import TOKENS_FILE, TokenTable
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: Parked lease requests served in one go before the event loop runs others.
+DISPATCH_PIECE = 500
 
 
 @dataclass(slots=True)
@@ -106,6 +109,9 @@ class Farm:
         self.port = config.port
         self.scheduler = Scheduler(lease_timeout=config.lease_timeout)
         self.waiters: deque[Waiter] = deque()
+        self._dispatching = False
+        #: Requests being answered before parked workers are served (see hold_dispatch).
+        self.dispatch_held = 0
         self.compact_waiters_at = 64
         self.job_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self.watchers: dict[str, asyncio.Future[None]] = {}
@@ -335,6 +341,16 @@ class Farm:
             self.after_change()
             return result
         records = [journal_record(list(event)) for event in events]  # all encode, or none
+        return await self.change_records(records, apply, events[0][0])
+
+    async def change_records(
+        self, records: list[bytes], apply: Callable[[], T], kind: str = "submit"
+    ) -> T:
+        """:meth:`change_all` for events encoded already (``journal.encode``)."""
+        if self.journal is None:
+            result = apply()
+            self.after_change()
+            return result
         outcome: list[tuple[bool, Any]] = []
 
         def then() -> None:
@@ -343,7 +359,7 @@ class Farm:
             except SchedulerError as exc:
                 outcome.append((False, exc))
             except Exception as exc:
-                log.exception("applying %s failed", events[0][0])
+                log.exception("applying %s failed", kind)
                 outcome.append((False, exc))
             self.after_change()
 
@@ -364,9 +380,10 @@ class Farm:
     # ---- waking ------------------------------------------------------------------------
 
     def after_change(self) -> None:
-        """Hand ready tasks to waiting workers and wake waiters of finished jobs."""
-        if self.waiters and self.scheduler.ready_total > 0:
-            self.dispatch(time.time())
+        """Hand ready tasks to waiting workers (soon: see :meth:`dispatch_soon`) and wake
+        waiters of finished jobs."""
+        if self.waiters and self.scheduler.ready_total > 0 and not self.dispatch_held:
+            self.dispatch_soon()
         for worker_id in self.scheduler.take_cancel_notices():
             watcher = self.watchers.pop(worker_id, None)
             if watcher is not None and not watcher.done():
@@ -415,9 +432,47 @@ class Farm:
             self.waiters = deque(live)
         return live
 
-    def dispatch(self, now: float) -> None:
+    @contextlib.contextmanager
+    def hold_dispatch(self) -> Iterator[None]:
+        """Parked workers are served once this request's answer is on its way: a submit
+        that wakes 10,000 of them is answered first. Held only while its change is being
+        written (milliseconds), never while a big submit is taken in."""
+        self.dispatch_held += 1
+        try:
+            yield
+        finally:
+            self.dispatch_held -= 1
+            if self.waiters and self.scheduler.ready_total > 0 and not self.dispatch_held:
+                self.dispatch_soon()
+
+    def dispatch_soon(self) -> None:
+        """Dispatch once the request that made work ready is answered (a submit that wakes
+        10,000 parked workers answers first), :data:`DISPATCH_PIECE` waiters at a time."""
+        if self._dispatching:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a test driving the farm by hand): at once
+            self.dispatch(time.time())
+            return
+        self._dispatching = True
+        loop.call_soon(self._dispatch_piece)
+
+    def _dispatch_piece(self) -> None:
+        self._dispatching = False
+        if self.dispatch(time.time(), DISPATCH_PIECE):
+            self.dispatch_soon()
+
+    def dispatch(self, now: float, most: int = 0) -> bool:
+        """Lease ready tasks to parked workers, in the order they asked; with ``most``, to
+        that many at most. True when some were left for the next piece."""
         unmatched: list[Waiter] = []
+        served = 0
         while self.waiters and self.scheduler.ready_total > 0:
+            if most and served >= most:
+                self.waiters.extendleft(reversed(unmatched))
+                return True
+            served += 1
             waiter = self.waiters.popleft()
             if waiter.future.done():
                 continue
@@ -432,6 +487,7 @@ class Farm:
             else:
                 unmatched.append(waiter)
         self.waiters.extendleft(reversed(unmatched))
+        return False
 
     def release_waiters(self) -> int:
         """At shutdown, answer every long-poll at once so nothing waits for a timeout;

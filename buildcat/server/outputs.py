@@ -55,12 +55,16 @@ def claimed_frames(
     """The frames a job's tasks finish, by output pattern, given each task's payload and
     the tasks it depends on; none for a kind that writes no frames."""
     listed = list(tasks)
+    # A task's own kind, else the common payload's, else the job's.
+    common_kind = task_kind(kind, common)
+    if common_kind not in CLAIMING_KINDS and not any("kind" in p for p, _ in listed):
+        return {}  # a million Python tasks: nothing to look at
     # A task a frame-writing task waits for is a part of a frame (a tile, a sample split);
     # one only a Python task waits for (the preview video) still finishes its frames.
     awaited = {
         dep
         for payload, depends in listed
-        if task_kind(kind, {**common, **payload} if common else payload) in CLAIMING_KINDS
+        if task_kind(common_kind, payload) in CLAIMING_KINDS
         for dep in depends
     }
     keys: dict[str, Pattern] = {}
@@ -68,9 +72,9 @@ def claimed_frames(
     for index, (payload, _) in enumerate(listed):
         if index in awaited:
             continue  # a part of a frame: its stitch or merge claims the frame
-        merged = {**common, **payload} if common else payload
-        if task_kind(kind, merged) not in CLAIMING_KINDS:
+        if task_kind(common_kind, payload) not in CLAIMING_KINDS:
             continue
+        merged = {**common, **payload} if common else payload
         pattern = merged.get("output")
         frames = merged.get("frames")
         if frames is None and "frame" in merged:

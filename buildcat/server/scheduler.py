@@ -308,6 +308,28 @@ class Worker:
         }
 
 
+def build_tasks(job: Job, specs: list[TaskSpec], now: float, piece: int = 0) -> Iterator[int]:
+    """Make a job's tasks from its specs (checked by :meth:`Scheduler.check_submit`);
+    with ``piece``, yields after each ``piece`` tasks (how many are made), so a server can
+    make a million of them without holding its event loop."""
+    append, ready = job.tasks.append, job.ready.append
+    dependents: dict[int, list[int]] = {}
+    step = piece or len(specs) + 1
+    for index, spec in enumerate(specs):
+        if spec.depends:
+            depends = tuple(sorted(set(spec.depends)))
+            append(Task(job, index, spec.payload, depends, pending_deps=len(depends), ready_at=now))
+            for dep in depends:
+                dependents.setdefault(dep, []).append(index)
+        else:
+            append(Task(job, index, spec.payload, ready_at=now))
+            ready(index)
+        if index % step == step - 1:
+            yield index + 1
+    link_dependents(job.tasks, dependents)
+    job.counts[TaskState.QUEUED] = len(specs)
+
+
 def link_dependents(tasks: list[Task], dependents: dict[int, list[int]]) -> None:
     """Give each task the indexes of the tasks that wait for it."""
     for index, waiting in dependents.items():
@@ -434,14 +456,43 @@ class Scheduler:
         after: Iterable[str] = (),
         after_any: bool = False,
     ) -> Job:
+        job = self.new_job(
+            tasks, now, name=name, kind=kind, priority=priority, requires=requires,
+            max_attempts=max_attempts, owner=owner, meta=meta, job_id=job_id, timeout=timeout,
+            key=key, digest=digest, after=after, after_any=after_any,
+        )  # fmt: skip
+        for _ in build_tasks(job, tasks, now):
+            pass
+        return self.add_job(job, now)
+
+    def new_job(
+        self,
+        tasks: list[TaskSpec],
+        now: float,
+        *,
+        name: str = "",
+        kind: str = "python",
+        priority: int = 0,
+        requires: Iterable[str] = (),
+        max_attempts: int | None = None,
+        owner: str = "",
+        meta: dict[str, Any] | None = None,
+        job_id: str | None = None,
+        timeout: float | None = None,
+        key: str = "",
+        digest: str = "",
+        after: Iterable[str] = (),
+        after_any: bool = False,
+    ) -> Job:
+        """Check a submit (raising what it would refuse) and make its job, not yet queued
+        and without tasks: :func:`build_tasks` makes those, :meth:`add_job` queues it."""
         after = list(dict.fromkeys(after))  # once each, in the order given
         attempts = self.check_submit(
             tasks, max_attempts, timeout, key, after=after, after_any=after_any, job_id=job_id
         )
-        self._seq += 1
-        job = Job(
+        return Job(
             id=job_id or secrets.token_hex(4),
-            seq=self._seq,
+            seq=0,
             name=name,
             kind=kind,
             priority=priority,
@@ -456,25 +507,21 @@ class Scheduler:
             after=after,
             after_any=after_any,
         )
+
+    def add_job(self, job: Job, now: float) -> Job:
+        """Queue a job :meth:`new_job` made (its tasks built); what may have changed since
+        it was checked (the jobs it runs after) is checked again."""
+        if job.submit_key and job.submit_key in self.submit_keys:
+            raise Conflict(
+                f"submit key {job.submit_key!r} already made job {self.submit_keys[job.submit_key]}"
+            )
+        self.check_after(job.after, job.after_any, job.id)
+        self._seq += 1
+        job.seq = self._seq
         while job.id in self.jobs:
             job.id = secrets.token_hex(4)
-        if key:
-            self.submit_keys[key] = job.id
-        append, ready = job.tasks.append, job.ready.append
-        dependents: dict[int, list[int]] = {}
-        for index, spec in enumerate(tasks):
-            if spec.depends:
-                depends = tuple(sorted(set(spec.depends)))
-                append(
-                    Task(job, index, spec.payload, depends, pending_deps=len(depends), ready_at=now)
-                )
-                for dep in depends:
-                    dependents.setdefault(dep, []).append(index)
-            else:
-                append(Task(job, index, spec.payload, ready_at=now))
-                ready(index)
-        link_dependents(job.tasks, dependents)
-        job.counts[TaskState.QUEUED] = len(tasks)
+        if job.submit_key:
+            self.submit_keys[job.submit_key] = job.id
         self.jobs[job.id] = job
         self._changed.add(job.id)
         if self._wait_after(job, now):
