@@ -66,6 +66,9 @@ def test_results_over_a_request_size_are_files_fetched_whole_and_survive_a_resta
     assert state_size(farm, "journal*.bin") + state_size(farm, "snapshot*.bin") < MIB
 
     assert list(job.iter_results(offset=38)) == [b"x" * MIB] * 2
+    for first in job.iter_results():  # a reader that stops early: the stream is let go
+        assert first == b"x" * MIB
+        break
     assert client.request("GET", f"/tasks/{job.id}.7")["result"] == b"x" * MIB
 
     kill_and_restart(farm, *SNAPSHOT_OFTEN)
@@ -75,6 +78,7 @@ def test_results_over_a_request_size_are_files_fetched_whole_and_survive_a_resta
 
     farm.client().delete(job.id)
     wait_for(lambda: not (farm.root / ".buildcat" / "results" / job.id).exists())
+    assert "Traceback" not in farm.log_text("server")
 
 
 def test_a_damaged_or_missing_result_file_is_an_error_for_its_task_only(jobs_farm: Farm) -> None:

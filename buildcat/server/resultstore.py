@@ -1,7 +1,8 @@
 """Big task results live in files under the state folder, not in memory or the journal,
 and a job's results stream to the client one after another.
 
-A result whose msgpack form is over :data:`FILE_THRESHOLD` bytes is written to
+A result whose msgpack form is over :data:`FILE_THRESHOLD` bytes (other than a map of
+``outputs``: a render's record, which the server reads) is written to
 ``<state>/results/<job>/<index>-<nonce>.bin`` (mode 0600: a temporary name, fsynced,
 renamed) before its completion is journaled; the task, the journal and the snapshot hold
 only a reference, ``{"$result-file": {"name", "size", "crc"}}``. A reader checks the file
@@ -111,6 +112,10 @@ class ResultStore:
         a file first (None when the result stays inline). Cheap; runs on the loop."""
         if not self.enabled or result is None or isinstance(result, bool | int | float):
             return escape(result), None
+        if isinstance(result, dict) and isinstance(result.get("outputs"), list):
+            # A render's record (frames, outputs): the server reads it for the frame list,
+            # thumbnails and the dashboard, so it stays in the task record, whatever its size.
+            return result, None
         packed = protocol.pack(result)
         job_id, _, index = task_id.rpartition(".")
         if len(packed) <= FILE_THRESHOLD or not _JOB_ID.fullmatch(job_id) or not index.isdigit():
@@ -242,12 +247,23 @@ class ResultStore:
             message = f"task {task_id}: its result cannot be shown as {content_type}: {exc}"
             return protocol.encode({ERROR_KEY: message}, content_type, exact=False)
 
-    def piece(self, items: list[tuple[str, Any]], content_type: str, first: bool) -> bytes:
-        """Several items of a results reply, joined as the format wants them."""
-        parts = [self.encoded(task_id, recorded, content_type) for task_id, recorded in items]
+    def piece(
+        self, items: list[tuple[str, Any]], position: int, content_type: str
+    ) -> tuple[bytes, int]:
+        """The next piece of a results reply from ``items[position]`` on, joined as the
+        format wants it (about PIECE_BYTES or PIECE_ITEMS), and where the next one starts.
+        Blocking (files): call it in a thread."""
+        parts: list[bytes] = []
+        size = 0
+        end = position
+        while end < len(items) and len(parts) < PIECE_ITEMS and size < PIECE_BYTES:
+            task_id, recorded = items[end]
+            parts.append(self.encoded(task_id, recorded, content_type))
+            size += len(parts[-1])
+            end += 1
         if content_type == protocol.MSGPACK:
-            return b"".join(parts)
-        return (b"" if first else b",") + b",".join(parts)
+            return b"".join(parts), end
+        return (b"," if position else b"") + b",".join(parts), end
 
 
 def _sync_folder(folder: Path) -> None:
@@ -299,23 +315,19 @@ async def job_results(request: web.Request) -> web.StreamResponse:
     else:
         start = protocol.encode(head, content_type)[:-1] + b', "results": ['
         end = b"]}"
-    await response.write(start)
     loop = asyncio.get_running_loop()
-    position = 0
-    while position < len(items):
-        first = position == 0
-        batch: list[tuple[str, Any]] = []
-        size = 0
-        while position < len(items) and len(batch) < PIECE_ITEMS and size < PIECE_BYTES:
-            task_id, recorded = items[position]
-            reference = reference_of(recorded)
-            size += int(reference.get("size") or 0) if reference else 16
-            batch.append((task_id, recorded))
-            position += 1
-        data = await loop.run_in_executor(None, store.piece, batch, content_type, first)
-        await response.write(data)
-    await response.write(end)
-    await response.write_eof()
+    try:
+        await response.write(start)
+        position = 0
+        while position < len(items):
+            data, position = await loop.run_in_executor(
+                None, store.piece, items, position, content_type
+            )
+            await response.write(data)
+        await response.write(end)
+        await response.write_eof()
+    except ConnectionResetError:  # the reader left (it had what it wanted): nothing lost
+        log.debug("results of job %s: the reader left before the end", job.id)
     return response
 
 
