@@ -114,6 +114,13 @@ def test_a_damaged_or_missing_result_file_is_an_error_for_its_task_only(jobs_far
     assert "damaged" in reply["results"][1]["$result-error"]
     assert reply["results"][2] == ""
 
+    # A task run again: its old file goes, the new run's result is a new file.
+    client.requeue_task(f"{job.id}.1")
+    job.wait(timeout=60)
+    assert job.result(1) == b"x" * MIB
+    wait_for(lambda: not files[1].exists())
+    assert len(result_files(farm, job.id)) == 2  # task 3's damaged file, task 1's new one
+
 
 def test_small_results_stay_in_the_record_and_come_back_as_returned(jobs_farm: Farm) -> None:
     farm = jobs_farm

@@ -88,9 +88,13 @@ def add_routes(app: web.Application) -> None:
             farm.check_outputs(claimed, job.id, runs_after=job.after)
         now, by = time.time(), who_of(request)
 
+        replaced: list[tuple[str, object]] = []
+
         def apply() -> tuple[Task, list[str]]:
             revived = job.state in FINAL_JOB_STATES
-            chain = [member.id for member in scheduler.rerun_chain(task)]
+            members = scheduler.rerun_chain(task)
+            chain = [member.id for member in members]
+            replaced.extend((member.id, member.result) for member in members)
             requeued = scheduler.requeue_task(task_id, now, by)
             if revived:
                 farm.outputs.claim(
@@ -99,6 +103,7 @@ def add_routes(app: web.Application) -> None:
             return requeued, chain
 
         requeued, chain = await farm.change(("requeue-task", now, task_id, by), apply)
+        remove_replaced(request.app[resultstore.STORE_KEY], replaced)
         log.info("task %s requeued%s (%d task(s) run again); job %s %s", task_id,
                  f" by {by}" if by else "", len(chain), job.id, job.state)  # fmt: skip
         # The task's view, and every task that runs again with it (itself first).
@@ -137,3 +142,12 @@ def remove_results(store: resultstore.ResultStore, job: Job) -> None:
         return
     with contextlib.suppress(RuntimeError):  # no running loop: the next start sweeps them
         asyncio.get_running_loop().run_in_executor(None, store.remove_job, job.id)
+
+
+def remove_replaced(store: resultstore.ResultStore, results: list[tuple[str, object]]) -> None:
+    """The result files of tasks that run again go (in a thread): the journal says they
+    were requeued, so nothing names those files any more."""
+    paths = [store.path_of(task_id, recorded) for task_id, recorded in results]
+    if any(paths):
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().run_in_executor(None, store.remove_files, paths)

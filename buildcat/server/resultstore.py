@@ -167,6 +167,19 @@ class ResultStore:
                 with contextlib.suppress(OSError):
                     path.unlink()
 
+    def path_of(self, task_id: str, recorded: Any) -> Path | None:
+        """The file a task record names, or None (a result kept inline, or a bad name)."""
+        reference = reference_of(recorded)
+        name = reference.get("name") if reference else None
+        job_id, _, index = task_id.rpartition(".")
+        match = _FILE_NAME.fullmatch(name) if isinstance(name, str) else None
+        if match is None or not index.isdigit() or int(match.group(1)) != int(index):
+            return None
+        try:
+            return self.job_folder(job_id) / match.group(0)
+        except ValueError:
+            return None
+
     def remove_job(self, job_id: str) -> None:
         """A deleted job's result files go (blocking: call it in a thread)."""
         try:
@@ -198,15 +211,13 @@ class ResultStore:
         reference = reference_of(recorded)
         if reference is None:
             return protocol.pack(unescape(recorded))
-        job_id, _, index = task_id.rpartition(".")
-        name, size, crc = reference.get("name"), reference.get("size"), reference.get("crc")
-        match = _FILE_NAME.fullmatch(name) if isinstance(name, str) else None
-        if match is None or int(match.group(1)) != int(index or -1) or not isinstance(size, int):
+        path = self.path_of(task_id, recorded)
+        size, crc = reference.get("size"), reference.get("crc")
+        if path is None or not isinstance(size, int):
             raise ResultUnreadable(f"task {task_id}: its result reference is malformed")
-        name = match.group(0)
-        where = f"results/{job_id}/{name}"
+        where = f"results/{path.parent.name}/{path.name}"
         try:
-            with open(self.job_folder(job_id) / name, "rb") as handle:
+            with open(path, "rb") as handle:
                 data = handle.read(size + 1)
         except FileNotFoundError:
             raise ResultUnreadable(f"task {task_id}: its result file {where} is missing") from None
