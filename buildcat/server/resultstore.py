@@ -127,13 +127,16 @@ class ResultStore:
         reference to record. Blocking: call it in a thread."""
         job_id, _, index = task_id.rpartition(".")
         folder = self.job_folder(job_id)
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not folder.is_dir():
+            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # private, as logs/ is
+            folder.mkdir(mode=0o700, exist_ok=True)
         # A nonce per write: two reports of one task (a late one and the current holder's)
         # never write the same file, so the one recorded is the one its reference names.
         name = f"{int(index)}-{secrets.token_hex(8)}.bin"
         path = folder / name
         temporary = folder / f".{name}.part"
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        descriptor = os.open(temporary, flags, 0o600)
         try:
             with os.fdopen(descriptor, "wb") as handle:
                 handle.write(packed)
