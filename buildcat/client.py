@@ -17,9 +17,11 @@ import socket
 import ssl
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import msgpack
 
 from buildcat import auth, discovery, jobs, platform, protocol
 from buildcat.errors import (
@@ -162,6 +164,61 @@ class Client:
         body already encoded as msgpack. With ``retry_for``, a request that may have
         reached the server without an answer coming back is sent again for that long:
         only for requests that are safe to repeat."""
+        response, payload = self._send(method, path, body, timeout, packed, retry_for, True)
+        return self._reply(response, payload)
+
+    def stream(
+        self, method: str, path: str, timeout: float | None = None
+    ) -> Generator[tuple[Any, ...], None, None]:
+        """Read a reply of the form ``{..., "results": [...]}`` piece by piece: yields
+        ``("field", name, value)`` for each other field and ``("item", value)`` for each
+        item of ``results`` as it arrives, so a reply bigger than memory can be read. The
+        connection is kept for the next request only when the reply is read to its end."""
+        response, _ = self._send(method, path, None, timeout, None, 0.0, False)
+        if response.status >= 400:
+            self._reply(response, response.read())
+        unpacker = msgpack.Unpacker(
+            response, raw=False, strict_map_key=False, max_buffer_size=2 * protocol.MAX_BODY_BYTES
+        )
+        whole = False
+        try:
+            try:
+                for _ in range(unpacker.read_map_header()):
+                    name = unpacker.unpack()
+                    if name != "results":
+                        yield ("field", name, unpacker.unpack())
+                        continue
+                    for _ in range(unpacker.read_array_header()):
+                        yield ("item", unpacker.unpack())
+            except msgpack.OutOfData:
+                raise ConnectionFailed(
+                    f"the farm server at {self.host}:{self.port} ended its reply to {path} early"
+                ) from None
+            except (msgpack.UnpackException, ValueError) as exc:
+                raise ConnectionFailed(
+                    f"{self.host}:{self.port} sent a malformed reply to {path} ({exc})"
+                ) from None
+            except (TimeoutError, http.client.HTTPException, OSError) as exc:
+                raise ConnectionFailed(
+                    f"the farm server at {self.host}:{self.port} stopped answering ({exc})"
+                ) from None
+            whole = not response.read()  # the end of the chunked reply: nothing after it
+        finally:
+            if not whole:  # read in part (or abandoned): the connection cannot be reused
+                self.close()
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        timeout: float | None,
+        packed: bytes | None,
+        retry_for: float,
+        read: bool,
+    ) -> tuple[http.client.HTTPResponse, bytes]:
+        """Send one request (again, within ``retry_for``, when the answer may be lost);
+        the response and, with ``read``, its whole body."""
         data = packed if packed is not None else protocol.pack(body) if body is not None else None
         headers = {"Accept": protocol.MSGPACK, **self._auth_headers()}
         if data is not None:
@@ -175,7 +232,7 @@ class Client:
             try:
                 connection.request(method, url, body=data, headers=headers)
                 response = connection.getresponse()
-                payload = response.read()
+                payload = response.read() if read else b""
                 break
             except ssl.SSLError as exc:
                 self.close()
@@ -198,6 +255,10 @@ class Client:
                     raise ConnectionFailed(
                         f"cannot reach the farm server at {self.host}:{self.port} ({exc}{hint})"
                     ) from None
+        return response, payload
+
+    def _reply(self, response: http.client.HTTPResponse, payload: bytes) -> Any:
+        """The decoded reply, or the FarmError its status says."""
         try:
             reply = protocol.unpack(payload, trusted=True) if payload else {}
         except FarmError:
@@ -1017,6 +1078,23 @@ class Client:
         return dict(job.results()[0])
 
 
+#: What a results reply holds in place of a result the server cannot read (its file is
+#: missing or damaged): ``{"$result-error": why}`` (see ``server/resultstore.py``).
+_RESULT_ERROR = "$result-error"
+
+
+class ResultUnavailable(FarmError):
+    """Results of a job that the server cannot read (their files are missing or damaged);
+    ``problems`` maps each such task's index to why."""
+
+    def __init__(self, job_id: str, problems: dict[int, str]) -> None:
+        first = next(iter(problems.values()))
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        super().__init__(f"job {job_id}: {first}{more}")
+        self.job_id = job_id
+        self.problems = problems
+
+
 class Job:
     """A handle on a submitted job."""
 
@@ -1074,12 +1152,63 @@ class Job:
         return status
 
     def results(self) -> list[Any]:
-        """Return values of the tasks, in task order (waits for the job first)."""
-        reply = self.client.request("GET", f"/jobs/{self.id}/results")
-        if reply["state"] != "done":
+        """Return values of the tasks, in task order (waits for the job first).
+
+        Raises ResultUnavailable, naming each task, when some results cannot be read (their
+        files on the server are missing or damaged); :meth:`result` reads the others."""
+        unreadable: dict[int, str] = {}
+        values = list(self._results(wait=True, on_error=unreadable))
+        if unreadable:
+            raise ResultUnavailable(self.id, unreadable)
+        return values
+
+    def iter_results(self, offset: int = 0, limit: int | None = None) -> Iterator[Any]:
+        """The tasks' return values one at a time, in task order, read as the server streams
+        them (waits for the job first): the job's results need not fit in memory at once.
+        ``offset`` and ``limit`` take a part of them. Raises ResultUnavailable at a task
+        whose result cannot be read."""
+        return self._results(wait=True, offset=offset, limit=limit)
+
+    def result(self, index: int) -> Any:
+        """The return value of one task (by its index in the job), waiting for the job
+        first; ResultUnavailable when that task's result cannot be read."""
+        for value in self._results(wait=True, offset=index, limit=1):
+            return value
+        raise FarmError(f"job {self.id} has no task {index}")
+
+    def _results(
+        self,
+        *,
+        wait: bool,
+        offset: int = 0,
+        limit: int | None = None,
+        on_error: dict[int, str] | None = None,
+    ) -> Iterator[Any]:
+        """The results streamed from the server; an unreadable one raises, or with
+        ``on_error`` is noted there (by task index) and yields None."""
+        query = f"?offset={offset}" + (f"&limit={limit}" if limit is not None else "")
+        for attempt in (1, 2):
+            index = offset
+            stream = self.client.stream("GET", f"/jobs/{self.id}/results{query}")
+            try:
+                for piece in stream:
+                    if piece[0] == "field":
+                        if piece[1] == "state" and piece[2] != "done" and wait and attempt == 1:
+                            break  # abandoned: the connection goes, the job is waited for
+                        continue
+                    value = piece[1]
+                    if isinstance(value, dict) and len(value) == 1 and _RESULT_ERROR in value:
+                        if on_error is None:
+                            raise ResultUnavailable(self.id, {index: str(value[_RESULT_ERROR])})
+                        on_error[index] = str(value[_RESULT_ERROR])
+                        value = None
+                    yield value
+                    index += 1
+                else:
+                    return
+            finally:
+                stream.close()
             self.wait()
-            reply = self.client.request("GET", f"/jobs/{self.id}/results")
-        return list(reply["results"])
 
     def cancel(self) -> dict[str, Any]:
         return dict(self.client.request("POST", f"/jobs/{self.id}/cancel"))

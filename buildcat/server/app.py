@@ -32,6 +32,7 @@ from buildcat.server import (
     notices,
     outputs,
     people,
+    resultstore,
     rights,
     submits,
     taskfiles,
@@ -441,15 +442,6 @@ async def job_wait(request: web.Request) -> web.Response:
     return respond(request, views.job_view(farm, job.id))
 
 
-@routes.get(f"{API}/jobs/{{job}}/results")
-async def job_results(request: web.Request) -> web.Response:
-    job = farm_of(request).scheduler.job(request.match_info["job"])
-    return respond(
-        request,
-        {"id": job.id, "state": str(job.state), "results": [t.result for t in job.tasks]},
-    )
-
-
 @routes.post(f"{API}/jobs/{{job}}/{{action:cancel|pause|resume|retry|unblock}}")
 async def job_action(request: web.Request) -> web.Response:
     farm = farm_of(request)
@@ -527,8 +519,14 @@ async def job_priority(request: web.Request) -> web.Response:
 
 @routes.get(f"{API}/tasks/{{task}}")
 async def task_detail(request: web.Request) -> web.Response:
+    """A task's view with its result and log tail (a result kept in a file is read; one
+    that cannot be is ``null``, and ``result_error`` says why)."""
     task = farm_of(request).scheduler.task(request.match_info["task"])
-    return respond(request, task.to_dict(with_result=True))
+    view = task.to_dict(with_result=True)
+    view["result"], problem = await resultstore.task_result(resultstore.store_of(request), task)
+    if problem:
+        view["result_error"] = problem
+    return respond(request, view)
 
 
 @routes.post(f"{API}/workers")
@@ -768,6 +766,8 @@ async def report(request: web.Request) -> web.Response:
         tuple[str, bool, Any, str, str, str, tuple[float | None, float | None], bool]
     ] = []
     discarded: list[str] = []
+    store = resultstore.store_of(request)
+    to_write: list[tuple[str, bytes]] = []
     for task_id, ok, result, error, traceback, log_text, timing, job_fault in done:
         try:
             counts = (
@@ -779,6 +779,29 @@ async def report(request: web.Request) -> web.Response:
             discarded.append(task_id)
             continue
         if ok:
+            result, packed = store.plan(task_id, result)
+            if packed is not None:
+                to_write.append((task_id, packed))
+        entries.append((task_id, ok, result, error, traceback, log_text, timing, job_fault))
+    written: dict[str, resultstore.Kept] = {}
+    if to_write:
+        # Big results go to files first (in a thread), so the journal, the snapshot and the
+        # task records hold only references; a refused write changes nothing (503).
+        try:
+            kept = await asyncio.get_running_loop().run_in_executor(None, store.write_all, to_write)
+        except OSError as exc:
+            log.error("cannot write result files under %s: %s", store.folder, exc)
+            return respond_error(
+                request, 503, f"the server cannot store results now ({exc.strerror or exc})"
+            )
+        written = {task_id: item for (task_id, _), item in zip(to_write, kept, strict=True)}
+        del to_write  # the packed bytes: the files hold them now
+        entries = [
+            (task_id, ok, written[task_id].recorded if task_id in written else result, *rest)
+            for task_id, ok, result, *rest in entries
+        ]
+    for task_id, ok, result, error, traceback, log_text, timing, job_fault in entries:
+        if ok:
             events.append(("complete", now, worker_id, task_id, result, log_text, *timing))
         else:
             # A job fault is journaled as an eighth field (older journals have seven).
@@ -786,7 +809,6 @@ async def report(request: web.Request) -> web.Response:
             events.append(
                 ("fail", now, worker_id, task_id, error, traceback, log_text, *timing, *fault)
             )
-        entries.append((task_id, ok, result, error, traceback, log_text, timing, job_fault))
     if released:
         events.append(("release", now, worker_id, released))
 
@@ -824,6 +846,9 @@ async def report(request: web.Request) -> web.Response:
         accepted, late = await farm.change_all(events, apply)
     else:
         accepted, late = [], []
+    unused = [written[task_id].path for task_id in late if task_id in written]
+    if unused:  # files of results that were not recorded (another report's came first)
+        asyncio.get_running_loop().run_in_executor(None, store.remove_files, unused)
     try:
         cancel = scheduler.take_cancellations(worker_id)
     except NotFound:
@@ -912,6 +937,10 @@ def create_app(config: ServerConfig) -> web.Application:
     taskfiles.add_routes(app)  # the task table in pages, logs in pieces, frames
     people.add_routes(app)  # named tokens, whoami
     workerroutes.add_routes(app)  # drain, disable, enable, requeue, forget, schedule
+    store = resultstore.ResultStore(
+        (config.state_dir or state_dir(config.root)) / "results", enabled=config.journal
+    )
+    resultstore.add_routes(app, store)  # big results in files, streamed to the client
     sleeper: list[asyncio.Task[None]] = []
 
     async def start_background(app: web.Application) -> None:
@@ -926,6 +955,11 @@ def create_app(config: ServerConfig) -> web.Application:
             except JournalError as exc:
                 log.error("%s", exc)
         farm.notifier.start()
+        # Result files of jobs deleted while a server stopped before removing them.
+        known = set(farm.scheduler.jobs)
+        swept = await asyncio.get_running_loop().run_in_executor(None, store.sweep, known)
+        if swept:
+            log.info("removed the result files of %d deleted job(s)", swept)
 
     async def stop_background(app: web.Application) -> None:
         for task in sleeper:  # first: it journals (a schedule's end gives tasks back)

@@ -1,5 +1,5 @@
 """Keeping the job list tidy and rerunning one task: archive and unarchive a job, delete
-one (its logs go, its outputs stay), run one task again.
+one (its logs and result files go, its outputs stay), run one task again.
 
 ``POST /api/v1/jobs/{job}/archive`` and ``/unarchive``, ``DELETE /api/v1/jobs/{job}``,
 ``POST /api/v1/tasks/{task}/requeue``. Each is checked whole, journaled, then applied
@@ -20,6 +20,7 @@ from aiohttp import web
 
 from buildcat import protocol
 from buildcat.root import state_dir
+from buildcat.server import resultstore
 from buildcat.server.farm import Farm, farm_of, who_of
 from buildcat.server.replies import read_body, respond
 from buildcat.server.scheduler import FINAL_JOB_STATES, Job, Task
@@ -69,6 +70,7 @@ def add_routes(app: web.Application) -> None:
             "job %s deleted%s; its logs go, its outputs stay", job_id, f" by {by}" if by else ""
         )
         remove_logs(farm, job)
+        remove_results(request.app[resultstore.STORE_KEY], job)
         return respond(request, {"deleted": job_id})
 
     async def requeue(request: web.Request) -> web.Response:
@@ -86,9 +88,13 @@ def add_routes(app: web.Application) -> None:
             farm.check_outputs(claimed, job.id, runs_after=job.after)
         now, by = time.time(), who_of(request)
 
+        replaced: list[tuple[str, object]] = []
+
         def apply() -> tuple[Task, list[str]]:
             revived = job.state in FINAL_JOB_STATES
-            chain = [member.id for member in scheduler.rerun_chain(task)]
+            members = scheduler.rerun_chain(task)
+            chain = [member.id for member in members]
+            replaced.extend((member.id, member.result) for member in members)
             requeued = scheduler.requeue_task(task_id, now, by)
             if revived:
                 farm.outputs.claim(
@@ -97,6 +103,7 @@ def add_routes(app: web.Application) -> None:
             return requeued, chain
 
         requeued, chain = await farm.change(("requeue-task", now, task_id, by), apply)
+        remove_replaced(request.app[resultstore.STORE_KEY], replaced)
         log.info("task %s requeued%s (%d task(s) run again); job %s %s", task_id,
                  f" by {by}" if by else "", len(chain), job.id, job.state)  # fmt: skip
         # The task's view, and every task that runs again with it (itself first).
@@ -126,3 +133,21 @@ def remove_logs(farm: Farm, job: Job) -> None:
 
     with contextlib.suppress(RuntimeError):  # no running loop: nothing to remove now
         asyncio.get_running_loop().run_in_executor(None, remove)
+
+
+def remove_results(store: resultstore.ResultStore, job: Job) -> None:
+    """A deleted job's result files go, in a thread; a server that stops first removes
+    them when it starts again (they belong to no job it holds)."""
+    if not store.enabled or not _PLAIN_ID.fullmatch(job.id):
+        return
+    with contextlib.suppress(RuntimeError):  # no running loop: the next start sweeps them
+        asyncio.get_running_loop().run_in_executor(None, store.remove_job, job.id)
+
+
+def remove_replaced(store: resultstore.ResultStore, results: list[tuple[str, object]]) -> None:
+    """The result files of tasks that run again go (in a thread): the journal says they
+    were requeued, so nothing names those files any more."""
+    paths = [store.path_of(task_id, recorded) for task_id, recorded in results]
+    if any(paths):
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().run_in_executor(None, store.remove_files, paths)
