@@ -278,8 +278,8 @@ class Farm:
         self.snapshots += 1
         await journal.rebase(generation, offset)
         log.info(
-            "journal: snapshot %d written in the background (%d bytes, %.0f ms; the fork took "
-            "%.1f ms)",
+            "journal: snapshot %d written (%d bytes, %.0f ms, in the background; the fork "
+            "took %.1f ms)",
             generation,
             size,
             (time.perf_counter() - started) * 1000,
