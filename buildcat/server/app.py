@@ -28,6 +28,7 @@ from buildcat.root import state_dir
 from buildcat.server import (
     connections,
     feed,
+    heap,
     jobroutes,
     notices,
     outputs,
@@ -267,6 +268,13 @@ def _task_id(item: dict[str, Any]) -> str:
 
 @routes.post(f"{API}/jobs")
 async def submit(request: web.Request) -> web.Response:
+    # A big body makes millions of objects: no collection walks them while it is taken in.
+    big = (request.content_length or 0) >= submits.BIG_BODY
+    with heap.building() if big else contextlib.nullcontext():
+        return await _submit(request)
+
+
+async def _submit(request: web.Request) -> web.Response:
     farm = farm_of(request)
     # In pieces (server/submits.py): a million tasks never hold the event loop long.
     if request.can_read_body and request.content_type == protocol.MSGPACK:
@@ -394,6 +402,8 @@ async def submit(request: web.Request) -> web.Response:
     pending.add_done_callback(done)
     with farm.hold_dispatch():  # ends with the answer: workers are woken after it
         await asyncio.shield(pending)
+    if len(specs) >= heap.BIG_JOB:
+        heap.settle()
     log.info("job %s submitted: %s, %d task(s)", job.id, job.name or kind, len(job.tasks))
     return respond(request, {"id": job.id, "tasks": len(job.tasks)}, status=201)
 

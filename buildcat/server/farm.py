@@ -24,7 +24,7 @@ from aiohttp import web
 from buildcat import auth, protocol
 from buildcat.errors import FarmError
 from buildcat.root import state_dir
-from buildcat.server import connections, feed, notices, outputs, snapshot
+from buildcat.server import connections, feed, heap, notices, outputs, snapshot
 from buildcat.server.journal import Journal, recover
 from buildcat.server.journal import encode as journal_record
 from buildcat.server.notifier import Notifier
@@ -177,6 +177,7 @@ class Farm:
                 if job.state not in FINAL_JOB_STATES:
                     self.outputs.claim(job.id, self.job_outputs(job))
             self.snapshot_tasks = self.tasks_held()
+            heap.settle()  # what the start loaded lives long: out of the collector's walks
         self.notify_unfinished()
 
     def notify_unfinished(self) -> None:
@@ -389,6 +390,8 @@ class Farm:
             if watcher is not None and not watcher.done():
                 watcher.set_result(None)
         for job in self.scheduler.take_finished():
+            if len(job.tasks) >= heap.BIG_JOB:
+                heap.settle()  # its results are final
             log.info("job %s %s", job.id, job.state)
             self.outputs.release(job.id)
             if job.kind == "blender":
@@ -563,14 +566,26 @@ def caller_of(request: web.Request) -> Caller:
     return Caller(who_of(request), str(request.get(ROLE_KEY, "")), str(request.get(VIA_KEY, "")))
 
 
-def unmet(farm: Farm, job: Job) -> str:
+#: Per list of jobs: the online workers, and those that can serve each kind of need.
+Able = dict[Any, list[Worker]]
+
+
+def unmet(farm: Farm, job: Job, able_by_need: Able | None = None) -> str:
     """Why nothing runs: the jobs it waits for (``after``), or no online worker meets the
-    job's requirements (or has the Blender version the job holds)."""
+    job's requirements (or has the Blender version the job holds). ``able_by_need``
+    (one per list of jobs) keeps the workers found for each set of needs, so a list of
+    jobs looks at each worker once per distinct need, not once per job."""
     scheduler = farm.scheduler
     if job.waiting_for:
         return scheduler.waiting_reason(job)
-    online = [w for w in scheduler.workers.values() if w.online]
-    able = [w for w in online if scheduler.can_serve(job, w)]
+    found = {} if able_by_need is None else able_by_need
+    if "online" not in found:
+        found["online"] = [w for w in scheduler.workers.values() if w.online]
+    online = found["online"]
+    need = (tuple(job.requires), job.kind, job.blender_version)
+    if need not in found:
+        found[need] = [w for w in online if scheduler.can_serve(job, w)]
+    able = found[need]
     if able and all(w.name in job.blocked for w in able):
         blocked = ", ".join(sorted(w.name for w in able))
         return f"every worker that can run it is blocked ({blocked}): farm unblock {job.id}"

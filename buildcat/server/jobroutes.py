@@ -20,7 +20,7 @@ from aiohttp import web
 
 from buildcat import protocol
 from buildcat.root import state_dir
-from buildcat.server import resultstore
+from buildcat.server import heap, resultstore
 from buildcat.server.farm import Farm, farm_of, who_of
 from buildcat.server.replies import read_body, respond
 from buildcat.server.scheduler import FINAL_JOB_STATES, Job, Task
@@ -71,6 +71,8 @@ def add_routes(app: web.Application) -> None:
         )
         remove_logs(farm, job)
         remove_results(request.app[resultstore.STORE_KEY], job)
+        if len(job.tasks) >= heap.BIG_JOB:
+            heap.release()
         return respond(request, {"deleted": job_id})
 
     async def requeue(request: web.Request) -> web.Response:

@@ -24,6 +24,8 @@ from buildcat.server.journal import HEADER
 
 #: Tasks handled between two yields to the event loop.
 PIECE = 5_000
+#: A body this big is a big job (~50,000 small tasks): see :func:`buildcat.server.heap.building`.
+BIG_BODY = 1024 * 1024
 
 
 async def pause(done: int) -> None:

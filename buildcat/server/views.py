@@ -17,7 +17,7 @@ from typing import Any
 from buildcat import protocol
 from buildcat.errors import FarmError, ProtocolError
 from buildcat.server import workerset
-from buildcat.server.farm import Farm, unmet
+from buildcat.server.farm import Able, Farm, unmet
 from buildcat.server.scheduler import (
     FINAL_JOB_STATES,
     Job,
@@ -116,8 +116,10 @@ def job_page(farm: Farm, query: JobQuery) -> dict[str, Any]:
             archived += 1
         else:
             states[str(job.state)] = states.get(str(job.state), 0) + 1
+    progress = farm.scheduler.running_progress()
+    able: Able = {}
     return {
-        "jobs": [job_view(farm, job.id) for job in page],
+        "jobs": [job_view(farm, job.id, progress, able) for job in page],
         "matched": len(matched),
         "offset": query.offset,
         "total": len(farm.scheduler.jobs),
@@ -126,11 +128,21 @@ def job_page(farm: Farm, query: JobQuery) -> dict[str, Any]:
     }
 
 
-def job_view(farm: Farm, job_id: str) -> dict[str, Any]:
+def job_view(
+    farm: Farm,
+    job_id: str,
+    progress: dict[str, float] | None = None,
+    able: Able | None = None,
+) -> dict[str, Any]:
+    """A job as the API shows it. A caller showing many jobs passes ``progress``
+    (:meth:`Scheduler.running_progress`: the cost follows the leases, not each job's
+    tasks) and one ``able`` for them all (see :func:`unmet`)."""
     job = farm.scheduler.job(job_id)
-    view = job.to_dict()
+    if progress is None:
+        progress = farm.scheduler.running_progress()
+    view = job.to_dict(progress.get(job.id, 0.0))
     view["meta"] = {k: v for k, v in view["meta"].items() if k != "common"}
-    view["waiting"] = unmet(farm, job) if job.state not in FINAL_JOB_STATES else ""
+    view["waiting"] = unmet(farm, job, able) if job.state not in FINAL_JOB_STATES else ""
     if "frames" in job.meta:
         view["frames"] = frame_counts(job)
     return showable(view)  # one job's odd data (an older journal's) never fails a list

@@ -37,7 +37,7 @@ from buildcat import auth, platform, protocol
 from buildcat.errors import FarmError, ProtocolError
 from buildcat.root import resolve, state_dir
 from buildcat.server import metrics, tokens, views
-from buildcat.server.farm import VIA_KEY, Caller, Farm, farm_of, unmet
+from buildcat.server.farm import VIA_KEY, Able, Caller, Farm, farm_of, unmet
 from buildcat.server.replies import read_body, respond
 from buildcat.server.scheduler import FINAL_JOB_STATES, Job, Task, TaskState
 
@@ -372,7 +372,8 @@ class Overview:
         first = heapq.nsmallest(ACTIVE_JOBS, active, key=lambda job: job.order_key)
         shown = first + recent
         running = scheduler.running_progress()
-        job_parts = [self._job(farm, job, running.get(job.id, 0.0)) for job in shown]
+        able: Able = {}  # each worker looked at once per distinct need, not once per job
+        job_parts = [self._job(farm, job, running.get(job.id, 0.0), able) for job in shown]
         worker_parts = [
             views.encode_view(view, f"worker {view['name']!r}")
             for view in views.workers_view(scheduler)
@@ -384,7 +385,7 @@ class Overview:
             f'"workers":[{",".join(worker_parts)}]}}'
         )
 
-    def _job(self, farm: Farm, job: Job, running_progress: float) -> str:
+    def _job(self, farm: Farm, job: Job, running_progress: float, able: Able) -> str:
 
         try:
             summary = self._summaries.get(job.id)
@@ -398,7 +399,7 @@ class Overview:
             view["meta"] = (
                 {k: v for k, v in meta.items() if k != "common"} if isinstance(meta, dict) else meta
             )
-            view["waiting"] = unmet(farm, job) if job.state not in FINAL_JOB_STATES else ""
+            view["waiting"] = unmet(farm, job, able) if job.state not in FINAL_JOB_STATES else ""
             if summary.counts_frames:
                 view["frames"] = {"done": len(summary.frames_done), "total": summary.frames_total}
             view["thumbnail"] = summary.last_frame is not None
