@@ -104,6 +104,40 @@ def test_a_snapshot_waits_for_as_many_events_as_the_last_one_held_tasks(tmp_path
     assert asyncio.run(run()) == [True, False, True]
 
 
+def test_a_big_job_that_ends_is_snapshotted_soon(tmp_path: Path) -> None:
+    """Its whole run is in the journal: a restart would replay it all, so the end of a
+    job of 10,000 tasks or more is worth a snapshot (after snapshot_every events)."""
+    (tmp_path / "root").mkdir()
+    config = ServerConfig(root=tmp_path / "root", discovery=False, snapshot_every=10)
+
+    async def run() -> list[bool]:
+        server = ServerFarm(config)
+        assert server.journal is not None
+        scheduler, now = server.scheduler, time.time()
+        job = scheduler.submit([TaskSpec({"args": [n]}) for n in range(10_000)], now)
+        worker = scheduler.register("w", 1, {}, now)
+        for _ in range(10):
+            server.record("pause", now, job.id)
+        await server.take_snapshot()  # it holds 10,000 tasks: the next waits for 10,000
+        seen = []
+        for task in scheduler.lease(worker.id, 9_990, now):
+            scheduler.complete(worker.id, task.id, None, now)
+        server.record("pause", now, job.id)
+        server.after_change()
+        seen.append(server.snapshot_due())  # not ended, too few events
+        for task in scheduler.lease(worker.id, 10, now):
+            scheduler.complete(worker.id, task.id, None, now)
+        for _ in range(10):
+            server.record("pause", now, job.id)
+        server.after_change()  # the job ended
+        seen.append(job.state == "done" and server.snapshot_due())
+        await server.journal.settle()
+        server.journal.close()
+        return seen
+
+    assert asyncio.run(run()) == [False, True]
+
+
 def test_without_fork_the_snapshot_is_written_on_the_event_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -311,6 +311,7 @@ async def _submit(request: web.Request) -> web.Response:
         except FarmError as exc:
             raise FarmError(f"task {index}: {exc}") from None
         specs.append(TaskSpec(payload=payload, depends=depends))
+        raw_tasks[index] = None  # its map goes now (its payload lives on): a million of them
         await submits.pause(index + 1)
     requires = _get(body, "requires", list, [])
     if len(requires) > MAX_REQUIRES or not all(
@@ -979,6 +980,7 @@ def create_app(config: ServerConfig) -> web.Application:
         farm.release_waiters()
         await farm.notifier.stop()
         await farm.stop_snapshot()
+        farm.watchdog.stop()
         if farm.journal is not None:
             farm.journal.close()
         if farm._expiry_task is not None:

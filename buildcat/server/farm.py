@@ -24,7 +24,7 @@ from aiohttp import web
 from buildcat import auth, protocol
 from buildcat.errors import FarmError
 from buildcat.root import state_dir
-from buildcat.server import connections, feed, heap, notices, outputs, snapshot
+from buildcat.server import connections, feed, heap, notices, outputs, snapshot, stalls
 from buildcat.server.journal import Journal, recover
 from buildcat.server.journal import encode as journal_record
 from buildcat.server.notifier import Notifier
@@ -134,51 +134,59 @@ class Farm:
         self.snapshots = 0
         #: Tasks the last snapshot (or the start) held: the next waits for as many events.
         self.snapshot_tasks = 0
+        #: A job of at least heap.BIG_JOB tasks ended since the last snapshot.
+        self.big_job_ended = False
         #: The longest the event loop was late for its 50 ms tick (seconds), since start.
         self.loop_pause_max = 0.0
+        self.watchdog = stalls.Watchdog()
         #: The frame files each unfinished render job writes (rebuilt from the jobs below).
         self.outputs = outputs.OutputClaims()
         #: Sends the job-end notices the scheduler owes; the feed of events for scripts.
         self.notifier = Notifier(self)
         self.feed = feed.Feed()
         if config.journal:
-            folder = config.state_dir or state_dir(config.root)
-            self.snapshot_path = folder / "snapshot.bin"
-            for unfinished in snapshot.child_files(folder):  # its server was killed
-                with contextlib.suppress(OSError):
-                    unfinished.unlink()
-            restored = snapshot.restore(self.scheduler, self.snapshot_path)
-            self.generation = restored.generation if restored else 0
-            recovery = recover(
-                folder / "journal.bin",
-                self.scheduler,
-                self.generation,
-                salvage=config.salvage,
-                after=restored.after if restored else None,
-            )
-            self.journal = recovery.journal
-            self.scheduler.restarted(time.time())
-            log.info(
-                "journal: snapshot generation %d and %d event(s) replayed: %d job(s), %d worker(s)",
-                self.generation,
-                recovery.replayed,
-                len(self.scheduler.jobs),
-                len(self.scheduler.workers),
-            )
-            if recovery.set_aside or (restored and restored.legacy):
-                # Salvaged (the damaged journal must go) or an old snapshot without a checksum.
-                self.write_snapshot()
-            elif recovery.rebase is not None:
-                # A snapshot written while the server ran, its journal not yet restarted.
-                self.journal.rebase_now(self.generation, recovery.rebase)
-            elif recovery.restart:
-                self.journal.restart(self.generation)
-            for job in self.scheduler.jobs.values():
-                if job.state not in FINAL_JOB_STATES:
-                    self.outputs.claim(job.id, self.job_outputs(job))
-            self.snapshot_tasks = self.tasks_held()
-            heap.settle()  # what the start loaded lives long: out of the collector's walks
+            with heap.building():  # no collection walks the queue while it is rebuilt
+                self._restore(config)
         self.notify_unfinished()
+
+    def _restore(self, config: ServerConfig) -> None:
+        """The queue from the snapshot and the journal after it."""
+        folder = config.state_dir or state_dir(config.root)
+        self.snapshot_path = folder / "snapshot.bin"
+        for unfinished in snapshot.child_files(folder):  # its server was killed
+            with contextlib.suppress(OSError):
+                unfinished.unlink()
+        restored = snapshot.restore(self.scheduler, self.snapshot_path)
+        self.generation = restored.generation if restored else 0
+        recovery = recover(
+            folder / "journal.bin",
+            self.scheduler,
+            self.generation,
+            salvage=config.salvage,
+            after=restored.after if restored else None,
+        )
+        self.journal = recovery.journal
+        self.scheduler.restarted(time.time())
+        log.info(
+            "journal: snapshot generation %d and %d event(s) replayed: %d job(s), %d worker(s)",
+            self.generation,
+            recovery.replayed,
+            len(self.scheduler.jobs),
+            len(self.scheduler.workers),
+        )
+        if recovery.set_aside or (restored and restored.legacy):
+            # Salvaged (the damaged journal must go) or an old snapshot without a checksum.
+            self.write_snapshot()
+        elif recovery.rebase is not None:
+            # A snapshot written while the server ran, its journal not yet restarted.
+            self.journal.rebase_now(self.generation, recovery.rebase)
+        elif recovery.restart:
+            self.journal.restart(self.generation)
+        for job in self.scheduler.jobs.values():
+            if job.state not in FINAL_JOB_STATES:
+                self.outputs.claim(job.id, self.job_outputs(job))
+        self.snapshot_tasks = self.tasks_held()
+        heap.settle()  # what the start loaded lives long: out of the collector's walks
 
     def notify_unfinished(self) -> None:
         """The server's ``--notify`` URLs apply to the jobs it finds unfinished too: each
@@ -227,12 +235,15 @@ class Farm:
     def snapshot_due(self) -> bool:
         """Enough has been journaled since the last snapshot: ``snapshot_every`` events, and
         as many as the last snapshot held tasks (a snapshot costs what the queue holds, so
-        each is paid for by as much work as it writes)."""
+        each is paid for by as much work as it writes), or a big job ended since."""
         journal = self.journal
         if journal is None or self.snapshot_task is not None:
             return False
         since = journal.appended - self.snapshot_at
-        return since >= max(self.config.snapshot_every, self.snapshot_tasks)
+        if since < self.config.snapshot_every:
+            return False
+        # A big job's end: its whole run is in the journal, which a restart would replay.
+        return self.big_job_ended or since >= self.snapshot_tasks
 
     def tasks_held(self) -> int:
         return sum(len(job.tasks) for job in self.scheduler.jobs.values())
@@ -269,7 +280,7 @@ class Farm:
         )
         forked = time.perf_counter() - started
         self.snapshot_child, self.snapshot_at = child, journal.appended
-        self.snapshot_tasks = self.tasks_held()
+        self.snapshot_tasks, self.big_job_ended = self.tasks_held(), False
         try:
             size = await asyncio.to_thread(child.wait)
         finally:
@@ -299,8 +310,10 @@ class Farm:
     async def watch_loop(self) -> None:
         """Measure how late the event loop is for a 50 ms tick: its longest pause."""
         tick = 0.05
+        self.watchdog.start()
         while True:
             started = time.perf_counter()
+            self.watchdog.beat = time.monotonic()
             await asyncio.sleep(tick)
             late = time.perf_counter() - started - tick
             if late > self.loop_pause_max:
@@ -309,7 +322,7 @@ class Farm:
     def write_snapshot(self) -> None:
         assert self.journal is not None
         started = time.perf_counter()
-        self.snapshot_tasks = self.tasks_held()
+        self.snapshot_tasks, self.big_job_ended = self.tasks_held(), False
         generation = self.generation + 1
         size = self.journal.restart(
             generation, lambda: snapshot.write(self.snapshot_path, generation, self.scheduler)
@@ -392,6 +405,7 @@ class Farm:
         for job in self.scheduler.take_finished():
             if len(job.tasks) >= heap.BIG_JOB:
                 heap.settle()  # its results are final
+                self.big_job_ended = True
             log.info("job %s %s", job.id, job.state)
             self.outputs.release(job.id)
             if job.kind == "blender":
