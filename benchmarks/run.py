@@ -465,6 +465,7 @@ def main() -> None:
     parser.add_argument("--dashboards", type=int, default=DASHBOARDS, help="open event streams")
     parser.add_argument("--backlog", type=int, default=BACKLOG_TASKS, help="paused job's tasks")
     parser.add_argument("--million", type=int, default=1_000_000, help="tasks of the big job")
+    parser.add_argument("--big-results", type=int, default=300, help="tasks returning 1 MB")
     parser.add_argument(
         "--skip",
         default="",
@@ -477,7 +478,9 @@ def main() -> None:
     if args.quick:
         args.tasks, args.rounds, args.latency_samples = 2_000, 1, 100
         args.backlog = min(args.backlog, 20_000)
-        args.million, args.scale_workers = 100_000, 2_000
+        args.million = min(args.million, 20_000)
+        args.scale_workers = min(args.scale_workers, 2_000)
+        args.big_results = min(args.big_results, 30)
         skip.add("cold")
 
     results: dict[str, Any] = {
@@ -514,8 +517,8 @@ def main() -> None:
         print(f"one {args.million:,}-task job, pinged every 50 ms ...", file=sys.stderr)
         results["million"] = million(args.million, args.workers)
     if "results" not in skip:
-        print("300 tasks returning 1 MB each ...", file=sys.stderr)
-        results["results"] = big_results(300, 1_000_000, args.workers)
+        print(f"{args.big_results} tasks returning 1 MB each ...", file=sys.stderr)
+        results["results"] = big_results(args.big_results, 1_000_000, args.workers)
 
     rows = table(results)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -669,7 +672,7 @@ def table(results: dict[str, Any]) -> list[list[str]]:
     if big:
         rows.append(
             [
-                "300 results of 1 MB: server memory peak / bytes held",
+                f"{big['tasks']:,} results of 1 MB: server memory peak / bytes held",
                 f"{big['server_rss_peak'] / 2**20:.0f} MB / {big['bytes_held'] / 2**20:.0f} MB",
                 "",
                 f"{big['ratio']:.2f}x",

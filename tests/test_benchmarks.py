@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.timeout(600)  # every section, small, on a busy 2-core machine
 def test_benchmark_runs_and_reports_every_section(tmp_path: Path) -> None:
     output = tmp_path / "results.json"
     done = subprocess.run(
@@ -29,8 +32,14 @@ def test_benchmark_runs_and_reports_every_section(tmp_path: Path) -> None:
     assert dashboards["viewers"] == 20 and dashboards["backlog"] == 20_000
     assert dashboards["throughput_0"] > 0 and dashboards["throughput_open"] > 0
     assert dashboards["stream_mb"] > 0  # the 20 streams did receive their updates
+    big = figures["million"]
+    assert big["tasks"] == 20_000 and big["throughput"] > 0 and big["pings"] > 0
+    assert big["server_peak_mb"] > 0 and big["restart_s"] > 0
+    assert figures["results"]["tasks"] == 30 and figures["results"]["results_whole"]
     table = done.stdout
     assert "no-op throughput (2,000 tasks, 2 workers)" in table
     assert "(RQ)" in table and "200 workers: dispatch p99" in table
     assert "no-op throughput, 0 dashboards open" in table and "20 dashboards open" in table
+    assert "20,000-task job: throughput" in table and "restart from its state" in table
+    assert "30 results of 1 MB: server memory peak" in table
     assert "machine: " in table

@@ -68,6 +68,7 @@ from buildcat.server.scheduler import (
     Task,
     TaskSpec,
     build_tasks,
+    check_depends,
     requirement_problem,
 )
 
@@ -301,6 +302,8 @@ async def _submit(request: web.Request) -> web.Response:
     if len(raw_tasks) > MAX_TASKS_PER_JOB:
         raise ProtocolError(f"a job may have at most {MAX_TASKS_PER_JOB} tasks")
     specs = []
+    pacer = submits.Pacer()
+    kinds_named = False  # a task naming its own kind (a render's stitch, say)
     for index, raw in enumerate(raw_tasks):
         if not isinstance(raw, dict):
             raise ProtocolError(f"task {index} must be a map")
@@ -310,9 +313,12 @@ async def _submit(request: web.Request) -> web.Response:
             jobs.validate_payload(kind, {**common, **payload})
         except FarmError as exc:
             raise FarmError(f"task {index}: {exc}") from None
+        if depends:
+            check_depends(index, depends)
+        kinds_named = kinds_named or "kind" in payload
         specs.append(TaskSpec(payload=payload, depends=depends))
         raw_tasks[index] = None  # its map goes now (its payload lives on): a million of them
-        await submits.pause(index + 1)
+        await pacer.tick()
     requires = _get(body, "requires", list, [])
     if len(requires) > MAX_REQUIRES or not all(
         isinstance(r, str) and len(r) <= MAX_NAME for r in requires
@@ -340,7 +346,11 @@ async def _submit(request: web.Request) -> web.Response:
         owner = who_of(request)
     after, after_any = _after(body)
     scheduler = farm.scheduler
-    claimed = outputs.claimed_frames(kind, ((t.payload, t.depends) for t in specs), common)
+    claimed = (
+        outputs.claimed_frames(kind, ((t.payload, t.depends) for t in specs), common)
+        if kinds_named or outputs.claims(kind, common)
+        else {}  # a million Python tasks claim no frames: not looked at again
+    )
     farm.check_outputs(claimed, runs_after=after)
     now = time.time()
     meta = {**meta, "common": common}
@@ -359,9 +369,10 @@ async def _submit(request: web.Request) -> web.Response:
             specs, now, name=name, kind=kind, priority=priority, requires=requires,
             max_attempts=max_attempts, owner=owner, meta=meta, job_id=job_id,
             timeout=timeout, key=key, digest=digest, after=after, after_any=after_any,
+            depends_checked=True,
         )  # fmt: skip
         for _ in build_tasks(job, specs, now, submits.PIECE):
-            await asyncio.sleep(0)
+            await pacer.tick()
         event = [
             "submit", now, job_id, None, name, kind, priority, requires, job.max_attempts,
             owner, meta, timeout, key, digest, after, after_any,

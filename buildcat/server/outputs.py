@@ -49,6 +49,12 @@ def frame_name(key: Pattern, frame: int) -> str:
     return f"{prefix}{frame:0{digits}d}{suffix}"
 
 
+def claims(kind: str, common: dict[str, Any]) -> bool:
+    """A job of ``kind`` whose tasks share ``common`` claims frames (unless a task names
+    another kind of its own)."""
+    return task_kind(kind, common) in CLAIMING_KINDS
+
+
 def claimed_frames(
     kind: str, tasks: Iterable[tuple[dict[str, Any], Sequence[int]]], common: dict[str, Any]
 ) -> dict[Pattern, list[int]]:
@@ -57,7 +63,7 @@ def claimed_frames(
     listed = list(tasks)
     # A task's own kind, else the common payload's, else the job's.
     common_kind = task_kind(kind, common)
-    if common_kind not in CLAIMING_KINDS and not any("kind" in p for p, _ in listed):
+    if not claims(kind, common) and not any("kind" in p for p, _ in listed):
         return {}  # a million Python tasks: nothing to look at
     # A task a frame-writing task waits for is a part of a frame (a tile, a sample split);
     # one only a Python task waits for (the preview video) still finishes its frames.
@@ -68,7 +74,7 @@ def claimed_frames(
         for dep in depends
     }
     keys: dict[str, Pattern] = {}
-    claims: dict[Pattern, list[int]] = {}
+    found: dict[Pattern, list[int]] = {}
     for index, (payload, _) in enumerate(listed):
         if index in awaited:
             continue  # a part of a frame: its stitch or merge claims the frame
@@ -84,10 +90,10 @@ def claimed_frames(
         key = keys.get(pattern)
         if key is None:
             key = keys[pattern] = pattern_key(pattern)
-        claims.setdefault(key, []).extend(
+        found.setdefault(key, []).extend(
             f for f in frames if isinstance(f, int) and not isinstance(f, bool)
         )
-    return claims
+    return found
 
 
 def _first_common(ours: array[int], theirs: array[int]) -> int | None:

@@ -330,6 +330,14 @@ def build_tasks(job: Job, specs: list[TaskSpec], now: float, piece: int = 0) -> 
     job.counts[TaskState.QUEUED] = len(specs)
 
 
+def check_depends(index: int, depends: Iterable[Any]) -> None:
+    """A task may depend only on tasks listed before it."""
+    for dep in depends:
+        if isinstance(dep, bool) or not isinstance(dep, int) or not 0 <= dep < index:
+            problem = "a task may depend only on tasks listed before it"
+            raise SchedulerError(f"task {index} depends on {dep!r}: {problem}")
+
+
 def link_dependents(tasks: list[Task], dependents: dict[int, list[int]]) -> None:
     """Give each task the indexes of the tasks that wait for it."""
     for index, waiting in dependents.items():
@@ -483,13 +491,17 @@ class Scheduler:
         digest: str = "",
         after: Iterable[str] = (),
         after_any: bool = False,
+        depends_checked: bool = False,
     ) -> Job:
         """Check a submit (raising what it would refuse) and make its job, not yet queued
-        and without tasks: :func:`build_tasks` makes those, :meth:`add_job` queues it."""
+        and without tasks: :func:`build_tasks` makes those, :meth:`add_job` queues it.
+        ``depends_checked``: the caller checked each task's ``depends``
+        (:func:`check_depends`) already, a piece at a time."""
         after = list(dict.fromkeys(after))  # once each, in the order given
         attempts = self.check_submit(
-            tasks, max_attempts, timeout, key, after=after, after_any=after_any, job_id=job_id
-        )
+            tasks, max_attempts, timeout, key, after=after, after_any=after_any, job_id=job_id,
+            depends_checked=depends_checked,
+        )  # fmt: skip
         return Job(
             id=job_id or secrets.token_hex(4),
             seq=0,
@@ -540,6 +552,7 @@ class Scheduler:
         after: Iterable[str] = (),
         after_any: bool = False,
         job_id: str | None = None,
+        depends_checked: bool = False,
     ) -> int:
         """Raise what :meth:`submit` would refuse, changing nothing; returns the attempts
         the job gets."""
@@ -552,13 +565,10 @@ class Scheduler:
             raise SchedulerError("max_attempts must be at least 1")
         if timeout is not None and not timeout > 0:
             raise SchedulerError("timeout must be a positive number of seconds")
-        for index, spec in enumerate(tasks):
-            for dep in spec.depends:
-                if isinstance(dep, bool) or not isinstance(dep, int) or not 0 <= dep < index:
-                    raise SchedulerError(
-                        f"task {index} depends on {dep!r}: a task may depend only on "
-                        "tasks listed before it"
-                    )
+        if not depends_checked:
+            for index, spec in enumerate(tasks):
+                if spec.depends:
+                    check_depends(index, spec.depends)
         self.check_after(list(after), after_any, job_id)
         return attempts
 

@@ -23,7 +23,6 @@ import gc
 import itertools
 import logging
 import os
-import resource
 import signal
 import struct
 import sys
@@ -62,7 +61,7 @@ class SnapshotDamaged(FarmError):
 
 
 #: A forked child can write snapshots while the server runs (not on Windows).
-CAN_FORK = hasattr(os, "fork")
+CAN_FORK = sys.platform != "win32"
 #: Linux: the child asks to die with the server (loaded here: the child loads nothing).
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 _PR_SET_PDEATHSIG = 1
@@ -142,6 +141,8 @@ def write_in_child(
     the folder and exits; the server goes on at once. The child touches nothing shared:
     it closes every file it inherited (the listening sockets, the journal, the lock), so a
     server that dies meanwhile leaves nothing held but the snapshot being finished."""
+    if sys.platform == "win32":
+        raise FarmError("Windows cannot fork: its snapshots are written on the event loop")
     readable, writable = os.pipe()
     parent = os.getpid()
     with warnings.catch_warnings():
@@ -164,6 +165,10 @@ def _child(
     writable: int,
     parent: int,
 ) -> None:  # pragma: no cover - runs in the forked child
+    if sys.platform == "win32":
+        return  # never forked there (see write_in_child)
+    import resource  # POSIX only
+
     message = b"the snapshot process failed"
     try:
         gc.disable()  # a collection would touch (and copy) every page of the server's heap

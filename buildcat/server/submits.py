@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 import zlib
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -22,16 +23,27 @@ from buildcat import protocol
 from buildcat.errors import ProtocolError
 from buildcat.server.journal import HEADER
 
-#: Tasks handled between two yields to the event loop.
-PIECE = 5_000
+#: Tasks made between two yields to the event loop (see also :class:`Pacer`).
+PIECE = 1_000
+#: The longest one piece of a submit holds the event loop (seconds), however busy the CPU.
+SLICE = 0.02
 #: A body this big is a big job (~50,000 small tasks): see :func:`buildcat.server.heap.building`.
 BIG_BODY = 1024 * 1024
 
 
-async def pause(done: int) -> None:
-    """Let the event loop run, every :data:`PIECE` items."""
-    if done % PIECE == 0:
-        await asyncio.sleep(0)
+class Pacer:
+    """Lets the event loop run once :data:`SLICE` has passed since it last did: on a
+    loaded machine pieces get smaller, not longer."""
+
+    __slots__ = ("_since",)
+
+    def __init__(self) -> None:
+        self._since = time.perf_counter()
+
+    async def tick(self) -> None:
+        if time.perf_counter() - self._since >= SLICE:
+            await asyncio.sleep(0)
+            self._since = time.perf_counter()
 
 
 async def decode_body(data: bytes) -> dict[str, Any]:
@@ -71,12 +83,13 @@ async def _read_tasks(unpacker: msgpack.Unpacker) -> Any:
     except msgpack.UnpackValueError:
         return unpacker.unpack()  # not a list: the submit's own check says so
     tasks = []
-    for index in range(count):
+    pacer = Pacer()
+    for _ in range(count):
         item = unpacker.unpack()
         # body (0) > tasks (1) > the task (2): its own items are 3 deep.
         protocol.check_depth(item, protocol.MAX_DEPTH - 2)
         tasks.append(item)
-        await pause(index + 1)
+        await pacer.tick()
     return tasks
 
 
@@ -108,8 +121,12 @@ async def encode_event(event: list[Any], bulky: int, items: Iterable[Any], count
             await _pack_list(items, packer, parts.append)
         else:
             parts.append(_pack(packer, value))
-    record = b"".join(parts)
-    return HEADER.pack(len(record), zlib.crc32(record)) + record
+    size = sum(len(part) for part in parts)
+    checksum, pacer = 0, Pacer()
+    for part in parts:  # the checksum a piece at a time too
+        checksum = zlib.crc32(part, checksum)
+        await pacer.tick()
+    return b"".join([HEADER.pack(size, checksum), *parts])
 
 
 async def _pack_list(
@@ -117,12 +134,13 @@ async def _pack_list(
 ) -> None:
     """Pack the items of a list (its header is the caller's), yielding between pieces."""
     piece: list[bytes] = []
+    pacer = Pacer()
     for done, item in enumerate(items, 1):
         piece.append(_pack(packer, item))
-        if done % PIECE == 0:
+        if done % 100 == 0:
             out(b"".join(piece))
             piece = []
-            await asyncio.sleep(0)
+            await pacer.tick()
     out(b"".join(piece))
 
 
