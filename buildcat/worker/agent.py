@@ -116,11 +116,9 @@ class UnknownWorker(Exception):
 
 
 def work_of(message: dict[str, Any]) -> str:
-    """What a task runs: its kind and, for a Python task, its function. A job new to this
-    worker is sized by recent tasks that ran the same (many small jobs of one function)."""
-    payload = message.get("payload")
-    function = payload.get("function") if isinstance(payload, dict) else None
-    return f"{message.get('kind', '')}:{function if isinstance(function, str) else ''}"
+    """What a task runs (``jobs.work_of``): a job new to this worker is sized by recent
+    tasks that ran the same (many small jobs of one function)."""
+    return jobs.work_of(str(message.get("kind", "")), message.get("payload"))
 
 
 def _remember(means: dict[str, float], key: str, seconds: float) -> float:
@@ -194,6 +192,8 @@ class Agent:
         self.wake_leaser = asyncio.Event()
         self.wake_reporter = asyncio.Event()
         self.wake_watcher = asyncio.Event()
+        #: Set when a slot has nothing to run next (a task ended, held tasks went back).
+        self.slot_freed = asyncio.Event()
         self.children: list[Child] = []
         self.session: aiohttp.ClientSession | None = None
 
@@ -360,6 +360,15 @@ class Agent:
         mean = self.mean_seconds.get(str(message.get("job", "")))
         return mean if mean is not None else self.work_seconds.get(work_of(message))
 
+    def prefetch_keys(self) -> list[str]:
+        """The job ids and kinds of work this worker takes many tasks of at once."""
+        return [
+            key
+            for means in (self.mean_seconds, self.work_seconds)
+            for key, mean in means.items()
+            if mean < PREFETCH_SECONDS
+        ]
+
     def quick(self, message: dict[str, Any]) -> bool:
         mean = self.estimate(message)
         return mean is not None and mean < PREFETCH_SECONDS
@@ -414,6 +423,7 @@ class Agent:
         self.queue = deque(m for m in self.queue if m["id"] not in ids)
         log.info("job %s: its tasks are slow; giving back %d held task(s)", job_id, len(held))
         self.to_release.extend(message["id"] for message in held)
+        self.note_free_slot()
         self.wake_reporter.set()
         self.wake_leaser.set()
 
@@ -438,10 +448,12 @@ class Agent:
             wait = IDLE_POLL_SECONDS if self.config.exit_when_idle else LONG_POLL_SECONDS
             if self.config.nimby:
                 wait = min(wait, nimby.CHECK_SECONDS)  # and look at the machine again soon
+            # Tasks of jobs not known to be quick fill free slots only: the server leases
+            # none just to have them given back (take_prefetch stays for older servers).
+            free = self.free_slots()
+            body = {"want": want, "wait": wait, "prefetch": self.prefetch_keys(), "others": free}
             try:
-                reply = await self.call_as_worker(
-                    "POST", "/lease", {"want": want, "wait": wait}, timeout=wait + 30
-                )
+                reply = await self.lease(body, wait)
             except FarmError as exc:  # refused (4xx): say so and try again later
                 log.error("%s", exc)
                 await asyncio.sleep(MAX_BACKOFF_SECONDS)
@@ -464,6 +476,25 @@ class Agent:
             elif self.config.exit_when_idle and self.idle() and not self.outbox:
                 self.begin_drain("no work left (--exit-when-idle)")
                 return
+
+    def free_slots(self) -> int:
+        return max(0, self.config.slots - len(self.running) - len(self.queue))
+
+    async def lease(self, body: dict[str, Any], wait: float) -> Any:
+        """One lease request. With every slot busy it only prefetches, and never parks:
+        quick tasks that come meanwhile are for idle workers; once one of this worker's
+        slots frees, the next request may wait for any task."""
+        if body["others"] > 0:
+            return await self.call_as_worker("POST", "/lease", body, timeout=wait + 30)
+        self.slot_freed.clear()
+        reply = await self.call_as_worker("POST", "/lease", {**body, "wait": 0}, timeout=30)
+        if not reply.get("tasks") and not self.draining:
+            await self.slot_freed.wait()
+        return reply
+
+    def note_free_slot(self) -> None:
+        if self.free_slots() > 0:
+            self.slot_freed.set()
 
     async def stay_away(self) -> bool:
         """--nimby: look at the machine; while it is in use, tell the server (it leases
@@ -572,6 +603,8 @@ class Agent:
         if child.process is None or child.process.returncode is not None:
             await child.start()
         requests = [(e.message["id"], p, int(e.message.get("attempt", 0))) for e, p in sent]
+        if len(requests) > 1:
+            log.debug("sending %d tasks to child %s in one write", len(requests), child.pid)
         for (entry, _), seq in zip(sent, child.send(requests), strict=True):
             entry.seq = seq
         try:
@@ -662,6 +695,7 @@ class Agent:
         task_id = message["id"]
         if self.running.get(task_id) is entry:
             del self.running[task_id]
+        self.note_free_slot()
         self.progress.pop(task_id, None)
         elapsed = time.monotonic() - entry.started_at
         outcome["started_at"] = entry.started_wall
@@ -804,6 +838,7 @@ class Agent:
         for message in list(self.queue):
             if message["id"] == task_id:
                 self.queue.remove(message)
+                self.note_free_slot()
 
     def begin_drain(self, why: str) -> None:
         if not self.draining:
@@ -811,6 +846,7 @@ class Agent:
             self.draining = True
             self.wake_runners.set()
             self.wake_leaser.set()
+            self.slot_freed.set()
             self.wake_reporter.set()
 
     # ---- lifecycle --------------------------------------------------------------------------

@@ -7,10 +7,10 @@ not the answer it waits for. The function's own prints are captured and sent bac
 its result as the task log.
 
 The worker may write several ``run`` frames at once (quick tasks): they are run in
-order, each with its own log, context and answer. A cancel is the worker's CANCEL_SIGNAL;
-with a cancel pipe (``BUILDCAT_CANCEL_FD``) it stops only the request whose number came
-down the pipe (one not yet started is answered as cancelled without running), without one
-it stops whatever runs.
+order, each with its own log, context and answer. A cancel then names its request: the
+number comes down the cancel pipe (``BUILDCAT_CANCEL_FD``), then PIPED_CANCEL_SIGNAL; it
+stops that task only (one not started yet is answered as cancelled, unrun). CANCEL_SIGNAL
+alone, as ever, stops whatever task runs.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ HEADER = struct.Struct(">I")
 #: each the number of the request to stop.
 CANCEL_FD_VARIABLE = "BUILDCAT_CANCEL_FD"
 CANCEL_SEQ = struct.Struct(">Q")
+#: The signal that says a request's number came down the cancel pipe (POSIX only).
+PIPED_CANCEL_SIGNAL: signal.Signals | None = getattr(signal, "SIGUSR2", None)
 #: Results travel in reports to the server, a few per message: keep each one modest.
 MAX_RESULT_BYTES = 4 * 1024 * 1024
 
@@ -86,12 +88,16 @@ class Cancels:
                     self.asked.add(CANCEL_SEQ.unpack_from(data, offset)[0])
 
     def on_signal(self, signum: int, frame: object) -> None:
-        self.read()
+        """CANCEL_SIGNAL: stop the task that runs. PIPED_CANCEL_SIGNAL: stop the one of
+        the numbers that came down the pipe, if one of them runs."""
+        piped = signum == PIPED_CANCEL_SIGNAL
+        if piped:
+            self.read()
         seq = self.running
         # Once per task: a second cancel must not break into the job's own cleanup (a warm
         # Blender half stopped, its input closed, left running for the idle reaper to trip
         # on); and never the task after the one meant (it was cancelled as it ended).
-        if seq is None or self.raised or (self.pipe is not None and seq not in self.asked):
+        if seq is None or self.raised or (piped and seq not in self.asked):
             return
         self.raised = True
         # The class job code can import (buildcat.TaskCancelled): this module runs as __main__.
@@ -99,8 +105,10 @@ class Cancels:
 
 
 def _cancel_pipe() -> int | None:
+    if sys.platform == "win32":
+        return None
     text = os.environ.pop(CANCEL_FD_VARIABLE, "")
-    if not text.isdigit():
+    if not text.isdigit() or PIPED_CANCEL_SIGNAL is None:
         return None
     fd = int(text)
     try:
@@ -167,6 +175,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     cancels = Cancels(_cancel_pipe())
     signal.signal(platform.CANCEL_SIGNAL, cancels.on_signal)  # between tasks it stops nothing
+    if cancels.pipe is not None and PIPED_CANCEL_SIGNAL is not None:
+        signal.signal(PIPED_CANCEL_SIGNAL, cancels.on_signal)
     processes.become_subreaper()  # what a task starts, even a detached daemon, stays below
     platform.children_die_with_me()  # Windows: a job object (elsewhere each is tied)
     root = os.environ.get("BUILDCAT_ROOT", os.getcwd())

@@ -2,9 +2,9 @@
 
 A worker may send a child several tasks in one write (a batch of quick tasks): the child
 runs them in order and answers each on its own. A cancel then names the request it is
-for: its number goes down a pipe of its own (POSIX) before the signal, so the signal
+for: its number goes down a pipe of its own (POSIX) before a signal that says so, so it
 stops that task and no other; where there is no such pipe, a child is sent one task at
-a time and the signal stops whatever it runs.
+a time and the cancel signal stops whatever it runs.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 from buildcat import platform, protocol
 from buildcat.worker import processes
-from buildcat.worker.child import CANCEL_FD_VARIABLE, CANCEL_SEQ
+from buildcat.worker.child import CANCEL_FD_VARIABLE, CANCEL_SEQ, PIPED_CANCEL_SIGNAL
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ HEADER = struct.Struct(">I")
 #: The largest frame a child may send back (a result, a log tail).
 MAX_FRAME = protocol.MAX_BODY_BYTES
 #: Whether children get a cancel pipe (and so can take several tasks at once).
-CANCEL_PIPES = os.name == "posix"
+CANCEL_PIPES = os.name == "posix" and PIPED_CANCEL_SIGNAL is not None
 
 
 class ChildDied(Exception):
@@ -82,7 +82,7 @@ class Child:
         }
         extra: dict[str, Any] = {}
         cancel_read = -1
-        if CANCEL_PIPES:
+        if sys.platform != "win32" and CANCEL_PIPES:
             cancel_read, self.cancel_pipe = os.pipe()
             os.set_blocking(self.cancel_pipe, False)  # a child that reads none never blocks us
             env[CANCEL_FD_VARIABLE] = str(cancel_read)
@@ -228,10 +228,13 @@ class Child:
         """Ask the task of request ``seq`` to stop (it raises TaskCancelled inside the job
         function; one the child has yet to start ends at once, unrun)."""
         if self.process is not None and self.process.returncode is None:
-            if self.cancel_pipe is not None:
-                with contextlib.suppress(OSError):  # full: the child reads none; it is stuck
-                    os.write(self.cancel_pipe, CANCEL_SEQ.pack(seq))
-            platform.send_cancel(self.process.pid)
+            if self.cancel_pipe is None or PIPED_CANCEL_SIGNAL is None:
+                platform.send_cancel(self.process.pid)  # one task at a time: the one it runs
+                return
+            with contextlib.suppress(OSError):  # full: the child reads none; it is stuck
+                os.write(self.cancel_pipe, CANCEL_SEQ.pack(seq))
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, PIPED_CANCEL_SIGNAL)
 
     def kill(self) -> None:
         """Kill the child and its process group (the rest follows once it is gone)."""
