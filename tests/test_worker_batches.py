@@ -9,6 +9,7 @@ import urllib.request
 from typing import Any
 
 import buildcat
+from buildcat.server.scheduler import Scheduler, TaskSpec
 from tests.conftest import Farm, secret_header, wait_for
 
 
@@ -127,3 +128,26 @@ def test_batches_leave_other_slots_their_share(jobs_farm: Farm) -> None:
     warm_up(client, jobs_farm, "farm_jobs:pid")
     job = client.map("farm_jobs:pid", range(200))
     assert len(set(job.results())) == 2  # both children ran some of it
+
+
+def test_jobs_a_worker_does_not_prefetch_fill_only_its_free_slots() -> None:
+    queue = Scheduler(lease_timeout=10.0, default_max_attempts=3)
+    queue.register("w", 1, {}, 0, worker_id="w")
+    quick = {"function": "shading:quick"}
+    for n in range(3):  # three jobs of a function the worker knows is quick
+        queue.submit([TaskSpec({**quick, "args": [i]}) for i in range(4)], 1, job_id=f"q{n}")
+    queue.submit([TaskSpec({"function": "shading:slow"}) for _ in range(4)], 1, job_id="slow")
+    queue.submit([TaskSpec({**quick, "args": [0]})], 1, job_id="q3")
+    worker = queue.worker("w")
+    worker.prefetch, worker.others = frozenset({"python:shading:quick"}), 1
+    leased = queue.lease("w", 100, 2)
+    # All of the quick ones, in queue order, and one task of the slow job: the free slot.
+    assert [task.job.id for task in leased] == ["q0"] * 4 + ["q1"] * 4 + ["q2"] * 4 + [
+        "slow",
+        "q3",
+    ]
+    worker.prefetch, worker.others = frozenset({"slow"}), 0  # a job id names it too
+    assert [task.job.id for task in queue.lease("w", 100, 3)] == ["slow"] * 3
+    worker.others = None  # a worker that says nothing of it: as many as it wants
+    queue.submit([TaskSpec({"function": "shading:other"}) for _ in range(2)], 4, job_id="o")
+    assert len(queue.lease("w", 100, 5)) == 2
