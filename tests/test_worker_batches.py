@@ -40,7 +40,7 @@ def block(client: buildcat.Client, farm: Farm) -> buildcat.Job:
 
 
 def test_many_small_jobs_are_each_leased_once(jobs_farm: Farm) -> None:
-    jobs_farm.start_worker("--no-blender", "--slots", "1")
+    jobs_farm.start_worker("--no-blender", "--slots", "1", "--log-level", "debug")
     client = jobs_farm.client()
     warm_up(client, jobs_farm, "farm_jobs:hold")
     blocker = block(client, jobs_farm)
@@ -55,6 +55,12 @@ def test_many_small_jobs_are_each_leased_once(jobs_farm: Farm) -> None:
     # Each of the 400 tasks was leased once: none was taken and given back.
     assert lease_grants(jobs_farm) - before == 400
     assert all(task["attempts"] == 1 for task in small[-1].tasks())
+    # And many at a time: the worker named square's kind of work as quick, so one lease
+    # takes tasks of many jobs (not one job's, or a free slot's worth, per round trip).
+    leases = re.findall(
+        r"leased (\d+) task\(s\), giving back (\d+)", jobs_farm.log_text("worker-1")
+    )
+    assert len(leases) < 100 and all(back == "0" for _, back in leases), leases
 
 
 def test_a_batch_in_one_child_keeps_each_tasks_log_and_result(jobs_farm: Farm) -> None:
@@ -137,7 +143,8 @@ def test_jobs_a_worker_does_not_prefetch_fill_only_its_free_slots() -> None:
     for n in range(3):  # three jobs of a function the worker knows is quick
         queue.submit([TaskSpec({**quick, "args": [i]}) for i in range(4)], 1, job_id=f"q{n}")
     queue.submit([TaskSpec({"function": "shading:slow"}) for _ in range(4)], 1, job_id="slow")
-    queue.submit([TaskSpec({**quick, "args": [0]})], 1, job_id="q3")
+    # A map's function is in the job's common keys, merged into each task's message.
+    queue.submit([TaskSpec({"args": [0]})], 1, job_id="q3", meta={"common": quick})
     worker = queue.worker("w")
     worker.prefetch, worker.others = frozenset({"python:shading:quick"}), 1
     leased = queue.lease("w", 100, 2)

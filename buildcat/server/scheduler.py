@@ -955,7 +955,11 @@ class Scheduler:
         the kind of work of its next ready task, as quick."""
         if job.id in worker.prefetch:
             return True
-        return work_of(job.kind, job.tasks[job.ready[0]].payload) in worker.prefetch
+        payload = job.tasks[job.ready[0]].payload
+        common = job.meta.get("common")  # what the task's message merges in (a map's function)
+        if isinstance(common, dict) and common:
+            payload = {**common, **payload}
+        return work_of(job.kind, payload) in worker.prefetch
 
     def _grant(self, task: Task, worker: Worker, now: float) -> None:
         """Lease one task (already taken off its job's ready queue) to a worker."""

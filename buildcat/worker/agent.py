@@ -468,6 +468,7 @@ class Agent:
             if tasks:
                 tasks = self.drop_duplicates(tasks)
                 keep, give_back = self.take_prefetch(tasks)
+                log.debug("leased %d task(s), giving back %d", len(tasks), len(give_back))
                 self.queue.extend(keep)
                 self.wake_runners.set()
                 if give_back:
