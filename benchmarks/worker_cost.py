@@ -78,7 +78,9 @@ def server(root: Path) -> Iterator[tuple[buildcat.Client, int, int]]:
 
 
 @contextlib.contextmanager
-def workers(client: buildcat.Client, port: int, root: Path, count: int) -> Iterator[list[int]]:
+def worker_processes(
+    client: buildcat.Client, port: int, root: Path, count: int
+) -> Iterator[list[int]]:
     """``count`` worker processes (one slot each); yields their pids once all joined."""
     started = [
         launch.start_worker(
@@ -88,7 +90,7 @@ def workers(client: buildcat.Client, port: int, root: Path, count: int) -> Itera
     ]
     try:
         wait_until(
-            lambda: sum(1 for w in client.workers() if w.get("online", True)) >= count,
+            lambda: sum(1 for w in client.workers() if w["state"] != "offline") >= count,
             60,
             f"{count} workers joining",
         )
@@ -115,14 +117,14 @@ def lease_grants(port: int, root: Path) -> int:
     return int(metric(port, root, "buildcat_dispatch_latency_seconds_count"))
 
 
-def worker_cost(tasks: int = 20_000, workers_count: int = 2) -> dict[str, Any]:
-    """Tasks/s of one ``tasks``-task no-op job on ``workers_count`` workers, and the CPU
+def worker_cost(tasks: int = 20_000, workers: int = 2) -> dict[str, Any]:
+    """Tasks/s of one ``tasks``-task no-op job on ``workers`` workers, and the CPU
     seconds per task of the server, each agent and each agent's child."""
     with tempfile.TemporaryDirectory(prefix="bench-cost-") as folder:
         root = Path(folder)
         with (
             server(root) as (client, port, server_pid),
-            workers(client, port, root, workers_count) as agent_pids,
+            worker_processes(client, port, root, workers) as agent_pids,
         ):
             client.map(NOOP, range(500)).wait(timeout=60)  # warm up (and size the prefetch)
             children = {pid: child_pids(pid) for pid in agent_pids}
@@ -134,7 +136,7 @@ def worker_cost(tasks: int = 20_000, workers_count: int = 2) -> dict[str, Any]:
             used = {pid: (cpu_seconds(pid) - before[pid]) / tasks for pid in pids}
     return {
         "tasks": tasks,
-        "workers": workers_count,
+        "workers": workers,
         "throughput": tasks / elapsed,
         "server_cpu_us": used[server_pid] * 1e6,
         "agent_cpu_us": [used[pid] * 1e6 for pid in agent_pids],
@@ -142,7 +144,7 @@ def worker_cost(tasks: int = 20_000, workers_count: int = 2) -> dict[str, Any]:
     }
 
 
-def _drain(root: Path, submit: Callable[[buildcat.Client], list[str]], workers_count: int,
+def _drain(root: Path, submit: Callable[[buildcat.Client], list[str]], workers: int,
            tasks: int) -> dict[str, Any]:  # fmt: skip
     with server(root) as (client, port, _):
         job_ids = set(submit(client))
@@ -152,7 +154,7 @@ def _drain(root: Path, submit: Callable[[buildcat.Client], list[str]], workers_c
             time.sleep(0.2)  # each look costs the server a pass over every job
             return metric(port, root, 'buildcat_tasks{state="done"}') >= tasks
 
-        with workers(client, port, root, workers_count):
+        with worker_processes(client, port, root, workers):
             wait_until(drained, 1800, "the jobs finishing")
             views = [job for job in client.jobs() if job["id"] in job_ids]
             grants = lease_grants(port, root) - grants_before
@@ -161,7 +163,7 @@ def _drain(root: Path, submit: Callable[[buildcat.Client], list[str]], workers_c
     return {"rate": tasks / (last - first), "leases_per_task": grants / tasks}
 
 
-def small_jobs(jobs: int = 10_000, per_job: int = 4, workers_count: int = 2) -> dict[str, Any]:
+def small_jobs(jobs: int = 10_000, per_job: int = 4, workers: int = 2) -> dict[str, Any]:
     """``jobs`` jobs of ``per_job`` no-op tasks against one job of as many tasks, each
     queued whole before the workers join: drain rates, ratio, leases per task."""
     tasks = jobs * per_job
@@ -186,13 +188,13 @@ def small_jobs(jobs: int = 10_000, per_job: int = 4, workers_count: int = 2) -> 
         return [client.map(NOOP, range(tasks), name="big").id]
 
     with tempfile.TemporaryDirectory(prefix="bench-small-") as folder:
-        small = _drain(Path(folder), many, workers_count, tasks)
+        small = _drain(Path(folder), many, workers, tasks)
     with tempfile.TemporaryDirectory(prefix="bench-big-") as folder:
-        big = _drain(Path(folder), one_big, workers_count, tasks)
+        big = _drain(Path(folder), one_big, workers, tasks)
     return {
         "jobs": jobs,
         "per_job": per_job,
-        "workers": workers_count,
+        "workers": workers,
         "small_rate": small["rate"],
         "big_rate": big["rate"],
         "ratio": small["rate"] / big["rate"],
