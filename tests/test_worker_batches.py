@@ -121,7 +121,8 @@ def test_a_child_that_crashes_in_a_batch_fails_only_its_own_task(jobs_farm: Farm
         max_attempts=2,
     )  # fmt: skip
     job.wait(60)
-    assert 4 in sent_together(jobs_farm)  # the four went to the child at once
+    # Several went to the child at once (how many: as many as ~20 ms of work measured).
+    assert max(sent_together(jobs_farm)) >= 2
     assert job.results() == ["second time lucky"] * 4
     # The crash cost its own task one attempt and no other task any.
     assert [task["attempts"] for task in job.tasks()] == [1, 2, 1, 1]
