@@ -43,3 +43,22 @@ def test_benchmark_runs_and_reports_every_section(tmp_path: Path) -> None:
     assert "20,000-task job: throughput" in table and "restart from its state" in table
     assert "30 results of 1 MB: server memory peak" in table
     assert "machine: " in table
+
+
+def test_worker_cost_benchmark_prints_cpu_per_process_and_leases_per_task(
+    tmp_path: Path,
+) -> None:
+    output = tmp_path / "cost.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "worker_cost.py"), "--tasks", "600",
+         "--jobs", "60", "--per-job", "4", "--json", str(output)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    figures = json.loads(output.read_text())
+    cost, small = figures["worker_cost"], figures["small_jobs"]
+    assert cost["throughput"] > 0 and cost["server_cpu_us"] > 0
+    assert len(cost["agent_cpu_us"]) == 2 and all(len(c) == 1 for c in cost["child_cpu_us"])
+    assert small["small_rate"] > 0 and small["big_rate"] > 0
+    assert small["small_leases_per_task"] >= 1 and small["big_leases_per_task"] >= 1
+    assert "CPU per task: server" in done.stdout and "leases a task" in done.stdout

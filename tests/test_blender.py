@@ -227,7 +227,9 @@ else:
 @pytest.fixture
 def cancel_signal() -> Iterator[None]:
     """SIGUSR1 raises TaskCancelled here, as in a worker's child process (its cancel)."""
-    previous = signal.signal(signal.SIGUSR1, child_process._cancel)
+    cancels = child_process.Cancels(None)  # every cancel is for the task that runs
+    cancels.running = 0
+    previous = signal.signal(signal.SIGUSR1, cancels.on_signal)
     yield
     signal.signal(signal.SIGUSR1, previous)
 

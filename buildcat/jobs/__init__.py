@@ -35,6 +35,14 @@ def task_kind(job_kind: str, payload: Any) -> str:
     return kind if isinstance(kind, str) and kind else job_kind
 
 
+def work_of(job_kind: str, payload: Any) -> str:
+    """What a task runs, as one key: its kind and, for a Python task, its function. A
+    worker that saw such tasks end quickly takes many of them at once, of any job."""
+    kind = task_kind(job_kind, payload)
+    function = payload.get("function") if isinstance(payload, dict) else None
+    return f"{kind}:{function if isinstance(function, str) else ''}"
+
+
 def validate_payload(kind: str, payload: Any) -> None:
     """Check one task payload of a job of ``kind`` before it is queued or run."""
     if not isinstance(payload, dict):

@@ -77,6 +77,8 @@ log = logging.getLogger(__name__)
 MAX_WAIT_SECONDS = 60.0
 MAX_TASKS_PER_JOB = 1_000_000
 MAX_WANT = 1024
+#: A lease names at most this many job ids and kinds of work it prefetches.
+MAX_PREFETCH_KEYS = 256
 #: Bounds of request fields (docs/http-api.md): what is journaled stays small.
 MAX_PRIORITY = 1_000_000
 MAX_ATTEMPTS = 1000
@@ -650,6 +652,19 @@ async def lease(request: web.Request) -> web.Response:
     if not 0 <= want <= MAX_WANT:
         raise ProtocolError(f"'want' must be between 0 and {MAX_WANT}")
     wait = min(max(wait, 0.0), MAX_WAIT_SECONDS)
+    prefetch = _get(body, "prefetch", list, [])
+    if len(prefetch) > MAX_PREFETCH_KEYS or not all(
+        isinstance(key, str) and 0 < len(key) <= 512 for key in prefetch
+    ):
+        raise ProtocolError(
+            f"'prefetch' must be a list of at most {MAX_PREFETCH_KEYS} job ids or kinds of work"
+        )
+    others = _get(body, "others", (int, type(None)), None)
+    if others is not None and not 0 <= others <= MAX_WANT:
+        raise ProtocolError(f"'others' must be between 0 and {MAX_WANT}")
+    worker = farm.scheduler.workers.get(worker_id)
+    if worker is not None:  # an unknown worker hears so from lease()
+        worker.prefetch, worker.others = frozenset(prefetch), others
     now = time.time()
     # Workers read msgpack, which carries every payload; a JSON reader (curl, a script) is
     # not handed a task JSON cannot carry (bytes map keys): it stays queued, untouched.

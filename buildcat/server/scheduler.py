@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Any
 
 from buildcat.errors import FarmError
+from buildcat.jobs import work_of
 from buildcat.server.histogram import DISPATCH_BUCKETS, DURATION_BUCKETS, Histogram
 from buildcat.server.notices import Notices
 from buildcat.server.workerset import WorkerSettings
@@ -284,6 +285,11 @@ class Worker:
     #: Why a ``--nimby`` worker stays away now, as it last reported ("" when it takes
     #: work): its live state, kept in memory only (it reports it with every heartbeat).
     nimby: str = ""
+    #: What its last lease asked, kept in memory only (each lease says it again): the job
+    #: ids and kinds of work (``jobs.work_of``) it takes many tasks of at once, and how
+    #: many tasks of any other job it takes (``None``: as many as it wants).
+    prefetch: frozenset[str] = frozenset()
+    others: int | None = None
 
     @property
     def state(self) -> WorkerState:
@@ -969,17 +975,26 @@ class Scheduler:
     ) -> list[Task]:
         """Hand up to ``want`` ready tasks to a worker: priority first, FIFO within it.
         A task ``can_send`` refuses (it cannot be sent in the format the worker reads)
-        keeps its place, untouched."""
+        keeps its place, untouched. Jobs the worker does not prefetch (``Worker.prefetch``)
+        give at most ``Worker.others`` tasks together: none is leased to be given back."""
         worker = self.touch(worker_id, now)
         granted: list[Task] = []
         if want <= 0 or self.ready_total <= 0 or not self.takes_work(worker, now):
             return granted
+        others = worker.others  # what jobs the worker does not know to be quick may give
         for job in self._active:
             if job.paused or not job.ready or not self._job_fits(job, worker):
                 continue
+            limit = want
+            capped = others is not None and not self._prefetches(worker, job)
+            if capped:
+                assert others is not None
+                if others <= 0:
+                    continue
+                limit = others
             deferred: list[int] = []
             granted_before = len(granted)
-            while job.ready and len(granted) < want:
+            while job.ready and len(granted) < want and len(granted) - granted_before < limit:
                 index = job.ready.popleft()
                 task = job.tasks[index]
                 if task.failed_on and not self.may_take(worker, task, now):
@@ -994,11 +1009,25 @@ class Scheduler:
                 self._grant(task, worker, now)
                 granted.append(task)
             job.ready.extendleft(reversed(deferred))
+            if capped and others is not None:
+                others -= len(granted) - granted_before
             if len(granted) == granted_before:
                 continue
             if len(granted) >= want:
                 break
         return granted
+
+    @staticmethod
+    def _prefetches(worker: Worker, job: Job) -> bool:
+        """Whether the worker takes many of this job's tasks at once: it named the job, or
+        the kind of work of its next ready task, as quick."""
+        if job.id in worker.prefetch:
+            return True
+        payload = job.tasks[job.ready[0]].payload
+        common = job.meta.get("common")  # what the task's message merges in (a map's function)
+        if isinstance(common, dict) and common:
+            payload = {**common, **payload}
+        return work_of(job.kind, payload) in worker.prefetch
 
     def _grant(self, task: Task, worker: Worker, now: float) -> None:
         """Lease one task (already taken off its job's ready queue) to a worker."""

@@ -17,7 +17,6 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,12 @@ log = logging.getLogger(__name__)
 #: Prefetch holds at most this many seconds of (estimated) work beyond the free slots.
 PREFETCH_SECONDS = 0.05
 MAX_PREFETCH = 256
+#: A child is sent quick tasks several at a time: at most this many, of at most this many
+#: seconds of (estimated) work together, so one slot never sits on what another could run.
+MAX_CHILD_BATCH = 64
+CHILD_BATCH_SECONDS = 0.02
+#: How many jobs (and kinds of work) the agent remembers the task durations of.
+REMEMBERED_DURATIONS = 64
 LONG_POLL_SECONDS = 20.0
 IDLE_POLL_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 5.0
@@ -110,12 +115,30 @@ class UnknownWorker(Exception):
     """The server no longer knows this worker (it restarted): register again."""
 
 
+def work_of(message: dict[str, Any]) -> str:
+    """What a task runs (``jobs.work_of``): a job new to this worker is sized by recent
+    tasks that ran the same (many small jobs of one function)."""
+    return jobs.work_of(str(message.get("kind", "")), message.get("payload"))
+
+
+def _remember(means: dict[str, float], key: str, seconds: float) -> float:
+    previous = means.pop(key, None)
+    mean = means[key] = seconds if previous is None else 0.8 * previous + 0.2 * seconds
+    if len(means) > REMEMBERED_DURATIONS:
+        del means[next(iter(means))]
+    return mean
+
+
 @dataclass(slots=True, eq=False)
 class _Running:
     message: dict[str, Any]
     child: Child
     started_at: float
     cancelled: bool = False
+    #: The child's number for this task's request (0 until it is sent).
+    seq: int = 0
+    #: When the child started it (epoch), as near as the agent can tell.
+    started_wall: float = 0.0
 
 
 class Agent:
@@ -159,14 +182,18 @@ class Agent:
         #: server has yet to hear a change of it.
         self.nimby = ""
         self.nimby_unsent = False
-        #: Mean task duration per job (recent jobs only): sizes the prefetch, so a job of
-        #: tiny tasks is leased in batches while a job of long ones is not hoarded.
+        #: Mean task duration per job (recent jobs only) and per kind of work (``work_of``):
+        #: sizes the prefetch, so a job of tiny tasks is leased in batches (and so are many
+        #: small jobs of one function) while a job of long ones is not hoarded.
         self.mean_seconds: dict[str, float] = {}
-        self.current_job = ""
+        self.work_seconds: dict[str, float] = {}
+        self.current: dict[str, Any] = {}
         self.wake_runners = asyncio.Event()
         self.wake_leaser = asyncio.Event()
         self.wake_reporter = asyncio.Event()
         self.wake_watcher = asyncio.Event()
+        #: Set when a slot has nothing to run next (a task ended, held tasks went back).
+        self.slot_freed = asyncio.Event()
         self.children: list[Child] = []
         self.session: aiohttp.ClientSession | None = None
 
@@ -327,9 +354,28 @@ class Agent:
 
     # ---- capacity -------------------------------------------------------------------------
 
+    def estimate(self, message: dict[str, Any]) -> float | None:
+        """How long a task will likely run: its job's recent mean, else that of recent
+        tasks that ran the same (``work_of``); ``None`` when nothing is known."""
+        mean = self.mean_seconds.get(str(message.get("job", "")))
+        return mean if mean is not None else self.work_seconds.get(work_of(message))
+
+    def prefetch_keys(self) -> list[str]:
+        """The job ids and kinds of work this worker takes many tasks of at once."""
+        return [
+            key
+            for means in (self.mean_seconds, self.work_seconds)
+            for key, mean in means.items()
+            if mean < PREFETCH_SECONDS
+        ]
+
+    def quick(self, message: dict[str, Any]) -> bool:
+        mean = self.estimate(message)
+        return mean is not None and mean < PREFETCH_SECONDS
+
     def capacity(self) -> int:
         prefetch = 0
-        mean = self.mean_seconds.get(self.current_job)
+        mean = self.estimate(self.current) if self.current else None
         if mean is not None and mean < PREFETCH_SECONDS:
             prefetch = min(
                 MAX_PREFETCH, int(PREFETCH_SECONDS / max(mean, 1e-5)) * self.config.slots
@@ -348,24 +394,38 @@ class Agent:
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Split leased tasks into those to keep and those to give back at once.
 
-        Beyond the free slots, only tasks of jobs known to be quick are kept: a lease sized
-        for quick tasks that brings a job of unknown (or long) tasks must not hoard them
-        while other workers sit idle."""
+        Beyond the free slots, only tasks known to be quick (their job's, or else their
+        kind of work's, recent tasks were) are kept: a lease sized for quick tasks that
+        brings a job of unknown (or long) tasks must not hoard them while other workers
+        sit idle."""
         free = self.config.slots - len(self.running) - len(self.queue)
         keep: list[dict[str, Any]] = []
         give_back: list[dict[str, Any]] = []
         for task in tasks:
-            job_id = str(task.get("job", ""))
-            mean = self.mean_seconds.get(job_id)
-            if mean is not None and mean < PREFETCH_SECONDS:
+            if self.quick(task):
                 keep.append(task)
             elif free > 0:
                 keep.append(task)
                 free -= 1
-                self.current_job = job_id  # size the next lease by this job's tasks
+                self.current = task  # size the next lease by this job's tasks
             else:
                 give_back.append(task)
         return keep, give_back
+
+    def give_back_slow(self, job_id: str) -> None:
+        """A job kept as quick (by its kind of work) whose tasks prove slow: what is held of
+        it beyond the free slots goes back to the server, for other workers to take."""
+        free = max(0, self.config.slots - len(self.running))
+        held = [m for m in list(self.queue)[free:] if str(m.get("job", "")) == job_id]
+        if not held:
+            return
+        ids = {message["id"] for message in held}
+        self.queue = deque(m for m in self.queue if m["id"] not in ids)
+        log.info("job %s: its tasks are slow; giving back %d held task(s)", job_id, len(held))
+        self.to_release.extend(message["id"] for message in held)
+        self.note_free_slot()
+        self.wake_reporter.set()
+        self.wake_leaser.set()
 
     def idle(self) -> bool:
         return not self.running and not self.queue
@@ -388,10 +448,12 @@ class Agent:
             wait = IDLE_POLL_SECONDS if self.config.exit_when_idle else LONG_POLL_SECONDS
             if self.config.nimby:
                 wait = min(wait, nimby.CHECK_SECONDS)  # and look at the machine again soon
+            # Tasks of jobs not known to be quick fill free slots only: the server leases
+            # none just to have them given back (take_prefetch stays for older servers).
+            free = self.free_slots()
+            body = {"want": want, "wait": wait, "prefetch": self.prefetch_keys(), "others": free}
             try:
-                reply = await self.call_as_worker(
-                    "POST", "/lease", {"want": want, "wait": wait}, timeout=wait + 30
-                )
+                reply = await self.lease(body, wait)
             except FarmError as exc:  # refused (4xx): say so and try again later
                 log.error("%s", exc)
                 await asyncio.sleep(MAX_BACKOFF_SECONDS)
@@ -406,6 +468,7 @@ class Agent:
             if tasks:
                 tasks = self.drop_duplicates(tasks)
                 keep, give_back = self.take_prefetch(tasks)
+                log.debug("leased %d task(s), giving back %d", len(tasks), len(give_back))
                 self.queue.extend(keep)
                 self.wake_runners.set()
                 if give_back:
@@ -414,6 +477,25 @@ class Agent:
             elif self.config.exit_when_idle and self.idle() and not self.outbox:
                 self.begin_drain("no work left (--exit-when-idle)")
                 return
+
+    def free_slots(self) -> int:
+        return max(0, self.config.slots - len(self.running) - len(self.queue))
+
+    async def lease(self, body: dict[str, Any], wait: float) -> Any:
+        """One lease request. With every slot busy it only prefetches, and never parks:
+        quick tasks that come meanwhile are for idle workers; once one of this worker's
+        slots frees, the next request may wait for any task."""
+        if body["others"] > 0:
+            return await self.call_as_worker("POST", "/lease", body, timeout=wait + 30)
+        self.slot_freed.clear()
+        reply = await self.call_as_worker("POST", "/lease", {**body, "wait": 0}, timeout=30)
+        if not reply.get("tasks") and not self.draining:
+            await self.slot_freed.wait()
+        return reply
+
+    def note_free_slot(self) -> None:
+        if self.free_slots() > 0:
+            self.slot_freed.set()
 
     async def stay_away(self) -> bool:
         """--nimby: look at the machine; while it is in use, tell the server (it leases
@@ -461,18 +543,92 @@ class Agent:
                 await self.wake_runners.wait()
             if self.draining or not self.queue:
                 return
-            message = self.queue.popleft()
-            self.current_job = str(message.get("job", ""))
-            self.started += 1
+            batch = self.take_batch(child)
+            self.current = batch[0]
+            self.started += len(batch)
             self.wake_leaser.set()
-            await self.execute(message, child)
+            await self.execute(batch, child)
 
-    async def execute(self, message: dict[str, Any], child: Child) -> None:
-        task_id = message["id"]
-        entry = _Running(message, child, time.monotonic())
-        started_at = time.time()
-        self.running[task_id] = entry
+    def take_batch(self, child: Child) -> list[dict[str, Any]]:
+        """The next task, and the quick ones after it up to a batch (MAX_CHILD_BATCH,
+        CHILD_BATCH_SECONDS), leaving the other slots their share of the queue."""
+        batch = [self.queue.popleft()]
+        mean = self.estimate(batch[0])
+        if not child.takes_batches or mean is None:
+            return batch
+        limit = min(MAX_CHILD_BATCH, 1 + len(self.queue) // self.config.slots)
+        total = mean
+        while self.queue and len(batch) < limit:
+            mean = self.estimate(self.queue[0])
+            if mean is None or total + mean > CHILD_BATCH_SECONDS:
+                break
+            batch.append(self.queue.popleft())
+            total += mean
+        return batch
+
+    def payload_for(self, message: dict[str, Any]) -> dict[str, Any]:
+        """What the child runs for a task (FarmError: a payload the worker refuses)."""
+        kind = message.get("kind", "")
+        jobs.validate_payload(kind, message.get("payload"))
+        payload: dict[str, Any] = message["payload"]
+        if kind == "blender":
+            blender = self.config.blender.encode() if self.config.blender else ""
+            return {"function": BLENDER_RUNNER, "args": [payload, blender]}
+        if kind in jobs.RUNNERS:  # a kind run by a function of ours in the child
+            return {"function": jobs.RUNNERS[kind], "args": [payload]}
+        return payload
+
+    async def execute(self, batch: list[dict[str, Any]], child: Child) -> None:
+        """Run tasks on ``child``, sent in one write, answered one by one. A child that
+        dies (or is replaced) fails the task it ran; those after it run on the next one."""
+        sent: list[tuple[_Running, dict[str, Any]]] = []
+        for message in batch:
+            entry = _Running(message, child, time.monotonic(), started_wall=time.time())
+            self.running[message["id"]] = entry
+            try:
+                payload = self.payload_for(message)
+            except FarmError as exc:
+                self.finish(entry, {"id": message["id"], "ok": False, "error": str(exc),
+                                    "traceback": ""})  # fmt: skip
+                continue
+            except Exception as exc:  # a bug here must fail the task, never the worker
+                log.exception("task %s: unexpected error running it", message["id"])
+                error = f"worker error: {exc}"[:2000]
+                self.finish(entry, {"id": message["id"], "ok": False, "error": error,
+                                    "traceback": ""})  # fmt: skip
+                continue
+            sent.append((entry, payload))
+        if not sent:
+            return
         self.wake_watcher.set()
+        if child.process is None or child.process.returncode is not None:
+            await child.start()
+        requests = [(e.message["id"], p, int(e.message.get("attempt", 0))) for e, p in sent]
+        if len(requests) > 1:
+            log.debug("sending %d tasks to child %s in one write", len(requests), child.pid)
+        for (entry, _), seq in zip(sent, child.send(requests), strict=True):
+            entry.seq = seq
+        try:
+            await child.drain()
+        except ChildDied as exc:
+            self.finish(sent[0][0], self.died(sent[0][0], exc))
+            await child.start()
+            self.unstart([entry for entry, _ in sent[1:]])
+            return
+        for index, (entry, payload) in enumerate(sent):
+            if index:
+                entry.started_at, entry.started_wall = time.monotonic(), time.time()
+            outcome, replaced = await self.answer(child, entry, payload)
+            self.finish(entry, outcome)
+            if replaced:  # what the old child had not started runs on the new one
+                self.unstart([entry for entry, _ in sent[index + 1 :]])
+                return
+
+    async def answer(
+        self, child: Child, entry: _Running, payload: dict[str, Any]
+    ) -> tuple[dict[str, Any], bool]:
+        """The outcome of one sent task, and whether the child was replaced meanwhile."""
+        task_id = entry.message["id"]
 
         def on_progress(fraction: float, text: str) -> None:
             self.progress[task_id] = (fraction, text)
@@ -480,17 +636,22 @@ class Agent:
                 self.progress_dirty = True
                 self.wake_reporter.set()
 
-        outcome: dict[str, Any]
+        replaced = False
         try:
-            kind = message.get("kind", "")
-            jobs.validate_payload(kind, message.get("payload"))
-            payload = message["payload"]
-            if kind == "blender":
-                blender = self.config.blender.encode() if self.config.blender else ""
-                payload = {"function": BLENDER_RUNNER, "args": [payload, blender]}
-            elif kind in jobs.RUNNERS:  # a kind run by a function of ours in the child
-                payload = {"function": jobs.RUNNERS[kind], "args": [payload]}
-            reply = await self.run_on(child, entry, payload, on_progress)
+            try:
+                reply = await child.receive(task_id, entry.seq, on_progress)
+            except ChildConfused as exc:
+                # Its first run delivered nothing that could be trusted: once more, alone.
+                if entry.cancelled:
+                    raise
+                log.error("task %s: %s; running it again", task_id, exc)
+                replaced = True
+                await child.start()
+                (entry.seq,) = child.send(
+                    [(task_id, payload, int(entry.message.get("attempt", 0)))]
+                )
+                await child.drain()
+                reply = await child.receive(task_id, entry.seq, on_progress)
             outcome = {
                 "id": task_id,
                 "ok": bool(reply.get("ok")),
@@ -502,29 +663,48 @@ class Agent:
             if not outcome["ok"] and reply.get("job_fault") is True:
                 outcome["job_fault"] = True  # the job's own fault: fail it, blame no worker
         except ChildDied as exc:
-            outcome = {"id": task_id, "ok": False, "error": str(exc), "traceback": ""}
-            if entry.cancelled:
-                outcome["error"] = "cancelled"
+            outcome = self.died(entry, exc)
+            replaced = True
             await child.start()  # a fresh process for the next task
-        except FarmError as exc:
-            outcome = {"id": task_id, "ok": False, "error": str(exc), "traceback": ""}
         except Exception as exc:  # a bug here must fail the task, never the worker
             log.exception("task %s: unexpected error running it", task_id)
             outcome = {"id": task_id, "ok": False, "error": f"worker error: {exc}"[:2000],
                        "traceback": ""}  # fmt: skip
+            replaced = True
             await child.start()
-        finally:
+        return outcome, replaced
+
+    @staticmethod
+    def died(entry: _Running, exc: ChildDied) -> dict[str, Any]:
+        error = "cancelled" if entry.cancelled else str(exc)
+        return {"id": entry.message["id"], "ok": False, "error": error, "traceback": ""}
+
+    def unstart(self, entries: list[_Running]) -> None:
+        """Sent tasks a replaced child never started go back to the front of the queue
+        (those cancelled meanwhile are dropped, as a queued one would be)."""
+        for entry in entries:
+            task_id = entry.message["id"]
             if self.running.get(task_id) is entry:
                 del self.running[task_id]
             self.progress.pop(task_id, None)
+        self.started -= len(entries)
+        self.queue.extendleft(reversed([e.message for e in entries if not e.cancelled]))
+        self.wake_runners.set()
+
+    def finish(self, entry: _Running, outcome: dict[str, Any]) -> None:
+        message = entry.message
+        task_id = message["id"]
+        if self.running.get(task_id) is entry:
+            del self.running[task_id]
+        self.note_free_slot()
+        self.progress.pop(task_id, None)
         elapsed = time.monotonic() - entry.started_at
-        outcome["started_at"] = started_at
+        outcome["started_at"] = entry.started_wall
         outcome["seconds"] = round(elapsed, 6)
         job_id = str(message.get("job", ""))
-        previous = self.mean_seconds.pop(job_id, None)
-        self.mean_seconds[job_id] = elapsed if previous is None else 0.8 * previous + 0.2 * elapsed
-        if len(self.mean_seconds) > 64:
-            del self.mean_seconds[next(iter(self.mean_seconds))]
+        _remember(self.work_seconds, work_of(message), elapsed)
+        if _remember(self.mean_seconds, job_id, elapsed) >= PREFETCH_SECONDS:
+            self.give_back_slow(job_id)
         self.finished += 1
         if entry.cancelled:
             log.info("task %s cancelled", task_id)
@@ -536,26 +716,6 @@ class Agent:
             self.outbox.append(outcome)
         self.wake_reporter.set()
         self.wake_leaser.set()
-
-    async def run_on(
-        self,
-        child: Child,
-        entry: _Running,
-        payload: dict[str, Any],
-        on_progress: Callable[[float, str], None],
-    ) -> dict[str, Any]:
-        """Run a task on ``child``; a child that answered out of turn is replaced and the
-        task run once more (its first run delivered nothing that could be trusted)."""
-        task_id = entry.message["id"]
-        attempt = int(entry.message.get("attempt", 0))
-        try:
-            return await child.run(task_id, payload, on_progress, attempt=attempt)
-        except ChildConfused as exc:
-            if entry.cancelled:
-                raise
-            log.error("task %s: %s; running it again", task_id, exc)
-            await child.start()
-            return await child.run(task_id, payload, on_progress, attempt=attempt)
 
     async def reporter(self) -> None:
         last_sent = time.monotonic()
@@ -662,17 +822,24 @@ class Agent:
         if entry is not None and not entry.cancelled:  # the reporter and the watcher both hear it
             log.info("stopping task %s: cancelled by the server", task_id)
             entry.cancelled = True
-            entry.child.interrupt()
+            entry.child.interrupt(entry.seq)
+            loop = asyncio.get_running_loop()
 
             def kill_if_still_running() -> None:
-                if self.running.get(task_id) is entry:
-                    log.warning("task %s ignored the cancel; killing its process", task_id)
-                    entry.child.kill()
+                if self.running.get(task_id) is not entry:
+                    return
+                if entry.child.running_seq != entry.seq:
+                    # Still behind another task of its batch: that one is not to be killed.
+                    loop.call_later(self.config.cancel_grace, kill_if_still_running)
+                    return
+                log.warning("task %s ignored the cancel; killing its process", task_id)
+                entry.child.kill()
 
-            asyncio.get_running_loop().call_later(self.config.cancel_grace, kill_if_still_running)
+            loop.call_later(self.config.cancel_grace, kill_if_still_running)
         for message in list(self.queue):
             if message["id"] == task_id:
                 self.queue.remove(message)
+                self.note_free_slot()
 
     def begin_drain(self, why: str) -> None:
         if not self.draining:
@@ -680,6 +847,7 @@ class Agent:
             self.draining = True
             self.wake_runners.set()
             self.wake_leaser.set()
+            self.slot_freed.set()
             self.wake_reporter.set()
 
     # ---- lifecycle --------------------------------------------------------------------------

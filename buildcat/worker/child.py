@@ -5,6 +5,12 @@ names its ``kind`` (``run``; ``ready``, ``progress``, ``result``) and, but ``rea
 ``task`` and ``seq`` of the request it belongs to, so the worker can tell a frame that is
 not the answer it waits for. The function's own prints are captured and sent back with
 its result as the task log.
+
+The worker may write several ``run`` frames at once (quick tasks): they are run in
+order, each with its own log, context and answer. A cancel then names its request: the
+number comes down the cancel pipe (``BUILDCAT_CANCEL_FD``), then PIPED_CANCEL_SIGNAL; it
+stops that task only (one not started yet is answered as cancelled, unrun). CANCEL_SIGNAL
+alone, as ever, stops whatever task runs.
 """
 
 from __future__ import annotations
@@ -28,6 +34,12 @@ from buildcat.worker import processes
 from buildcat.worker.tasklog import TaskLog, max_log_bytes
 
 HEADER = struct.Struct(">I")
+#: The environment variable that names the descriptor the worker's cancels come down,
+#: each the number of the request to stop.
+CANCEL_FD_VARIABLE = "BUILDCAT_CANCEL_FD"
+CANCEL_SEQ = struct.Struct(">Q")
+#: The signal that says a request's number came down the cancel pipe (POSIX only).
+PIPED_CANCEL_SIGNAL: signal.Signals | None = getattr(signal, "SIGUSR2", None)
 #: Results travel in reports to the server, a few per message: keep each one modest.
 MAX_RESULT_BYTES = 4 * 1024 * 1024
 
@@ -43,12 +55,68 @@ def read_frame(stream: BinaryIO) -> Any | None:
     return protocol.unpack(data)
 
 
-def _cancel(signum: int, frame: object) -> None:
-    # Once per task: a second cancel must not break into the job's own cleanup (a warm
-    # Blender half stopped, its input closed, left running for the idle reaper to trip on).
-    signal.signal(platform.CANCEL_SIGNAL, signal.SIG_IGN)
-    # The class job code can import (buildcat.TaskCancelled): this module runs as __main__.
-    raise TaskCancelled("cancelled")
+class Cancels:
+    """Which requests the worker cancelled, and the signal handler that stops the one
+    running. ``pipe``: the descriptor the requests' numbers come down (``None``: every
+    cancel is for the task that runs)."""
+
+    def __init__(self, pipe: int | None) -> None:
+        self.pipe = pipe
+        self.asked: set[int] = set()
+        #: The request whose job function runs now (``None`` between tasks).
+        self.running: int | None = None
+        self.raised = False
+
+    def begin(self, seq: int) -> None:
+        """Request ``seq`` starts: raises TaskCancelled when it was cancelled already."""
+        self.running, self.raised = seq, False
+        if seq in self.asked:
+            self.raised = True
+            raise TaskCancelled("cancelled")
+
+    def end(self) -> None:
+        seq, self.running = self.running, None
+        if seq is not None and self.asked:  # numbers only grow: older ones are done with
+            self.asked = {asked for asked in self.asked if asked > seq}
+
+    def read(self) -> None:
+        if self.pipe is None:
+            return
+        with contextlib.suppress(OSError):  # BlockingIOError: nothing more to read
+            while data := os.read(self.pipe, 8 * CANCEL_SEQ.size):
+                for offset in range(0, len(data) - len(data) % CANCEL_SEQ.size, CANCEL_SEQ.size):
+                    self.asked.add(CANCEL_SEQ.unpack_from(data, offset)[0])
+
+    def on_signal(self, signum: int, frame: object) -> None:
+        """CANCEL_SIGNAL: stop the task that runs. PIPED_CANCEL_SIGNAL: stop the one of
+        the numbers that came down the pipe, if one of them runs."""
+        piped = signum == PIPED_CANCEL_SIGNAL
+        if piped:
+            self.read()
+        seq = self.running
+        # Once per task: a second cancel must not break into the job's own cleanup (a warm
+        # Blender half stopped, its input closed, left running for the idle reaper to trip
+        # on); and never the task after the one meant (it was cancelled as it ended).
+        if seq is None or self.raised or (piped and seq not in self.asked):
+            return
+        self.raised = True
+        # The class job code can import (buildcat.TaskCancelled): this module runs as __main__.
+        raise TaskCancelled("cancelled")
+
+
+def _cancel_pipe() -> int | None:
+    if sys.platform == "win32":
+        return None
+    text = os.environ.pop(CANCEL_FD_VARIABLE, "")
+    if not text.isdigit() or PIPED_CANCEL_SIGNAL is None:
+        return None
+    fd = int(text)
+    try:
+        os.set_blocking(fd, False)
+    except OSError:
+        return None
+    os.set_inheritable(fd, False)  # what a task starts does not get it
+    return fd
 
 
 class ResultError(Exception):
@@ -105,7 +173,10 @@ def main() -> None:
     # session of its own and leaves only when told to.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(platform.CANCEL_SIGNAL, signal.SIG_IGN)  # a cancel between tasks
+    cancels = Cancels(_cancel_pipe())
+    signal.signal(platform.CANCEL_SIGNAL, cancels.on_signal)  # between tasks it stops nothing
+    if cancels.pipe is not None and PIPED_CANCEL_SIGNAL is not None:
+        signal.signal(PIPED_CANCEL_SIGNAL, cancels.on_signal)
     processes.become_subreaper()  # what a task starts, even a detached daemon, stays below
     platform.children_die_with_me()  # Windows: a job object (elsewhere each is tied)
     root = os.environ.get("BUILDCAT_ROOT", os.getcwd())
@@ -150,8 +221,8 @@ def main() -> None:
                 f"{request.get('attempt', '?')} on {os.environ.get('BUILDCAT_WORKER_NAME', '')}\n",
             )
         sys.stdout = sys.stderr = capture
-        signal.signal(platform.CANCEL_SIGNAL, _cancel)
         try:
+            cancels.begin(seq if isinstance(seq, int) else -1)
             function = load_function(request["function"], root)
             result = function(*request.get("args", []), **request.get("kwargs", {}))
             check_result(result)
@@ -159,7 +230,7 @@ def main() -> None:
         except BaseException as exc:  # SystemExit from a job fails the task, not the child
             reply = failure(exc)
         finally:
-            signal.signal(platform.CANCEL_SIGNAL, signal.SIG_IGN)
+            cancels.end()
             sys.stdout, sys.stderr = real_stdout, real_stderr
         try:
             ended = processes.end_leftovers(keep=context.kept_processes())

@@ -1,4 +1,11 @@
-"""Child processes that run job functions and stay alive between tasks."""
+"""Child processes that run job functions and stay alive between tasks.
+
+A worker may send a child several tasks in one write (a batch of quick tasks): the child
+runs them in order and answers each on its own. A cancel then names the request it is
+for: its number goes down a pipe of its own (POSIX) before a signal that says so, so it
+stops that task and no other; where there is no such pipe, a child is sent one task at
+a time and the cancel signal stops whatever it runs.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +22,15 @@ from typing import Any
 
 from buildcat import platform, protocol
 from buildcat.worker import processes
+from buildcat.worker.child import CANCEL_FD_VARIABLE, CANCEL_SEQ, PIPED_CANCEL_SIGNAL
 
 log = logging.getLogger(__name__)
 
 HEADER = struct.Struct(">I")
 #: The largest frame a child may send back (a result, a log tail).
 MAX_FRAME = protocol.MAX_BODY_BYTES
+#: Whether children get a cancel pipe (and so can take several tasks at once).
+CANCEL_PIPES = os.name == "posix" and PIPED_CANCEL_SIGNAL is not None
 
 
 class ChildDied(Exception):
@@ -43,7 +53,16 @@ class Child:
         self.process: asyncio.subprocess.Process | None = None
         self.token = ""
         self.seq = 0
+        #: The request whose answer is awaited now (the task the child runs, or is about to).
+        self.running_seq = 0
+        #: Where cancels are written (``None``: no pipe, one task at a time).
+        self.cancel_pipe: int | None = None
         self._reaper: asyncio.Task[None] | None = None
+
+    @property
+    def takes_batches(self) -> bool:
+        """Whether several tasks may be sent at once: a cancel can name the one it means."""
+        return self.cancel_pipe is not None
 
     @property
     def pid(self) -> int | None:
@@ -61,16 +80,28 @@ class Child:
             "PYTHONUNBUFFERED": "1",
             processes.TOKEN_VARIABLE: self.token,
         }
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "buildcat.worker.child",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            env=env,
-            limit=2**20,
-            **platform.new_group(),
-        )
+        extra: dict[str, Any] = {}
+        cancel_read = -1
+        if sys.platform != "win32" and CANCEL_PIPES:
+            cancel_read, self.cancel_pipe = os.pipe()
+            os.set_blocking(self.cancel_pipe, False)  # a child that reads none never blocks us
+            env[CANCEL_FD_VARIABLE] = str(cancel_read)
+            extra["pass_fds"] = (cancel_read,)
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "buildcat.worker.child",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                env=env,
+                limit=2**20,
+                **platform.new_group(),
+                **extra,
+            )
+        finally:
+            if cancel_read >= 0:
+                os.close(cancel_read)  # the child has its own copy
         self._reaper = asyncio.create_task(self._end_what_it_left(self.process, self.token))
         hello = await self._read()
         if hello.get("kind") != "ready":
@@ -123,26 +154,51 @@ class Child:
         """Run one task; returns its result frame or raises ChildDied (ChildConfused)."""
         if self.process is None or self.process.returncode is not None:
             await self.start()
+        (seq,) = self.send([(task_id, payload, attempt)])
+        await self.drain()
+        return await self.receive(task_id, seq, on_progress)
+
+    def send(self, requests: list[tuple[str, dict[str, Any], int]]) -> list[int]:
+        """Write ``(task_id, payload, attempt)`` requests in one go; returns their request
+        numbers (known before anything is awaited, so a cancel can name them at once).
+        The child must be running; :meth:`drain` waits until the pipe took them."""
         assert self.process is not None and self.process.stdin is not None
-        self.seq += 1
-        seq = self.seq
-        frame = protocol.pack(
-            {
-                "kind": "run",
-                "task": task_id,
-                "seq": seq,
-                "attempt": attempt,
-                "function": payload.get("function"),
-                "args": payload.get("args", []),
-                "kwargs": payload.get("kwargs", {}),
-            }
-        )
+        assert len(requests) == 1 or self.takes_batches, "one task at a time without a pipe"
+        seqs = []
+        parts: list[bytes] = []
+        for task_id, payload, attempt in requests:
+            self.seq += 1
+            seqs.append(self.seq)
+            frame = protocol.pack(
+                {
+                    "kind": "run",
+                    "task": task_id,
+                    "seq": self.seq,
+                    "attempt": attempt,
+                    "function": payload.get("function"),
+                    "args": payload.get("args", []),
+                    "kwargs": payload.get("kwargs", {}),
+                }
+            )
+            parts += (HEADER.pack(len(frame)), frame)
+        with contextlib.suppress(ConnectionError, BrokenPipeError):
+            self.process.stdin.write(b"".join(parts))  # a gone child fails in drain()
+        return seqs
+
+    async def drain(self) -> None:
+        assert self.process is not None and self.process.stdin is not None
         try:
-            self.process.stdin.write(HEADER.pack(len(frame)) + frame)
             await self.process.stdin.drain()
         except (ConnectionError, BrokenPipeError) as exc:
             code = await self.process.wait()
             raise ChildDied(f"the process running the task exited with code {code}") from exc
+
+    async def receive(
+        self, task_id: str, seq: int, on_progress: Callable[[float, str], None]
+    ) -> dict[str, Any]:
+        """The answer to request ``seq`` (task ``task_id``), its progress reports passed to
+        ``on_progress`` on the way; a frame for any other request is ChildConfused."""
+        self.running_seq = seq
         while True:
             message = await self._read()
             kind = message.get("kind")
@@ -168,10 +224,17 @@ class Child:
                 raise self._confused(f"sent a frame of kind {kind!r} while running {task_id}")
             return message
 
-    def interrupt(self) -> None:
-        """Ask the running task to stop (it raises TaskCancelled inside the job function)."""
+    def interrupt(self, seq: int) -> None:
+        """Ask the task of request ``seq`` to stop (it raises TaskCancelled inside the job
+        function; one the child has yet to start ends at once, unrun)."""
         if self.process is not None and self.process.returncode is None:
-            platform.send_cancel(self.process.pid)
+            if self.cancel_pipe is None or PIPED_CANCEL_SIGNAL is None:
+                platform.send_cancel(self.process.pid)  # one task at a time: the one it runs
+                return
+            with contextlib.suppress(OSError):  # full: the child reads none; it is stuck
+                os.write(self.cancel_pipe, CANCEL_SEQ.pack(seq))
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, PIPED_CANCEL_SIGNAL)
 
     def kill(self) -> None:
         """Kill the child and its process group (the rest follows once it is gone)."""
@@ -189,6 +252,9 @@ class Child:
             with contextlib.suppress(Exception):
                 await self._reaper
             self._reaper = None
+        if self.cancel_pipe is not None:
+            os.close(self.cancel_pipe)
+            self.cancel_pipe = None
 
     async def close(self) -> None:
         """Ask the child to leave (end of its stdin), killing it if it lingers."""
