@@ -1,26 +1,32 @@
 """buildcat against its peers, in one run on this machine: prints a table, writes JSON.
 
-    python benchmarks/run.py [--quick] [--json FILE] [--skip rq,scale,dashboards,blender]
+    python benchmarks/run.py [--quick] [--json FILE] [--skip SECTION,...]
 
 1. No-op tasks through `farm` (server + K worker processes) and the same workload on
    RQ + Redis (Debian's redis-server, started and stopped here; RQ's no-fork
    SimpleWorker, K processes): throughput submit -> last result, and submit -> start
    latency on an idle queue (p50/p99).
-2. Scale: 2,000 simulated workers (one asyncio load generator, one connection each)
-   long-poll one server; a 2,000-task job arrives; when does each worker get its task,
-   and how much memory does the server hold.
+2. Scale: 10,000 simulated workers (one asyncio load generator, one connection each)
+   long-poll one server; a 10,000-task job arrives; when is the submit answered, when
+   does each worker get its task, and how much memory does the server hold.
 3. Dashboards: the same no-op throughput with no event stream open and with 20 open
    (a dashboard each), while a paused 200,000-task job waits in the queue.
 4. Blender: a 24-frame 64x64 Cycles scene (16 samples) rendered by the farm with one
    worker and chunk size 1, against one `blender -b scene.blend -a` on the same file;
    and the farm again with Blender started per task (BUILDCAT_BLENDER_WARM=0).
+5. One 1,000,000-task no-op job with the default settings (million.py): throughput, the
+   longest wait of a ping sent every 50 ms, the server's memory peak, a restart.
+6. CPU per task of the server, each worker agent and each agent's child; 10,000 jobs of
+   4 tasks against one 40,000-task job, leases per task, and the small jobs again with
+   20 dashboards open (worker_cost.py).
+7. 300 tasks returning 1 MB each: the server's memory against the bytes it holds
+   (results.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime
 import json
 import os
@@ -32,15 +38,23 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from common import cpu_seconds, farm, free_port, memory_mb, percentile, wait_until
+from common import (
+    EventStreams,
+    cpu_seconds,
+    farm,
+    free_port,
+    memory_mb,
+    percentile,
+    wait_until,
+)
 from million import million
 from results import big_results
+from worker_cost import small_jobs, worker_cost
 
 import buildcat
 from buildcat import auth, launch, protocol
@@ -316,7 +330,7 @@ def dashboards(tasks: int, workers: int, rounds: int, viewers: int, backlog: int
         cpu_opened: list[float] = []
         for _ in range(rounds):  # alternating, so a drift of the machine hits both alike
             closed.append(rate(cpu_closed))
-            with _EventStreams(port, auth.load_token(Path(folder)), viewers) as streams:
+            with EventStreams(port, auth.load_token(Path(folder)), viewers) as streams:
                 opened.append(rate(cpu_opened))
                 received += streams.bytes_received()
     alone, watched = statistics.median(closed), statistics.median(opened)
@@ -332,58 +346,6 @@ def dashboards(tasks: int, workers: int, rounds: int, viewers: int, backlog: int
         "server_cpu_us_open": statistics.median(cpu_opened),
         "stream_mb": received / 2**20,
     }
-
-
-class _EventStreams:
-    """``count`` dashboards' event streams, read (and thrown away) on a thread of their own."""
-
-    def __init__(self, port: int, token: str, count: int) -> None:
-        self.url = f"http://127.0.0.1:{port}{protocol.API_PREFIX}/events"
-        self.headers = {"Authorization": auth.authorization(token)}
-        self.count = count
-        self.updates = [0] * count
-        self.received = [0] * count
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.future: Any = None
-
-    def __enter__(self) -> _EventStreams:
-        self.thread.start()
-        self.future = asyncio.run_coroutine_threadsafe(self._read_all(), self.loop)
-        wait_until(lambda: all(self.updates) or self.future.done(), 120, "dashboards connecting")
-        if self.future.done():
-            self.future.result()  # raises what stopped them
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(timeout=30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(30)
-        self.loop.close()
-
-    def bytes_received(self) -> int:
-        return sum(self.received)
-
-    async def _stop(self) -> None:
-        for task in asyncio.all_tasks():
-            if task is not asyncio.current_task():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
-
-    async def _read_all(self) -> None:
-        timeout = aiohttp.ClientTimeout(total=None)
-        async with aiohttp.ClientSession(headers=self.headers, timeout=timeout) as session:
-            await asyncio.gather(*(self._read(session, n) for n in range(self.count)))
-
-    async def _read(self, session: aiohttp.ClientSession, number: int) -> None:
-        async with session.get(self.url) as response:
-            if response.status != 200:
-                raise SystemExit(f"benchmark: the event stream answered HTTP {response.status}")
-            async for line in response.content:
-                self.received[number] += len(line)
-                if line.startswith(b"event: update"):
-                    self.updates[number] += 1
 
 
 # ---- 4. Blender ------------------------------------------------------------------------------
@@ -466,10 +428,12 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=BACKLOG_TASKS, help="paused job's tasks")
     parser.add_argument("--million", type=int, default=1_000_000, help="tasks of the big job")
     parser.add_argument("--big-results", type=int, default=300, help="tasks returning 1 MB")
+    parser.add_argument("--cost-tasks", type=int, default=20_000, help="no-op tasks, CPU per task")
+    parser.add_argument("--small-jobs", type=int, default=10_000, help="jobs of 4 tasks")
     parser.add_argument(
         "--skip",
         default="",
-        help="comma-separated: rq, scale, dashboards, blender, cold, million, results",
+        help="comma-separated: rq, scale, dashboards, blender, cold, million, results, cost, small",
     )
     parser.add_argument("--quick", action="store_true", help="smaller runs, no cold Blender")
     parser.add_argument("--json", type=Path, default=HERE / "results.json")
@@ -481,6 +445,7 @@ def main() -> None:
         args.million = min(args.million, 20_000)
         args.scale_workers = min(args.scale_workers, 2_000)
         args.big_results = min(args.big_results, 30)
+        args.cost_tasks, args.small_jobs = min(args.cost_tasks, 2_000), min(args.small_jobs, 200)
         skip.add("cold")
 
     results: dict[str, Any] = {
@@ -516,6 +481,12 @@ def main() -> None:
     if "million" not in skip:
         print(f"one {args.million:,}-task job, pinged every 50 ms ...", file=sys.stderr)
         results["million"] = million(args.million, args.workers)
+    if "cost" not in skip:
+        print(f"CPU per task, {args.cost_tasks:,} no-op tasks ...", file=sys.stderr)
+        results["cost"] = worker_cost(args.cost_tasks, args.workers)
+    if "small" not in skip:
+        print(f"{args.small_jobs:,} jobs of 4 tasks against one big job ...", file=sys.stderr)
+        results["small"] = small_jobs(args.small_jobs, 4, args.workers, args.dashboards)
     if "results" not in skip:
         print(f"{args.big_results} tasks returning 1 MB each ...", file=sys.stderr)
         results["results"] = big_results(args.big_results, 1_000_000, args.workers)
@@ -668,6 +639,7 @@ def table(results: dict[str, Any]) -> list[list[str]]:
             ]
         )
     rows += million_rows(results.get("million"))
+    rows += worker_rows(results.get("cost"), results.get("small"))
     big = results.get("results")
     if big:
         rows.append(
@@ -754,6 +726,57 @@ def million_rows(big: dict[str, Any] | None) -> list[list[str]]:
             verdict(big["restart_s"] <= 5),
         ],
     ]
+
+
+def worker_rows(cost: dict[str, Any] | None, small: dict[str, Any] | None) -> list[list[str]]:
+    """CPU per task per process, and many small jobs against one big one (issue 17)."""
+    rows = []
+    if cost:
+        agents = "/".join(f"{us:.0f}" for us in cost["agent_cpu_us"])
+        children = "/".join(f"{us:.0f}" for each in cost["child_cpu_us"] for us in each)
+        rows += [
+            [
+                f"no-op throughput ({cost['tasks']:,} tasks, {cost['workers']} worker processes)",
+                f"{cost['throughput']:,.0f}/s",
+                "",
+                "",
+                ">= 10,000/s",
+                verdict(cost["throughput"] >= 10_000),
+            ],
+            [
+                "  CPU per task: server; each agent; each agent's child",
+                f"{cost['server_cpu_us']:.0f}; {agents}; {children} µs",
+                "",
+                "",
+                "",
+                "",
+            ],
+        ]
+    if small:
+        tasks = small["jobs"] * small["per_job"]
+        rows += [
+            [
+                f"{small['jobs']:,} jobs of {small['per_job']} tasks, drained",
+                f"{small['small_rate']:,.0f}/s ({small['small_leases_per_task']:.2f} leases/task)",
+                f"{small['big_rate']:,.0f}/s (one {tasks:,}-task job)",
+                f"{small['ratio']:.2f}x",
+                ">= 0.5x",
+                verdict(small["ratio"] >= 0.5),
+            ]
+        ]
+        if "watched_rate" in small:
+            rows.append(
+                [
+                    f"  same, {small['viewers']} dashboards open "
+                    f"({small['watched_stream_mb']:.1f} MB sent)",
+                    f"{small['watched_rate']:,.0f}/s",
+                    f"{small['small_rate']:,.0f}/s (none open)",
+                    f"{small['watched_ratio']:.2f}x",
+                    ">= 0.9x",
+                    verdict(small["watched_ratio"] >= 0.9),
+                ]
+            )
+    return rows
 
 
 if __name__ == "__main__":

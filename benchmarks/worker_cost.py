@@ -9,7 +9,8 @@
    whole before the workers start: the drain rate of each (first task started to last
    task finished, as the server recorded them), their ratio, and how many times a task
    was leased on average (the server's lease grants: its dispatch latency histogram's
-   count, one per grant, a give-back and lease again counted twice).
+   count, one per grant, a give-back and lease again counted twice); with ``--viewers
+   V``, the small jobs once more with V dashboards' event streams open.
 
 Linux only (``/proc``). The lead's ``benchmarks/run.py`` calls both functions.
 """
@@ -28,6 +29,8 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from common import EventStreams
 
 import buildcat
 from buildcat import auth, launch
@@ -145,7 +148,9 @@ def worker_cost(tasks: int = 20_000, workers: int = 2) -> dict[str, Any]:
 
 
 def _drain(root: Path, submit: Callable[[buildcat.Client], list[str]], workers: int,
-           tasks: int) -> dict[str, Any]:  # fmt: skip
+           tasks: int, viewers: int = 0) -> dict[str, Any]:  # fmt: skip
+    """Queue the jobs ``submit`` makes, then start the workers: how fast they drain,
+    with ``viewers`` dashboards' event streams open all the while."""
     with server(root) as (client, port, _):
         job_ids = set(submit(client))
         grants_before = lease_grants(port, root)
@@ -154,18 +159,30 @@ def _drain(root: Path, submit: Callable[[buildcat.Client], list[str]], workers: 
             time.sleep(0.2)  # each look costs the server a pass over every job
             return metric(port, root, 'buildcat_tasks{state="done"}') >= tasks
 
-        with worker_processes(client, port, root, workers):
-            wait_until(drained, 1800, "the jobs finishing")
-            views = [job for job in client.jobs() if job["id"] in job_ids]
-            grants = lease_grants(port, root) - grants_before
+        streams = EventStreams(port, auth.load_token(root), viewers) if viewers else None
+        with contextlib.ExitStack() as stack:
+            if streams is not None:
+                stack.enter_context(streams)
+            with worker_processes(client, port, root, workers):
+                wait_until(drained, 1800, "the jobs finishing")
+                received = streams.bytes_received() if streams is not None else 0
+                views = [job for job in client.jobs() if job["id"] in job_ids]
+                grants = lease_grants(port, root) - grants_before
     first = min(job["started_at"] for job in views)
     last = max(job["finished_at"] for job in views)
-    return {"rate": tasks / (last - first), "leases_per_task": grants / tasks}
+    return {
+        "rate": tasks / (last - first),
+        "leases_per_task": grants / tasks,
+        "stream_mb": received / 2**20,
+    }
 
 
-def small_jobs(jobs: int = 10_000, per_job: int = 4, workers: int = 2) -> dict[str, Any]:
+def small_jobs(
+    jobs: int = 10_000, per_job: int = 4, workers: int = 2, viewers: int = 0
+) -> dict[str, Any]:
     """``jobs`` jobs of ``per_job`` no-op tasks against one job of as many tasks, each
-    queued whole before the workers join: drain rates, ratio, leases per task."""
+    queued whole before the workers join: drain rates, ratio, leases per task; and with
+    ``viewers`` dashboards open, the small jobs again."""
     tasks = jobs * per_job
 
     def many(client: buildcat.Client) -> list[str]:
@@ -191,6 +208,10 @@ def small_jobs(jobs: int = 10_000, per_job: int = 4, workers: int = 2) -> dict[s
         small = _drain(Path(folder), many, workers, tasks)
     with tempfile.TemporaryDirectory(prefix="bench-big-") as folder:
         big = _drain(Path(folder), one_big, workers, tasks)
+    watched: dict[str, Any] = {}
+    if viewers:
+        with tempfile.TemporaryDirectory(prefix="bench-watched-") as folder:
+            watched = _drain(Path(folder), many, workers, tasks, viewers)
     return {
         "jobs": jobs,
         "per_job": per_job,
@@ -200,6 +221,16 @@ def small_jobs(jobs: int = 10_000, per_job: int = 4, workers: int = 2) -> dict[s
         "ratio": small["rate"] / big["rate"],
         "small_leases_per_task": small["leases_per_task"],
         "big_leases_per_task": big["leases_per_task"],
+        **(
+            {
+                "viewers": viewers,
+                "watched_rate": watched["rate"],
+                "watched_ratio": watched["rate"] / small["rate"],
+                "watched_stream_mb": watched["stream_mb"],
+            }
+            if watched
+            else {}
+        ),
     }
 
 
@@ -209,6 +240,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--per-job", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--viewers", type=int, default=0, help="dashboards open, small jobs")
     parser.add_argument("--skip", default="", help="cost,small: parts to leave out")
     parser.add_argument("--json", type=Path, help="Also write the figures here.")
     args = parser.parse_args()
@@ -225,12 +257,17 @@ def main() -> None:
             children = ", ".join(f"{c:.0f}" for c in child)
             print(f"  worker {n}: agent {agent:.0f} us, child {children} us")
     if "small" not in skip:
-        small = figures["small_jobs"] = small_jobs(args.jobs, args.per_job, args.workers)
+        small = small_jobs(args.jobs, args.per_job, args.workers, args.viewers)
+        figures["small_jobs"] = small
         print(f"{small['jobs']:,} jobs x {small['per_job']} tasks: {small['small_rate']:,.0f} "
               f"tasks/s, {small['small_leases_per_task']:.2f} leases a task")  # fmt: skip
         print(f"one {small['jobs'] * small['per_job']:,}-task job: {small['big_rate']:,.0f} "
               f"tasks/s, {small['big_leases_per_task']:.2f} leases a task")  # fmt: skip
         print(f"small jobs / big job: {small['ratio']:.2f}x")
+        if args.viewers:
+            print(f"the small jobs with {args.viewers} dashboards open: "
+                  f"{small['watched_rate']:,.0f} tasks/s, {small['watched_ratio']:.2f}x "
+                  f"({small['watched_stream_mb']:.1f} MB sent)")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
 

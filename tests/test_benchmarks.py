@@ -36,12 +36,18 @@ def test_benchmark_runs_and_reports_every_section(tmp_path: Path) -> None:
     assert big["tasks"] == 20_000 and big["throughput"] > 0 and big["pings"] > 0
     assert big["server_peak_mb"] > 0 and big["restart_s"] > 0
     assert figures["results"]["tasks"] == 30 and figures["results"]["results_whole"]
+    cost, small = figures["cost"], figures["small"]
+    assert cost["throughput"] > 0 and cost["server_cpu_us"] > 0 and len(cost["agent_cpu_us"]) == 2
+    assert small["jobs"] == 200 and small["small_rate"] > 0 and small["big_rate"] > 0
+    assert small["viewers"] == 20 and small["watched_stream_mb"] > 0
     table = done.stdout
     assert "no-op throughput (2,000 tasks, 2 workers)" in table
     assert "(RQ)" in table and "200 workers: dispatch p99" in table
     assert "no-op throughput, 0 dashboards open" in table and "20 dashboards open" in table
     assert "20,000-task job: throughput" in table and "restart from its state" in table
     assert "30 results of 1 MB: server memory peak" in table
+    assert "CPU per task: server; each agent" in table and "200 jobs of 4 tasks" in table
+    assert "same, 20 dashboards open" in table
     assert "machine: " in table
 
 

@@ -131,6 +131,7 @@ class Farm:
         #: The snapshot being written in the background, and how many were written.
         self.snapshot_task: asyncio.Task[None] | None = None
         self.snapshot_child: snapshot.Child | None = None
+        self.snapshot_given_up = False  # at shutdown: the one being written is killed
         self.snapshots = 0
         #: Tasks the last snapshot (or the start) held: the next waits for as many events.
         self.snapshot_tasks = 0
@@ -257,7 +258,10 @@ class Farm:
         try:
             await self.take_snapshot()
         except (OSError, FarmError) as exc:
-            log.error("could not write a snapshot: %s", exc)
+            if self.snapshot_given_up:
+                log.info("journal: the snapshot being written was given up at shutdown")
+            else:
+                log.error("could not write a snapshot: %s", exc)
         finally:
             self.snapshot_task = None
 
@@ -302,6 +306,7 @@ class Farm:
         """At shutdown: a snapshot still being written is given up (the one before it and
         the journal hold everything)."""
         if self.snapshot_child is not None:
+            self.snapshot_given_up = True
             self.snapshot_child.kill()
         if self.snapshot_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
