@@ -8,6 +8,8 @@ snapshots on), and what it costs the server:
 - the longest wait for a ``GET /ping`` sent every 50 ms during the whole run (a stalled
   event loop shows here), and the server's own measure of its loop's longest pause;
 - the server's memory at its peak (VmHWM) and per task;
+- how long the farm took to stop (the server first writes the snapshot the job's end
+  made due, so that the next start need not replay the journal);
 - a restart on the same state: from start to answering with the job done, and its memory.
 """
 
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -31,32 +35,27 @@ PING_EVERY = 0.05
 
 
 class Pinger:
-    """A ``GET /ping`` every 50 ms on a thread of its own; the time each took to answer."""
+    """A ``GET /ping`` every 50 ms from a process of its own (this one's submit holds its
+    own interpreter while it packs the job); the time each took to answer."""
 
     def __init__(self, port: int, root: Path) -> None:
-        self.client = buildcat.connect("127.0.0.1", port, root)
+        self.port, self.root = port, root
+        self.process: subprocess.Popen[str] | None = None
         self.waits: list[float] = []
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
 
     def __enter__(self) -> Pinger:
-        self.thread.start()
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--ping", str(self.port), str(self.root)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stopped.set()
-        self.thread.join(60)
-        self.client.close()
-
-    def run(self) -> None:
-        tick = time.monotonic()
-        while not self.stopped.is_set():
-            started = time.monotonic()
-            self.client.ping()
-            self.waits.append(time.monotonic() - started)
-            tick += PING_EVERY
-            self.stopped.wait(max(0.0, tick - time.monotonic()))
-            tick = max(tick, time.monotonic() - PING_EVERY)  # a long wait does not pile up pings
+        assert self.process is not None
+        out, _ = self.process.communicate("", timeout=120)  # stdin closed: it stops
+        self.waits = json.loads(out)
 
     def figures(self) -> dict[str, Any]:
         waits = sorted(self.waits) or [0.0]
@@ -66,6 +65,23 @@ class Pinger:
             "ping_p99_ms": percentile(waits, 0.99) * 1000,
             "pings_over_100ms": sum(wait > 0.1 for wait in waits),
         }
+
+
+def ping_until_stdin_closes(port: int, root: Path) -> None:
+    """The pinging process: prints the waits (JSON) once its stdin is closed."""
+    client = buildcat.connect("127.0.0.1", port, root)
+    stopped = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), stopped.set()), daemon=True).start()
+    waits, tick = [], time.monotonic()
+    while not stopped.is_set():
+        started = time.monotonic()
+        client.ping()
+        waits.append(time.monotonic() - started)
+        tick += PING_EVERY
+        stopped.wait(max(0.0, tick - time.monotonic()))
+        tick = max(tick, time.monotonic() - PING_EVERY)  # a long wait does not pile up pings
+    client.close()
+    print(json.dumps(waits))
 
 
 def million(tasks: int = 1_000_000, workers: int = 2) -> dict[str, Any]:
@@ -89,6 +105,9 @@ def million(tasks: int = 1_000_000, workers: int = 2) -> dict[str, Any]:
             figures["loop_pause_max_ms"] = client.ping().get("loop_pause_max_ms")
             figures["snapshots"] = client.ping().get("snapshots")
             job_id = job.id
+            stopping = time.perf_counter()
+        # The server writes the snapshot the job's end made due before it exits.
+        figures["stop_s"] = time.perf_counter() - stopping
         figures.update(restart(root, job_id))
     return figures
 
@@ -119,7 +138,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tasks", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--ping", nargs=2, metavar=("PORT", "ROOT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.ping:
+        ping_until_stdin_closes(int(args.ping[0]), Path(args.ping[1]))
+        return
     print(json.dumps(million(args.tasks, args.workers), indent=2))
 
 

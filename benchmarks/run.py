@@ -718,6 +718,14 @@ def million_rows(big: dict[str, Any] | None) -> list[list[str]]:
             verdict(big["server_peak_mb"] <= 800),
         ],
         [
+            "  the farm stopped after (its server writing the snapshot the job's end made due)",
+            f"{big['stop_s']:.1f} s",
+            "",
+            "",
+            "",
+            "",
+        ],
+        [
             f"  restart from its state ({big['state_mb']:.0f} MB on disk)",
             f"{big['restart_s']:.1f} s",
             "",

@@ -179,11 +179,70 @@ def test_a_server_killed_during_a_snapshot_leaves_nothing_held(tmp_path: Path) -
         os.kill(child, signal.SIGSTOP)
         kill_server(farm)
         wait_for(lambda: not Path(f"/proc/{child}").exists())  # it died with its server
-        farm.start_server(port=farm.port)
+        # (The 10 events it replays are too few for a snapshot of its own.)
+        farm.start_server("--snapshot-every", "1000", port=farm.port)
         assert [job["id"] for job in client.jobs()] == [big.id]
         assert client.job(big.id).status()["state"] == "paused"
         assert client.job(big.id).status()["tasks"]["queued"] == 60_000
         state = farm.root / ".buildcat"
         assert snapshot.child_files(state) == [] and not (state / "snapshot.bin").exists()
+    finally:
+        farm.stop()
+
+
+def test_a_start_that_replays_a_long_journal_is_snapshotted_soon(tmp_path: Path) -> None:
+    """Before, the events a start replayed did not count: a server stopped before its
+    next snapshot replayed the same long journal at every start after."""
+    (tmp_path / "root").mkdir()
+    config = ServerConfig(root=tmp_path / "root", discovery=False, snapshot_every=1_000)
+
+    async def first() -> None:
+        server = ServerFarm(config)
+        assert server.journal is not None
+        job = server.scheduler.submit([TaskSpec({"args": [n]}) for n in range(5_000)], time.time())
+        for _ in range(1_500):
+            server.record("pause", time.time(), job.id)
+        await server.journal.settle()
+        server.journal.close()
+
+    async def again() -> bool:
+        server = ServerFarm(config)  # replays 1,500 events: more than snapshot_every
+        assert server.journal is not None
+        due = server.snapshot_due()
+        server.journal.close()
+        return due
+
+    asyncio.run(first())
+    assert asyncio.run(again())
+
+
+def test_a_stopping_server_lets_the_snapshot_being_written_finish(tmp_path: Path) -> None:
+    """Before, a graceful stop killed a snapshot being written: the next start replayed
+    the whole journal it would have replaced."""
+    farm = new_farm(tmp_path)
+    farm.start_server("--snapshot-every", "10")
+    assert farm.server is not None
+    server = farm.server
+    try:
+        client = farm.client()
+        client.map("farm_jobs:square", range(60_000))
+        for n in range(9):  # 10 events: a snapshot is due
+            client.submit("farm_jobs:square", n)
+        [child] = wait_for(lambda: children(server.pid), timeout=60, interval=0.002)
+        os.kill(child, signal.SIGSTOP)  # the snapshot is being written while the stop comes
+        try:
+            server.send_signal(signal.SIGTERM)
+            wait_for(lambda: "shutting down" in farm.log_text("server"), timeout=30)
+            assert server.poll() is None  # waiting for the snapshot
+        finally:
+            os.kill(child, signal.SIGCONT)
+        assert server.wait(60) == 0
+        assert server.stdout is not None
+        server.stdout.close()
+        log = farm.log_text("server")
+        assert "journal: snapshot 1 written" in log and "given up" not in log
+        farm.start_server(port=farm.port)
+        wait_for(lambda: "snapshot generation 1 and 0 event(s) replayed" in farm.log_text("server"))
+        assert len(client.jobs()) == 10
     finally:
         farm.stop()

@@ -44,6 +44,9 @@ from buildcat.server.tokens import TOKENS_FILE, TokenTable
 
 log = logging.getLogger(__name__)
 
+#: At shutdown, how long a snapshot being written in the background may take to finish.
+SNAPSHOT_GRACE = 10.0
+
 T = TypeVar("T")
 
 #: Parked lease requests served in one go before the event loop runs others.
@@ -135,8 +138,9 @@ class Farm:
         self.snapshots = 0
         #: Tasks the last snapshot (or the start) held: the next waits for as many events.
         self.snapshot_tasks = 0
-        #: A job of at least heap.BIG_JOB tasks ended since the last snapshot.
-        self.big_job_ended = False
+        #: A snapshot is worth taking at once (given snapshot_every events since the last):
+        #: a job of at least heap.BIG_JOB tasks ended, or the start replayed a long journal.
+        self.snapshot_soon = False
         #: The longest the event loop was late for its 50 ms tick (seconds), since start.
         self.loop_pause_max = 0.0
         self.watchdog = stalls.Watchdog()
@@ -187,6 +191,10 @@ class Farm:
             if job.state not in FINAL_JOB_STATES:
                 self.outputs.claim(job.id, self.job_outputs(job))
         self.snapshot_tasks = self.tasks_held()
+        # The events replayed are the journal's since the snapshot; a long journal costs
+        # every later start as much again: snapshot soon.
+        self.snapshot_at = self.journal.appended - recovery.replayed
+        self.snapshot_soon = recovery.replayed >= config.snapshot_every
         heap.settle()  # what the start loaded lives long: out of the collector's walks
 
     def notify_unfinished(self) -> None:
@@ -236,7 +244,7 @@ class Farm:
     def snapshot_due(self) -> bool:
         """Enough has been journaled since the last snapshot: ``snapshot_every`` events, and
         as many as the last snapshot held tasks (a snapshot costs what the queue holds, so
-        each is paid for by as much work as it writes), or a big job ended since."""
+        each is paid for by as much work as it writes), or sooner when :attr:`snapshot_soon`."""
         journal = self.journal
         if journal is None or self.snapshot_task is not None:
             return False
@@ -244,7 +252,7 @@ class Farm:
         if since < self.config.snapshot_every:
             return False
         # A big job's end: its whole run is in the journal, which a restart would replay.
-        return self.big_job_ended or since >= self.snapshot_tasks
+        return self.snapshot_soon or since >= self.snapshot_tasks
 
     def tasks_held(self) -> int:
         return sum(len(job.tasks) for job in self.scheduler.jobs.values())
@@ -284,7 +292,7 @@ class Farm:
         )
         forked = time.perf_counter() - started
         self.snapshot_child, self.snapshot_at = child, journal.appended
-        self.snapshot_tasks, self.big_job_ended = self.tasks_held(), False
+        self.snapshot_tasks, self.snapshot_soon = self.tasks_held(), False
         try:
             size = await asyncio.to_thread(child.wait)
         finally:
@@ -302,9 +310,15 @@ class Farm:
             forked * 1000,
         )
 
-    async def stop_snapshot(self) -> None:
-        """At shutdown: a snapshot still being written is given up (the one before it and
-        the journal hold everything)."""
+    async def stop_snapshot(self, grace: float = SNAPSHOT_GRACE) -> None:
+        """At shutdown: a snapshot being written gets ``grace`` seconds to finish (the next
+        start reads it instead of replaying the journal), then is given up (the one before
+        it and the journal hold everything). One that is due (a big job just ended, say)
+        is started first, on the same terms."""
+        if snapshot.CAN_FORK and self.snapshot_due():
+            self.start_snapshot()
+        if self.snapshot_task is not None:
+            await asyncio.wait([self.snapshot_task], timeout=grace)
         if self.snapshot_child is not None:
             self.snapshot_given_up = True
             self.snapshot_child.kill()
@@ -327,7 +341,7 @@ class Farm:
     def write_snapshot(self) -> None:
         assert self.journal is not None
         started = time.perf_counter()
-        self.snapshot_tasks, self.big_job_ended = self.tasks_held(), False
+        self.snapshot_tasks, self.snapshot_soon = self.tasks_held(), False
         generation = self.generation + 1
         size = self.journal.restart(
             generation, lambda: snapshot.write(self.snapshot_path, generation, self.scheduler)
@@ -410,7 +424,7 @@ class Farm:
         for job in self.scheduler.take_finished():
             if len(job.tasks) >= heap.BIG_JOB:
                 heap.settle()  # its results are final
-                self.big_job_ended = True
+                self.snapshot_soon = True
             log.info("job %s %s", job.id, job.state)
             self.outputs.release(job.id)
             if job.kind == "blender":
