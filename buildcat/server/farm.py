@@ -214,6 +214,9 @@ class Farm:
 
     def job_outputs(self, job: Job) -> dict[outputs.Pattern, list[int]]:
         """The frames a job writes, by output pattern (see :mod:`buildcat.server.outputs`)."""
+        common = job.meta.get("common") or {}
+        if not outputs.claims(job.kind, common) and not any(b"kind" in t.packed for t in job.tasks):
+            return {}  # no task names a kind of its own: none is decoded to look
         return outputs.claimed_frames(
             job.kind, ((t.payload, t.depends) for t in job.tasks), job.meta.get("common") or {}
         )

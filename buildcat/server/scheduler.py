@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import msgpack
+
 from buildcat.errors import FarmError
 from buildcat.jobs import work_of
 from buildcat.server.histogram import DISPATCH_BUCKETS, DURATION_BUCKETS, Histogram
@@ -102,7 +104,9 @@ class Task:
 
     job: Job
     index: int
-    payload: dict[str, Any]
+    #: What it runs, msgpack-packed: a ~50-byte string held instead of a ~280-byte map
+    #: and its members (read it as :attr:`payload`).
+    packed: bytes
     depends: tuple[int, ...] = ()
     dependents: tuple[int, ...] = ()
     pending_deps: int = 0
@@ -132,6 +136,11 @@ class Task:
     @property
     def id(self) -> str:
         return f"{self.job.id}.{self.index}"
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """What it runs, decoded afresh each time (changing the copy changes nothing)."""
+        return msgpack.unpackb(self.packed, raw=False, strict_map_key=False)
 
     def to_dict(self, with_result: bool = False) -> dict[str, Any]:
         view: dict[str, Any] = {
@@ -314,6 +323,14 @@ class Worker:
         }
 
 
+def pack_payload(payload: dict[str, Any]) -> bytes:
+    """A task's payload as :attr:`Task.packed` holds it."""
+    try:
+        return msgpack.packb(payload, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SchedulerError(f"a task's payload cannot be encoded: {exc}") from None
+
+
 def build_tasks(job: Job, specs: list[TaskSpec], now: float, piece: int = 0) -> Iterator[int]:
     """Make a job's tasks from its specs (checked by :meth:`Scheduler.check_submit`);
     with ``piece``, yields after each ``piece`` tasks (how many are made), so a server can
@@ -322,13 +339,14 @@ def build_tasks(job: Job, specs: list[TaskSpec], now: float, piece: int = 0) -> 
     dependents: dict[int, list[int]] = {}
     step = piece or len(specs) + 1
     for index, spec in enumerate(specs):
+        packed = pack_payload(spec.payload)
         if spec.depends:
             depends = tuple(sorted(set(spec.depends)))
-            append(Task(job, index, spec.payload, depends, pending_deps=len(depends), ready_at=now))
+            append(Task(job, index, packed, depends, pending_deps=len(depends), ready_at=now))
             for dep in depends:
                 dependents.setdefault(dep, []).append(index)
         else:
-            append(Task(job, index, spec.payload, ready_at=now))
+            append(Task(job, index, packed, ready_at=now))
             ready(index)
         if index % step == step - 1:
             yield index + 1

@@ -44,6 +44,7 @@ from buildcat.server.scheduler import (
     TaskState,
     Worker,
     link_dependents,
+    pack_payload,
 )
 from buildcat.server.workerset import WorkerSettings
 
@@ -297,7 +298,7 @@ def dump(scheduler: Scheduler) -> dict[str, Any]:
 
 
 #: Task fields the snapshot keeps; the rest are rebuilt (the job, its index, who waits).
-_TASK_COLUMNS = ("payload", "depends", "state", "worker", "failed_on", *_TASK_FIELDS)
+_TASK_COLUMNS = ("packed", "depends", "state", "worker", "failed_on", *_TASK_FIELDS)
 _REBUILT = {"job", "index", "dependents", "pending_deps"}
 _STATES = list(TaskState)
 _STATE_CODE = {state: code for code, state in enumerate(_STATES)}
@@ -314,8 +315,10 @@ def dump_tasks(tasks: list[Task]) -> dict[str, list[Any]]:
 
 def load_tasks(job: Job, columns: dict[str, list[Any]]) -> None:
     """Rebuild a job's tasks from :func:`dump_tasks`, in one pass over the columns."""
-    count = len(columns["payload"])
     converted = dict(columns)
+    if "packed" not in converted and "payload" in converted:  # before payloads were packed
+        converted["packed"] = [pack_payload(p) for p in converted.pop("payload")]
+    count = len(converted["packed"])
     converted["state"] = [_STATES[code] for code in columns["state"]]
     converted["depends"] = [tuple(d) if d else () for d in columns["depends"]]
     converted["failed_on"] = [frozenset(n) if n else _NO_FAILURES for n in columns["failed_on"]]
@@ -338,7 +341,7 @@ def load_tasks(job: Job, columns: dict[str, list[Any]]) -> None:
 def _load_task_maps(job: Job, maps: list[dict[str, Any]]) -> None:
     """Tasks as snapshots before columns wrote them: one map each."""
     for index, raw in enumerate(maps):
-        task = Task(job=job, index=index, payload=raw["payload"], depends=tuple(raw["depends"]))
+        task = Task(job, index, pack_payload(raw["payload"]), depends=tuple(raw["depends"]))
         task.state = TaskState(raw["state"])
         task.worker = raw["worker"]
         task.failed_on = frozenset(raw["failed_on"])
