@@ -90,10 +90,21 @@ class Conflict(SchedulerError):
 
 @dataclass(slots=True)
 class TaskSpec:
-    """One task of a job as submitted: what to run and which earlier tasks it waits for."""
+    """One task of a job as submitted: what to run (a map, or that map already packed by
+    :func:`pack_payload`) and which earlier tasks it waits for."""
 
-    payload: dict[str, Any]
+    payload: dict[str, Any] | bytes
     depends: list[int] = field(default_factory=list)
+
+    def packed(self) -> bytes:
+        payload = self.payload
+        return payload if isinstance(payload, bytes) else pack_payload(payload)
+
+    def decoded(self) -> dict[str, Any]:
+        payload = self.payload
+        if isinstance(payload, bytes):
+            return msgpack.unpackb(payload, raw=False, strict_map_key=False)
+        return payload
 
 
 @dataclass(slots=True, eq=False)
@@ -339,7 +350,7 @@ def build_tasks(job: Job, specs: list[TaskSpec], now: float, piece: int = 0) -> 
     dependents: dict[int, list[int]] = {}
     step = piece or len(specs) + 1
     for index, spec in enumerate(specs):
-        packed = pack_payload(spec.payload)
+        packed = spec.packed()
         if spec.depends:
             depends = tuple(sorted(set(spec.depends)))
             append(Task(job, index, packed, depends, pending_deps=len(depends), ready_at=now))

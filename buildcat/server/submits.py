@@ -14,7 +14,7 @@ import asyncio
 import hashlib
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import msgpack
@@ -110,15 +110,24 @@ async def digest(body: dict[str, Any]) -> str:
     return hashed.hexdigest()
 
 
-async def encode_event(event: list[Any], bulky: int, items: Iterable[Any], count: int) -> bytes:
+def task_item(packed: bytes, depends: Sequence[int]) -> bytes:
+    """A submit event's ``[payload, depends]`` for one task, packed, its payload packed
+    already (the bytes ``msgpack`` makes of that pair)."""
+    return b"\x92" + packed + (msgpack.packb(list(depends)) if depends else b"\x90")
+
+
+async def encode_event(
+    event: list[Any], bulky: int, items: Iterable[Any], count: int, packed: bool = False
+) -> bytes:
     """A journal record (``journal.encode``) of ``event`` whose item at index ``bulky`` is
-    the list ``items`` (``count`` long), packed a piece at a time."""
+    the list ``items`` (``count`` long), packed a piece at a time; ``packed``: the items
+    are packed already (:func:`task_item`)."""
     packer = msgpack.Packer(use_bin_type=True)
     parts = [packer.pack_array_header(len(event))]
     for index, value in enumerate(event):
         if index == bulky:
             parts.append(packer.pack_array_header(count))
-            await _pack_list(items, packer, parts.append)
+            await _pack_list(items, packer, parts.append, packed)
         else:
             parts.append(_pack(packer, value))
     size = sum(len(part) for part in parts)
@@ -130,13 +139,14 @@ async def encode_event(event: list[Any], bulky: int, items: Iterable[Any], count
 
 
 async def _pack_list(
-    items: Iterable[Any], packer: msgpack.Packer, out: Callable[[bytes], Any]
+    items: Iterable[Any], packer: msgpack.Packer, out: Callable[[bytes], Any], packed: bool = False
 ) -> None:
-    """Pack the items of a list (its header is the caller's), yielding between pieces."""
+    """Pack the items of a list (its header is the caller's), yielding between pieces;
+    ``packed``: each item is its bytes already."""
     piece: list[bytes] = []
     pacer = Pacer()
     for done, item in enumerate(items, 1):
-        piece.append(_pack(packer, item))
+        piece.append(item if packed else _pack(packer, item))
         if done % 100 == 0:
             out(b"".join(piece))
             piece = []
