@@ -207,8 +207,17 @@ def scale(workers: int) -> dict[str, Any]:
     resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))  # the server inherits it
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as folder:
         root = Path(folder)
+        # Every simulated worker comes from 127.0.0.1, where a real fleet comes from as
+        # many addresses: the per-address cap on connections still opening would close them.
         server, port = launch.start_server(
-            root, "--log-level", "warning", "--no-discovery", "--lease-timeout", "120"
+            root,
+            "--log-level",
+            "warning",
+            "--no-discovery",
+            "--lease-timeout",
+            "120",
+            "--max-unauthenticated",
+            str(workers + 1024),
         )
         try:
             token = auth.load_token(root)
