@@ -156,9 +156,16 @@ def test_an_absolute_path_inside_the_root_is_made_relative(scene_farm: Farm) -> 
 
 
 def leftovers(root: Path) -> list[str]:
-    """Staging folders and empty parts folders anywhere under the root."""
-    found = [p for p in root.rglob(".buildcat-tmp-*")]
-    found += [p for p in root.rglob(".buildcat-parts") if not any(p.iterdir())]
+    """Staging folders and empty parts folders anywhere under the root.
+
+    A folder the farm removes while the walk is inside it counts as still there (the
+    caller polls again), so the walk never fails on the removal it is waiting for.
+    """
+    try:
+        found = [p for p in root.rglob(".buildcat-tmp-*")]
+        found += [p for p in root.rglob(".buildcat-parts") if not any(p.iterdir())]
+    except FileNotFoundError as gone:
+        return [f"(being removed: {gone.filename})"]
     return sorted(str(p.relative_to(root)) for p in found)
 
 
