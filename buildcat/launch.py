@@ -19,7 +19,13 @@ from buildcat.errors import FarmError
 LISTENING = re.compile(rb"listening on https?://(?P<host>[^:\s]+):(?P<port>\d+)")
 
 
-def farm_command(*args: str) -> list[str]:
+def farm_command(*args: str, program: Sequence[str] = ()) -> list[str]:
+    """``farm ARGS`` as this Python runs it (the single executable is ``farm`` itself),
+    or as ``program`` (another ``farm``: a test of the executable) runs it."""
+    if program:
+        return [*program, *args]
+    if getattr(sys, "frozen", False):
+        return [sys.executable, *args]
     return [sys.executable, "-m", "buildcat", *args]
 
 
@@ -32,16 +38,26 @@ def start_server(
     timeout: float = 30.0,
     wrap: Sequence[str] = (),
     env: dict[str, str] | None = None,
+    program: Sequence[str] = (),
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Start ``farm server`` and return it with the port it listens on.
 
-    ``wrap`` goes before the command (``ip netns exec NAME`` runs it on another "host").
+    ``wrap`` goes before the command (``ip netns exec NAME`` runs it on another "host");
+    ``program`` is the ``farm`` to run (see :func:`farm_command`).
     """
     process = subprocess.Popen(
         [
             *wrap,
             *farm_command(
-                "server", "--bind", bind, "--port", str(port), "--root", str(root), *extra
+                "server",
+                "--bind",
+                bind,
+                "--port",
+                str(port),
+                "--root",
+                str(root),
+                *extra,
+                program=program,
             ),
         ],
         stdout=subprocess.PIPE,
@@ -73,11 +89,24 @@ def start_worker(
     *extra: str,
     host: str = "127.0.0.1",
     log: IO[bytes] | int | None = None,
+    env: dict[str, str] | None = None,
+    program: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        farm_command("worker", "--host", host, "--port", str(port), "--root", str(root), *extra),
+        farm_command(
+            "worker",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--root",
+            str(root),
+            *extra,
+            program=program,
+        ),
         stdout=log,
         stderr=log,
+        env=env,
     )
 
 

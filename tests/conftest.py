@@ -8,7 +8,6 @@ import random
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
@@ -101,6 +100,10 @@ class Farm:
     port: int = 0
     #: The farm's --name, where a test gives one.
     config_name: str = ""
+    #: The ``farm`` its processes run (default: this Python's ``-m buildcat``), and their
+    #: environment (default: this one): the single executable's tests set both.
+    program: tuple[str, ...] = ()
+    env: dict[str, str] | None = None
     server: subprocess.Popen[bytes] | None = None
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _handles: list[Any] = field(default_factory=list)
@@ -123,7 +126,7 @@ class Farm:
             try:
                 self.server, self.port = launch.start_server(
                     self.root, "--log-level", "debug", *switches, *extra,
-                    port=chosen, log=self._log("server"),
+                    port=chosen, log=self._log("server"), program=self.program, env=self.env,
                 )  # fmt: skip
                 return self.port
             except FarmError as exc:
@@ -138,8 +141,9 @@ class Farm:
     def start_worker(self, *extra: str, name: str | None = None) -> subprocess.Popen[bytes]:
         name = name or f"worker-{len(self.workers) + 1}"
         process = launch.start_worker(
-            self.port, self.root, "--name", name, *extra, log=self._log(name)
-        )
+            self.port, self.root, "--name", name, *extra, log=self._log(name),
+            program=self.program, env=self.env,
+        )  # fmt: skip
         self.workers.append(process)
         return process
 
@@ -161,14 +165,14 @@ class Farm:
     ) -> subprocess.CompletedProcess[str]:
         """Run ``farm ARGS`` as a user would, pointed at this farm by environment variables."""
         environment = {
-            **os.environ,
+            **(os.environ if self.env is None else self.env),
             "FARM_HOST": "127.0.0.1",
             "FARM_PORT": str(self.port),
             "BUILDCAT_ROOT": str(self.root),
             **env,
         }
         return subprocess.run(
-            [sys.executable, "-m", "buildcat", *args],
+            launch.farm_command(*args, program=self.program),
             capture_output=True,
             text=True,
             env=environment,

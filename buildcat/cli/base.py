@@ -196,8 +196,24 @@ def submitted(job: buildcat.Job, as_json: bool, wait: bool) -> None:
         wait_and_exit(job, as_json, None)
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        from buildcat import bundle
+
+        click.echo(bundle.version_text())
+        ctx.exit()
+
+
 @click.group(cls=FarmGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(buildcat.__version__, prog_name="farm")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the version, which build this is (pip or the single executable) and "
+    "whether the compiled speed-ups are in use, and exit.",
+)
 def main() -> None:
     """buildcat: a render farm in one command.
 

@@ -240,6 +240,15 @@ def server(
     help="Stay away while the machine is in use: someone logged in at its console, or its "
     "CPU busy with other programs.",
 )
+@click.option(
+    "--python",
+    "python",
+    default=None,
+    metavar="PATH",
+    help="Run tasks in this Python (a program, or a virtual environment's folder) instead "
+    "of the worker's own: for job functions that import the studio's packages. buildcat of "
+    "this version must import there.",
+)
 @log_level_option
 def worker(
     host: str | None,
@@ -260,17 +269,20 @@ def worker(
     timezone: str | None,
     give_back: bool,
     nimby: bool,
+    python: str | None,
     log_level: str,
 ) -> None:
     """Run a worker: pull tasks from the server and run them."""
     from buildcat import schedule
     from buildcat.worker.agent import WorkerConfig, run_worker
+    from buildcat.worker.execute import check_python
 
     zone = schedule.check_timezone(timezone) if timezone else schedule.local_timezone()
     if schedule_spec.strip():
         schedule.parse(schedule_spec, zone)  # a bad spec is one line, before anything runs
     elif give_back:
         raise FarmError("--give-back goes with --schedule (when the schedule ends)")
+    interpreter = check_python(python) if python else None
     setup_logging(log_level)
     config = WorkerConfig(
         host=host,
@@ -289,6 +301,7 @@ def worker(
         timezone=zone,
         give_back=give_back,
         nimby=nimby,
+        python=interpreter,
     )
     if name:
         config.name = name

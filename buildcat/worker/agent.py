@@ -94,6 +94,9 @@ class WorkerConfig:
     give_back: bool = False
     #: Stay away while the machine is in use (``farm worker --nimby``: worker/nimby.py).
     nimby: bool = False
+    #: The Python tasks run in (``farm worker --python``, checked by
+    #: ``execute.check_python``); ``None``: this worker's own.
+    python: str | None = None
 
 
 def refused(item: dict[str, Any], reason: str) -> dict[str, Any]:
@@ -892,7 +895,9 @@ class Agent:
             log.info("removed %d staging folder(s) left by a killed run: %s",
                      len(swept), ", ".join(swept[:10]))  # fmt: skip
         self.session = self.new_session()
-        self.children = [Child(env) for _ in range(self.config.slots)]
+        self.children = [Child(env, self.config.python) for _ in range(self.config.slots)]
+        if self.config.python:
+            log.info("running tasks in the Python at %s", self.config.python)
         try:
             await asyncio.gather(*(child.start() for child in self.children), self.find_blender())
             await self.call_as_worker("POST", "/report", {}, timeout=30)

@@ -15,12 +15,17 @@ import logging
 import math
 import os
 import secrets
+import shutil
 import struct
+import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import buildcat
 from buildcat import platform, protocol
+from buildcat.errors import FarmError
 from buildcat.worker import processes
 from buildcat.worker.child import CANCEL_FD_VARIABLE, CANCEL_SEQ, PIPED_CANCEL_SIGNAL
 
@@ -31,6 +36,39 @@ HEADER = struct.Struct(">I")
 MAX_FRAME = protocol.MAX_BODY_BYTES
 #: Whether children get a cancel pipe (and so can take several tasks at once).
 CANCEL_PIPES = os.name == "posix" and PIPED_CANCEL_SIGNAL is not None
+
+
+def check_python(choice: str) -> str:
+    """``farm worker --python``: the interpreter's path, once it is known to run tasks.
+
+    ``choice`` is a Python program (a path, or a name on PATH) or a virtual environment's
+    folder. Tasks run there in ``python -m buildcat.worker.child``, so buildcat must
+    import there, at the version of this worker (the protocol between them is not
+    versioned); a FarmError of one line says which of these is not so."""
+    path = Path(choice)
+    if path.is_dir():
+        path = path / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    found = shutil.which(str(path))
+    if found is None:
+        raise FarmError(f"--python {choice}: no Python program there (a path, a name on PATH "
+                        "or a virtual environment's folder)")  # fmt: skip
+    probe = "import buildcat; print(buildcat.__version__)"
+    try:
+        done = subprocess.run(
+            [found, "-c", probe], capture_output=True, text=True, timeout=120, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise FarmError(f"--python {choice}: it does not run ({exc})") from None
+    version = done.stdout.strip()
+    if done.returncode != 0 or not version:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        install = f"{found} -m pip install buildcat=={buildcat.__version__}"
+        raise FarmError(f"--python {choice}: buildcat does not import there ({last}); "
+                        f"install it with: {install}")  # fmt: skip
+    if version != buildcat.__version__:
+        raise FarmError(f"--python {choice} has buildcat {version}, this worker "
+                        f"{buildcat.__version__}: install the same version there")  # fmt: skip
+    return os.path.abspath(found)
 
 
 class ChildDied(Exception):
@@ -48,8 +86,10 @@ class Child:
     It runs in a session of its own; everything it starts carries its token (see
     :mod:`buildcat.worker.processes`), and all of that is ended when it exits."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], python: str | None = None) -> None:
         self.env = env
+        #: The interpreter it runs in: the worker's own, or ``farm worker --python``'s.
+        self.python = python or sys.executable
         self.process: asyncio.subprocess.Process | None = None
         self.token = ""
         self.seq = 0
@@ -89,7 +129,7 @@ class Child:
             extra["pass_fds"] = (cancel_read,)
         try:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable,
+                self.python,
                 "-m",
                 "buildcat.worker.child",
                 stdin=asyncio.subprocess.PIPE,
