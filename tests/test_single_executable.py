@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from PIL import Image
 import buildcat
 from buildcat import bundle
 from tests.blender_support import needs_binary
-from tests.conftest import Farm
+from tests.conftest import Farm, wait_for
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 #: Building takes about a minute on 2 cores; the tests themselves a few seconds each.
@@ -193,6 +194,26 @@ def test_a_farm_runs_from_the_executable_alone(
     page.close()
 
 
+def test_only_python_command_lines_are_run_as_python(tmp_path: Path) -> None:
+    script = tmp_path / "job.py"
+    script.write_text("")
+    for args in (["-m", "buildcat.worker.child"], ["-I", "-m", "x"], ["-X", "dev", "-c", "1"],
+                 ["-u", str(script), "a"], [str(script)]):  # fmt: skip
+        assert bundle.python_invocation(args), args
+    for args in ([], ["server"], ["submit", "python", str(script)], ["-h"], ["--version"],
+                 [str(tmp_path / "missing.py")], ["-X"]):  # fmt: skip
+        assert not bundle.python_invocation(args), args
+
+
+def test_a_pure_python_fallback_is_named_by_farm_version() -> None:
+    fallbacks = {"AIOHTTP_NO_EXTENSIONS": "1", "MSGPACK_PUREPYTHON": "1"}
+    done = subprocess.run([sys.executable, "-m", "buildcat", "--version"], capture_output=True,
+                          text=True, env={**os.environ, **fallbacks}, timeout=120)  # fmt: skip
+    assert "aiohttp's C HTTP parser NO" in done.stdout and "msgpack's C extension NO" in done.stdout
+    assert "installed with pip" in done.stdout
+    assert "zeroconf's compiled DNS yes" in done.stdout
+
+
 def test_a_worker_runs_tasks_in_the_python_it_is_given(binary_farm: Farm) -> None:
     farm = binary_farm
     venv_python = Path(sys.executable)  # has buildcat of this version, and numpy
@@ -221,3 +242,29 @@ def test_a_worker_runs_tasks_in_the_python_it_is_given(binary_farm: Farm) -> Non
     assert "no Python program there" in missing.stderr
     names = {w["name"] for w in farm.client().workers()}
     assert "bare" not in names and "missing" not in names
+
+
+def test_sigterm_to_the_executables_process_group_drains_its_worker(binary_farm: Farm) -> None:
+    """The one-file bootloader passes a signal on to the Python it started, which got
+    it from the group too: the worker must take the two as one, and drain."""
+    farm = binary_farm
+    shutil.copy(Path(__file__).parent / "farm_jobs.py", farm.root / "farm_jobs.py")
+    worker = subprocess.Popen(
+        [*farm.program, "worker", "--host", "127.0.0.1", "--port", str(farm.port),
+         "--root", str(farm.root), "--name", "service", "--no-blender"],
+        stdout=farm._log("service"), stderr=subprocess.STDOUT, env=farm.env,
+        start_new_session=True,
+    )  # fmt: skip
+    farm.workers.append(worker)
+    client = farm.client()
+    gate = farm.gate("draining")
+    job = client.map("farm_jobs:gated", ["draining", "draining"], max_attempts=1)
+    gate.wait_started(timeout=120)
+    os.killpg(worker.pid, signal.SIGTERM)  # systemd's default: every process in the group
+    wait_for(lambda: "draining: signal received" in farm.log_text("service"))
+    gate.open()
+    assert worker.wait(timeout=60) == 0
+    assert "stopping now" not in farm.log_text("service")
+    tasks = job.tasks()
+    assert [task["state"] for task in tasks] == ["done", "queued"]
+    assert tasks[0]["failures"] == 0 and tasks[1]["attempts"] == 0

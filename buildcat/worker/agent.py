@@ -66,6 +66,12 @@ PROGRESS_SECONDS = 0.5
 DRAIN_DELIVERY_SECONDS = 30.0
 
 
+#: A stop signal this soon after the first is the same one delivered twice, not a second:
+#: the one-file executable's bootloader passes on a SIGTERM or Ctrl-C that its process
+#: group also delivered straight to the worker (systemd's default KillMode, a terminal).
+SAME_SIGNAL_SECONDS = 0.5
+
+
 @dataclass(slots=True)
 class WorkerConfig:
     #: ``None``: find the farm on the LAN (the one named ``farm`` when several answer).
@@ -858,13 +864,16 @@ class Agent:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         main = asyncio.current_task()
-        signals = 0
+        first_signal: float | None = None
 
         def on_signal() -> None:
-            nonlocal signals
-            signals += 1
-            if signals == 1:
+            nonlocal first_signal
+            now = time.monotonic()
+            if first_signal is None:
+                first_signal = now
                 self.begin_drain("signal received (a second one stops at once)")
+            elif now - first_signal < SAME_SIGNAL_SECONDS:
+                pass  # the same signal again (the one-file executable's bootloader passes it on)
             else:
                 log.info("stopping now: running tasks go back to the queue")
                 self.stopping = True
