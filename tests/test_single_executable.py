@@ -218,7 +218,14 @@ def test_a_worker_runs_tasks_in_the_python_it_is_given(binary_farm: Farm) -> Non
     farm = binary_farm
     venv_python = Path(sys.executable)  # has buildcat of this version, and numpy
     farm.start_worker("--no-blender", "--tags", "studio", "--python", str(venv_python))
-    farm.wait_workers(1, timeout=120)
+    farm.start_worker("--no-blender", "--tags", "plain")
+    farm.wait_workers(2, timeout=120)
+    # In the executable's own Python there is no numpy: the task says so.
+    plain = farm.cli("submit", "python", "studio.steps:numpy_version", "--requires", "plain",
+                     "--max-attempts", "1", "--json")  # fmt: skip
+    assert plain.returncode == 0, plain.stderr
+    failed = farm.cli("wait", json.loads(plain.stdout)["id"], timeout=120)
+    assert failed.returncode != 0 and "No module named 'numpy'" in failed.stderr, failed
     submitted = farm.cli("submit", "python", "studio.steps:numpy_version", "--requires",
                          "studio", "--json")  # fmt: skip
     assert submitted.returncode == 0, submitted.stderr
@@ -241,7 +248,7 @@ def test_a_worker_runs_tasks_in_the_python_it_is_given(binary_farm: Farm) -> Non
     assert missing.returncode != 0 and missing.stderr.count("\n") == 1
     assert "no Python program there" in missing.stderr
     names = {w["name"] for w in farm.client().workers()}
-    assert "bare" not in names and "missing" not in names
+    assert len(names) == 2 and "bare" not in names and "missing" not in names
 
 
 def test_sigterm_to_the_executables_process_group_drains_its_worker(binary_farm: Farm) -> None:
