@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -141,6 +142,15 @@ def test_the_executable_says_which_build_it_is_and_uses_the_compiled_parts(
     code = subprocess.run([str(program), "-c", "import sys; print(sys.argv)", "x"],
                           capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
     assert code.stdout.strip() == "['-c', 'x']", code.stderr
+    # The Blender add-on it carries: the same files as the package's.
+    addon = subprocess.run([str(program), "addon", "zip", "-o", str(program.parent / "a.zip")],
+                           capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert addon.returncode == 0, addon.stderr
+    with zipfile.ZipFile(program.parent / "a.zip") as archive:
+        names = sorted(archive.namelist())
+    package = CHECKOUT / "buildcat" / "addon"
+    expected = sorted(f"buildcat_farm/{p.name}" for p in package.iterdir() if p.is_file())
+    assert names == expected
     bad = subprocess.run([str(program), "no-such-command"], capture_output=True, text=True,
                          env=env, timeout=120, check=False)  # fmt: skip
     assert bad.returncode != 0 and "no-such-command" in bad.stderr
@@ -173,7 +183,7 @@ def test_a_farm_runs_from_the_executable_alone(
     # A Blender render through it, with the Blender on PATH.
     render = farm.cli("submit", "blender", "shots/spin.blend", "--frames", "1-2",
                       "--output", "out/f_####", "--resolution", "32x32", "--samples", "1",
-                      "--json")  # fmt: skip
+                      "--preview-video", "--json")  # fmt: skip
     assert render.returncode == 0, render.stderr
     render_id = json.loads(render.stdout)["id"]
     waited = farm.cli("wait", render_id, timeout=300)
@@ -181,6 +191,13 @@ def test_a_farm_runs_from_the_executable_alone(
     for frame in (1, 2):
         with Image.open(farm.root / "out" / f"f_{frame:04d}.png") as image:
             assert image.size == (32, 32)
+    # Its preview video, made with the ffmpeg on PATH.
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-count_frames", "-show_entries", "stream=nb_read_frames",
+         "-of", "csv=p=0", str(farm.root / "out" / "preview.mp4")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert probe.stdout.strip() == "2", probe.stderr
     # The job types in the root, listed by the server (its own child: the executable).
     types = farm.cli("job-types", "--server", "--json")
     assert types.returncode == 0, types.stderr
