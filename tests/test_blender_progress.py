@@ -212,6 +212,7 @@ def test_every_frame_has_a_record_shown_by_farm_perf(shot: Farm, blender: str) -
         assert info["peak_memory_mb"] > 0
         assert info["blender"] == version
         assert info["worker"] == "renderer"
+        assert info["device"] == "CPU"  # a worker without --gpu (a GPU slot names its own)
     perf = shot.cli("perf", job.id)
     assert perf.returncode == 0, perf.stderr
     assert re.search(rf"^1\s+{job.id}\.0\s+renderer\s+{re.escape(version)}\s", perf.stdout, re.M)

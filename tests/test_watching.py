@@ -201,8 +201,9 @@ def test_status_and_workers_print_tables(jobs_farm: Farm) -> None:
     ]  # fmt: skip
     assert status[1].split()[:5] == [job.id, "done", "3/3", "-", "100%"]
     workers = jobs_farm.cli("workers").stdout.splitlines()
-    assert workers[0].split()[:6] == ["WORKER", "STATUS", "SLOTS", "TAGS", "SCHEDULE", "CURRENT"]
-    assert workers[1].split()[:8] == ["render-7", "idle", "1", "gpu", "-", "-", "3", "0"]
+    assert workers[0].split()[:7] == [
+        "WORKER", "STATUS", "SLOTS", "TAGS", "GPU", "SCHEDULE", "CURRENT"]  # fmt: skip
+    assert workers[1].split()[:9] == ["render-7", "idle", "1", "gpu", "-", "-", "-", "3", "0"]
 
 
 def scrape(farm: Farm) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

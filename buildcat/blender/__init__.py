@@ -1,7 +1,7 @@
 """Blender on a worker: finding it, its version, the version a .blend was saved with.
 
-The scripts beside this file (override.py, bpy_render.py, compose.py, demo_scene.py) run
-inside Blender, never in a farm process.
+The scripts beside this file (override.py, bpy_render.py, compose.py, demo_scene.py,
+gpu_probe.py) run inside Blender, never in a farm process.
 """
 
 from __future__ import annotations
@@ -227,6 +227,25 @@ def scene_info(blender: BlenderInstall, blend: Path) -> dict[str, object]:
         if line.startswith("BUILDCAT_SCENE_INFO "):
             return dict(json.loads(line.split(" ", 1)[1]))
     raise FarmError(f"{blender.describe()} could not read {blend} (exit code {done.returncode})")
+
+
+def render_devices(blender: BlenderInstall) -> dict[str, object]:
+    """The devices Cycles can render on with this Blender (gpu_probe.py's JSON)."""
+    script = str(SCRIPTS / "gpu_probe.py")
+    if blender.kind == BPY:
+        command = [blender.path, script]
+    else:
+        command = [blender.path, "-b", "--factory-startup", "--python-exit-code", "1",
+                   "--python", script]  # fmt: skip
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise FarmError(f"cannot ask {blender.describe()} for its devices: {exc}") from None
+    for line in done.stdout.splitlines():
+        if line.startswith("BUILDCAT-DEVICES "):
+            return dict(json.loads(line.split(" ", 1)[1]))
+    tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]
+    raise FarmError(f"{blender.describe()} did not list its devices: {tail[0]}")
 
 
 def build_demo_scene(

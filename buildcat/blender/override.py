@@ -32,6 +32,12 @@ imports this file and calls :func:`apply`. All JSON keys are optional:
   without it such a task stops before the first frame, naming the files
 - ``autoexec``: true lets the file's Python (drivers, scripts) run; read by whoever opens
   the file (the binary's ``-y``, ``open_mainfile(use_scripts=...)``), ignored here
+- ``gpu``: the devices of the worker slot running the task (blender/devices.py, set by a
+  ``farm worker --gpu``, never by a submitter): ``{"backend": "OPTIX", "devices": [ids],
+  "cpu": false, "label": "..."}``. Cycles renders on exactly those devices, whatever the
+  file says (``"backend": "NONE"`` with the CPU's id: the CPU alone); a scene using OSL
+  renders on the CPU where the backend cannot run it (all but OptiX), with a line
+  saying so; EEVEE and Workbench are left on the GPU the system gives Blender
 - ``path_map``: the farm's path map resolved for this worker (buildcat/paths.py
   ``Resolved.to_json()``), set by the worker: absolute paths under its locations are
   remapped (dependencies.py :func:`remap`) right after the file is opened, by whoever opens
@@ -84,6 +90,7 @@ KEYS = {
     "allow_missing",
     "autoexec",
     "path_map",
+    "gpu",
 }
 
 
@@ -196,6 +203,43 @@ def _set_border(scene: bpy.types.Scene, border: object) -> None:
     render.use_crop_to_border = False
     render.border_min_x, render.border_min_y = xmin, ymin
     render.border_max_x, render.border_max_y = xmax, ymax
+
+
+def _set_devices(scene: bpy.types.Scene, gpu: object, note) -> None:
+    """Render Cycles on exactly the slot's devices (the ``gpu`` setting)."""
+    if not isinstance(gpu, dict) or not isinstance(gpu.get("devices"), list):
+        raise ScriptError(f"'gpu' must be a map with a device list, not {gpu!r}")
+    backend, wanted = str(gpu.get("backend", "")), [str(d) for d in gpu["devices"]]
+    label = str(gpu.get("label") or backend)
+    if scene.render.engine != "CYCLES":
+        note(f"{scene.render.engine} renders on the GPU the system gives Blender, not "
+             f"this slot's ({label})")  # fmt: skip
+        return
+    if scene.cycles.shading_system and backend not in ("OPTIX", "NONE"):
+        scene.cycles.device = "CPU"
+        note(f"the scene uses Open Shading Language, which {backend} cannot run: "
+             "rendering on the CPU")  # fmt: skip
+        return
+    prefs = bpy.context.preferences.addons["cycles"].preferences
+    try:
+        prefs.compute_device_type = backend
+    except TypeError:
+        raise ScriptError(
+            f"this Blender {bpy.app.version_string} has no {backend} backend"
+        ) from None
+    prefs.refresh_devices()
+    available = {d.id: d for d in prefs.devices if d.type in (backend, "CPU")}
+    missing = [d for d in wanted if d not in available]
+    if missing:
+        seen = ", ".join(f"{d.name} ({d.id})" for d in available.values()) or "none"
+        raise ScriptError(f"{backend} device(s) {', '.join(missing)} not found by this "
+                          f"Blender (it sees: {seen})")  # fmt: skip
+    for device in prefs.devices:
+        device.use = device.id in wanted
+    used = [available[d] for d in wanted]
+    scene.cycles.device = "GPU" if any(d.type != "CPU" for d in used) else "CPU"
+    names = " + ".join(d.name for d in used)
+    note(f"devices {backend}: {names} (Cycles on the {scene.cycles.device})")
 
 
 def _denoising_on(scene: bpy.types.Scene) -> bool:
@@ -320,6 +364,9 @@ def apply(settings: dict) -> list[str]:
             raise ScriptError(f"'denoise' must be true or false, not {settings['denoise']!r}")
         scene.cycles.use_denoising = settings["denoise"]
         note(f"denoising {'on' if settings['denoise'] else 'off'}")
+
+    if "gpu" in settings:
+        _set_devices(scene, settings["gpu"], note)
 
     if engine == "CYCLES" and _denoising_on(scene) and not has_openimagedenoise():
         scene.cycles.use_denoising = False

@@ -181,6 +181,14 @@ def server(
     asyncio.run(serve(config, ready))
 
 
+def parse_device_indices(text: str) -> list[int]:
+    """``"0,2"`` -> [0, 2]; one line naming the problem otherwise."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isascii() and part.isdigit() for part in parts):
+        raise FarmError(f"--gpu-devices {text}: give device numbers, like 0,2")
+    return [int(part) for part in parts]
+
+
 @main.command()
 @server_address_options
 @root_option
@@ -188,9 +196,8 @@ def server(
 @click.option(
     "--slots",
     type=click.IntRange(1, 256),
-    default=1,
-    show_default=True,
-    help="Tasks run at once (one child process each).",
+    default=None,
+    help="Tasks run at once (one child process each) [default: 1; with --gpu, one per GPU].",
 )
 @click.option(
     "--tags", default="", help="Comma-separated capabilities, matched by jobs' requirements."
@@ -241,6 +248,25 @@ def server(
     "CPU busy with other programs.",
 )
 @click.option(
+    "--gpu",
+    is_flag=True,
+    help="Render Cycles on this machine's GPUs, each slot on its own (the devices this "
+    "worker's Blender finds; OptiX over CUDA). Refuses to start where it finds none.",
+)
+@click.option(
+    "--gpu-devices",
+    default=None,
+    metavar="0,2",
+    help="With --gpu: only these devices (0-based, in Blender's order).",
+)
+@click.option(
+    "--gpu-backend",
+    default=None,
+    metavar="NAME",
+    help="With --gpu: OPTIX, CUDA, HIP, ONEAPI or METAL (default: the first that has GPUs).",
+)
+@click.option("--gpu-and-cpu", is_flag=True, help="With --gpu: each slot renders on the CPU too.")
+@click.option(
     "--python",
     "python",
     default=None,
@@ -269,11 +295,16 @@ def worker(
     timezone: str | None,
     give_back: bool,
     nimby: bool,
+    gpu: bool,
+    gpu_devices: str | None,
+    gpu_backend: str | None,
+    gpu_and_cpu: bool,
     python: str | None,
     log_level: str,
 ) -> None:
     """Run a worker: pull tasks from the server and run them."""
     from buildcat import schedule
+    from buildcat.blender import devices
     from buildcat.worker.agent import WorkerConfig, run_worker
     from buildcat.worker.execute import check_python
 
@@ -283,6 +314,17 @@ def worker(
     elif give_back:
         raise FarmError("--give-back goes with --schedule (when the schedule ends)")
     interpreter = check_python(python) if python else None
+    blender_found, gpu_slots = None, None
+    if gpu:
+        if no_blender:
+            raise FarmError("--gpu renders with Blender: it does not go with --no-blender")
+        indices = parse_device_indices(gpu_devices) if gpu_devices is not None else None
+        blender_found, gpu_slots = devices.for_worker(
+            blender, backend=gpu_backend, indices=indices, slots=slots, with_cpu=gpu_and_cpu
+        )
+        slots = len(gpu_slots)
+    elif gpu_devices is not None or gpu_backend or gpu_and_cpu:
+        raise FarmError("--gpu-devices, --gpu-backend and --gpu-and-cpu go with --gpu")
     setup_logging(log_level)
     config = WorkerConfig(
         host=host,
@@ -291,7 +333,7 @@ def worker(
         token=token,
         tls_ca=tls_ca,
         root=root.resolve(),
-        slots=slots,
+        slots=slots or 1,
         tags=[tag.strip() for tag in tags.split(",") if tag.strip()],
         exit_when_idle=exit_when_idle,
         max_tasks=max_tasks,
@@ -302,7 +344,10 @@ def worker(
         give_back=give_back,
         nimby=nimby,
         python=interpreter,
+        gpu_slots=gpu_slots,
     )
+    if blender_found is not None:
+        config.blender = blender_found
     if name:
         config.name = name
     sys.exit(run_worker(config))

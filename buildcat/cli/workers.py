@@ -18,7 +18,7 @@ from buildcat.display import duration, table
 from buildcat.errors import FarmError
 
 NAME = click.argument("name", metavar="NAME")
-HEADERS = ["WORKER", "STATUS", "SLOTS", "TAGS", "SCHEDULE", "CURRENT", "DONE", "FAILED",
+HEADERS = ["WORKER", "STATUS", "SLOTS", "TAGS", "GPU", "SCHEDULE", "CURRENT", "DONE", "FAILED",
            "LAST SEEN"]  # fmt: skip
 
 
@@ -43,6 +43,17 @@ def _current(item: dict[str, Any]) -> str:
     return shown + (f" +{more}" if more > 0 else "")
 
 
+def _gpu(item: dict[str, Any]) -> str:
+    """``CUDA 2x 48G``: a ``farm worker --gpu``'s backend, GPUs and the smallest's memory."""
+    slots = (item.get("info") or {}).get("gpus") or []
+    capabilities = item.get("capabilities") or {}
+    if not slots or "gpu" not in capabilities:
+        return "-"
+    count = len({str(d.get("id")) for slot in slots for d in slot.get("devices", [])})
+    memory = capabilities.get("gpu.memory")
+    return f"{capabilities['gpu']} {count}x" + (f" {memory}G" if memory else "")
+
+
 def _row(item: dict[str, Any], now: float) -> list[str]:
     plan = item.get("schedule")
     last_seen = item.get("last_seen")
@@ -51,6 +62,7 @@ def _row(item: dict[str, Any], now: float) -> list[str]:
         str(item.get("status") or item.get("state")),
         str(item.get("slots") or "-"),
         ",".join(item.get("tags") or []) or "-",
+        _gpu(item),
         f"{plan['spec']} ({plan['timezone']})" if plan else "-",
         _current(item),
         str(item.get("tasks_done", 0)),

@@ -25,6 +25,7 @@ from typing import Any
 from buildcat import launch, paths, platform
 from buildcat import root as farm_root
 from buildcat.blender import BPY, SCRIPTS, BlenderInstall, blend_file_version, output_settings
+from buildcat.blender import devices as gpu
 from buildcat.errors import FarmError, JobFault, LimitError
 from buildcat.frames import chunk_frames, format_frames, frame_path
 from buildcat.jobs import context, video
@@ -51,7 +52,7 @@ PARTS_FOLDER = ".buildcat-parts"
 #: A render task's staging folder beside its outputs: ``.buildcat-tmp-<task id>-<pid>``.
 TEMPORARY_PREFIX = ".buildcat-tmp-"
 #: What a render task's result says of each frame (``result["frames_info"]``).
-FRAME_INFO_KEYS = ("frame", "seconds", "peak_memory_mb", "blender", "worker")
+FRAME_INFO_KEYS = ("frame", "seconds", "peak_memory_mb", "blender", "worker", "device")
 
 _FRAME = re.compile(r"Fra:\s*(\d+)")
 _CYCLES_SAMPLE = re.compile(r"Sample (\d+)/(\d+)")
@@ -851,7 +852,7 @@ def _render(task: dict[str, Any], blender: BlenderInstall) -> dict[str, Any]:
         raise RenderFailed(f"cannot read {task['scene']}: {exc.strerror or exc}") from None
     if saved_with is None:  # changed since it was submitted: no worker could render it
         raise SceneFault(f"{task['scene']} is not a .blend file")
-    settings = with_path_map(task.get("settings", {}), ctx.root)
+    settings = with_slot_devices(with_path_map(task.get("settings", {}), ctx.root))
     final_pattern = farm_root.resolve(ctx.root, task["output"])
     frames: list[int] = task["frames"]
     delivered = _Delivered.load(ctx)
@@ -883,7 +884,8 @@ def _render(task: dict[str, Any], blender: BlenderInstall) -> dict[str, Any]:
             print(f"buildcat: could not move frame {frame} into place: {exc}")
             return
         measured = progress.measured.get(frame, {})
-        info = {"blender": blender.version, "worker": ctx.worker_name}
+        info = {"blender": blender.version, "worker": ctx.worker_name,
+                "device": settings.get("gpu", {}).get("label", "CPU")}  # fmt: skip
         delivered.add(frame, final, {**measured, **info})
 
     # Only ``blender -b ... -f`` (the binary, once per task) writes frames without
@@ -915,6 +917,17 @@ def _render(task: dict[str, Any], blender: BlenderInstall) -> dict[str, Any]:
         shutil.rmtree(staging, ignore_errors=True)
         _unmark_staging(staging)
     return delivered.result(frames)
+
+
+def with_slot_devices(settings: dict[str, Any]) -> dict[str, Any]:
+    """A task's settings with the devices of this worker slot as ``gpu`` (``farm worker
+    --gpu``: blender/devices.py), for override.py to render on; none on other workers. Whatever
+    a submitter put there is dropped: the devices are the worker's to choose."""
+    settings = {key: value for key, value in settings.items() if key != "gpu"}
+    devices = gpu.slot_devices()
+    if devices is not None:
+        settings["gpu"] = devices
+    return settings
 
 
 def with_path_map(settings: dict[str, Any], root: str | os.PathLike[str]) -> dict[str, Any]:

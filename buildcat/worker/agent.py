@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import platform as python_platform
@@ -27,6 +28,8 @@ import buildcat
 from buildcat import auth, discovery, jobs, platform, protocol
 from buildcat import schedule as schedule_rules
 from buildcat.blender import BlenderInstall, find_blender
+from buildcat.blender import devices as gpu_devices
+from buildcat.blender.devices import SlotDevices
 from buildcat.errors import FarmError
 from buildcat.jobs import blender as blender_jobs
 from buildcat.worker import nimby, tasklog
@@ -100,6 +103,8 @@ class WorkerConfig:
     give_back: bool = False
     #: Stay away while the machine is in use (``farm worker --nimby``: worker/nimby.py).
     nimby: bool = False
+    #: ``farm worker --gpu``: the devices of each slot (blender/devices.py), else None.
+    gpu_slots: list[SlotDevices] | None = None
     #: The Python tasks run in (``farm worker --python``, checked by
     #: ``execute.check_python``); ``None``: this worker's own.
     python: str | None = None
@@ -296,6 +301,8 @@ class Agent:
         capabilities["python"] = python_platform.python_version()
         if self.config.blender is not None:
             capabilities["blender"] = self.config.blender.version
+        if self.config.gpu_slots:
+            capabilities.update(gpu_devices.capabilities(self.config.gpu_slots))
         body: dict[str, Any] = {
             "name": self.config.name,
             "slots": self.config.slots,
@@ -310,6 +317,8 @@ class Agent:
                 "timezone": self.config.timezone,
             },
         }
+        if self.config.gpu_slots:
+            body["info"]["gpus"] = gpu_devices.info(self.config.gpu_slots)
         if self.config.schedule:
             body["schedule"] = {
                 "spec": self.config.schedule,
@@ -904,7 +913,9 @@ class Agent:
             log.info("removed %d staging folder(s) left by a killed run: %s",
                      len(swept), ", ".join(swept[:10]))  # fmt: skip
         self.session = self.new_session()
-        self.children = [Child(env, self.config.python) for _ in range(self.config.slots)]
+        self.children = [
+            Child(self.slot_env(env, slot), self.config.python) for slot in range(self.config.slots)
+        ]
         if self.config.python:
             log.info("running tasks in the Python at %s", self.config.python)
         try:
@@ -942,6 +953,14 @@ class Agent:
             if token_file is not None:
                 auth.remove_token_file(token_file)
             stop_handler()
+
+    def slot_env(self, env: dict[str, str], slot: int) -> dict[str, str]:
+        """The environment of slot ``slot``'s child: with --gpu, the devices it renders on."""
+        if not self.config.gpu_slots:
+            return env
+        devices = self.config.gpu_slots[slot]
+        log.info("slot %d renders on %s", slot, devices.describe())
+        return {**env, gpu_devices.ENVIRONMENT: json.dumps(devices.to_json())}
 
     async def find_blender(self) -> None:
         """Look for Blender while the child processes start (it takes about a second)."""
