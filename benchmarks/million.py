@@ -11,6 +11,9 @@ snapshots on), and what it costs the server:
 - how long the farm took to stop (the server first writes the snapshot the job's end
   made due, so that the next start need not replay the journal);
 - a restart on the same state: from start to answering with the job done, and its memory.
+
+``--journal-only`` runs it on a server that never snapshots, so that its restart replays
+the whole journal: what a snapshot saves a restart.
 """
 
 from __future__ import annotations
@@ -84,11 +87,19 @@ def ping_until_stdin_closes(port: int, root: Path) -> None:
     print(json.dumps(waits))
 
 
-def million(tasks: int = 1_000_000, workers: int = 2) -> dict[str, Any]:
+#: ``--snapshot-every`` above any job's events: the server writes no snapshot at all,
+#: and a restart replays the whole journal (the state a snapshot replaces).
+NO_SNAPSHOTS = ("--snapshot-every", str(10**12))
+
+
+def million(tasks: int = 1_000_000, workers: int = 2, journal_only: bool = False) -> dict[str, Any]:
+    """The job through a farm with the default settings, or with ``journal_only`` a farm
+    that never snapshots (then the restart replays the journal the snapshot replaces)."""
     figures: dict[str, Any] = {"tasks": tasks, "workers": workers}
+    server_args = NO_SNAPSHOTS if journal_only else ()
     with tempfile.TemporaryDirectory(prefix="bench-million-") as folder:
         root = Path(folder)
-        with farm(root, workers, "--no-blender") as (client, port, pid):
+        with farm(root, workers, "--no-blender", server_args=server_args) as (client, port, pid):
             client.map("buildcat.jobs.builtin:noop", range(500)).wait(timeout=60)  # warm up
             with Pinger(port, root) as pinger:
                 started = time.perf_counter()
@@ -108,6 +119,7 @@ def million(tasks: int = 1_000_000, workers: int = 2) -> dict[str, Any]:
             stopping = time.perf_counter()
         # The server writes the snapshot the job's end made due before it exits.
         figures["stop_s"] = time.perf_counter() - stopping
+        figures["state_files"] = sorted(p.name for p in state_dir(root).iterdir())
         figures.update(restart(root, job_id))
     return figures
 
@@ -138,12 +150,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tasks", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--journal-only", action="store_true", help="a farm that never snapshots")
     parser.add_argument("--ping", nargs=2, metavar=("PORT", "ROOT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.ping:
         ping_until_stdin_closes(int(args.ping[0]), Path(args.ping[1]))
         return
-    print(json.dumps(million(args.tasks, args.workers), indent=2))
+    print(json.dumps(million(args.tasks, args.workers, args.journal_only), indent=2))
 
 
 if __name__ == "__main__":

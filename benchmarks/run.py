@@ -532,6 +532,8 @@ def main() -> None:
     if "million" not in skip:
         print(f"one {args.million:,}-task job, pinged every 50 ms ...", file=sys.stderr)
         results["million"] = million(args.million, args.workers)
+        print(f"the same {args.million:,}-task job, journal only ...", file=sys.stderr)
+        results["million_journal"] = million(args.million, args.workers, journal_only=True)
     if "cost" not in skip:
         print(f"CPU per task, {args.cost_tasks:,} no-op tasks ...", file=sys.stderr)
         results["cost"] = worker_cost(args.cost_tasks, args.workers)
@@ -689,7 +691,7 @@ def table(results: dict[str, Any]) -> list[list[str]]:
                 "",
             ]
         )
-    rows += million_rows(results.get("million"))
+    rows += million_rows(results.get("million"), results.get("million_journal"))
     rows += worker_rows(results.get("cost"), results.get("small"))
     big = results.get("results")
     if big:
@@ -730,10 +732,37 @@ def table(results: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def million_rows(big: dict[str, Any] | None) -> list[list[str]]:
-    """The 1,000,000-task job's rows (issue 17's targets)."""
+def million_rows(
+    big: dict[str, Any] | None, journal: dict[str, Any] | None = None
+) -> list[list[str]]:
+    """The 1,000,000-task job's rows (issue 17's targets); ``journal``: the same job on a
+    server that never snapshots."""
     if not big:
         return []
+    rows = _million_rows(big)
+    if journal:
+        rows += [
+            [
+                "same job, journal only (no snapshot): throughput",
+                f"{journal['throughput']:,.0f}/s",
+                "",
+                "",
+                "",
+                "",
+            ],
+            [
+                f"  its restart, replaying the journal ({journal['state_mb']:.0f} MB on disk)",
+                f"{journal['restart_s']:.1f} s",
+                f"{big['restart_s']:.1f} s (from the snapshot)",
+                f"{big['restart_s'] / journal['restart_s']:.2f}x",
+                "snapshot faster",
+                verdict(big["restart_s"] < journal["restart_s"]),
+            ],
+        ]
+    return rows
+
+
+def _million_rows(big: dict[str, Any]) -> list[list[str]]:
     tasks = f"{big['tasks']:,}"
     return [
         [

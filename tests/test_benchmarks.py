@@ -35,6 +35,10 @@ def test_benchmark_runs_and_reports_every_section(tmp_path: Path) -> None:
     big = figures["million"]
     assert big["tasks"] == 20_000 and big["throughput"] > 0 and big["pings"] > 0
     assert big["server_peak_mb"] > 0 and big["restart_s"] > 0
+    journal = figures["million_journal"]  # the same job on a server that never snapshots
+    assert journal["snapshots"] == 0 and journal["restart_s"] > 0
+    assert "journal.bin" in journal["state_files"]
+    assert not [name for name in journal["state_files"] if name.startswith("snapshot")]
     assert figures["results"]["tasks"] == 30 and figures["results"]["results_whole"]
     cost, small = figures["cost"], figures["small"]
     assert cost["throughput"] > 0 and cost["server_cpu_us"] > 0 and len(cost["agent_cpu_us"]) == 2
@@ -45,6 +49,7 @@ def test_benchmark_runs_and_reports_every_section(tmp_path: Path) -> None:
     assert "(RQ)" in table and "200 workers: dispatch p99" in table
     assert "no-op throughput, 0 dashboards open" in table and "20 dashboards open" in table
     assert "20,000-task job: throughput" in table and "restart from its state" in table
+    assert "its restart, replaying the journal" in table
     assert "30 results of 1 MB: server memory peak" in table
     assert "CPU per task: server; each agent" in table and "200 jobs of 4 tasks" in table
     assert "same, 20 dashboards open" in table
