@@ -1201,3 +1201,34 @@ def test_a_new_priority_reorders_the_queue_at_once(farm: Scheduler) -> None:
     farm.set_priority(second.id, -1)
     assert [task.job for task in farm.lease("a", 1, 3)] == [first]
     assert second.priority == -1 and second.to_dict()["priority"] == -1
+
+
+class _NoScan(dict):  # type: ignore[type-arg]
+    """The workers of a big farm: a registration that walks them all fails the test."""
+
+    def values(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("a registration scanned every worker")
+
+    def items(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("a registration scanned every worker")
+
+
+def test_a_registration_looks_only_at_departed_workers_and_replaces_its_own() -> None:
+    from buildcat import protocol
+    from buildcat.server import snapshot
+
+    queue = Scheduler()
+    online = queue.register("render-01", 1, {}, now=0.0)
+    gone = queue.register("render-02", 1, {}, now=0.0)
+    queue.unregister(gone.id, now=1.0)
+    queue.workers = _NoScan(queue.workers)
+    back = queue.register("render-02", 2, {}, now=2.0)  # its offline record is replaced
+    twin = queue.register("render-01", 1, {}, now=2.0)  # an online namesake stays
+    assert set(dict(queue.workers)) == {online.id, back.id, twin.id}
+    # Offline records loaded from a snapshot are replaced the same way (during a replay).
+    queue.workers = dict(queue.workers)
+    queue.unregister(back.id, now=3.0)
+    restored = Scheduler()
+    snapshot.load(restored, protocol.unpack(protocol.pack(snapshot.dump(queue)), trusted=True))
+    again = restored.register("render-02", 1, {}, now=4.0)
+    assert [w.id for w in restored.workers.values() if w.name == "render-02"] == [again.id]

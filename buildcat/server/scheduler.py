@@ -904,10 +904,12 @@ class Scheduler:
             registered_at=now,
             last_seen=now,
         )
-        # A worker that comes back under its name replaces its offline record.
-        for stale in [w for w in self.workers.values() if w.name == name and not w.online]:
-            del self.workers[stale.id]
-            self._departed.pop(stale.id, None)
+        # A worker that comes back under its name replaces its offline record. Every
+        # offline record is in _departed (at most DEPARTED_WORKERS_KEPT): a registration
+        # looks through those, not through every worker of a 10,000-worker farm.
+        for stale in [w for w in self._departed.values() if w.name == name]:
+            self.workers.pop(stale.id, None)
+            del self._departed[stale.id]
         self.workers[worker.id] = worker
         return worker
 

@@ -366,6 +366,8 @@ def load(scheduler: Scheduler, document: dict[str, Any]) -> None:
         worker.online = item["online"]
         worker.to_cancel = set(item.get("to_cancel", ()))  # older snapshots lack it
         scheduler.workers[worker.id] = worker
+        if not worker.online:  # offline records are all in _departed (Scheduler.register)
+            scheduler._departed[worker.id] = worker
     for item in document["jobs"]:
         # Fields a snapshot from before they existed lacks keep their defaults.
         job = Job(id=item["id"], **{f: item[f] for f in _JOB_FIELDS if f != "paused" and f in item})
