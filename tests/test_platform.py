@@ -175,7 +175,7 @@ def test_windows_stop_handler_hands_ctrl_c_to_the_event_loop() -> None:
 
     async def main() -> int:
         stopped = asyncio.Event()
-        undo = windows.on_stop_signals(asyncio.get_running_loop(), stopped.set)
+        undo = windows.on_stop_signals(asyncio.get_running_loop(), lambda _signum: stopped.set())
         try:
             os.kill(os.getpid(), signal.SIGINT)
             await asyncio.wait_for(stopped.wait(), 30)

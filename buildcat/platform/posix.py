@@ -45,11 +45,11 @@ _PR_SET_CHILD_SUBREAPER = 36
 
 
 def on_stop_signals(
-    loop: asyncio.AbstractEventLoop, callback: Callable[[], None]
+    loop: asyncio.AbstractEventLoop, callback: Callable[[int], None]
 ) -> Callable[[], None]:
-    """Call ``callback`` in ``loop`` on SIGTERM or SIGINT; returns what undoes it."""
+    """Call ``callback(signum)`` in ``loop`` on SIGTERM or SIGINT; returns what undoes it."""
     for signum in STOP_SIGNALS:
-        loop.add_signal_handler(signum, callback)
+        loop.add_signal_handler(signum, callback, signum)
 
     def undo() -> None:
         for signum in STOP_SIGNALS:

@@ -167,12 +167,12 @@ def children_die_with_me() -> bool:
 
 
 def on_stop_signals(
-    loop: asyncio.AbstractEventLoop, callback: Callable[[], None]
+    loop: asyncio.AbstractEventLoop, callback: Callable[[int], None]
 ) -> Callable[[], None]:
-    """Call ``callback`` in ``loop`` on Ctrl-C or Ctrl-Break; returns what undoes it."""
+    """Call ``callback(signum)`` in ``loop`` on Ctrl-C or Ctrl-Break; returns what undoes it."""
 
     def handler(signum: int, frame: Any) -> None:
-        loop.call_soon_threadsafe(callback)
+        loop.call_soon_threadsafe(callback, signum)
 
     previous = [(signum, signal.signal(signum, handler)) for signum in STOP_SIGNALS]
 

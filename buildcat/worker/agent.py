@@ -69,7 +69,7 @@ PROGRESS_SECONDS = 0.5
 DRAIN_DELIVERY_SECONDS = 30.0
 
 
-#: A stop signal this soon after the first is the same one delivered twice, not a second:
+#: The same stop signal this soon after the first is that one delivered twice, not a second:
 #: the one-file executable's bootloader passes on a SIGTERM or Ctrl-C that its process
 #: group also delivered straight to the worker (systemd's default KillMode, a terminal).
 SAME_SIGNAL_SECONDS = 0.5
@@ -873,15 +873,15 @@ class Agent:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         main = asyncio.current_task()
-        first_signal: float | None = None
+        first_signal: tuple[int, float] | None = None
 
-        def on_signal() -> None:
+        def on_signal(signum: int) -> None:
             nonlocal first_signal
             now = time.monotonic()
             if first_signal is None:
-                first_signal = now
+                first_signal = (signum, now)
                 self.begin_drain("signal received (a second one stops at once)")
-            elif now - first_signal < SAME_SIGNAL_SECONDS:
+            elif first_signal[0] == signum and now - first_signal[1] < SAME_SIGNAL_SECONDS:
                 pass  # the same signal again (the one-file executable's bootloader passes it on)
             else:
                 log.info("stopping now: running tasks go back to the queue")
