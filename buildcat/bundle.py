@@ -5,8 +5,8 @@ The executable is its own Python. Where the farm starts a Python of its own
 (``sys.executable -m buildcat.worker.child``, ``-m buildcat.jobtypes``, ``-c ...``, a
 script task's ``script.py``), ``sys.executable`` is the executable, so it answers those
 command lines as ``python`` would: :func:`python_invocation` recognises them and
-:func:`run_as_python` runs them in the embedded interpreter. Everything else is the
-``farm`` command.
+:func:`run_as_python` runs them in the embedded interpreter (``packaging/farm_main.py``,
+the entry point, asks first); everything else is the ``farm`` command.
 
 The one-file executable unpacks itself into a temporary folder at each start (about
 0.6 s); the processes it starts as ``sys.executable`` find that folder through the
@@ -138,18 +138,6 @@ def run_as_python(args: list[str]) -> None:
         runpy.run_path(arg, run_name="__main__")
 
 
-def main() -> None:
-    """The executable's entry point: ``python`` command lines, else ``farm``."""
-    args = sys.argv[1:]
-    if FROZEN and python_invocation(args):
-        run_as_python(args)
-        return
-    from buildcat.cli import main as farm
-
-    farm()
-
-
 __all__ = [
-    "FROZEN", "build_info", "main", "python_invocation", "run_as_python", "speedups",
-    "version_text",
+    "FROZEN", "build_info", "python_invocation", "run_as_python", "speedups", "version_text",
 ]  # fmt: skip
