@@ -25,6 +25,19 @@ from tests.test_reliability import kill_server, new_farm
 pytestmark = pytest.mark.skipif(not snapshot.CAN_FORK, reason="snapshots fork here")
 
 
+def under_way(pid: int) -> list[int]:
+    """The snapshot child of server ``pid`` once it holds only a few files (it closed the
+    sockets, the journal and the lock it inherited); [] before."""
+    found = []
+    for child in children(pid):
+        try:
+            if len(os.listdir(f"/proc/{child}/fd")) <= 6:
+                found.append(child)
+        except OSError:
+            continue
+    return found
+
+
 def children(pid: int) -> list[int]:
     """The processes whose parent is ``pid``."""
     found = []
@@ -49,7 +62,10 @@ def test_the_farm_answers_and_journals_while_a_snapshot_is_being_written(tmp_pat
         big = client.map("farm_jobs:square", range(60_000))
         early = [client.submit("farm_jobs:square", n) for n in range(9)]  # 10 events: due
         # The child writing the snapshot of 60,000 tasks: held still while we work.
-        [child] = wait_for(lambda: children(server_pid), timeout=60, interval=0.002)
+        # Stopped once it is under way: it has closed what it inherited, so it has also
+        # asked to die with its server (the line before). Stopped earlier than that, right
+        # after the fork, it could never die of its server's death.
+        [child] = wait_for(lambda: under_way(server_pid), timeout=60, interval=0.002)
         os.kill(child, signal.SIGSTOP)
         try:
             assert client.ping()["snapshots"] == 0
@@ -175,7 +191,10 @@ def test_a_server_killed_during_a_snapshot_leaves_nothing_held(tmp_path: Path) -
         big = client.map("farm_jobs:square", range(60_000))
         for _ in range(9):
             client.job(big.id).pause()  # 10 events: the snapshot is due
-        [child] = wait_for(lambda: children(server_pid), timeout=60, interval=0.002)
+        # Stopped once it is under way: it has closed what it inherited, so it has also
+        # asked to die with its server (the line before). Stopped earlier than that, right
+        # after the fork, it could never die of its server's death.
+        [child] = wait_for(lambda: under_way(server_pid), timeout=60, interval=0.002)
         os.kill(child, signal.SIGSTOP)
         kill_server(farm)
         wait_for(lambda: not Path(f"/proc/{child}").exists())  # it died with its server

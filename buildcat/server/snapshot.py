@@ -175,6 +175,8 @@ def _child(
         gc.disable()  # a collection would touch (and copy) every page of the server's heap
         if _LIBC is not None:  # killed with the server: a snapshot is only its server's
             _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # it died before the line above could take effect
+            return
         limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         os.close(readable)
         os.closerange(3, writable)
