@@ -212,13 +212,23 @@ def blend_file_version(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
+def script_command(
+    blender: BlenderInstall, script: str, *args: str, blend: Path | None = None
+) -> list[str]:
+    """The command that runs one of :data:`SCRIPTS` in ``blender``: the bpy module's
+    Python runs it with ``blend`` and ``args``; the binary opens ``blend`` (else starts with
+    factory settings), runs it and passes ``args`` after ``--``."""
+    path = str(SCRIPTS / script)
+    if blender.kind == BPY:
+        return [blender.path, path, *([str(blend)] if blend else []), *args]
+    opening = [str(blend)] if blend else ["--factory-startup"]
+    after = ["--", *args] if args else []
+    return [blender.path, "-b", *opening, "--python-exit-code", "1", "--python", path, *after]
+
+
 def scene_info(blender: BlenderInstall, blend: Path) -> dict[str, object]:
     """Ask Blender about a .blend: its frame range, scenes, resolution."""
-    script = str(SCRIPTS / "scene_info.py")
-    if blender.kind == BPY:
-        command = [blender.path, script, str(blend)]
-    else:
-        command = [blender.path, "-b", str(blend), "--python-exit-code", "1", "--python", script]
+    command = script_command(blender, "scene_info.py", blend=blend)
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     except OSError as exc:
@@ -231,12 +241,7 @@ def scene_info(blender: BlenderInstall, blend: Path) -> dict[str, object]:
 
 def render_devices(blender: BlenderInstall) -> dict[str, object]:
     """The devices Cycles can render on with this Blender (gpu_probe.py's JSON)."""
-    script = str(SCRIPTS / "gpu_probe.py")
-    if blender.kind == BPY:
-        command = [blender.path, script]
-    else:
-        command = [blender.path, "-b", "--factory-startup", "--python-exit-code", "1",
-                   "--python", script]  # fmt: skip
+    command = script_command(blender, "gpu_probe.py")
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -260,21 +265,7 @@ def build_demo_scene(
             "samples": samples,
         }
     )
-    script = str(SCRIPTS / "demo_scene.py")
-    if blender.kind == BPY:
-        command = [blender.path, script, settings]
-    else:
-        command = [
-            blender.path,
-            "-b",
-            "--factory-startup",
-            "--python-exit-code",
-            "1",
-            "--python",
-            script,
-            "--",
-            settings,
-        ]
+    command = script_command(blender, "demo_scene.py", settings)
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     if done.returncode != 0 or not output.is_file():
         tail = (done.stdout + done.stderr).strip().splitlines()[-3:]

@@ -97,10 +97,10 @@ def with_memory(
     return result
 
 
-def _bus_of(device_id: str) -> str | None:
-    """``"CUDA_NVIDIA H100 80GB HBM3_0000:01:00_OptiX"`` -> ``"01:00"``."""
-    text = device_id.removesuffix("_OptiX")
-    match = _BUS.search(text)
+def _bus_of(text: str) -> str | None:
+    """A PCI bus as Blender's device id or nvidia-smi name it -> ``"01:00"``
+    (``"CUDA_NVIDIA H100 80GB HBM3_0000:01:00_OptiX"``, ``"00000000:01:00.0"``)."""
+    match = _BUS.search(text.removesuffix("_OptiX"))
     return match[1].lower()[-5:] if match else None
 
 
@@ -112,9 +112,9 @@ def parse_nvidia_smi(text: str) -> dict[str, float]:
         parts = [part.strip() for part in line.split(",")]
         if len(parts) != 2 or not parts[1].replace(".", "", 1).isdigit():
             continue
-        bus = _BUS.search(parts[0])
+        bus = _bus_of(parts[0])
         if bus:
-            memory[bus[1].lower()[-5:]] = float(parts[1]) / 1024  # MiB -> GiB
+            memory[bus] = float(parts[1]) / 1024  # MiB -> GiB
     return memory
 
 

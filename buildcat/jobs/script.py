@@ -89,6 +89,14 @@ def _label(arguments: Sequence[str]) -> str:
 # ---- running (inside the worker's child process) --------------------------------------------
 
 
+def python_in(folder: Path) -> Path | None:
+    """A virtual environment's Python (``bin/python``, ``Scripts/python.exe``), if any."""
+    for inside in ("bin/python", "Scripts/python.exe"):
+        if (folder / inside).is_file():
+            return folder / inside
+    return None
+
+
 def interpreter(choice: str | None, root: str) -> str:
     """The Python to run a script with on this worker.
 
@@ -108,12 +116,10 @@ def interpreter(choice: str | None, root: str) -> str:
             raise process.ProcessFailed(f"--python {choice}: not found on this worker's PATH")
         path = Path(found)
     if path.is_dir():
-        for inside in ("bin/python", "Scripts/python.exe"):
-            if (path / inside).is_file():
-                path = path / inside
-                break
-        else:
+        inside = python_in(path)
+        if inside is None:
             raise process.ProcessFailed(f"--python {choice}: a folder with no bin/python in it")
+        path = inside
     if not path.is_file() or not os.access(path, os.X_OK):
         raise process.ProcessFailed(f"--python {choice}: no Python there on this worker")
     # Not resolved: a virtualenv's bin/python is a symlink, and must run as itself.

@@ -1109,9 +1109,8 @@ async def _serve(
             holder, root=config.root, farm=config.name, farm_id=auth.farm_id(app[FARM_KEY].secret),
             bind=config.bind, port=port, tls_fingerprint=fingerprint, version=buildcat.__version__,
         )  # fmt: skip
-    platform.on_stop_signals(
-        loop, lambda _signum: stop.set()
-    )  # SIGTERM, SIGINT; Ctrl-C, Ctrl-Break on Windows
+    # SIGTERM, SIGINT; Ctrl-C, Ctrl-Break on Windows
+    platform.on_stop_signals(loop, lambda _signum: stop.set())
     advertiser: Advertiser | None = None
     advertising: asyncio.Task[None] | None = None
     if config.discovery:

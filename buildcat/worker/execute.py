@@ -26,6 +26,7 @@ from typing import Any
 import buildcat
 from buildcat import platform, protocol
 from buildcat.errors import FarmError
+from buildcat.jobs.script import python_in
 from buildcat.worker import processes
 from buildcat.worker.child import CANCEL_FD_VARIABLE, CANCEL_SEQ, PIPED_CANCEL_SIGNAL
 
@@ -46,9 +47,7 @@ def check_python(choice: str) -> str:
     import there, at the version of this worker (the protocol between them is not
     versioned); a FarmError of one line says which of these is not so."""
     path = Path(choice)
-    if path.is_dir():
-        path = path / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
-    found = shutil.which(str(path))
+    found = shutil.which(str(python_in(path) or path) if path.is_dir() else choice)
     if found is None:
         raise FarmError(f"--python {choice}: no Python program there (a path, a name on PATH "
                         "or a virtual environment's folder)")  # fmt: skip
